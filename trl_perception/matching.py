@@ -1,0 +1,116 @@
+"""Bipartite (Hungarian) matching between predicted and ground-truth objects, via scipy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .boxes import box_iou
+
+__all__ = ["hungarian_match", "match_boxes", "match_points"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def hungarian_match(cost: Sequence | np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one assignment of rows to columns of a (possibly rectangular) cost matrix.
+
+    Non-finite costs are treated as "cannot match": they are replaced by a large finite cost before
+    solving (scipy raises on NaN and on infeasible matrices) and such pairs are dropped from the result.
+
+    Args:
+        cost (`array-like [N, M]`): cost of assigning row `i` to column `j`.
+        max_cost (`float`, *optional*): pairs whose cost exceeds it are dropped after solving.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: matched row indices and column indices, sorted by row.
+
+    Example:
+    ```python
+    >>> rows, cols = hungarian_match([[4, 1, 3], [2, 0, 5]])
+    >>> rows.tolist(), cols.tolist()
+    ([0, 1], [1, 0])
+
+    ```
+    """
+    c = np.asarray(cost, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"cost must be a 2-D matrix, got shape {c.shape}")
+    if c.size == 0:
+        return _EMPTY, _EMPTY
+    finite = np.isfinite(c)
+    if not finite.all():
+        big = (np.abs(c[finite]).max() + 1.0) * (c.shape[0] + c.shape[1] + 1) if finite.any() else 1.0
+        c = np.where(finite, c, big)
+    rows, cols = linear_sum_assignment(c)
+    keep = finite[rows, cols]
+    if max_cost is not None:
+        keep &= c[rows, cols] <= max_cost
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
+
+
+def match_boxes(
+    pred: Sequence | np.ndarray,
+    gt: Sequence | np.ndarray,
+    iou_threshold: float = 0.5,
+    pred_labels: Sequence[str] | None = None,
+    gt_labels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hungarian matching of predicted to ground-truth `xyxy` boxes that maximises the total IoU.
+
+    With labels, a pair whose labels differ counts as IoU 0, so matching is class-aware: a box can only
+    be credited to a ground-truth object of its own class. Pairs with IoU below `iou_threshold` are
+    dropped (the threshold is inclusive: IoU ≥ threshold is kept).
+
+    Args:
+        pred (`array-like [N, 4]`), gt (`array-like [M, 4]`): boxes in the same frame.
+        iou_threshold (`float`): minimum IoU for a kept pair.
+        pred_labels, gt_labels (`Sequence[str]`, *optional*): class names, compared exactly.
+
+    Returns:
+        `tuple`: `(pred_idx, gt_idx, ious)` of the kept pairs.
+
+    Example:
+    ```python
+    >>> p, g, iou = match_boxes([[0, 0, 10, 10], [20, 20, 30, 30]], [[21, 20, 31, 30], [0, 0, 10, 10]])
+    >>> p.tolist(), g.tolist(), iou.round(3).tolist()
+    ([0, 1], [1, 0], [1.0, 0.818])
+
+    ```
+    """
+    ious = box_iou(pred, gt)
+    if ious.size == 0:
+        return _EMPTY, _EMPTY, np.zeros(0)
+    if pred_labels is not None and gt_labels is not None:
+        same = np.asarray(pred_labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]
+        ious = np.where(same, ious, 0.0)
+    rows, cols = hungarian_match(-ious)
+    values = ious[rows, cols]
+    keep = values >= iou_threshold
+    if iou_threshold <= 0:
+        keep &= values > 0
+    return rows[keep], cols[keep], values[keep]
+
+
+def match_points(pred: Sequence | np.ndarray, gt: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hungarian matching of points minimising the total Euclidean distance.
+
+    Returns `(pred_idx, gt_idx, distances)`; `min(N, M)` pairs are matched.
+
+    Example:
+    ```python
+    >>> p, g, d = match_points([[0, 0], [10, 10]], [[11, 10], [0, 1]])
+    >>> p.tolist(), g.tolist(), d.tolist()
+    ([0, 1], [1, 0], [1.0, 1.0])
+
+    ```
+    """
+    a = np.asarray(pred, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(gt, dtype=np.float64).reshape(-1, 2)
+    if len(a) == 0 or len(b) == 0:
+        return _EMPTY, _EMPTY, np.zeros(0)
+    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    rows, cols = hungarian_match(dist)
+    return rows, cols, dist[rows, cols]
