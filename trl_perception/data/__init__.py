@@ -1,0 +1,36 @@
+"""Dataset builders: the files users have for RefCOCO/+/g, PixMo-Count, PageOCR and COCO, and synthetic
+scenes, turned into rows that `GRPOTrainer` trains on directly (the row contract in the README)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, TASKS, build_prompt
+
+__all__ = [
+    "COCO_CATEGORIES",
+    "TASKS",
+    "TASK_TEMPLATES",
+    "build_coco_detection",
+    "build_pageocr",
+    "build_pixmo_count",
+    "build_prompt",
+    "build_refcoco",
+    "make_synthetic",
+]
+
+# Builders import datasets/PIL; load them on first use so `import trl_perception.data` stays light.
+_LAZY = {
+    "build_refcoco": "refcoco",
+    "build_pixmo_count": "pixmo_count",
+    "build_pageocr": "pageocr",
+    "build_coco_detection": "coco",
+    "make_synthetic": "synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,85 @@
+"""Task prompts: Perception-R1's Table 8 templates plus each model family's output-format instruction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..formats import format_instruction
+
+__all__ = ["COCO_CATEGORIES", "DEFAULT_SYSTEM_PROMPT", "TASKS", "TASK_TEMPLATES", "build_prompt"]
+
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+
+TASK_TEMPLATES: dict[str, str] = {
+    "grounding": "Output the bounding box of the {question} in the image.",
+    "counting": "Output all the bounding boxes of the {label}",
+    "ocr": "OCR this image.",
+    "detection": "Please output bbox coordinates and names of {categories}.",
+}
+"""Perception-R1 Table 8 user prompts (the counting template has no final period in the paper's code)."""
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+"""The Qwen chat templates' default system prompt (Perception-R1's training code adds a trailing space)."""
+
+COCO_CATEGORIES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
+    "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+"""The 80 COCO category names in category-id order, as the Perception-R1 detection prompt lists them."""
+
+
+def build_prompt(
+    task: str,
+    *,
+    box_format: str | None = None,
+    template: str | None = None,
+    system_prompt: str | None = None,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """A conversational prompt with one image, in TRL's format.
+
+    The text is `template` (default: the task's Table 8 template) filled with `fields`, followed by the
+    output-format instruction of `box_format` when a family is given, so that the model is asked for the
+    format the rewards parse.
+
+    Args:
+        task (`str`): `"grounding"`, `"counting"`, `"ocr"` or `"detection"`.
+        box_format (`str`, *optional*): model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
+        template (`str`, *optional*): a `str.format` template overriding the task's default.
+        system_prompt (`str`, *optional*): adds a system turn first.
+        **fields: template fields (`question` for grounding, `label` for counting, `categories` for detection).
+
+    Returns:
+        `list[dict]`: `[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]`.
+
+    Example:
+    ```python
+    >>> build_prompt("grounding", question="man in red")[0]["content"][1]["text"]
+    'Output the bounding box of the man in red in the image.'
+    >>> len(build_prompt("ocr", system_prompt="You are a helpful assistant."))
+    2
+
+    ```
+    """
+    if task not in TASK_TEMPLATES and template is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (or pass template=)")
+    text_template = template if template is not None else TASK_TEMPLATES[task]
+    try:
+        text = text_template.format(**fields)
+    except (KeyError, IndexError) as err:
+        raise ValueError(f"prompt template {text_template!r} needs field {err}; got fields {sorted(fields)}") from err
+    instruction = format_instruction(box_format, task)
+    if instruction:
+        text = f"{text.rstrip()} {instruction}" if text.strip() else instruction
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
+    return messages
