@@ -1,0 +1,259 @@
+"""Model cards for perception models trained with trl-perception, and pushing them to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_model_card", "push_to_hub"]
+
+_TASK_TITLES = {
+    "grounding": "visual grounding (referring expressions)",
+    "counting": "object counting",
+    "ocr": "page OCR",
+    "detection": "object detection",
+}
+_FRAME_TEXT = {
+    "qwen2_vl": "`<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, "
+    "coordinates in 0–1000 of the image",
+    "qwen2_5_vl": '`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]` JSON, absolute pixels of the image after the '
+    "processor's resize (`smart_resize`)",
+    "qwen3_vl": '`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]` JSON, coordinates in 0–1000 of the image',
+}
+_HYPERPARAMETERS = (
+    "learning_rate",
+    "num_generations",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "beta",
+    "temperature",
+    "max_completion_length",
+    "loss_type",
+    "num_train_epochs",
+    "max_steps",
+    "min_pixels",
+    "max_pixels",
+    "seed",
+)
+
+
+def _reward_rows(reward_funcs: Sequence[Any] | None, reward_weights: Sequence[float] | None) -> list[tuple[str, float]]:
+    names = []
+    for func in reward_funcs or []:
+        names.append(func if isinstance(func, str) else getattr(func, "__name__", type(func).__name__))
+    weights = list(reward_weights) if reward_weights is not None else [1.0] * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"{len(names)} reward functions but {len(weights)} reward weights")
+    return list(zip(names, [float(w) for w in weights]))
+
+
+def _hyperparameters(args: Any) -> dict[str, Any]:
+    if args is None:
+        return {}
+    source = args if isinstance(args, Mapping) else vars(args)
+    return {k: source[k] for k in _HYPERPARAMETERS if source.get(k) is not None}
+
+
+def _metric_table(metrics: Mapping[str, Any]) -> list[str]:
+    rows = ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, (int, float)) and not isinstance(subvalue, bool):
+                    rows.append(f"| {key}/{sub} | {subvalue:.4f} |")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(f"| {key} | {value:.4f} |")
+    return rows if len(rows) > 2 else []
+
+
+def build_model_card(
+    *,
+    model_name: str,
+    base_model: str | None,
+    task: str | Sequence[str],
+    dataset: str | Sequence[str] | None = None,
+    reward_funcs: Sequence[Any] | None = None,
+    reward_weights: Sequence[float] | None = None,
+    box_format: str | None = None,
+    training_args: Any = None,
+    eval_metrics: Mapping[str, Any] | None = None,
+    license: str | None = None,
+    extra_text: str | None = None,
+) -> str:
+    """Write the model card (Markdown with YAML metadata) of a perception model.
+
+    The card says what the model is: base model, task(s), dataset(s), the reward functions and their weights,
+    the box format the model writes, key GRPO hyperparameters, the evaluation table when there is one, and
+    how to use the model with transformers.
+
+    Args:
+        model_name (`str`): the Hub repository id or a local name.
+        base_model (`str`): the model training started from.
+        task (`str` or list): `"grounding"`, `"counting"`, `"ocr"`, `"detection"`.
+        dataset (`str` or list, *optional*): dataset names or paths.
+        reward_funcs (list, *optional*): reward callables or registry names.
+        reward_weights (list, *optional*): one weight per reward (default 1.0 each, as in TRL).
+        box_format (`str`, *optional*): model family whose output format the model writes.
+        training_args (*optional*): a `GRPOConfig` (or dict); key hyperparameters are listed.
+        eval_metrics (`dict`, *optional*): metric name → value (nested dicts allowed).
+        license (`str`, *optional*): license identifier for the metadata.
+        extra_text (`str`, *optional*): Markdown appended at the end.
+
+    Returns:
+        `str`: the card text.
+
+    Example:
+    ```python
+    >>> card = build_model_card(model_name="me/qwen-grounding", base_model="Qwen/Qwen2-VL-2B-Instruct",
+    ...     task="grounding", reward_funcs=["iou", "grounding_format"], box_format="qwen2_vl",
+    ...     eval_metrics={"acc@0.5": 0.891})
+    >>> "base_model: Qwen/Qwen2-VL-2B-Instruct" in card, "| iou | 1.0 |" in card, "| acc@0.5 | 0.8910 |" in card
+    (True, True, True)
+
+    ```
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    tasks = [task] if isinstance(task, str) else list(task)
+    datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+    rewards = _reward_rows(reward_funcs, reward_weights)
+    hyper = _hyperparameters(training_args)
+    data = ModelCardData(
+        base_model=base_model,
+        datasets=[d for d in datasets if "/" in d and not os.path.exists(d)] or None,
+        library_name="transformers",
+        license=license,
+        pipeline_tag="image-text-to-text",
+        tags=["trl", "trl-perception", "grpo", *tasks],
+        model_name=model_name,
+    )
+    lines = [
+        f"# {model_name}",
+        "",
+        f"A vision-language model post-trained with GRPO (reinforcement learning with rule-based rewards) for "
+        f"{', '.join(_TASK_TITLES.get(t, t) for t in tasks)}, with "
+        "trl-perception on top of [TRL](https://github.com/huggingface/trl), following Perception-R1 "
+        "([arXiv 2504.07954](https://arxiv.org/abs/2504.07954)).",
+        "",
+        f"- **Base model:** {base_model or 'unknown'}",
+        f"- **Task:** {', '.join(tasks)}",
+    ]
+    if datasets:
+        lines.append(f"- **Training data:** {', '.join(datasets)}")
+    if box_format:
+        lines.append(f"- **Box format:** `{box_format}`: {_FRAME_TEXT.get(box_format, box_format)}")
+    if rewards:
+        lines += ["", "## Rewards", "", "| reward | weight |", "|---|---|"]
+        lines += [f"| {name} | {weight} |" for name, weight in rewards]
+    if hyper:
+        lines += ["", "## Training hyperparameters", "", "| parameter | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in hyper.items()]
+    table = _metric_table(eval_metrics or {})
+    if table:
+        lines += ["", "## Evaluation", "", *table]
+    example_prompt = {
+        "grounding": "Output the bounding box of the person on the left in the image.",
+        "counting": "Output all the bounding boxes of the apples",
+        "ocr": "OCR this image.",
+        "detection": "Please output bbox coordinates and names of person, car, dog.",
+    }.get(tasks[0] if tasks else "", "Describe the image.")
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from PIL import Image",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'model = AutoModelForImageTextToText.from_pretrained("{model_name}")',
+        f'processor = AutoProcessor.from_pretrained("{model_name}")',
+        'image = Image.open("image.jpg")',
+        f'messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "{example_prompt}"}}]}}]',
+        "text = processor.apply_chat_template(messages, add_generation_prompt=True)",
+        'inputs = processor(text=[text], images=[image], return_tensors="pt")',
+        "output = model.generate(**inputs, max_new_tokens=512, do_sample=False)",
+        "print(processor.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=False)[0])",
+        "```",
+    ]
+    if box_format:
+        lines += [
+            "",
+            "Parse the answer and map boxes back to original image pixels with trl-perception:",
+            "",
+            "```python",
+            "from trl_perception.boxes import convert_frame, family_frame, model_input_size",
+            "from trl_perception.formats import parse_objects",
+            "",
+            f'objects = parse_objects(answer, "{box_format}").objects',
+            f'input_size = model_input_size(image.size, "{box_format}")  # pass your min/max_pixels',
+            f'boxes = [convert_frame(o.bbox, family_frame("{box_format}"), "pixels", image.size, input_size) for o in objects if o.bbox]',
+            "```",
+        ]
+    if extra_text:
+        lines += ["", extra_text.strip()]
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    return str(card)
+
+
+def push_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    card: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload perception model trained with trl-perception",
+    api: Any = None,
+) -> str:
+    """Upload a saved model folder to the Hub with its model card (written to `README.md` first).
+
+    When `card` is omitted, an existing `README.md` in the folder is kept, or one is built from
+    `trl_perception_card.json` (written by the recipe) if present.
+
+    Args:
+        folder: the output directory of a training run.
+        repo_id (`str`): the Hub repository, e.g. `"me/qwen2-vl-grounding"`.
+        card (`str`, *optional*): model card text.
+        private, token: passed to `huggingface_hub`.
+        api (*optional*): an `HfApi`-like object (for tests).
+
+    Returns:
+        `str`: the URL of the commit.
+
+    Example:
+    ```python
+    >>> class FakeApi:
+    ...     def create_repo(self, repo_id, **kwargs): return repo_id
+    ...     def upload_folder(self, folder_path, repo_id, **kwargs): return f"https://hub/{repo_id}"
+    >>> import tempfile
+    >>> push_to_hub(tempfile.mkdtemp(), "me/model", card="# card", api=FakeApi())
+    'https://hub/me/model'
+
+    ```
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a directory: save the model there before pushing")
+    readme = folder / "README.md"
+    if card is None and not readme.exists():
+        meta = folder / "trl_perception_card.json"
+        if meta.exists():
+            card = build_model_card(**json.loads(meta.read_text()))
+    if card is not None:
+        readme.write_text(card, encoding="utf-8")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    result = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message=commit_message,
+        ignore_patterns=["checkpoint-*", "checkpoint-*/**", "*.pt", "runs/**"],
+    )
+    return str(result)
