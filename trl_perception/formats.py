@@ -49,7 +49,7 @@ _NUM_RE = re.compile(_NUM)
 _BOX_BLOCK_RE = re.compile(r"<\|box_start\|>([^<]{0,200})<\|box_end\|>")
 _REF_RE = re.compile(r"<\|object_ref_start\|>([^<]{0,300})<\|object_ref_end\|>")
 _PAIR_BOX_RE = re.compile(
-    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,?\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*(?:,\s*)?\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
 )
 _QUAD_RE = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
 _ANSWER_OPEN = "<answer>"
