@@ -183,6 +183,8 @@ def _numbers(values: Any, count: int) -> tuple[float, ...] | None:
 def _label(value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a JSON NaN / Infinity label
     label = str(value).strip()
     return label[:300] or None
 
@@ -214,11 +216,13 @@ def _object_from_json(item: Any) -> DetectedObject | None:
     return None
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite JSON constant {name}")
+def _nan_constant(name: str) -> float:
+    # NaN / Infinity / -Infinity decode to NaN, which `_finite` then rejects item by item: raising here
+    # would abort the whole list and report a complete answer as truncated.
+    return math.nan
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_nan_constant)
 
 
 def _skip_ws(text: str, pos: int) -> int:
