@@ -12,6 +12,7 @@ from .boxes import box_iou
 __all__ = ["hungarian_match", "match_boxes", "match_points"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_MAX_SAFE_COST = 1e100
 
 
 def hungarian_match(cost: Sequence | np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +42,15 @@ def hungarian_match(cost: Sequence | np.ndarray, max_cost: float | None = None) 
     if c.size == 0:
         return _EMPTY, _EMPTY
     finite = np.isfinite(c)
+    work = c
+    peak = float(np.abs(c[finite]).max()) if finite.any() else 0.0
+    if peak > _MAX_SAFE_COST:
+        # Rescaling keeps the optimum; it stops the substitute below (and scipy's sums) overflowing to inf,
+        # which made scipy raise "cost matrix is infeasible".
+        work, peak = c / peak, 1.0
     if not finite.all():
-        big = (np.abs(c[finite]).max() + 1.0) * (c.shape[0] + c.shape[1] + 1) if finite.any() else 1.0
-        c = np.where(finite, c, big)
-    rows, cols = linear_sum_assignment(c)
+        work = np.where(finite, work, (peak + 1.0) * (c.shape[0] + c.shape[1] + 1))
+    rows, cols = linear_sum_assignment(work)
     keep = finite[rows, cols]
     if max_cost is not None:
         keep &= c[rows, cols] <= max_cost
