@@ -1,7 +1,7 @@
 """Evaluation metrics for the four perception tasks, as pure functions over predictions and ground truth.
 
 Grounding (IoU, Acc@τ, centre accuracy), counting (accuracy, MAE), page OCR (Fox / Perception-R1 metrics)
-and COCO detection (pycocotools ``COCOeval`` stats, per-class AP).
+and COCO detection (pycocotools `COCOeval` stats, per-class AP).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trl_perception.boxes import paired_box_iou
+
 __all__ = [
     "COCO_STAT_NAMES",
     "coco_metrics",
@@ -29,7 +31,7 @@ __all__ = [
     "ocr_metrics",
 ]
 
-# Order of ``COCOeval.stats`` for iou_type "bbox" / "segm".
+# Order of `COCOeval.stats` for iou_type "bbox" / "segm".
 COCO_STAT_NAMES: tuple[str, ...] = (
     "AP",
     "AP50",
@@ -49,23 +51,6 @@ COCO_STAT_NAMES: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------------
 # Grounding
 # --------------------------------------------------------------------------------------------------
-
-
-def _paired_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """IoU of row i of ``pred`` with row i of ``gt`` (both [N, 4] xyxy); 0 where the union is empty.
-
-    Continuous formula, no +1 pixel and no epsilon. A degenerate or inverted box has area 0, so its IoU is 0.
-    """
-    inter_w = np.clip(np.minimum(pred[:, 2], gt[:, 2]) - np.maximum(pred[:, 0], gt[:, 0]), 0.0, None)
-    inter_h = np.clip(np.minimum(pred[:, 3], gt[:, 3]) - np.maximum(pred[:, 1], gt[:, 1]), 0.0, None)
-    inter = inter_w * inter_h
-    area_pred = np.clip(pred[:, 2] - pred[:, 0], 0.0, None) * np.clip(pred[:, 3] - pred[:, 1], 0.0, None)
-    area_gt = np.clip(gt[:, 2] - gt[:, 0], 0.0, None) * np.clip(gt[:, 3] - gt[:, 1], 0.0, None)
-    union = area_pred + area_gt - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    # Rounding can push inter/union a hair above 1 for near-identical boxes.
-    return np.clip(iou, 0.0, 1.0)
 
 
 def _as_box(value: Any) -> np.ndarray | None:
@@ -92,40 +77,43 @@ def grounding_metrics(
 ) -> dict[str, float | int | None]:
     r"""Visual-grounding metrics of paired predicted / ground-truth boxes (Perception-R1 §2.1 protocol).
 
-    All boxes are ``[x1, y1, x2, y2]`` in the same frame (the evaluation runner maps predictions back to
-    original pixels first). Per sample ``i``:
+    All boxes are `[x1, y1, x2, y2]` in the same frame (the evaluation runner maps predictions back to
+    original pixels first). Per sample `i`:
 
-    * ``IoU_i = area(p ∩ g) / area(p ∪ g)`` (continuous, no +1 pixel, no epsilon; 0 when the union is empty;
+    * `IoU_i = area(p ∩ g) / area(p ∪ g)` (continuous, no +1 pixel, no epsilon; 0 when the union is empty;
       an inverted or zero-size prediction has area 0 and so IoU 0);
-    * ``hit_i(τ) = [IoU_i >= τ]`` — the PR1 evaluation convention (``>=``, whereas VLM-R1 uses ``> 0.5``).
+    * `hit_i(τ) = [IoU_i >= τ]` — the PR1 evaluation convention (`>=`, whereas VLM-R1 uses `> 0.5`).
       Unlike PR1, whose IoU adds 1e-10 to the denominator, an IoU of exactly τ counts as a hit;
-    * ``centre_i = [x1_g <= (x1_p + x2_p)/2 <= x2_g and y1_g <= (y1_p + y2_p)/2 <= y2_g]`` (boundary
-      inclusive, as PR1 ``compute_center_accuracy``).
+    * `centre_i = [x1_g <= (x1_p + x2_p)/2 <= x2_g and y1_g <= (y1_p + y2_p)/2 <= y2_g]` (boundary
+      inclusive, as PR1 `compute_center_accuracy`).
 
-    A missing prediction (``None``, or anything that is not four finite numbers) counts as IoU 0, a miss at
+    A missing prediction (`None`, or anything that is not four finite numbers) counts as IoU 0, a miss at
     every τ and a centre miss.
 
     Returns fractions in [0, 1] (the paper shows them ×100):
-    ``mean_iou`` = mean IoU_i; ``acc@τ`` = mean hit_i(τ) for each τ (key formatted with ``:g``, e.g.
-    ``acc@0.5``); ``acc_avg`` = mean over τ of ``acc@τ`` (the paper's "Avg" for τ ∈ {0.5, 0.75, 0.95});
-    ``center_acc`` = mean centre_i; plus ``num_samples`` and ``num_missing``. With no samples every average
-    is ``None``.
+    `mean_iou` = mean IoU_i; `acc@τ` = mean hit_i(τ) for each τ (key formatted with `:g`, e.g.
+    `acc@0.5`); `acc_avg` = mean over τ of `acc@τ` (the paper's "Avg" for τ ∈ {0.5, 0.75, 0.95});
+    `center_acc` = mean centre_i; plus `num_samples` and `num_missing`. With no samples every average
+    is `None`.
 
     Args:
-        pred_boxes: N predicted boxes, each ``[x1, y1, x2, y2]`` or ``None``.
-        gt_boxes: N ground-truth boxes ``[x1, y1, x2, y2]`` (finite numbers).
-        thresholds: IoU thresholds τ for ``acc@τ``; at least one.
+        pred_boxes: N predicted boxes, each `[x1, y1, x2, y2]` or `None`.
+        gt_boxes: N ground-truth boxes `[x1, y1, x2, y2]` (finite numbers).
+        thresholds: IoU thresholds τ for `acc@τ`; at least one.
 
     Raises:
-        ValueError: when the lengths differ, ``thresholds`` is empty, or a ground-truth box is not four finite
+        ValueError: when the lengths differ, `thresholds` is empty, or a ground-truth box is not four finite
             numbers.
 
     Example:
-        >>> m = grounding_metrics([[0, 0, 10, 10], [5, 5, 15, 15], None], [[0, 0, 10, 10]] * 3)
-        >>> round(m["mean_iou"], 4), m["acc@0.5"], round(m["acc_avg"], 4), m["num_missing"]
-        (0.381, 0.3333333333333333, 0.3333, 1)
-        >>> round(m["center_acc"], 4)
-        0.6667
+    ```python
+    >>> m = grounding_metrics([[0, 0, 10, 10], [5, 5, 15, 15], None], [[0, 0, 10, 10]] * 3)
+    >>> round(m["mean_iou"], 4), m["acc@0.5"], round(m["acc_avg"], 4), m["num_missing"]
+    (0.381, 0.3333333333333333, 0.3333, 1)
+    >>> round(m["center_acc"], 4)
+    0.6667
+
+    ```
     """
     thresholds = tuple(float(t) for t in thresholds)
     if not thresholds:
@@ -158,7 +146,9 @@ def grounding_metrics(
             pred[i] = parsed
             valid[i] = True
 
-    iou = np.where(valid, _paired_iou(pred, gt), 0.0)
+    # Clipped because float rounding can leave inter/union a hair above 1 for near-identical boxes.
+    with np.errstate(over="ignore", invalid="ignore"):  # huge finite coordinates overflow areas to inf
+        iou = np.where(valid, np.clip(paired_box_iou(pred, gt), 0.0, 1.0), 0.0)
     cx = (pred[:, 0] + pred[:, 2]) / 2.0
     cy = (pred[:, 1] + pred[:, 3]) / 2.0
     with np.errstate(invalid="ignore", over="ignore"):
@@ -199,26 +189,29 @@ def counting_metrics(
 ) -> dict[str, float | int | None]:
     r"""Counting metrics of paired predicted / ground-truth object counts (PixMo-Count protocol).
 
-    ``accuracy = mean_i [pred_i == gt_i]`` (exact match) and ``MAE = mean_i |pred_i - gt_i|``.
+    `accuracy = mean_i [pred_i == gt_i]` (exact match) and `MAE = mean_i |pred_i - gt_i|`.
 
-    A missing prediction (``None``, or anything that is not a finite number) counts as **0 objects**: an
+    A missing prediction (`None`, or anything that is not a finite number) counts as **0 objects**: an
     empty answer on an image whose ground truth is 0 is correct. This differs from the PR1 evaluation, which
-    maps "no boxes" to ``None`` so that a GT of 0 can never score. ``num_missing`` reports how many
+    maps "no boxes" to `None` so that a GT of 0 can never score. `num_missing` reports how many
     predictions were missing.
 
-    Returns ``accuracy`` in [0, 1], ``mae`` >= 0, ``num_samples`` and ``num_missing``; with no samples
-    ``accuracy`` and ``mae`` are ``None``.
+    Returns `accuracy` in [0, 1], `mae` >= 0, `num_samples` and `num_missing`; with no samples
+    `accuracy` and `mae` are `None`.
 
     Args:
-        pred_counts: N predicted counts (``None`` when nothing was parsed).
-        gt_counts: N ground-truth counts, as numbers or as the row-contract dict ``{"count": n, ...}``.
+        pred_counts: N predicted counts (`None` when nothing was parsed).
+        gt_counts: N ground-truth counts, as numbers or as the row-contract dict `{"count": n, ...}`.
 
     Raises:
         ValueError: when the lengths differ or a ground-truth count is not a finite number.
 
     Example:
-        >>> counting_metrics([3, None, 5, 2], [3, 0, 4, 4])
-        {'accuracy': 0.5, 'mae': 0.75, 'num_samples': 4, 'num_missing': 1}
+    ```python
+    >>> counting_metrics([3, None, 5, 2], [3, 0, 4, 4])
+    {'accuracy': 0.5, 'mae': 0.75, 'num_samples': 4, 'num_missing': 1}
+
+    ```
     """
     preds = list(pred_counts)
     gts = list(gt_counts)
@@ -368,53 +361,56 @@ def ocr_metrics(
     *,
     cjk_tokenizer: Literal["auto", "jieba", "char"] = "auto",
 ) -> dict[str, Any]:
-    r"""Page-OCR metrics (Fox / Perception-R1 ``cal_per_metrics``), averaged over pages.
+    r"""Page-OCR metrics (Fox / Perception-R1 `cal_per_metrics`), averaged over pages.
 
-    Per page, with ``pred`` the model's text and ``ref`` the ground truth:
+    Per page, with `pred` the model's text and `ref` the ground truth:
 
-    * ``edit_distance = Levenshtein(pred, ref) / max(len(pred), len(ref))`` on characters (lower is better);
+    * `edit_distance = Levenshtein(pred, ref) / max(len(pred), len(ref))` on characters (lower is better);
     * tokens: if either string contains a CJK ideograph (U+4E00–U+9FA5, PR1's test) both are tokenized with
-      ``jieba.lcut`` when jieba is importable (PR1), otherwise one token per CJK character plus
-      whitespace-separated runs for the rest (``cjk_tokenizer="char"``; results then differ from PR1's).
+      `jieba.lcut` when jieba is importable (PR1), otherwise one token per CJK character plus
+      whitespace-separated runs for the rest (`cjk_tokenizer="char"`; results then differ from PR1's).
       Text without CJK is split on whitespace;
-    * on the token **sets** H (prediction) and R (reference): ``precision = |H∩R| / |H|``,
-      ``recall = |H∩R| / |R|``, ``f1 = 2PR / (P + R)`` (0 when nothing overlaps);
-    * ``bleu``: ``nltk.translate.bleu_score.sentence_bleu([ref_tokens], pred_tokens)`` with the default
-      4-gram weights and **no smoothing**, exactly as PR1 calls ``nltk.translate.bleu``. So a page with any
+    * on the token **sets** H (prediction) and R (reference): `precision = |H∩R| / |H|`,
+      `recall = |H∩R| / |R|`, `f1 = 2PR / (P + R)` (0 when nothing overlaps);
+    * `bleu`: `nltk.translate.bleu_score.sentence_bleu([ref_tokens], pred_tokens)` with the default
+      4-gram weights and **no smoothing**, exactly as PR1 calls `nltk.translate.bleu`. So a page with any
       n-gram order without overlap (e.g. fewer than 4 tokens) scores ~0;
-    * ``meteor``: ``nltk.translate.meteor_score.meteor_score([ref_tokens], pred_tokens)``; needs NLTK's
+    * `meteor`: `nltk.translate.meteor_score.meteor_score([ref_tokens], pred_tokens)`; needs NLTK's
       WordNet corpus.
 
-    Empty text (``None`` counts as ""): when both are empty the page is perfect (edit distance 0,
+    Empty text (`None` counts as ""): when both are empty the page is perfect (edit distance 0,
     P = R = F1 = BLEU = METEOR = 1); when exactly one token list is empty, P = R = F1 = BLEU = METEOR = 0 and
     the edit distance is 1 if only one string is empty. PR1 raises on these cases.
 
-    The result holds the per-page means (fractions; the paper shows ×100) under ``edit_distance``, ``f1``,
-    ``precision``, ``recall``, ``bleu``, ``meteor``, plus ``num_samples`` and ``unavailable``: a dict
-    ``{metric: reason}`` of metrics that could not be computed here (``bleu`` and ``meteor`` when nltk is
-    missing, ``meteor`` when WordNet is missing). Those are reported as ``None``, never as 0. With no pages
-    every mean is ``None``.
+    The result holds the per-page means (fractions; the paper shows ×100) under `edit_distance`, `f1`,
+    `precision`, `recall`, `bleu`, `meteor`, plus `num_samples` and `unavailable`: a dict
+    `{metric: reason}` of metrics that could not be computed here (`bleu` and `meteor` when nltk is
+    missing, `meteor` when WordNet is missing). Those are reported as `None`, never as 0. With no pages
+    every mean is `None`.
 
     Args:
-        preds: N predicted page texts (``None`` when nothing was generated).
+        preds: N predicted page texts (`None` when nothing was generated).
         refs: N reference page texts.
-        cjk_tokenizer: ``"auto"`` (jieba if importable, else per character), ``"jieba"`` (raises ImportError
-            when missing) or ``"char"``.
+        cjk_tokenizer: `"auto"` (jieba if importable, else per character), `"jieba"` (raises ImportError
+            when missing) or `"char"`.
 
     Raises:
-        ValueError: when the lengths differ or ``cjk_tokenizer`` is unknown.
-        TypeError: when a text is neither ``str`` nor ``None``.
+        ValueError: when the lengths differ or `cjk_tokenizer` is unknown.
+        TypeError: when a text is neither `str` nor `None`.
 
     Example:
-        >>> m = ocr_metrics(["the cat sat on the mat"], ["the cat sat on a mat"])
-        >>> round(m["edit_distance"], 4), m["precision"], round(m["recall"], 4), round(m["f1"], 4)
-        (0.1364, 1.0, 0.8333, 0.9091)
-        >>> round(m["bleu"], 4)
-        0.5373
-        >>> m["meteor"] is None or 0.0 <= m["meteor"] <= 1.0  # None when WordNet is not installed
-        True
-        >>> ocr_metrics([""], [""])["f1"], ocr_metrics([None], ["text"])["edit_distance"]
-        (1.0, 1.0)
+    ```python
+    >>> m = ocr_metrics(["the cat sat on the mat"], ["the cat sat on a mat"])
+    >>> round(m["edit_distance"], 4), m["precision"], round(m["recall"], 4), round(m["f1"], 4)
+    (0.1364, 1.0, 0.8333, 0.9091)
+    >>> round(m["bleu"], 4)
+    0.5373
+    >>> m["meteor"] is None or 0.0 <= m["meteor"] <= 1.0  # None when WordNet is not installed
+    True
+    >>> ocr_metrics([""], [""])["f1"], ocr_metrics([None], ["text"])["edit_distance"]
+    (1.0, 1.0)
+
+    ```
     """
     if cjk_tokenizer not in ("auto", "jieba", "char"):
         raise ValueError(
@@ -466,7 +462,7 @@ def ocr_metrics(
 
 
 def _load_coco_gt(coco_gt: str | os.PathLike | Mapping[str, Any] | Any) -> Any:
-    """A pycocotools ``COCO`` index of the ground truth, built without printing."""
+    """A pycocotools `COCO` index of the ground truth, built without printing."""
     from pycocotools.coco import COCO
 
     if isinstance(coco_gt, COCO):
@@ -547,7 +543,7 @@ def _clean_predictions(
 
 
 def _empty_results(coco_gt: Any) -> Any:
-    """What ``COCO.loadRes`` would return for zero detections (it raises IndexError on ``[]`` instead)."""
+    """What `COCO.loadRes` would return for zero detections (it raises IndexError on `[]` instead)."""
     from pycocotools.coco import COCO
 
     res = COCO()
@@ -567,58 +563,61 @@ def coco_metrics(
     *,
     iou_type: Literal["bbox"] = "bbox",
 ) -> dict[str, Any]:
-    r"""COCO detection metrics of ``predictions`` against ``coco_gt``, computed by pycocotools ``COCOeval``.
+    r"""COCO detection metrics of `predictions` against `coco_gt`, computed by pycocotools `COCOeval`.
 
-    The twelve values ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl`` are
-    ``COCOeval(gt, dt, "bbox").stats`` after ``evaluate(); accumulate(); summarize()``, as Python floats,
+    The twelve values `AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl` are
+    `COCOeval(gt, dt, "bbox").stats` after `evaluate(); accumulate(); summarize()`, as Python floats,
     never re-derived (AP averaged over IoU 0.50:0.05:0.95 and 101 recall points; -1 where the ground truth
     has nothing to evaluate, e.g. no small objects). pycocotools' prints are silenced.
 
-    ``per_class_AP`` maps each category name to its AP read from ``COCOeval.eval["precision"]`` the standard
+    `per_class_AP` maps each category name to its AP read from `COCOeval.eval["precision"]` the standard
     way: the mean over IoU thresholds and recall points at area "all" and maxDets 100, ignoring -1 entries;
-    -1.0 for a category without ground truth. Its mean over categories with ground truth equals ``AP``.
+    -1.0 for a category without ground truth. Its mean over categories with ground truth equals `AP`.
 
     Robustness (pycocotools itself would crash or silently ignore these):
 
     * no predictions (or none left after the checks below): evaluated as an empty result set, which is what
       pycocotools gives for a model that detects nothing — AP/AR 0 where ground truth exists, -1 where it
-      does not (``COCO.loadRes([])`` would raise IndexError);
-    * a prediction whose ``image_id`` is not in the ground truth (``loadRes`` would raise AssertionError) or
-      whose ``category_id`` is not a ground-truth category is dropped, and so is one that is not a dict or
-      whose ``bbox`` is not 4 finite numbers or whose ``score`` is not finite; one ``UserWarning`` reports the
+      does not (`COCO.loadRes([])` would raise IndexError);
+    * a prediction whose `image_id` is not in the ground truth (`loadRes` would raise AssertionError) or
+      whose `category_id` is not a ground-truth category is dropped, and so is one that is not a dict or
+      whose `bbox` is not 4 finite numbers or whose `score` is not finite; one `UserWarning` reports the
       counts;
-    * a missing ``score`` defaults to 1.0 (as PR1's evaluator assigns);
+    * a missing `score` defaults to 1.0 (as PR1's evaluator assigns);
     * a negative width or height (e.g. an inverted xyxy box converted to xywh) is clamped to 0, so the box is
-      kept as an unmatched false positive (counted in ``num_clamped``).
+      kept as an unmatched false positive (counted in `num_clamped`).
 
     Neither the ground-truth dict nor the prediction dicts are modified.
 
     Args:
-        coco_gt: COCO-format ground truth: a path to an annotation JSON, a loaded dict with ``images``,
-            ``categories`` (and ``annotations``), or a ``pycocotools.coco.COCO`` object (used as is).
-        predictions: COCO result dicts ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` in the
+        coco_gt: COCO-format ground truth: a path to an annotation JSON, a loaded dict with `images`,
+            `categories` (and `annotations`), or a `pycocotools.coco.COCO` object (used as is).
+        predictions: COCO result dicts `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` in the
             ground truth's pixel frame.
-        iou_type: only ``"bbox"`` is supported.
+        iou_type: only `"bbox"` is supported.
 
     Returns:
-        The 12 stats (see ``COCO_STAT_NAMES``), ``per_class_AP``, ``num_predictions`` (evaluated),
-        ``num_dropped`` (``{"invalid", "unknown_image_id", "unknown_category_id"}`` counts) and
-        ``num_clamped``.
+        The 12 stats (see `COCO_STAT_NAMES`), `per_class_AP`, `num_predictions` (evaluated),
+        `num_dropped` (`{"invalid", "unknown_image_id", "unknown_category_id"}` counts) and
+        `num_clamped`.
 
     Example:
-        >>> gt = {
-        ...     "images": [{"id": 1, "width": 100, "height": 100}],
-        ...     "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        ...     "annotations": [
-        ...         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
-        ...         {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 60, 30, 30], "area": 900, "iscrowd": 0},
-        ...     ],
-        ... }
-        >>> m = coco_metrics(gt, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9}])
-        >>> round(m["AP"], 6), round(m["AP50"], 6), {k: round(v, 6) for k, v in m["per_class_AP"].items()}
-        (0.5, 0.5, {'cat': 1.0, 'dog': 0.0})
-        >>> coco_metrics(gt, [])["AP"]
-        0.0
+    ```python
+    >>> gt = {
+    ...     "images": [{"id": 1, "width": 100, "height": 100}],
+    ...     "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    ...     "annotations": [
+    ...         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+    ...         {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 60, 30, 30], "area": 900, "iscrowd": 0},
+    ...     ],
+    ... }
+    >>> m = coco_metrics(gt, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "score": 0.9}])
+    >>> round(m["AP"], 6), round(m["AP50"], 6), {k: round(v, 6) for k, v in m["per_class_AP"].items()}
+    (0.5, 0.5, {'cat': 1.0, 'dog': 0.0})
+    >>> coco_metrics(gt, [])["AP"]
+    0.0
+
+    ```
     """
     if iou_type != "bbox":
         raise ValueError(f"coco_metrics: only iou_type='bbox' is supported, got {iou_type!r}")
@@ -679,16 +678,16 @@ def objects_to_coco_results(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     r"""Convert parsed objects (xyxy boxes + labels in original pixels) into COCO result dicts.
 
-    Each object is a ``trl_perception.formats.DetectedObject`` (``bbox``, ``label``) or a dict in the
-    row-contract style (``{"bbox_2d": [x1, y1, x2, y2], "label": name}``; ``"bbox"`` is read when
-    ``"bbox_2d"`` is absent). Its box becomes ``[x1, y1, x2 - x1, y2 - y1]`` (xywh) with category
-    ``label_to_category_id[label.strip()]`` (exact, case-sensitive names, as PR1) and the given ``score``
+    Each object is a `trl_perception.formats.DetectedObject` (`bbox`, `label`) or a dict in the
+    row-contract style (`{"bbox_2d": [x1, y1, x2, y2], "label": name}`; `"bbox"` is read when
+    `"bbox_2d"` is absent). Its box becomes `[x1, y1, x2 - x1, y2 - y1]` (xywh) with category
+    `label_to_category_id[label.strip()]` (exact, case-sensitive names, as PR1) and the given `score`
     (PR1 gives every box 1.0). The caller maps boxes to original pixels first.
 
-    Objects that cannot be evaluated are dropped and counted: ``unknown_label`` (label missing or not in the
-    mapping), ``no_box`` (e.g. a point-only object) and ``invalid_box`` (not 4 finite numbers). An inverted
+    Objects that cannot be evaluated are dropped and counted: `unknown_label` (label missing or not in the
+    mapping), `no_box` (e.g. a point-only object) and `invalid_box` (not 4 finite numbers). An inverted
     box (x2 < x1 or y2 < y1) is kept with its negative size clamped to 0 — a zero-area false positive — and
-    counted under ``inverted_box``.
+    counted under `inverted_box`.
 
     Args:
         image_id: the COCO image id of these objects.
@@ -697,16 +696,19 @@ def objects_to_coco_results(
         score: detection score given to every box.
 
     Returns:
-        ``(results, counts)``: the result dicts, and ``{"unknown_label", "no_box", "invalid_box",
-        "inverted_box"}`` counts.
+        `(results, counts)`: the result dicts, and `{"unknown_label", "no_box", "invalid_box",
+        "inverted_box"}` counts.
 
     Example:
-        >>> objs = [{"bbox_2d": [10, 20, 50, 80], "label": "cat"}, {"bbox_2d": [0, 0, 5, 5], "label": "unicorn"}]
-        >>> results, counts = objects_to_coco_results(7, objs, {"cat": 17})
-        >>> results
-        [{'image_id': 7, 'category_id': 17, 'bbox': [10.0, 20.0, 40.0, 60.0], 'score': 1.0}]
-        >>> counts
-        {'unknown_label': 1, 'no_box': 0, 'invalid_box': 0, 'inverted_box': 0}
+    ```python
+    >>> objs = [{"bbox_2d": [10, 20, 50, 80], "label": "cat"}, {"bbox_2d": [0, 0, 5, 5], "label": "unicorn"}]
+    >>> results, counts = objects_to_coco_results(7, objs, {"cat": 17})
+    >>> results
+    [{'image_id': 7, 'category_id': 17, 'bbox': [10.0, 20.0, 40.0, 60.0], 'score': 1.0}]
+    >>> counts
+    {'unknown_label': 1, 'no_box': 0, 'invalid_box': 0, 'inverted_box': 0}
+
+    ```
     """
     counts = {"unknown_label": 0, "no_box": 0, "invalid_box": 0, "inverted_box": 0}
     results: list[dict[str, Any]] = []
