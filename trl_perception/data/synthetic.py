@@ -1,0 +1,1095 @@
+"""Synthetic perception data with exact ground truth: coloured shapes for grounding, counting and detection,
+and text rendered with a real font for OCR, returned in the row contract."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = [
+    "BACKGROUNDS",
+    "BOX_JITTERS",
+    "COLORS",
+    "DEFAULT_COLORS",
+    "DEFAULT_SHAPES",
+    "SHAPES",
+    "find_cjk_font",
+    "jitter_box",
+    "latin_font_path",
+    "load_font",
+    "make_sample",
+    "make_synthetic",
+    "render_scene",
+    "render_text",
+    "render_text_scene",
+    "shape_vocabulary",
+]
+
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 70, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 50, 190),
+    "orange": (245, 130, 20),
+    "cyan": (20, 200, 210),
+    "pink": (250, 130, 200),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+}
+"""Shape colours by name. None is a grey in 64..192, so no background pixel ever equals a shape colour."""
+
+SHAPES: tuple[str, ...] = ("square", "circle", "triangle", "diamond", "hexagon", "star", "cross")
+"""Shapes `render_scene` can draw (each drawn upright inside an s×s square)."""
+
+DEFAULT_SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
+DEFAULT_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+
+BACKGROUNDS: tuple[str, ...] = ("grey", "color", "noise")
+"""Plain grey (one level in 90..170), a plain colour far from the scene's shape colours (at least 100 apart
+in some channel), or grey noise (64..192)."""
+
+BOX_JITTERS: tuple[str, ...] = ("loose", "shift", "random")
+"""Imperfect-supervision modes for training boxes (`jitter_box`)."""
+
+_TASK_IDS = {task: i for i, task in enumerate(TASKS)}
+_PLURALS = {"cross": "crosses"}
+_DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5)}
+_DEFAULT_WORDS = {"en": (1, 6), "zh": (1, 4)}
+_MIN_SHAPE_PX = 6
+
+_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+_CJK_FONT_ENV = "TRL_PERCEPTION_CJK_FONT"
+_CJK_FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/arphic/uming.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/STHeiti Light.ttc",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "C:/Windows/Fonts/simhei.ttf",
+)
+_CJK_INSTALL_HINT = (
+    "no CJK font found for language='zh'. Install one, e.g. `apt-get install fonts-wqy-microhei` "
+    "(or fonts-noto-cjk / fonts-droid-fallback), or point the environment variable "
+    f"{_CJK_FONT_ENV} (or font=) at a .ttf/.ttc file that has Chinese glyphs"
+)
+
+_EN_WORDS = tuple(
+    """the of and to in is that for it as was with be by on not he this are or his from at which but have
+    an they you were her she there one all we their can has more when will would if what so no about up out
+    some time them into only other new could than first two way may then do any like now my such make over
+    our even most after also many before must well back through years much where your way down should
+    because long each those people state very just little good world take year still between come work
+    life without never both under last might great old place while number part found same another against
+    house system water line right small large point city page model image shape color circle square box
+    text label answer reward policy vision language train test data value group order light green blue red
+    paper table river mountain window garden market school doctor engine planet signal music window summer
+    winter morning evening orange yellow purple silver golden simple quick brown fox jumps lazy dog""".split()
+)
+_ZH_CHARS = (
+    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后"
+    "多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合"
+    "还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只"
+    "没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边"
+    "流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造"
+    "百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例"
+)
+
+
+# --------------------------------------------------------------------------------------------- fonts
+
+
+@lru_cache(maxsize=1)
+def latin_font_path() -> str | None:
+    """Path of a DejaVuSans TrueType font: the system copy, else matplotlib's bundled one, else `None`
+    (then `load_font` falls back to Pillow's built-in font).
+
+    Example:
+    ```python
+    >>> path = latin_font_path()
+    >>> path is None or path.endswith("DejaVuSans.ttf")
+    True
+
+    ```
+    """
+    if os.path.isfile(_DEJAVU):
+        return _DEJAVU
+    try:
+        import matplotlib
+
+        bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except Exception:  # matplotlib missing or broken: Pillow's default font still works
+        return None
+    return str(bundled) if bundled.is_file() else None
+
+
+def _fc_list_cjk() -> list[str]:
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return []
+    try:
+        out = subprocess.run(
+            [fc_list, ":lang=zh", "file"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = [line.split(":")[0].strip() for line in out.splitlines() if line.strip()]
+    preferred = ("wqy", "noto", "droid", "source-han", "sourcehan")
+    # Well-known families first, then the rest in a stable order.
+    return sorted(
+        (p for p in paths if p.lower().endswith((".ttf", ".ttc", ".otf", ".otc"))),
+        key=lambda p: (not any(k in p.lower() for k in preferred), p),
+    )
+
+
+@lru_cache(maxsize=1)
+def find_cjk_font() -> str | None:
+    """Path of an installed font with Chinese glyphs, or `None`.
+
+    Looks at `$TRL_PERCEPTION_CJK_FONT`, then well-known paths (WenQuanYi Micro Hei, Noto CJK, Droid Sans
+    Fallback, macOS and Windows system fonts), then asks `fc-list :lang=zh`.
+
+    Example:
+    ```python
+    >>> path = find_cjk_font()
+    >>> path is None or os.path.isfile(path)
+    True
+
+    ```
+    """
+    env = os.environ.get(_CJK_FONT_ENV)
+    candidates = ([env] if env else []) + list(_CJK_FONT_CANDIDATES) + _fc_list_cjk()
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        try:
+            ImageFont.truetype(path, 12)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+@lru_cache(maxsize=256)
+def load_font(
+    size: int, language: str = "en", path: str | None = None
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A font of `size` pixels: `path` when given, else a CJK font for `language="zh"` (raising a
+    `RuntimeError` naming what to install when none exists), else DejaVuSans, else Pillow's default font.
+
+    Example:
+    ```python
+    >>> font = load_font(16)
+    >>> font.getbbox("Hello")[2] > 0
+    True
+
+    ```
+    """
+    size = max(1, int(size))
+    if path is None and language == "zh":
+        path = find_cjk_font()
+        if path is None:
+            raise RuntimeError(_CJK_INSTALL_HINT)
+    if path is None:
+        path = latin_font_path()
+    if path is not None:
+        return ImageFont.truetype(path, size)
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+# --------------------------------------------------------------------------------------------- shapes
+
+
+def shape_vocabulary(
+    colors: Sequence[str] = DEFAULT_COLORS, shapes: Sequence[str] = DEFAULT_SHAPES
+) -> list[str]:
+    """Labels `"{color} {shape}"` of every colour/shape pair, colours outermost: the detection vocabulary.
+
+    Example:
+    ```python
+    >>> shape_vocabulary(["red", "blue"], ["circle", "square"])
+    ['red circle', 'red square', 'blue circle', 'blue square']
+
+    ```
+    """
+    return [f"{color} {shape}" for color in colors for shape in shapes]
+
+
+def _plural(shape: str) -> str:
+    return _PLURALS.get(shape, shape + "s")
+
+
+def _regular_polygon(center: float, radius: float, n: int, start_deg: float) -> list[tuple[float, float]]:
+    return [
+        (
+            center + radius * math.cos(math.radians(start_deg + 360.0 * i / n)),
+            center + radius * math.sin(math.radians(start_deg + 360.0 * i / n)),
+        )
+        for i in range(n)
+    ]
+
+
+@lru_cache(maxsize=4096)
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    """Boolean [size, size] mask of the drawn shape (aliased, so every pixel is exactly in or out)."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    e = size - 1
+    c = e / 2.0
+    if shape == "square":
+        draw.rectangle([0, 0, e, e], fill=255)
+    elif shape == "circle":
+        draw.ellipse([0, 0, e, e], fill=255)
+    elif shape == "triangle":
+        draw.polygon([(c, 0), (e, e), (0, e)], fill=255)
+    elif shape == "diamond":
+        draw.polygon([(c, 0), (e, c), (c, e), (0, c)], fill=255)
+    elif shape == "hexagon":
+        draw.polygon(_regular_polygon(c, c, 6, 0.0), fill=255)
+    elif shape == "star":
+        outer = _regular_polygon(c, c, 5, -90.0)
+        inner = _regular_polygon(c, 0.45 * c, 5, -54.0)
+        draw.polygon([p for pair in zip(outer, inner) for p in pair], fill=255)
+    elif shape == "cross":
+        t = max(1, round(size / 3))
+        a = (size - t) // 2
+        draw.rectangle([a, 0, a + t - 1, e], fill=255)
+        draw.rectangle([0, a, e, a + t - 1], fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    mask = np.asarray(canvas) > 0
+    mask.setflags(write=False)
+    return mask
+
+
+def _far_from(rgb: np.ndarray, palette: np.ndarray, min_dist: int = 100) -> bool:
+    return palette.size == 0 or bool(np.abs(palette - rgb[None, :]).max(axis=1).min() >= min_dist)
+
+
+def _background(
+    rng: np.random.Generator,
+    kind: str | Sequence[str],
+    width: int,
+    height: int,
+    avoid: Sequence[tuple[int, int, int]] = (),
+) -> np.ndarray:
+    if isinstance(kind, str):
+        kinds = BACKGROUNDS if kind == "mixed" else (kind,)
+    else:
+        kinds = tuple(kind)
+    chosen = kinds[int(rng.integers(len(kinds)))] if len(kinds) > 1 else kinds[0]
+    chosen = "grey" if chosen == "gray" else "color" if chosen == "colour" else chosen
+    if chosen == "noise":
+        levels = rng.integers(64, 193, size=(height, width), dtype=np.uint8)
+        return np.repeat(levels[:, :, None], 3, axis=2)
+    if chosen == "color":
+        palette = np.asarray(list(avoid), dtype=np.int64).reshape(-1, 3)
+        for _ in range(50):
+            rgb = rng.integers(30, 226, size=3)
+            if _far_from(rgb, palette):
+                return np.broadcast_to(rgb.astype(np.uint8), (height, width, 3)).copy()
+        chosen = "grey"  # practically unreachable; keeps the guarantee that no pixel equals a shape colour
+    if chosen == "grey":
+        level = int(rng.integers(90, 171))
+        return np.full((height, width, 3), level, dtype=np.uint8)
+    raise ValueError(f"unknown background {chosen!r}; expected one of {BACKGROUNDS} or 'mixed'")
+
+
+def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        width = height = int(image_size)
+    else:
+        width, height = (int(v) for v in image_size)
+    if width < 8 or height < 8:
+        raise ValueError(f"image_size must be at least 8x8 pixels, got {(width, height)}")
+    return width, height
+
+
+def _size_range(
+    image_size: tuple[int, int], n_objects: int, min_size: int | None, max_size: int | None
+) -> tuple[int, int]:
+    width, height = image_size
+    short = min(width, height)
+    # The objects' squares cover at most ~36% of the image, so random placement rarely fails.
+    cap = max(_MIN_SHAPE_PX, int(math.sqrt(width * height * 0.36 / max(1, n_objects))))
+    lo = min_size if min_size is not None else min(max(_MIN_SHAPE_PX, round(0.14 * short)), cap)
+    hi = max_size if max_size is not None else min(round(0.6 * short), cap)
+    lo = max(1, min(int(lo), short))
+    hi = max(lo, min(int(hi), short))
+    return lo, hi
+
+
+def _conflicts(
+    box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]], gap: int, max_overlap: float
+) -> bool:
+    x1, y1, x2, y2 = box
+    for bx1, by1, bx2, by2 in placed:
+        if max_overlap <= 0:
+            if x1 - gap < bx2 and bx1 < x2 + gap and y1 - gap < by2 and by1 < y2 + gap:
+                return True
+            continue
+        iw = min(x2, bx2) - max(x1, bx1)
+        ih = min(y2, by2) - max(y1, by1)
+        if iw > 0 and ih > 0:
+            inter = iw * ih
+            union = (x2 - x1) * (y2 - y1) + (bx2 - bx1) * (by2 - by1) - inter
+            if inter / union > max_overlap:
+                return True
+    return False
+
+
+def render_scene(
+    rng: np.random.Generator,
+    kinds: Sequence[tuple[str, str]],
+    *,
+    image_size: int | Sequence[int] = (112, 112),
+    background: str | Sequence[str] = "mixed",
+    min_size: int | None = None,
+    max_size: int | None = None,
+    gap: int = 2,
+    max_overlap: float = 0.0,
+    attempts: int = 60,
+) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """Draw one shape per `(color, shape)` in `kinds` at random sizes and places, and return the image with
+    the exact extent of every shape.
+
+    Shapes are drawn without anti-aliasing, in order, each inside an s×s square (s uniform in
+    `[min_size, max_size]`, defaults scaled to the image and to the number of shapes). With
+    `max_overlap=0` the squares are at least `gap` pixels apart; otherwise their IoU is at most
+    `max_overlap` and later shapes hide earlier ones. A shape that finds no room after `attempts` tries,
+    even shrunk to the minimum size, is left out (its `kind_index` is then missing from the result).
+
+    Returns:
+        `(image, objects)`: an RGB image of `image_size = (width, height)`, and one dict per drawn shape in
+        drawing order with `bbox_2d` `[x1, y1, x2, y2]` (integers; the tight extent of the shape's visible
+        pixels, `x1 <= x < x2`), `point_2d` `[x, y]` (the centroid of those pixels, 0.1 px), `label`
+        `"{color} {shape}"`, `color`, `shape` and `kind_index` (position in `kinds`).
+
+    Example:
+    ```python
+    >>> rng = np.random.default_rng(0)
+    >>> image, objects = render_scene(rng, [("red", "circle"), ("blue", "square")], background="grey")
+    >>> image.size, [o["label"] for o in objects]
+    ((112, 112), ['red circle', 'blue square'])
+    >>> x1, y1, x2, y2 = objects[1]["bbox_2d"]
+    >>> pixels = np.asarray(image)
+    >>> bool((pixels[y1:y2, x1:x2] == COLORS["blue"]).all())  # a square fills its box
+    True
+
+    ```
+    """
+    width, height = _as_size(image_size)
+    for color, shape in kinds:
+        if color not in COLORS:
+            raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    lo, hi = _size_range((width, height), len(kinds), min_size, max_size)
+    shrink_floor = min(lo, _MIN_SHAPE_PX) if min_size is None else lo
+    pixels = _background(rng, background, width, height, avoid=[COLORS[c] for c, _ in kinds])
+    owner = np.full((height, width), -1, dtype=np.int32)
+    placed: list[tuple[int, int, int, int]] = []
+    windows: dict[int, tuple[int, int, int]] = {}
+    for index, (color, shape) in enumerate(kinds):
+        size = int(rng.integers(lo, hi + 1))
+        spot = None
+        while spot is None:
+            for _ in range(attempts):
+                x = int(rng.integers(0, width - size + 1))
+                y = int(rng.integers(0, height - size + 1))
+                if not _conflicts((x, y, x + size, y + size), placed, gap, max_overlap):
+                    spot = (x, y)
+                    break
+            if spot is not None or size <= shrink_floor:
+                break
+            size = max(shrink_floor, int(size * 0.8))
+        if spot is None:
+            continue
+        x, y = spot
+        mask = _shape_mask(shape, size)
+        owner[y : y + size, x : x + size][mask] = index
+        pixels[y : y + size, x : x + size][mask] = COLORS[color]
+        placed.append((x, y, x + size, y + size))
+        windows[index] = (x, y, size)
+    objects = []
+    for index, (x, y, size) in windows.items():
+        ys, xs = np.nonzero(owner[y : y + size, x : x + size] == index)
+        if xs.size == 0:  # entirely hidden by later shapes
+            continue
+        color, shape = kinds[index]
+        objects.append(
+            {
+                "bbox_2d": [
+                    x + int(xs.min()),
+                    y + int(ys.min()),
+                    x + int(xs.max()) + 1,
+                    y + int(ys.max()) + 1,
+                ],
+                "point_2d": [round(x + float(xs.mean()) + 0.5, 1), round(y + float(ys.mean()) + 0.5, 1)],
+                "label": f"{color} {shape}",
+                "color": color,
+                "shape": shape,
+                "kind_index": index,
+            }
+        )
+    return Image.fromarray(pixels, mode="RGB"), objects
+
+
+# --------------------------------------------------------------------------------------------- text
+
+
+def render_text(
+    text: str,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    font_size: int = 16,
+    language: str = "en",
+    font: str | None = None,
+    position: tuple[int, int] | None = None,
+    color: tuple[int, int, int] = (0, 0, 0),
+    background: tuple[int, int, int] | np.ndarray = (255, 255, 255),
+    spacing: int = 4,
+    margin: int = 4,
+) -> Image.Image:
+    """Render `text` (lines separated by `\\n`) with a real font.
+
+    Without `image_size` the image is just large enough for the text plus `margin`; without `position`
+    the text is placed at the margin. `background` is an RGB triple or an `[H, W, 3]` uint8 array.
+
+    Example:
+    ```python
+    >>> image = render_text("hello world")
+    >>> image.mode, image.size[0] > image.size[1]
+    ('RGB', True)
+    >>> bool((np.asarray(image) < 128).any())  # dark ink on white
+    True
+
+    ```
+    """
+    face = load_font(font_size, language, font)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=face, spacing=spacing)
+    if image_size is None:
+        size = (max(1, right - left) + 2 * margin, max(1, bottom - top) + 2 * margin)
+    else:
+        size = _as_size(image_size)
+    if position is None:
+        position = (margin - left, margin - top)
+    if isinstance(background, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(background[: size[1], : size[0]], dtype=np.uint8), "RGB")
+    else:
+        image = Image.new("RGB", size, tuple(int(v) for v in background))
+    ImageDraw.Draw(image).multiline_text(position, text, font=face, fill=tuple(color), spacing=spacing)
+    return image
+
+
+def _random_word(rng: np.random.Generator, language: str) -> str:
+    if language == "zh":
+        length = int(rng.integers(2, 5))
+        return "".join(_ZH_CHARS[int(i)] for i in rng.integers(len(_ZH_CHARS), size=length))
+    word = _EN_WORDS[int(rng.integers(len(_EN_WORDS)))]
+    style = rng.random()
+    if style < 0.15:
+        return word.capitalize()
+    if style < 0.2:
+        return word.upper()
+    if style < 0.27:
+        return str(int(rng.integers(0, 10000)))
+    return word
+
+
+def render_text_scene(
+    rng: np.random.Generator,
+    *,
+    image_size: int | Sequence[int] = (112, 112),
+    language: str = "en",
+    min_words: int | None = None,
+    max_words: int | None = None,
+    font: str | None = None,
+    background: str = "plain",
+) -> tuple[Image.Image, str]:
+    """Random words (English) or 2–4 character words (Chinese) laid out in lines that fit the image,
+    rendered dark on a light background; returns `(image, text)` with lines joined by `\\n`.
+
+    The number of words is drawn in `[min_words, max_words]` and reduced when they do not fit; the text's
+    ink always lies fully inside the image. `background="noise"` adds faint grey noise.
+
+    Example:
+    ```python
+    >>> image, text = render_text_scene(np.random.default_rng(0), image_size=(160, 64))
+    >>> image.size, len(text) > 0
+    ((160, 64), True)
+
+    ```
+    """
+    width, height = _as_size(image_size)
+    if language not in _DEFAULT_WORDS:
+        raise ValueError(f"unknown language {language!r}; expected 'en' or 'zh'")
+    lo_words, hi_words = _DEFAULT_WORDS[language]
+    lo_words = max(1, int(min_words if min_words is not None else lo_words))
+    hi_words = max(lo_words, int(max_words if max_words is not None else hi_words))
+    n_words = int(rng.integers(lo_words, hi_words + 1))
+    words = [_random_word(rng, language) for _ in range(n_words)]
+    joiner = "" if language == "zh" else " "
+    margin = 3
+    spacing = 3
+    font_size = int(rng.integers(max(9, height // 9), max(10, height // 4) + 1))
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    room = (width - 2 * margin, height - 2 * margin)
+
+    def layout(chosen: list[str], face) -> str:
+        lines: list[str] = []
+        for word in chosen:
+            candidate = lines[-1] + joiner + word if lines else word
+            if lines and probe.textlength(candidate, font=face) <= room[0]:
+                lines[-1] = candidate
+            else:
+                lines.append(word)
+        return "\n".join(lines)
+
+    def fits(candidate: str, face) -> bool:
+        left, top, right, bottom = probe.multiline_textbbox((0, 0), candidate, font=face, spacing=spacing)
+        return right - left <= room[0] and bottom - top <= room[1]
+
+    while True:
+        face = load_font(font_size, language, font)
+        # Drop words from the end until the ink fits; shrink the font when not even one word fits.
+        chosen = list(words)
+        text = layout(chosen, face)
+        while chosen and not fits(text, face):
+            chosen.pop()
+            text = layout(chosen, face)
+        if chosen or font_size <= 6:
+            break
+        font_size = max(6, int(font_size * 0.8))
+    if not chosen:  # a tiny image: keep as many characters of the first word as fit
+        text = words[0][:1]
+        for end in range(len(words[0]), 0, -1):
+            if fits(words[0][:end], face):
+                text = words[0][:end]
+                break
+    left, top, right, bottom = probe.multiline_textbbox((0, 0), text, font=face, spacing=spacing)
+    slack_x = max(0, width - 2 * margin - (right - left))
+    slack_y = max(0, height - 2 * margin - (bottom - top))
+    position = (
+        margin - left + int(rng.integers(0, slack_x + 1)),
+        margin - top + int(rng.integers(0, slack_y + 1)),
+    )
+    paper = rng.integers(200, 256, size=3)
+    ink = rng.integers(0, 70, size=3)
+    canvas: tuple[int, int, int] | np.ndarray
+    if background == "noise":
+        noise = rng.integers(-20, 1, size=(height, width, 1))
+        canvas = np.clip(paper[None, None, :] + noise, 0, 255).astype(np.uint8)
+    elif background == "plain":
+        canvas = (int(paper[0]), int(paper[1]), int(paper[2]))
+    else:
+        raise ValueError(f"unknown OCR background {background!r}; expected 'plain' or 'noise'")
+    image = render_text(
+        text,
+        image_size=(width, height),
+        font_size=font_size,
+        language=language,
+        font=font,
+        position=position,
+        color=(int(ink[0]), int(ink[1]), int(ink[2])),
+        background=canvas,
+        spacing=spacing,
+    )
+    return image, text
+
+
+# --------------------------------------------------------------------------------------------- label noise
+
+
+def jitter_box(
+    box: Sequence[float],
+    rng: np.random.Generator,
+    mode: str,
+    noise_px: int,
+    image_size: Sequence[int],
+) -> list[int]:
+    """An imperfect training box: `"loose"` pushes every side `noise_px` outward, `"shift"` moves the box
+    `noise_px` right and down (a systematic annotation offset), `"random"` moves each coordinate by an
+    independent integer in `[-noise_px, noise_px]`. The result is clipped to the image and keeps `x1 < x2`,
+    `y1 < y2`.
+
+    Example:
+    ```python
+    >>> rng = np.random.default_rng(0)
+    >>> jitter_box([10, 10, 20, 20], rng, "loose", 3, (112, 112))
+    [7, 7, 23, 23]
+    >>> jitter_box([10, 10, 20, 20], rng, "shift", 3, (112, 112))
+    [13, 13, 23, 23]
+
+    ```
+    """
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    n = int(noise_px)
+    if mode == "loose":
+        x1, y1, x2, y2 = x1 - n, y1 - n, x2 + n, y2 + n
+    elif mode == "shift":
+        x1, y1, x2, y2 = x1 + n, y1 + n, x2 + n, y2 + n
+    elif mode == "random":
+        dx1, dy1, dx2, dy2 = (int(v) for v in rng.integers(-n, n + 1, size=4))
+        x1, y1, x2, y2 = x1 + dx1, y1 + dy1, x2 + dx2, y2 + dy2
+    else:
+        raise ValueError(f"unknown box_jitter {mode!r}; expected one of {BOX_JITTERS}")
+    width, height = int(image_size[0]), int(image_size[1])
+    x1 = min(max(x1, 0), width - 1)
+    y1 = min(max(y1, 0), height - 1)
+    x2 = min(max(x2, x1 + 1), width)
+    y2 = min(max(y2, y1 + 1), height)
+    return [x1, y1, x2, y2]
+
+
+def _jitter_point(
+    point: Sequence[float], rng: np.random.Generator, mode: str, noise_px: int, image_size
+) -> list[float]:
+    x, y = float(point[0]), float(point[1])
+    if mode == "shift":
+        x, y = x + noise_px, y + noise_px
+    elif mode == "random":
+        dx, dy = rng.integers(-noise_px, noise_px + 1, size=2)
+        x, y = x + int(dx), y + int(dy)
+    # "loose" leaves centres where they are.
+    return [round(min(max(x, 0.0), image_size[0]), 1), round(min(max(y, 0.0), image_size[1]), 1)]
+
+
+def _jitter_solution(
+    task: str, solution: Any, rng: np.random.Generator, mode: str, noise_px: int, image_size
+) -> Any:
+    if task == "grounding":
+        return jitter_box(solution, rng, mode, noise_px, image_size)
+    if task == "detection":
+        return [
+            {"bbox_2d": jitter_box(o["bbox_2d"], rng, mode, noise_px, image_size), "label": o["label"]}
+            for o in solution
+        ]
+    if task == "counting":
+        points = [_jitter_point(p, rng, mode, noise_px, image_size) for p in solution["points"]]
+        return {"count": solution["count"], "points": points}
+    return solution  # OCR text has no boxes
+
+
+# --------------------------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class _Options:
+    image_size: tuple[int, int]
+    min_objects: int | None
+    max_objects: int | None
+    max_distractors: int | None
+    min_size: int | None
+    max_size: int | None
+    max_overlap: float
+    shapes: tuple[str, ...]
+    colors: tuple[str, ...]
+    background: str | tuple[str, ...]
+    language: str
+    font: str | None
+    shuffle_objects: bool
+
+
+def _object_range(task: str, opts: _Options) -> tuple[int, int]:
+    lo, hi = _DEFAULT_OBJECTS[task]
+    floor = 1 if task == "grounding" else 0
+    lo = max(floor, int(opts.min_objects if opts.min_objects is not None else lo))
+    hi = int(opts.max_objects if opts.max_objects is not None else max(hi, lo))
+    if hi < lo:
+        raise ValueError(f"max_objects ({hi}) must be >= min_objects ({lo}) for task {task!r}")
+    return lo, hi
+
+
+def _order(rng: np.random.Generator, items: list[Any], key_xy, shuffle: bool) -> list[Any]:
+    if shuffle:
+        return [items[int(i)] for i in rng.permutation(len(items))]
+    return sorted(items, key=lambda item: (key_xy(item)[1], key_xy(item)[0]))
+
+
+def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.Image, Any, dict[str, str]]:
+    """(image, solution, prompt fields) of one sample."""
+    kinds_all = [(c, s) for c in opts.colors for s in opts.shapes]
+    scene = dict(
+        image_size=opts.image_size,
+        background=opts.background,
+        min_size=opts.min_size,
+        max_size=opts.max_size,
+        max_overlap=opts.max_overlap,
+    )
+    if task == "ocr":
+        lo, hi = (opts.min_objects, opts.max_objects)
+        bg = "noise" if rng.random() < 0.3 else "plain"
+        image, text = render_text_scene(
+            rng, image_size=opts.image_size, language=opts.language, min_words=lo, max_words=hi,
+            font=opts.font, background=bg,
+        )  # fmt: skip
+        return image, text, {}
+    lo, hi = _object_range(task, opts)
+    if task == "grounding":
+        target = kinds_all[int(rng.integers(len(kinds_all)))]
+        others = [k for k in kinds_all if k != target]
+        n_distractors = int(rng.integers(lo, hi + 1)) - 1 if others else 0
+        kinds = [target]
+        if others:
+            kinds += [others[int(i)] for i in rng.integers(len(others), size=n_distractors)]
+        image, objects = render_scene(rng, kinds, **scene)
+        box = next(o["bbox_2d"] for o in objects if o["kind_index"] == 0)
+        return image, box, {"question": f"{target[0]} {target[1]}"}
+    if task == "counting":
+        target = kinds_all[int(rng.integers(len(kinds_all)))]
+        others = [k for k in kinds_all if k != target]
+        k = int(rng.integers(lo, hi + 1))
+        max_distractors = 3 if opts.max_distractors is None else max(0, int(opts.max_distractors))
+        n_distractors = int(rng.integers(0, max_distractors + 1)) if others else 0
+        kinds = [target] * k + [others[int(i)] for i in rng.integers(max(1, len(others)), size=n_distractors)]
+        image, objects = render_scene(rng, kinds, **scene)
+        points = [o["point_2d"] for o in objects if o["kind_index"] < k]
+        points = _order(rng, points, lambda p: p, opts.shuffle_objects)
+        return image, {"count": len(points), "points": points}, {"label": f"{target[0]} {_plural(target[1])}"}
+    if task == "detection":
+        n = int(rng.integers(lo, hi + 1))
+        kinds = [kinds_all[int(i)] for i in rng.integers(len(kinds_all), size=n)]
+        image, objects = render_scene(rng, kinds, **scene)
+        boxes = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in objects]
+        boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
+        categories = ", ".join(shape_vocabulary(opts.colors, opts.shapes))
+        return image, boxes, {"categories": categories}
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def _sample_rng(seed: int, task: str, index: int, stream: int = 0) -> np.random.Generator:
+    # One independent stream per (seed, task, row): row i does not depend on n, and the label-noise stream
+    # (stream 1) leaves images and exact solutions identical to a run without noise.
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, _TASK_IDS.get(task, 7), int(index), int(stream)])
+
+
+def _check_options(opts: _Options) -> None:
+    if not opts.shapes or not opts.colors:
+        raise ValueError("shapes and colors must not be empty")
+    for shape in opts.shapes:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    for color in opts.colors:
+        if color not in COLORS:
+            raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
+    if opts.language not in ("en", "zh"):
+        raise ValueError(f"unknown language {opts.language!r}; expected 'en' or 'zh'")
+    backgrounds = (opts.background,) if isinstance(opts.background, str) else opts.background
+    allowed = (*BACKGROUNDS, "mixed", "gray", "colour")
+    if not backgrounds or any(b not in allowed for b in backgrounds):
+        raise ValueError(f"unknown background {opts.background!r}; expected one of {allowed}")
+    if not 0.0 <= opts.max_overlap < 1.0:
+        raise ValueError(f"max_overlap must be in [0, 1), got {opts.max_overlap}")
+
+
+def make_sample(
+    task: str,
+    rng: np.random.Generator,
+    *,
+    image_size: int | Sequence[int] = (112, 112),
+    min_objects: int | None = None,
+    max_objects: int | None = None,
+    max_distractors: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    max_overlap: float = 0.0,
+    shapes: Sequence[str] = DEFAULT_SHAPES,
+    colors: Sequence[str] = DEFAULT_COLORS,
+    background: str | Sequence[str] = "mixed",
+    language: str = "en",
+    font: str | None = None,
+    shuffle_objects: bool = True,
+) -> dict[str, Any]:
+    """One synthetic sample as plain Python values: `image` (PIL), `task`, `solution` (absolute pixels of
+    the image), `image_size` and `fields` (the prompt-template fields: `question`, `label` or
+    `categories`). Parameters mean what they mean for `make_synthetic`.
+
+    Example:
+    ```python
+    >>> sample = make_sample("counting", np.random.default_rng(0), max_objects=3)
+    >>> sample["solution"]["count"] == len(sample["solution"]["points"]), sample["fields"]["label"][-1]
+    (True, 's')
+
+    ```
+    """
+    opts = _Options(
+        image_size=_as_size(image_size),
+        min_objects=min_objects,
+        max_objects=max_objects,
+        max_distractors=max_distractors,
+        min_size=min_size,
+        max_size=max_size,
+        max_overlap=float(max_overlap),
+        shapes=tuple(shapes),
+        colors=tuple(colors),
+        background=background if isinstance(background, str) else tuple(background),
+        language=language,
+        font=font,
+        shuffle_objects=bool(shuffle_objects),
+    )
+    _check_options(opts)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task == "ocr" and language == "zh" and font is None and find_cjk_font() is None:
+        raise RuntimeError(_CJK_INSTALL_HINT)
+    image, solution, fields = _sample(task, rng, opts)
+    return {
+        "image": image,
+        "task": task,
+        "solution": solution,
+        "image_size": list(image.size),
+        "fields": fields,
+    }
+
+
+def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
+    from ..boxes import model_input_size
+
+    size = image_size
+    # smart_resize maps an on-grid size within the limits to itself; two passes settle every real case.
+    for _ in range(4):
+        resized = model_input_size(size, family, min_pixels=min_pixels, max_pixels=max_pixels)
+        if tuple(resized) == tuple(size):
+            break
+        size = tuple(resized)
+    return int(size[0]), int(size[1])
+
+
+def _features(tasks: tuple[str, ...], mixed: bool, box_format: str | None, jitter: bool) -> datasets.Features:
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
+
+    solution: Any
+    if mixed:
+        solution = Value("string")
+    else:
+        solution = {
+            "grounding": List(Value("int64")),
+            "counting": {"count": Value("int64"), "points": List(List(Value("float64")))},
+            "ocr": Value("string"),
+            "detection": List({"bbox_2d": List(Value("int64")), "label": Value("string")}),
+        }[tasks[0]]
+    features = {
+        "prompt": List(
+            {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
+        ),
+        "image": ImageFeature(),
+        "task": Value("string"),
+        "solution": solution,
+        "image_size": List(Value("int64")),
+    }
+    if box_format is not None:
+        features["box_format"] = Value("string")
+        features["input_size"] = List(Value("int64"))
+    if jitter:
+        features["exact_solution"] = solution
+    return Features(features)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def make_synthetic(
+    task: str | Sequence[str],
+    n: int,
+    seed: int = 0,
+    *,
+    image_size: int | Sequence[int] = (112, 112),
+    box_format: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    fit_to_grid: bool = True,
+    min_objects: int | None = None,
+    max_objects: int | None = None,
+    max_distractors: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    max_overlap: float = 0.0,
+    shapes: Sequence[str] = DEFAULT_SHAPES,
+    colors: Sequence[str] = DEFAULT_COLORS,
+    background: str | Sequence[str] = "mixed",
+    language: str = "en",
+    font: str | None = None,
+    template: str | None = None,
+    system_prompt: str | None = None,
+    shuffle_objects: bool = True,
+    box_jitter: str | None = None,
+    box_noise_px: int = 3,
+) -> datasets.Dataset:
+    """A synthetic dataset in the row contract, with exact ground truth, for tests, smoke runs and small
+    learning experiments.
+
+    Tasks:
+        - `"grounding"`: one target shape and distractors that differ in colour or shape; the question is
+          `"{color} {shape}"` and the solution its box `[x1, y1, x2, y2]`.
+        - `"counting"`: k shapes of one kind among distractors of other kinds; the label is
+          `"{color} {shape}s"` and the solution `{"count": k, "points": [[x, y], ...]}` (centroids).
+        - `"detection"`: several shapes; the prompt lists the vocabulary `"{color} {shape}"` of every colour
+          and shape, the solution is `[{"bbox_2d": [...], "label": ...}, ...]`.
+        - `"ocr"`: random words (`language="en"`) or Chinese words (`"zh"`, needs a CJK font such as
+          `fonts-wqy-microhei`) in lines that fit the image; the solution is the text, lines joined by `\\n`.
+        - `"mixed"` or a list of tasks: each row's task drawn uniformly; solutions become JSON strings.
+
+    Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
+    width is its pixel count). Row `i` depends only on `(seed, task, i)`: the same call gives identical
+    image bytes and solutions, and a larger `n` extends a smaller one.
+
+    Args:
+        task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
+        n: number of rows.
+        seed: random seed.
+        image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
+            the nearest size the family's processor leaves unchanged (e.g. 112×112 stays 112×112 for
+            Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
+        box_format: model family; adds the `box_format` and `input_size` columns and the family's output
+            format instruction to the prompt.
+        min_pixels, max_pixels: the processor's pixel limits (default: the family's checkpoints').
+        min_objects, max_objects: grounding: shapes in the scene (1–3); counting: the count (1–5);
+            detection: shapes (2–5); OCR: words (1–6 English, 1–4 Chinese).
+        max_distractors: counting only: up to this many shapes of other kinds (3).
+        min_size, max_size: side of each shape's square in pixels (default: scaled to the image and the
+            number of shapes; 16–67 for one shape in 112×112).
+        max_overlap: 0 keeps shapes apart; above 0, boxes may overlap up to this IoU (GT then covers the
+            visible pixels).
+        shapes, colors: names from `SHAPES` and `COLORS`.
+        background: `"grey"`, `"color"`, `"noise"`, `"mixed"` (one of the three per image) or a list.
+        language, font: OCR language and an optional font file.
+        template, system_prompt: passed to `build_prompt`.
+        shuffle_objects: detection boxes and counting points in random order per row, as real annotations
+            are; `False` gives reading order (top to bottom, then left to right).
+        box_jitter: imperfect supervision for training: `"loose"`, `"shift"` or `"random"` (see
+            `jitter_box`) applied to the `solution` boxes (and counting points), with the exact ground truth
+            kept in an `exact_solution` column. Images are the same as without jitter.
+        box_noise_px: size of the jitter in pixels.
+
+    Returns:
+        `datasets.Dataset` with columns `prompt`, `image`, `task`, `solution`, `image_size`, plus
+        `box_format` and `input_size` with a family, and `exact_solution` with `box_jitter`.
+
+    Example:
+    ```python
+    >>> ds = make_synthetic("grounding", 4, seed=0, box_format="qwen2_5_vl")
+    >>> row = ds[0]
+    >>> row["task"], row["image_size"], row["input_size"], row["image"].size
+    ('grounding', [112, 112], [112, 112], (112, 112))
+    >>> x1, y1, x2, y2 = row["solution"]
+    >>> 0 <= x1 < x2 <= 112 and 0 <= y1 < y2 <= 112
+    True
+    >>> make_synthetic("detection", 2, seed=0)[0]["solution"][0].keys()
+    dict_keys(['bbox_2d', 'label'])
+
+    ```
+    """
+    import datasets
+
+    from .prompts import build_prompt
+
+    if isinstance(task, str):
+        tasks = TASKS if task == "mixed" else (task,)
+    else:
+        tasks = tuple(task)
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
+    mixed = not isinstance(task, str) or task == "mixed"
+    if int(n) < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if box_jitter is not None and box_jitter not in BOX_JITTERS:
+        raise ValueError(f"unknown box_jitter {box_jitter!r}; expected one of {BOX_JITTERS} or None")
+    if box_noise_px < 0:
+        raise ValueError(f"box_noise_px must be >= 0, got {box_noise_px}")
+    size = _as_size(image_size)
+    input_size = None
+    if box_format is not None:
+        if fit_to_grid:
+            size = _grid_size(size, box_format, min_pixels, max_pixels)
+        from ..boxes import model_input_size
+
+        input_size = list(model_input_size(size, box_format, min_pixels=min_pixels, max_pixels=max_pixels))
+    opts = _Options(
+        image_size=size,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        max_distractors=max_distractors,
+        min_size=min_size,
+        max_size=max_size,
+        max_overlap=float(max_overlap),
+        shapes=tuple(shapes),
+        colors=tuple(colors),
+        background=background if isinstance(background, str) else tuple(background),
+        language=language,
+        font=font,
+        shuffle_objects=bool(shuffle_objects),
+    )
+    _check_options(opts)
+    if "ocr" in tasks and language == "zh" and font is None and find_cjk_font() is None:
+        raise RuntimeError(_CJK_INSTALL_HINT)
+
+    columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
+    if box_format is not None:
+        columns["box_format"] = []
+        columns["input_size"] = []
+    if box_jitter is not None:
+        columns["exact_solution"] = []
+    for index in range(int(n)):
+        if mixed:
+            row_task = tasks[
+                int(np.random.default_rng([int(seed) & 0xFFFFFFFF, 99, index]).integers(len(tasks)))
+            ]
+        else:
+            row_task = tasks[0]
+        image, solution, fields = _sample(row_task, _sample_rng(seed, row_task, index), opts)
+        train_solution = solution
+        if box_jitter is not None:
+            noise_rng = _sample_rng(seed, row_task, index, stream=1)
+            train_solution = _jitter_solution(
+                row_task, solution, noise_rng, box_jitter, box_noise_px, image.size
+            )
+        prompt = build_prompt(
+            row_task, box_format=box_format, template=template, system_prompt=system_prompt, **fields
+        )
+        columns["prompt"].append(prompt)
+        columns["image"].append({"bytes": _png_bytes(image), "path": None})
+        columns["task"].append(row_task)
+        columns["solution"].append(
+            json.dumps(train_solution, ensure_ascii=False) if mixed else train_solution
+        )
+        columns["image_size"].append(list(image.size))
+        if box_format is not None:
+            columns["box_format"].append(box_format)
+            columns["input_size"].append(list(input_size))
+        if box_jitter is not None:
+            columns["exact_solution"].append(json.dumps(solution, ensure_ascii=False) if mixed else solution)
+    features = _features(tasks, mixed, box_format, box_jitter is not None)
+    return datasets.Dataset.from_dict(columns, features=features)
