@@ -735,8 +735,10 @@ def _order(rng: np.random.Generator, items: list[Any], key_xy, shuffle: bool) ->
     return sorted(items, key=lambda item: (key_xy(item)[1], key_xy(item)[0]))
 
 
-def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.Image, Any, dict[str, str]]:
-    """(image, solution, prompt fields) of one sample."""
+def _sample(
+    task: str, rng: np.random.Generator, opts: _Options
+) -> tuple[Image.Image, Any, dict[str, str], list[dict[str, Any]]]:
+    """(image, solution, prompt fields, every drawn object) of one sample."""
     kinds_all = [(c, s) for c in opts.colors for s in opts.shapes]
     scene = dict(
         image_size=opts.image_size,
@@ -752,7 +754,7 @@ def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.
             rng, image_size=opts.image_size, language=opts.language, min_words=lo, max_words=hi,
             font=opts.font, background=bg,
         )  # fmt: skip
-        return image, text, {}
+        return image, text, {}, []
     lo, hi = _object_range(task, opts)
     if task == "grounding":
         target = kinds_all[int(rng.integers(len(kinds_all)))]
@@ -763,7 +765,7 @@ def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.
             kinds += [others[int(i)] for i in rng.integers(len(others), size=n_distractors)]
         image, objects = render_scene(rng, kinds, **scene)
         box = next(o["bbox_2d"] for o in objects if o["kind_index"] == 0)
-        return image, box, {"question": f"{target[0]} {target[1]}"}
+        return image, box, {"question": f"{target[0]} {target[1]}"}, objects
     if task == "counting":
         target = kinds_all[int(rng.integers(len(kinds_all)))]
         others = [k for k in kinds_all if k != target]
@@ -774,7 +776,8 @@ def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.
         image, objects = render_scene(rng, kinds, **scene)
         points = [o["point_2d"] for o in objects if o["kind_index"] < k]
         points = _order(rng, points, lambda p: p, opts.shuffle_objects)
-        return image, {"count": len(points), "points": points}, {"label": f"{target[0]} {_plural(target[1])}"}
+        label = f"{target[0]} {_plural(target[1])}"
+        return image, {"count": len(points), "points": points}, {"label": label}, objects
     if task == "detection":
         n = int(rng.integers(lo, hi + 1))
         kinds = [kinds_all[int(i)] for i in rng.integers(len(kinds_all), size=n)]
@@ -782,7 +785,7 @@ def _sample(task: str, rng: np.random.Generator, opts: _Options) -> tuple[Image.
         boxes = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in objects]
         boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
         categories = ", ".join(shape_vocabulary(opts.colors, opts.shapes))
-        return image, boxes, {"categories": categories}
+        return image, boxes, {"categories": categories}, objects
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
@@ -830,8 +833,9 @@ def make_sample(
     shuffle_objects: bool = True,
 ) -> dict[str, Any]:
     """One synthetic sample as plain Python values: `image` (PIL), `task`, `solution` (absolute pixels of
-    the image), `image_size` and `fields` (the prompt-template fields: `question`, `label` or
-    `categories`). Parameters mean what they mean for `make_synthetic`.
+    the image), `image_size`, `fields` (the prompt-template fields: `question`, `label` or `categories`)
+    and `objects` (every drawn shape, distractors included, as `render_scene` returns them; empty for OCR).
+    Parameters mean what they mean for `make_synthetic`.
 
     Example:
     ```python
@@ -861,13 +865,14 @@ def make_sample(
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "ocr" and language == "zh" and font is None and find_cjk_font() is None:
         raise RuntimeError(_CJK_INSTALL_HINT)
-    image, solution, fields = _sample(task, rng, opts)
+    image, solution, fields, objects = _sample(task, rng, opts)
     return {
         "image": image,
         "task": task,
         "solution": solution,
         "image_size": list(image.size),
         "fields": fields,
+        "objects": objects,
     }
 
 
@@ -1069,7 +1074,7 @@ def make_synthetic(
             ]
         else:
             row_task = tasks[0]
-        image, solution, fields = _sample(row_task, _sample_rng(seed, row_task, index), opts)
+        image, solution, fields, _ = _sample(row_task, _sample_rng(seed, row_task, index), opts)
         train_solution = solution
         if box_jitter is not None:
             noise_rng = _sample_rng(seed, row_task, index, stream=1)
