@@ -1,0 +1,210 @@
+"""Rule-based rewards for perception GRPO (grounding, counting, OCR, detection, output format) in TRL's
+reward-function signature, and a registry to look them up by name."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .counting import count_reward
+from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
+from .format import format_reward, json_format_reward, qwen2_vl_format_reward
+from .grounding import grounding_format_reward, iou_reward, make_iou_reward
+from .ocr import ocr_reward
+
+__all__ = [
+    "MAX_DETECTIONS",
+    "count_reward",
+    "detection_reward",
+    "format_reward",
+    "get_reward",
+    "grounding_format_reward",
+    "iou_reward",
+    "json_format_reward",
+    "list_rewards",
+    "make_detection_reward",
+    "make_iou_reward",
+    "ocr_reward",
+    "qwen2_vl_format_reward",
+    "register_reward",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_LOCK = threading.Lock()
+# name -> (reward or factory class, factory taking the parameters or None)
+_REGISTRY: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+_ALIASES = {"counting": "count"}
+
+
+def _key(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"reward names are non-empty strings, got {name!r}")
+    key = name.strip().lower().replace("-", "_")
+    if key.endswith("_reward") and len(key) > len("_reward"):
+        key = key[: -len("_reward")]
+    return _ALIASES.get(key, key)
+
+
+def _same_object(a: Any, b: Any) -> bool:
+    qualname = getattr(a, "__qualname__", None)
+    return a is b or (
+        qualname is not None
+        and qualname == getattr(b, "__qualname__", None)
+        and getattr(a, "__module__", None) == getattr(b, "__module__", None)
+    )
+
+
+def _register(
+    name: str, reward: Callable[..., Any], factory: Callable[..., Any] | None, overwrite: bool
+) -> None:
+    key = _key(name)
+    with _LOCK:
+        if key in _REGISTRY and not overwrite and not _same_object(_REGISTRY[key][0], reward):
+            raise ValueError(
+                f"a reward named {key!r} is already registered ({_REGISTRY[key][0]!r}); "
+                "choose another name or pass overwrite=True"
+            )
+        _REGISTRY[key] = (reward, factory)
+
+
+def register_reward(name: str | Callable[..., Any] | None = None, *, overwrite: bool = False) -> Any:
+    r"""
+    Decorator that registers a reward function (or a reward class) under `name` for `get_reward`.
+
+    The name defaults to the function's `__name__` without a trailing `_reward`; lookups ignore case, `-`/`_`
+    and that suffix. The decorated object is returned unchanged, so a module-level reward stays picklable
+    (pickle stores it by reference). A class is treated as a factory: `get_reward(name, **params)` returns
+    `cls(**params)`. Registering another object under a taken name raises `ValueError` unless
+    `overwrite=True` (re-registering the same module-level object, e.g. on re-import, is fine).
+
+    Args:
+        name (`str`, *optional*): registry name. `@register_reward` without parentheses works too.
+        overwrite (`bool`): replace an existing entry.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import get_reward, register_reward
+
+    >>> @register_reward("answer_length")
+    ... def short_answer_reward(completions, **kwargs):
+    ...     return [1.0 if len(str(c)) < 100 else 0.0 for c in completions]
+    >>> get_reward("answer_length")(["[1, 2, 3, 4]"])
+    [1.0]
+
+    ```
+    """
+    if callable(name):  # used bare: @register_reward
+        return register_reward(None, overwrite=overwrite)(name)
+
+    def decorator(obj: F) -> F:
+        if not callable(obj):
+            raise TypeError(f"register_reward decorates callables, got {obj!r}")
+        reward_name = name if name is not None else getattr(obj, "__name__", None)
+        if reward_name is None:
+            raise ValueError(f"cannot infer a name for {obj!r}; pass register_reward(name=...)")
+        _register(reward_name, obj, obj if inspect.isclass(obj) else None, overwrite)
+        return obj
+
+    return decorator
+
+
+def _named_parameters(func: Callable[..., Any]) -> set[str] | None:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    return {
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def get_reward(name: str, **params: Any) -> Callable[..., list[float | None]]:
+    r"""
+    A reward function by name, with optional parameters bound.
+
+    Built-in names: `iou`, `iou_squared` (IoU², as Perception-R1's released code), `grounding_format`,
+    `count` (alias `counting`), `ocr`, `detection`, `detection_released` (released weighting, range [0, 3]),
+    `format`, `qwen2_vl_format`, `json_format`; plus anything added with `register_reward`. Names ignore case
+    and a trailing `_reward`. Parameters go to the reward's factory (`make_iou_reward`,
+    `make_detection_reward`); for a plain function they are bound with `functools.partial` and must be named
+    parameters of it. The result is picklable whenever the registered object is.
+
+    Args:
+        name (`str`): registry name.
+        **params: options, e.g. `get_reward("iou", squared=True)` or `get_reward("detection", iou_threshold=0.75)`.
+
+    Returns:
+        `Callable`: a reward with TRL's signature.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import get_reward
+
+    >>> get_reward("iou").__name__, get_reward("iou", squared=True).__name__
+    ('iou_reward', 'iou_squared_reward')
+    >>> get_reward("detection_released")(["[]"], [[]])
+    [3.0]
+
+    ```
+    """
+    key = _key(name)
+    with _LOCK:
+        entry = _REGISTRY.get(key)
+    if entry is None:
+        raise KeyError(f"no reward named {name!r}; registered: {', '.join(list_rewards())}")
+    reward, factory = entry
+    if factory is not None:
+        if inspect.isclass(reward) or params:
+            return factory(**params)
+        return reward
+    if not params:
+        return reward
+    accepted = _named_parameters(reward) or set()
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise TypeError(
+            f"reward {key!r} takes no parameter(s) {unknown}; it accepts {sorted(accepted - {'completions'})}"
+        )
+    return functools.partial(reward, **params)
+
+
+def list_rewards() -> list[str]:
+    """Sorted names of the registered rewards.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import list_rewards
+
+    >>> {"iou", "count", "ocr", "detection", "format"} <= set(list_rewards())
+    True
+
+    ```
+    """
+    with _LOCK:
+        return sorted(_REGISTRY)
+
+
+def _iou_squared_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_iou_reward(**{"squared": True, **params})
+
+
+def _detection_released_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_detection_reward(**{"released_code": True, **params})
+
+
+_register("iou", iou_reward, make_iou_reward, False)
+_register("iou_squared", make_iou_reward(squared=True), _iou_squared_factory, False)
+_register("grounding_format", grounding_format_reward, None, False)
+_register("count", count_reward, None, False)
+_register("ocr", ocr_reward, None, False)
+_register("detection", detection_reward, make_detection_reward, False)
+_register("detection_released", make_detection_reward(released_code=True), _detection_released_factory, False)
+_register("format", format_reward, None, False)
+_register("qwen2_vl_format", qwen2_vl_format_reward, None, False)
+_register("json_format", json_format_reward, None, False)

@@ -1,0 +1,365 @@
+"""Row handling shared by the rewards: completion text, ground-truth decoding, task routing, coordinate
+frames, rate-limited warnings and the trainer's `log_metric` / `log_extra` hooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..boxes import FAMILIES, convert_frame, family_frame, model_input_size
+from ..formats import completion_text, strip_wrappers
+
+logger = logging.getLogger("trl_perception.rewards")
+
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+
+PAD_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
+"""Padding / end-of-turn tokens that may trail a completion decoded with `skip_special_tokens=False`."""
+
+
+class MalformedSolution(ValueError):
+    """The ground truth (or a frame column) of a row cannot be read; the row is skipped with a warning."""
+
+
+# --------------------------------------------------------------------------------------------- warnings
+
+_WARN_LOCK = threading.Lock()
+_WARN_COUNTS: dict[str, int] = {}
+_WARN_FIRST = 5
+
+
+def warn_row(key: str, message: str) -> None:
+    """Log `message` the first few times `key` occurs, then every 1000th time, so a bad column cannot flood
+    the training log."""
+    with _WARN_LOCK:
+        count = _WARN_COUNTS.get(key, 0) + 1
+        _WARN_COUNTS[key] = count
+    if count <= _WARN_FIRST or count % 1000 == 0:
+        suffix = (
+            f" (occurrence {count}; further ones are logged every 1000th time)"
+            if count >= _WARN_FIRST
+            else ""
+        )
+        logger.warning("%s%s", message, suffix)
+
+
+# ------------------------------------------------------------------------------------------ completions
+
+
+def text_of(completion: Any) -> str:
+    """Plain text of one completion (string or TRL conversational); never raises."""
+    try:
+        text = completion_text(completion)
+    except Exception:  # noqa: BLE001 - an odd completion object must not stop the run
+        return ""
+    return text if isinstance(text, str) else str(text)
+
+
+def remove_padding(text: str) -> str:
+    """`text` without padding / end-of-turn tokens."""
+    for token in PAD_TOKENS:
+        if token in text:
+            text = text.replace(token, "")
+    return text
+
+
+_EMPTY_ANSWER_RE = re.compile(r"(?:\[\s*\]|none|null|nothing|no objects?(?: found)?)?\s*\.?", re.IGNORECASE)
+
+
+def is_empty_answer(text: str) -> bool:
+    """Whether a completion explicitly answers "no object": empty text, `[]`, `None`, `null`, `nothing`,
+    `No object(s) (found)` — after removing padding tokens, `<answer>` tags and code fences.
+
+    Example:
+    ```python
+    >>> is_empty_answer("```json\\n[]\\n```<|im_end|>"), is_empty_answer("No objects."), is_empty_answer("garbage")
+    (True, True, False)
+
+    ```
+    """
+    try:
+        body = strip_wrappers(text)
+    except Exception:  # noqa: BLE001
+        return False
+    return len(body) <= 40 and _EMPTY_ANSWER_RE.fullmatch(body) is not None
+
+
+# ----------------------------------------------------------------------------------------- ground truth
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite JSON constant {name}")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def decode_json(value: Any) -> Any:
+    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`)."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        try:
+            return _STRICT_JSON.decode(value.strip())
+        except (ValueError, RecursionError) as err:
+            raise MalformedSolution(f"solution is not valid JSON ({err}): {value[:80]!r}") from err
+    return value
+
+
+def finite_number(value: Any, what: str) -> float:
+    """`value` as a finite float; booleans, strings and non-finite numbers are malformed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MalformedSolution(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise MalformedSolution(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def number_list(value: Any, count: int, what: str) -> list[float]:
+    """Exactly `count` finite numbers."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        raise MalformedSolution(f"{what} must be {count} numbers, got {value!r}")
+    return [finite_number(v, what) for v in value]
+
+
+def gt_box(value: Any, what: str = "box") -> list[float]:
+    """A ground-truth `[x1, y1, x2, y2]` with ordered corners."""
+    box = number_list(value, 4, what)
+    if box[2] < box[0] or box[3] < box[1]:
+        raise MalformedSolution(f"{what} {box} has x2 < x1 or y2 < y1")
+    return box
+
+
+def normalize_label(label: Any) -> str | None:
+    """Lower-case, trimmed, inner whitespace collapsed; `None` for a missing or empty label.
+
+    Example:
+    ```python
+    >>> normalize_label("  Traffic   Light "), normalize_label("")
+    ('traffic light', None)
+
+    ```
+    """
+    if label is None or isinstance(label, (dict, list, tuple)):
+        return None
+    text = " ".join(str(label).split()).lower()
+    return text or None
+
+
+# ------------------------------------------------------------------------------------------------ frames
+
+
+def _size(value: Any, what: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = decode_json(value)
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise MalformedSolution(f"{what} must be [width, height], got {value!r}")
+    w, h = (finite_number(v, what) for v in value)
+    if w <= 0 or h <= 0:
+        raise MalformedSolution(f"{what} must be positive, got {value!r}")
+    return w, h
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How to bring a row's predicted coordinates into the ground truth's frame (original-image pixels).
+
+    `family` is the row's `box_format`; `scale` maps the family's frame (0–1000 or resized-input pixels)
+    to original pixels per axis; `image_size` clips to the image. With no family, coordinates are taken as
+    written; with no image size they are neither converted nor clipped.
+    """
+
+    family: str | None = None
+    image_size: tuple[float, float] | None = None
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def to_image(self, coords: np.ndarray) -> np.ndarray:
+        """Coordinates `[..., 2k]` (x at even, y at odd positions) in the ground-truth frame, clipped."""
+        out = np.asarray(coords, dtype=np.float64)
+        if out.size == 0:
+            return out
+        reps = out.shape[-1] // 2
+        if self.scale != (1.0, 1.0):
+            out = out * np.tile(np.asarray(self.scale), reps)
+        if self.image_size is not None:
+            upper = np.tile(np.asarray(self.image_size), reps)
+            out = np.clip(out, 0.0, upper)
+        return out
+
+    def to_norm1000(self, coords: np.ndarray) -> np.ndarray:
+        """Original-pixel coordinates in the 0–1000 frame of the image; as given without an image size."""
+        if self.image_size is None:
+            return np.asarray(coords, dtype=np.float64)
+        return convert_frame(coords, "pixels", "norm1000", self.image_size)
+
+
+def frame_for(family: Any, image_size: Any, input_size: Any) -> Frame:
+    """Build a row's `Frame` from its `box_format`, `image_size` and `input_size` values.
+
+    For Qwen2.5-VL (absolute pixels of the resized input) without `input_size`, the input size is computed
+    with `boxes.model_input_size` and the family's default pixel limits (those of the released checkpoints).
+    """
+    if family is not None:
+        if not isinstance(family, str) or family.strip().lower() not in FAMILIES:
+            raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
+        family = family.strip().lower()
+    size = _size(image_size, "image_size")
+    in_size = _size(input_size, "input_size")
+    if family is None or size is None:
+        if family is not None:
+            warn_row(
+                "frame-no-image-size",
+                f"box_format={family!r} given without image_size: coordinates are compared as written",
+            )
+        return Frame(family=family, image_size=size)
+    src = family_frame(family)
+    if src == "input" and in_size is None:
+        try:
+            in_size = model_input_size((int(round(size[0])), int(round(size[1]))), family)
+        except ValueError as err:
+            raise MalformedSolution(f"cannot compute the input size of image_size={size}: {err}") from err
+    sx, sy = convert_frame([1.0, 1.0], src, "pixels", size, in_size).tolist()
+    return Frame(family=family, image_size=size, scale=(float(sx), float(sy)))
+
+
+# -------------------------------------------------------------------------------------------------- rows
+
+
+@dataclass
+class Row:
+    """One completion to judge: its index in the batch, text, raw solution and frame."""
+
+    index: int
+    text: str
+    solution: Any
+    frame: Frame
+
+
+def _column(kwargs: dict[str, Any], name: str, n: int) -> list[Any]:
+    value = kwargs.get(name)
+    if value is None:
+        return [None] * n
+    if isinstance(value, str):  # one value for every row, convenient outside a trainer
+        return [value] * n
+    try:
+        values = list(value)
+    except TypeError as err:
+        raise ValueError(f"keyword {name!r} must hold one value per completion, got {value!r}") from err
+    if len(values) != n:
+        raise ValueError(f"keyword {name!r} has {len(values)} values for {n} completions")
+    return values
+
+
+def select_rows(
+    reward_name: str,
+    tasks: Sequence[str],
+    completions: Sequence[Any],
+    solution: Sequence[Any] | None,
+    kwargs: dict[str, Any],
+) -> tuple[list[Row], int]:
+    """The rows a reward judges, and the batch size.
+
+    A row is skipped (its reward stays `None`) when its `task` names a task outside `tasks`, or, with a
+    logged warning, when its `box_format` / `image_size` / `input_size` value is malformed.
+    """
+    n = len(completions)
+    if solution is None:
+        solution = [None] * n
+    elif isinstance(solution, (str, bytes)) or len(solution) != n:
+        raise ValueError(
+            f"{reward_name}: got {n} completions but solution is {type(solution).__name__} "
+            f"of length {len(solution)}; pass one solution per completion"
+        )
+    task_col = _column(kwargs, "task", n)
+    family_col = _column(kwargs, "box_format", n)
+    size_col = _column(kwargs, "image_size", n)
+    input_col = _column(kwargs, "input_size", n)
+    rows = []
+    for i in range(n):
+        task = task_col[i]
+        if isinstance(task, str) and task.strip() and task.strip().lower() not in tasks:
+            continue
+        try:
+            frame = frame_for(family_col[i], size_col[i], input_col[i])
+        except MalformedSolution as err:
+            warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
+            continue
+        rows.append(Row(i, text_of(completions[i]), solution[i], frame))
+    return rows, n
+
+
+def call_safely(reward_name: str, row: Row, score: Callable[[Row], Any], failure: Any) -> Any:
+    """`score(row)`; a malformed solution gives `None` with a warning, any other error `failure` with a
+    warning, so one bad row never takes a training run down."""
+    try:
+        return score(row)
+    except MalformedSolution as err:
+        warn_row(f"{reward_name}-solution", f"{reward_name}: row {row.index} skipped (reward None): {err}")
+        return None
+    except Exception as err:  # noqa: BLE001 - scoring must never raise on model output
+        warn_row(
+            f"{reward_name}-error",
+            f"{reward_name}: row {row.index} scored {failure!r} after an unexpected {type(err).__name__}: {err}",
+        )
+        return failure
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class ComponentLog:
+    """Per-row reward components, sent to the trainer's hooks as `<reward name>/<component>`.
+
+    `log_metric` receives the mean of each component over the judged rows; `log_extra` receives one column
+    per component with a value per completion (`None` for rows the reward did not judge). Prefixing with the
+    reward's name keeps two rewards (or two settings of one) from writing into the same column.
+    """
+
+    def __init__(self, reward_name: str, n: int, components: Sequence[str]):
+        self.reward_name = reward_name
+        self.columns: dict[str, list[float | None]] = {c: [None] * n for c in components}
+
+    def set(self, index: int, **values: float | None) -> None:
+        for key, value in values.items():
+            self.columns[key][index] = None if value is None else float(value)
+
+    def emit(self, kwargs: dict[str, Any]) -> None:
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
+        if callable(log_metric):
+            for key, values in self.columns.items():
+                judged = [v for v in values if v is not None]
+                if judged:
+                    log_metric(f"{self.reward_name}/{key}", float(np.mean(judged)))
+        if callable(log_extra):
+            for key, values in self.columns.items():
+                log_extra(f"{self.reward_name}/{key}", list(values))
+
+
+def frames_to_image(coords: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
+    """`Frame.to_image` for one row of coordinates `[N, 2k]` per frame, vectorized over the rows."""
+    out = np.asarray(coords, dtype=np.float64)
+    if out.size == 0:
+        return out
+    reps = out.shape[-1] // 2
+    scale = np.array([f.scale for f in frames], dtype=np.float64)
+    upper = np.array([f.image_size if f.image_size is not None else (np.inf, np.inf) for f in frames])
+    out = out * np.tile(scale, reps)
+    if not np.isfinite(upper).any():
+        return out
+    lower = np.where(np.isfinite(upper), 0.0, -np.inf)  # rows without an image size are not clipped
+    return np.clip(out, np.tile(lower, reps), np.tile(upper, reps))

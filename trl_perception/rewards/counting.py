@@ -1,0 +1,151 @@
+"""Counting reward: predicted points (or box centres) matched to ground-truth points by the Hungarian
+algorithm, as in Perception-R1; exact-count credit when only the count is known."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..formats import parse_count, parse_objects
+from ..matching import match_points
+from ._common import (
+    ComponentLog,
+    MalformedSolution,
+    Row,
+    call_safely,
+    decode_json,
+    finite_number,
+    is_empty_answer,
+    number_list,
+    select_rows,
+)
+
+__all__ = ["count_reward"]
+
+_TASKS = ("counting",)
+_NAME = "count_reward"
+DIAGONAL = 1000.0 * math.sqrt(2.0)
+"""Distance normaliser: the diagonal of the 0–1000 canvas."""
+
+
+def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
+    """`(count, points [N, 2] or None when only the count is known)`."""
+    value = decode_json(solution)
+    points = None
+    if isinstance(value, dict):
+        raw_points = value.get("points")
+        if raw_points is not None:
+            if not isinstance(raw_points, (list, tuple)):
+                raise MalformedSolution(f"counting points must be a list, got {raw_points!r}")
+            points = [number_list(p, 2, "counting point") for p in raw_points]
+        if points:
+            return len(points), np.asarray(points, dtype=np.float64)
+        value = value.get("count", 0 if raw_points is not None else None)
+    if value is None:
+        raise MalformedSolution("counting solution has neither a count nor points")
+    count = finite_number(value, "count")
+    if count < 0 or count != int(count):
+        raise MalformedSolution(f"count must be a non-negative integer, got {value!r}")
+    return int(count), None
+
+
+def _score(row: Row) -> tuple[float, dict[str, float | None]]:
+    n_gt, gt_points = _counting_target(row.solution)
+    parsed = parse_objects(row.text, row.frame.family)
+    centres = [obj.center for obj in parsed.objects if obj.center is not None]
+    if gt_points is None:
+        # Count only: the number of objects listed, else a lone integer ("There are 7.").
+        n_pred = len(centres) if (centres or parsed.valid) else parse_count(row.text, row.frame.family)
+        if n_pred is None and is_empty_answer(row.text):
+            n_pred = 0
+        failed = float(n_pred is None)
+        exact = float(n_pred == n_gt)
+        ratio = (
+            None
+            if n_pred is None
+            else (1.0 if n_pred == n_gt == 0 else min(n_pred, n_gt) / max(n_pred, n_gt))
+        )
+        return exact, {
+            "count_exact": exact,
+            "count_ratio": ratio,
+            "mean_distance": None,
+            "parse_failure": failed,
+        }
+    if not centres:
+        failed = float(not parsed.valid and not is_empty_answer(row.text))
+        return 0.0, {"count_exact": 0.0, "count_ratio": 0.0, "mean_distance": None, "parse_failure": failed}
+    frame = row.frame
+    pred = frame.to_norm1000(frame.to_image(np.asarray(centres, dtype=np.float64)))
+    gt = frame.to_norm1000(gt_points)
+    _, _, distances = match_points(pred, gt)
+    # Each distance is capped at the canvas diagonal so that one far-off point (possible only when no
+    # image size is known to clip to) costs its share and no more; the reward never goes negative.
+    mean_distance = float(np.minimum(distances, DIAGONAL).mean()) if distances.size else DIAGONAL
+    n_pred = len(centres)
+    ratio = min(n_pred, n_gt) / max(n_pred, n_gt)
+    reward = min(max(ratio * (1.0 - mean_distance / DIAGONAL), 0.0), 1.0)
+    components = {
+        "count_exact": float(n_pred == n_gt),
+        "count_ratio": ratio,
+        "mean_distance": mean_distance,
+        "parse_failure": 0.0,
+    }
+    return reward, components
+
+
+def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Reward for counting (Perception-R1's point-matching reward, clipped to [0, 1]).
+
+    Predicted points are the `point_2d` points, or the centres of the boxes, that `formats.parse_objects`
+    reads. They are matched one-to-one to the $n_g$ ground-truth points by the Hungarian algorithm on
+    Euclidean distance (`matching.match_points`); with $n_p$ predictions and matched distances $d_k$:
+
+    $$ r = \frac{\min(n_p, n_g)}{\max(n_p, n_g)} \left(1 - \frac{\operatorname{mean}_k \min(d_k, D)}{D}\right),
+       \qquad D = 1000\sqrt{2} $$
+
+    Distances are measured in the 0–1000 frame of the original image when the `image_size` column is known
+    (predictions are first converted from the `box_format` family's frame and clipped to the image), else as
+    written. Missed objects and duplicates lower the count ratio. Ground truth:
+    `{"count": n, "points": [[x, y], ...]}` in original pixels, or just `n`. With only a count, the reward
+    is exact-count credit: 1.0 when the number of objects listed (or a lone integer such as "There are 7.")
+    equals `n`, else 0.0. A count of 0 gives 1.0 to an empty answer (`[]`, empty text, `0`, `None`) and 0.0
+    to anything else. A malformed solution gives `None` with a logged warning.
+
+    Args:
+        completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
+        solution (`list`): counting ground truth per completion (native or JSON strings).
+        **kwargs: `task`, `box_format`, `image_size`, `input_size` columns; `log_metric` / `log_extra`
+            receive `count_reward/{count_exact,count_ratio,mean_distance,parse_failure}`. Others ignored.
+
+    Returns:
+        `list[float | None]`: one reward per completion.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import count_reward
+
+    >>> gt = {"count": 2, "points": [[10, 10], [50, 50]]}
+    >>> count_reward(['[{"point_2d": [10, 10]}, {"point_2d": [50, 50]}]',
+    ...               '[{"point_2d": [10, 10]}]',
+    ...               '[{"point_2d": [10, 10]}, {"point_2d": [10, 10]}, {"point_2d": [50, 50]}]'], [gt] * 3)
+    [1.0, 0.5, 0.6666666666666666]
+    >>> count_reward(["There are 3 birds.", "[]"], [3, 0])
+    [1.0, 1.0]
+
+    ```
+    """
+    rows, n = select_rows(_NAME, _TASKS, completions, solution, kwargs)
+    rewards: list[float | None] = [None] * n
+    log = ComponentLog(_NAME, n, ("count_exact", "count_ratio", "mean_distance", "parse_failure"))
+    for row in rows:
+        result = call_safely(_NAME, row, _score, failure=(0.0, {"parse_failure": 1.0}))
+        if result is None:
+            continue
+        reward, components = result
+        rewards[row.index] = reward
+        log.set(row.index, **components)
+    log.emit(kwargs)
+    return rewards

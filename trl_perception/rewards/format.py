@@ -1,0 +1,215 @@
+"""Format rewards: 1.0 when the whole completion is a well-formed answer in the model family's box syntax
+(Qwen2-VL box tokens, or the Qwen2.5-VL / Qwen3-VL JSON list), else 0.0."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from ._common import remove_padding, select_rows
+
+__all__ = [
+    "format_reward",
+    "is_json_answer",
+    "is_qwen2_vl_answer",
+    "json_format_reward",
+    "qwen2_vl_format_reward",
+]
+
+_TASKS = ("grounding", "counting", "detection")
+_MAX_CHARS = 200_000
+
+_NUM = r"\s*\d{1,7}(?:\.\d{1,8})?\s*"
+_BODY = rf"\({_NUM},{_NUM}\)(?:(?:\s*,\s*|\s*)\({_NUM},{_NUM}\))?"  # a box (x1,y1),(x2,y2) or a point (x,y)
+_REF = r"<\|object_ref_start\|>[^<]{1,300}<\|object_ref_end\|>"
+_BOX = rf"<\|box_start\|>{_BODY}<\|box_end\|>"
+# Groups must start with a reference after the first, so the pattern has one way to match: no backtracking
+# blow-up on long inputs.
+_QWEN2_VL_RE = re.compile(rf"(?:{_REF})?(?:{_BOX})+(?:{_REF}(?:{_BOX})+)*")
+_BOX_BODY_RE = re.compile(r"<\|box_start\|>([^<]*)<\|box_end\|>")
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+_ANSWER_RE = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
+_FENCE_RE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _answer_body(text: str) -> str:
+    """The completion without trailing padding and an optional `<answer>…</answer>` around everything."""
+    body = remove_padding(text).strip()
+    match = _ANSWER_RE.fullmatch(body)
+    return match.group(1).strip() if match else body
+
+
+def is_qwen2_vl_answer(text: str) -> bool:
+    """Whether `text` is nothing but Qwen2-VL box syntax: an optional object reference, then one or more
+    `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` (or `(x,y)` point) blocks, optionally repeated as further
+    reference + boxes groups (one per label in detection), with ordered corners.
+
+    Example:
+    ```python
+    >>> is_qwen2_vl_answer("<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(30,40)<|box_end|>")
+    True
+    >>> is_qwen2_vl_answer("cat <|box_start|>(1,2),(30,40)<|box_end|>"), is_qwen2_vl_answer("<|box_start|>(9,9),(1,1)<|box_end|>")
+    (False, False)
+
+    ```
+    """
+    body = _answer_body(text)
+    if len(body) > _MAX_CHARS or _QWEN2_VL_RE.fullmatch(body) is None:
+        return False
+    for box in _BOX_BODY_RE.findall(body):
+        values = [float(v) for v in _NUMBER_RE.findall(box)]
+        if len(values) == 4 and (values[2] < values[0] or values[3] < values[1]):
+            return False
+    return True
+
+
+def _coords(value: Any, count: int) -> list[float] | None:
+    if not isinstance(value, list) or len(value) != count:
+        return None
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            return None
+        out.append(float(v))
+    return out
+
+
+def _well_formed(item: Any) -> bool:
+    if not isinstance(item, dict):
+        return False
+    if "label" in item and not (isinstance(item["label"], str) and item["label"].strip()):
+        return False
+    if "bbox_2d" in item:
+        box = _coords(item["bbox_2d"], 4)
+        return box is not None and box[0] <= box[2] and box[1] <= box[3] and "point_2d" not in item
+    return _coords(item.get("point_2d"), 2) is not None
+
+
+def is_json_answer(text: str) -> bool:
+    """Whether `text` is nothing but a JSON list of well-formed objects (optionally in a ```` ```json ````
+    fence): each a dict with `bbox_2d` (4 non-negative numbers, ordered corners) or `point_2d` (2), and an
+    optional non-empty string `label`. The empty list `[]` (no object) is well-formed.
+
+    Example:
+    ```python
+    >>> is_json_answer('```json\\n[{"bbox_2d": [1, 2, 30, 40], "label": "cat"}]\\n```'), is_json_answer("[]")
+    (True, True)
+    >>> is_json_answer('Sure! [{"bbox_2d": [1, 2, 30, 40]}]'), is_json_answer('[{"bbox_2d": [1, 2, 30]}]')
+    (False, False)
+
+    ```
+    """
+    body = _answer_body(text)
+    if len(body) > _MAX_CHARS:
+        return False
+    fenced = _FENCE_RE.fullmatch(body)
+    if fenced:
+        body = fenced.group(1).strip()
+    if not body.startswith("["):
+        return False
+    try:
+        value = _DECODER.decode(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, list) and all(_well_formed(item) for item in value)
+
+
+_CHECKS = {"qwen2_vl": (is_qwen2_vl_answer,), "qwen2_5_vl": (is_json_answer,), "qwen3_vl": (is_json_answer,)}
+_ANY = (is_qwen2_vl_answer, is_json_answer)
+
+
+def _format_rewards(completions: list, kwargs: dict, name: str, fixed: tuple | None) -> list[float | None]:
+    rows, n = select_rows(name, _TASKS, completions, None, kwargs)
+    rewards: list[float | None] = [None] * n
+    for row in rows:
+        checks = fixed or _CHECKS.get(row.frame.family or "", _ANY)
+        try:
+            ok = any(check(row.text) for check in checks)
+        except Exception:  # noqa: BLE001 - a format check must never raise on model output
+            ok = False
+        rewards[row.index] = 1.0 if ok else 0.0
+    return rewards
+
+
+def format_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Format reward, aware of the model family: 1.0 when the whole completion is a well-formed answer, else 0.0.
+
+    The row's `box_format` picks the syntax: `"qwen2_vl"` → nothing but an optional object reference and one
+    or more `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` blocks (`is_qwen2_vl_answer`); `"qwen2_5_vl"` /
+    `"qwen3_vl"` → the whole answer is a JSON list of well-formed objects, optionally in a ```` ```json ````
+    fence (`is_json_answer`). Without `box_format` either syntax is accepted. Trailing padding tokens and an
+    `<answer>…</answer>` wrapper around the whole answer are allowed; prose, repeated or dangling tags, a
+    truncated list, NaN or inverted boxes score 0 (full-match semantics, so a correct answer embedded in text
+    does not pay). OCR rows (plain text) get `None`, as do rows of tasks other than grounding, counting and
+    detection. The Qwen2-VL box tokens are special tokens: decode completions with
+    `skip_special_tokens=False` for that syntax to survive.
+
+    Args:
+        completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
+        **kwargs: `task` and `box_format` columns; others are ignored.
+
+    Returns:
+        `list[float | None]`: 1.0 or 0.0 per completion (`None` for OCR rows).
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import format_reward
+
+    >>> format_reward(['[{"bbox_2d": [1, 2, 30, 40], "label": "cat"}]', "<|box_start|>(1,2),(30,40)<|box_end|>",
+    ...                "The cat is at [1, 2, 30, 40].", "Hello"], task=["detection", "counting", "grounding", "ocr"])
+    [1.0, 1.0, 0.0, None]
+    >>> format_reward(["<|box_start|>(1,2),(30,40)<|box_end|>"], box_format=["qwen2_5_vl"])
+    [0.0]
+
+    ```
+    """
+    return _format_rewards(completions, kwargs, "format_reward", None)
+
+
+def qwen2_vl_format_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Format reward for the Qwen2-VL box syntax only (`is_qwen2_vl_answer`), whatever `box_format` says: 1.0
+    when the completion is nothing but an optional object reference and one or more box blocks, else 0.0;
+    `None` for OCR rows.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import qwen2_vl_format_reward
+
+    >>> qwen2_vl_format_reward([
+    ...     "<|object_ref_start|>bird<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|box_start|>(5,6),(7,8)<|box_end|><|im_end|>",
+    ...     "<|object_ref_start|>bird<|object_ref_end|><|object_ref_start|>bird<|object_ref_end|>",
+    ... ])
+    [1.0, 0.0]
+
+    ```
+    """
+    return _format_rewards(completions, kwargs, "qwen2_vl_format_reward", (is_qwen2_vl_answer,))
+
+
+def json_format_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Format reward for the Qwen2.5-VL / Qwen3-VL JSON syntax only (`is_json_answer`), whatever `box_format`
+    says: 1.0 when the whole completion (optionally fenced) is a JSON list of well-formed objects, else 0.0;
+    `None` for OCR rows.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import json_format_reward
+
+    >>> json_format_reward(['[{"point_2d": [3, 4], "label": "bird"}]', '[{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6'])
+    [1.0, 0.0]
+
+    ```
+    """
+    return _format_rewards(completions, kwargs, "json_format_reward", (is_json_answer,))

@@ -1,0 +1,219 @@
+"""Visual grounding rewards: IoU of the predicted box with the referred object's box, and Perception-R1's
+grounding format check with its special-token pipes escaped."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from ..boxes import paired_box_iou
+from ..formats import parse_objects
+from ._common import (
+    ComponentLog,
+    MalformedSolution,
+    Row,
+    call_safely,
+    decode_json,
+    frames_to_image,
+    gt_box,
+    is_empty_answer,
+    select_rows,
+)
+
+__all__ = ["grounding_format_reward", "iou_reward", "make_iou_reward"]
+
+_TASKS = ("grounding",)
+
+
+def _grounding_target(solution: Any) -> list[float] | None:
+    """The ground-truth box, or `None` when the referred object is absent (`[]`)."""
+    value = decode_json(solution)
+    if isinstance(value, dict):
+        value = value.get("bbox_2d", value.get("bbox"))
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            return None
+        if len(value) == 1 and isinstance(value[0], (list, tuple, dict)):
+            return _grounding_target(value[0])
+    if value is None:
+        raise MalformedSolution("grounding solution is missing")
+    return gt_box(value, "grounding solution")
+
+
+def _prepare(row: Row) -> tuple[float | None, list[float] | None, list[float] | None, bool]:
+    """`(final reward or None, predicted box as written, ground-truth box, parse failure)`."""
+    gt = _grounding_target(row.solution)
+    if gt is None:
+        if is_empty_answer(row.text):
+            return 1.0, None, None, False
+        parsed = parse_objects(row.text, row.frame.family)
+        return 0.0, None, None, not parsed.objects
+    parsed = parse_objects(row.text, row.frame.family)
+    box = next((obj.bbox for obj in parsed.objects if obj.bbox is not None), None)
+    if box is None:
+        return 0.0, None, gt, True
+    return None, list(box), gt, False
+
+
+def _iou_rewards(
+    completions: list, solution: list, squared: bool, name: str, kwargs: dict
+) -> list[float | None]:
+    rows, n = select_rows(name, _TASKS, completions, solution, kwargs)
+    rewards: list[float | None] = [None] * n
+    log = ComponentLog(name, n, ("iou", "parse_failure"))
+    pending: list[tuple[Row, list[float], list[float]]] = []
+    for row in rows:
+        prepared = call_safely(name, row, _prepare, failure=(0.0, None, None, True))
+        if prepared is None:
+            continue
+        value, pred, gt, failed = prepared
+        if value is not None:
+            rewards[row.index] = value
+            log.set(row.index, parse_failure=float(failed), iou=0.0 if gt is not None else None)
+        else:
+            pending.append((row, pred, gt))
+    if pending:
+        # One vectorized pass: frame conversion, clipping and IoU for every row with a box.
+        pred = frames_to_image(np.array([p for _, p, _ in pending]), [r.frame for r, _, _ in pending])
+        ious = paired_box_iou(pred, np.array([g for _, _, g in pending]))
+        ious = np.nan_to_num(np.clip(ious, 0.0, 1.0))
+        for (row, _, _), iou in zip(pending, ious.tolist()):
+            rewards[row.index] = iou * iou if squared else iou
+            log.set(row.index, iou=iou, parse_failure=0.0)
+    log.emit(kwargs)
+    return rewards
+
+
+def iou_reward(completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Reward for visual grounding: IoU of the first box in the completion with the ground-truth box.
+
+    $$ r = \mathrm{IoU}(\hat b, b) = \frac{|\hat b \cap b|}{|\hat b \cup b|} \in [0, 1] $$
+
+    The predicted box $\hat b$ is the first box `formats.parse_objects` reads (Qwen2-VL box tokens, Qwen2.5-VL /
+    Qwen3-VL JSON, or `(x1,y1),(x2,y2)` / `[x1, y1, x2, y2]` in prose). With the `box_format` and
+    `image_size` columns it is converted from the family's frame to original-image pixels (for Qwen2.5-VL
+    with the `input_size` column, or, when absent, the input size `boxes.model_input_size` computes with the
+    family's default pixel limits) and clipped to the image, so a whole-image box scores its true IoU.
+    Without them, coordinates are compared as written. Inverted or degenerate boxes have IoU 0.
+
+    When the referred object is absent (solution `[]`), an empty answer (`[]`, empty text, `None`,
+    `No objects`) scores 1.0 and anything else 0.0. No parseable box scores 0.0. A malformed solution (or
+    frame column) gives `None` with a logged warning. Perception-R1's released code squares the IoU:
+    use `make_iou_reward(squared=True)` or `get_reward("iou_squared")`.
+
+    Args:
+        completions (`list[str]` or `list[list[dict]]`):
+            Completions, plain or conversational (`[{"role": "assistant", "content": ...}]`).
+        solution (`list`):
+            Ground-truth boxes `[x1, y1, x2, y2]` in absolute pixels of the image (native or JSON strings).
+        **kwargs:
+            Dataset columns, one value per completion: `task` (rows of another task get `None`),
+            `box_format`, `image_size` (`[width, height]`), `input_size`; and the trainer's `log_metric` /
+            `log_extra`, which receive `iou_reward/iou` and `iou_reward/parse_failure`. Others are ignored.
+
+    Returns:
+        `list[float | None]`: one reward per completion.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import iou_reward
+
+    >>> completions = [[{"role": "assistant", "content": '[{"bbox_2d": [5, 5, 15, 15], "label": "cat"}]'}],
+    ...                [{"role": "assistant", "content": "I cannot find it."}]]
+    >>> [round(r, 4) for r in iou_reward(completions, [[0, 0, 10, 10], [0, 0, 10, 10]])]
+    [0.1429, 0.0]
+    >>> iou_reward(["<|box_start|>(0,0),(500,500)<|box_end|>"], [[0, 0, 320, 240]],
+    ...            box_format=["qwen2_vl"], image_size=[[640, 480]])
+    [1.0]
+
+    ```
+    """
+    return _iou_rewards(completions, solution, False, "iou_reward", kwargs)
+
+
+class _IoUReward:
+    """`iou_reward` with its options bound; a class (not a closure) so it pickles."""
+
+    def __init__(self, squared: bool = False, name: str | None = None):
+        self.squared = bool(squared)
+        self.__name__ = name or ("iou_squared_reward" if self.squared else "iou_reward")
+
+    def __call__(self, completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+        return _iou_rewards(completions, solution, self.squared, self.__name__, kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(squared={self.squared}, name={self.__name__!r})"
+
+
+def make_iou_reward(squared: bool = False, name: str | None = None) -> _IoUReward:
+    r"""
+    A grounding IoU reward with options bound, as a named, picklable callable.
+
+    With `squared=True` the reward is $\mathrm{IoU}^2$, as in Perception-R1's released `pr1_grounding` reward
+    (the paper says IoU; squaring shrinks the signal for poor boxes). Everything else is as in `iou_reward`.
+
+    Args:
+        squared (`bool`): return IoU².
+        name (`str`, *optional*): the reward's `__name__` (TRL's column name); default `"iou_reward"` or
+            `"iou_squared_reward"`.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import make_iou_reward
+
+    >>> reward = make_iou_reward(squared=True)
+    >>> reward.__name__, reward(["[0, 0, 10, 5]"], [[0, 0, 10, 10]])
+    ('iou_squared_reward', [0.25])
+
+    ```
+    """
+    return _IoUReward(squared=squared, name=name)
+
+
+# Perception-R1's `pr1_grounding_format_reward` pattern with `|` escaped (the released one is an alternation
+# that matches almost anything starting with "<"). `<|im_end|>` is optional because TRL decodes completions
+# with skip_special_tokens=True; trailing padding and whitespace are allowed, nothing else.
+_GROUNDING_FORMAT_RE = re.compile(
+    r"<\|object_ref_start\|>.*?<\|object_ref_end\|><\|box_start\|>.*?<\|box_end\|>"
+    r"(?:<\|im_end\|>|<\|endoftext\|>|\s)*"
+)
+
+
+def grounding_format_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    Perception-R1's grounding format reward with its regex fixed: 1.0 when the completion is
+    `<|object_ref_start|>…<|object_ref_end|><|box_start|>…<|box_end|>`, else 0.0.
+
+    The released check is `re.match` of the same pattern with unescaped `|`, an alternation that accepts any
+    text starting with `<` (and rejects prose); here the pipes are escaped and the whole completion must match.
+    `<|im_end|>` is optional (TRL decodes with `skip_special_tokens=True`, so it is usually absent) and
+    trailing `<|im_end|>` / `<|endoftext|>` padding and whitespace are allowed. Note that the Qwen2-VL box
+    tokens are special tokens too: the check can only pass when completions are decoded with
+    `skip_special_tokens=False`, as Perception-R1 does for grounding. Rows whose `task` is not grounding get
+    `None`.
+
+    Args:
+        completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
+        **kwargs: ignored except `task`.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import grounding_format_reward
+
+    >>> grounding_format_reward([
+    ...     "<|object_ref_start|>man<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|><|im_end|>",
+    ...     "<garbage no box",
+    ...     "I cannot find it.",
+    ... ])
+    [1.0, 0.0, 0.0]
+
+    ```
+    """
+    rows, n = select_rows("grounding_format_reward", _TASKS, completions, None, kwargs)
+    rewards: list[float | None] = [None] * n
+    for row in rows:
+        rewards[row.index] = 1.0 if _GROUNDING_FORMAT_RE.fullmatch(row.text) else 0.0
+    return rewards
