@@ -216,7 +216,7 @@ def test_detection_labels_come_from_the_prompted_vocabulary():
         pixels = _pixels(row["image"])
         for obj in row["solution"]:
             assert obj["label"] in vocab
-            x1, y1, x2, y2 = obj["bbox_2d"]
+            x1, y1, x2, y2 = (int(v) for v in obj["bbox_2d"])
             mask = _colour_mask(pixels, obj["label"].split()[0])
             assert _extent(mask[y1:y2, x1:x2]) == [0, 0, x2 - x1, y2 - y1]
 

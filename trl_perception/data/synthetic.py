@@ -459,7 +459,7 @@ def render_scene(
                 "kind_index": index,
             }
         )
-    return Image.fromarray(pixels, mode="RGB"), objects
+    return Image.fromarray(pixels), objects
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -503,7 +503,7 @@ def render_text(
     if position is None:
         position = (margin - left, margin - top)
     if isinstance(background, np.ndarray):
-        image = Image.fromarray(np.ascontiguousarray(background[: size[1], : size[0]], dtype=np.uint8), "RGB")
+        image = Image.fromarray(np.ascontiguousarray(background[: size[1], : size[0], :3], dtype=np.uint8))
     else:
         image = Image.new("RGB", size, tuple(int(v) for v in background))
     ImageDraw.Draw(image).multiline_text(position, text, font=face, fill=tuple(color), spacing=spacing)
@@ -877,47 +877,17 @@ def make_sample(
 
 
 def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
-    from ..boxes import model_input_size
+    from .common import grid_size_for
 
     size = image_size
-    # smart_resize maps an on-grid size within the limits to itself; two passes settle every real case.
+    # smart_resize maps an on-grid size within the limits to itself; a second pass settles the rare sizes
+    # that one rounding step leaves just outside the limits.
     for _ in range(4):
-        resized = model_input_size(size, family, min_pixels=min_pixels, max_pixels=max_pixels)
-        if tuple(resized) == tuple(size):
+        resized = tuple(grid_size_for(size, family, min_pixels, max_pixels))
+        if resized == tuple(size):
             break
-        size = tuple(resized)
+        size = resized
     return int(size[0]), int(size[1])
-
-
-def _features(tasks: tuple[str, ...], mixed: bool, box_format: str | None, jitter: bool) -> datasets.Features:
-    from datasets import Features, List, Value
-    from datasets import Image as ImageFeature
-
-    solution: Any
-    if mixed:
-        solution = Value("string")
-    else:
-        solution = {
-            "grounding": List(Value("int64")),
-            "counting": {"count": Value("int64"), "points": List(List(Value("float64")))},
-            "ocr": Value("string"),
-            "detection": List({"bbox_2d": List(Value("int64")), "label": Value("string")}),
-        }[tasks[0]]
-    features = {
-        "prompt": List(
-            {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
-        ),
-        "image": ImageFeature(),
-        "task": Value("string"),
-        "solution": solution,
-        "image_size": List(Value("int64")),
-    }
-    if box_format is not None:
-        features["box_format"] = Value("string")
-        features["input_size"] = List(Value("int64"))
-    if jitter:
-        features["exact_solution"] = solution
-    return Features(features)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -968,8 +938,10 @@ def make_synthetic(
         - `"mixed"` or a list of tasks: each row's task drawn uniformly; solutions become JSON strings.
 
     Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
-    width is its pixel count). Row `i` depends only on `(seed, task, i)`: the same call gives identical
-    image bytes and solutions, and a larger `n` extends a smaller one.
+    width is its pixel count): whole numbers, stored as float64 like every builder's boxes (the features
+    come from `data.common.row_features`), so synthetic and real datasets concatenate. Row `i` depends
+    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger `n`
+    extends a smaller one.
 
     Args:
         task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
@@ -1017,9 +989,7 @@ def make_synthetic(
 
     ```
     """
-    import datasets
-
-    from .prompts import build_prompt
+    from .common import PromptCache, row_features, rows_to_dataset
 
     if isinstance(task, str):
         tasks = TASKS if task == "mixed" else (task,)
@@ -1061,6 +1031,7 @@ def make_synthetic(
     if "ocr" in tasks and language == "zh" and font is None and find_cjk_font() is None:
         raise RuntimeError(_CJK_INSTALL_HINT)
 
+    prompts = {t: PromptCache(t, box_format, template, system_prompt) for t in tasks}
     columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
     if box_format is not None:
         columns["box_format"] = []
@@ -1081,9 +1052,7 @@ def make_synthetic(
             train_solution = _jitter_solution(
                 row_task, solution, noise_rng, box_jitter, box_noise_px, image.size
             )
-        prompt = build_prompt(
-            row_task, box_format=box_format, template=template, system_prompt=system_prompt, **fields
-        )
+        prompt = prompts[row_task](**fields)
         columns["prompt"].append(prompt)
         columns["image"].append({"bytes": _png_bytes(image), "path": None})
         columns["task"].append(row_task)
@@ -1096,5 +1065,7 @@ def make_synthetic(
             columns["input_size"].append(list(input_size))
         if box_jitter is not None:
             columns["exact_solution"].append(json.dumps(solution, ensure_ascii=False) if mixed else solution)
-    features = _features(tasks, mixed, box_format, box_jitter is not None)
-    return datasets.Dataset.from_dict(columns, features=features)
+    features = row_features(None if mixed else tasks[0], family=box_format is not None)
+    if box_jitter is not None:
+        features["exact_solution"] = features["solution"]
+    return rows_to_dataset(columns, features=features)
