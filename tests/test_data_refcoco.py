@@ -425,10 +425,15 @@ def test_template_and_system_prompt_override(layouts):
 def test_pixel_limits_resize_images_and_scale_boxes(layouts):
     plain = build_refcoco(layouts["refer"], "val", image_dir=layouts["images"])
     fitted = build_refcoco(
-        layouts["refer"], "val", image_dir=layouts["images"], box_format="qwen2_vl", max_pixels=2000
+        layouts["refer"],
+        "val",
+        image_dir=layouts["images"],
+        box_format="qwen2_vl",
+        min_pixels=784,
+        max_pixels=2000,
     )
     row = fitted[0]
-    target = grid_size_for((64, 48), "qwen2_vl", max_pixels=2000)
+    target = grid_size_for((64, 48), "qwen2_vl", min_pixels=784, max_pixels=2000)
     assert target == (28, 28)
     assert row["image"].size == tuple(row["image_size"]) == tuple(row["input_size"]) == target
     sx, sy = 28 / 64, 28 / 48

@@ -636,11 +636,53 @@ class PromptCache:
 # Resizing to the processor's grid
 
 
+def _effective_limits(family: str, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
+    from ..boxes import default_pixel_limits
+
+    lo, hi = default_pixel_limits(family)
+    lo = lo if min_pixels is None else int(min_pixels)
+    hi = hi if max_pixels is None else int(max_pixels)
+    if lo > hi:
+        raise ValueError(
+            f"min_pixels ({lo}) exceeds max_pixels ({hi}) for {family} (a limit left as None takes the "
+            "family's default); pass both"
+        )
+    return lo, hi
+
+
+def _stable_grid_size(image_size: Sequence[int], factor: int, lo: int, hi: int) -> tuple[int, int]:
+    """The on-grid size within `[lo, hi]` pixels closest in aspect ratio to `image_size` (then in area):
+    a size the processor keeps as is. Used where `smart_resize`'s own answer is not such a size (its
+    upscale to `min_pixels` can overshoot `max_pixels` for tiny images and tight limits)."""
+    width, height = float(image_size[0]), float(image_size[1])
+    aspect, area = math.log(width / height), min(max(width * height, lo), hi)
+    best: tuple[float, float, int, int] | None = None
+    for m in range(1, hi // (factor * factor) + 1):
+        h = m * factor
+        k_lo, k_hi = max(1, -(-lo // (h * factor))), hi // (h * factor)
+        if k_lo > k_hi:
+            continue
+        k = min(max(round(h * width / height / factor), k_lo), k_hi)
+        w = k * factor
+        if max(w, h) / min(w, h) > 200:
+            continue
+        score = (abs(math.log(w / h) - aspect), abs(w * h - area), w, h)
+        if best is None or score < best:
+            best = score
+    if best is None:
+        raise ValueError(f"no {factor}-pixel grid size lies within [{lo}, {hi}] pixels")
+    return best[2], best[3]
+
+
 def grid_size_for(
     image_size: Sequence[int], family: str, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> tuple[int, int]:
     """`(width, height)` that `family`'s processor leaves unchanged for an image of `image_size`: on the
     patch grid and within the pixel limits (the family's defaults where a limit is `None`).
+
+    This is the processor's own `smart_resize` size (`boxes.model_input_size`), except in the corner
+    case where that size is not itself kept by the processor (tiny images under tight limits); then the
+    closest stable size is used, so that an image resized to it is never resized again.
 
     Example:
     ```python
@@ -651,7 +693,31 @@ def grid_size_for(
 
     ```
     """
-    return model_input_size(image_size, family, min_pixels=min_pixels, max_pixels=max_pixels)
+    lo, hi = _effective_limits(family, min_pixels, max_pixels)
+    size = model_input_size(image_size, family, min_pixels=lo, max_pixels=hi)
+    if model_input_size(size, family, min_pixels=lo, max_pixels=hi) == size:
+        return size
+    from ..boxes import patch_factor
+
+    return _stable_grid_size(image_size, patch_factor(family), lo, hi)
+
+
+def check_image_size(
+    image_size: Sequence[int],
+    family: str | None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+) -> None:
+    """Raise `RecordError("bad image size")` for an image the family's processor refuses (an aspect
+    ratio of 200 or more); nothing without a family."""
+    if family is None:
+        return
+    try:
+        grid_size_for(image_size, family, min_pixels, max_pixels)
+    except ValueError as err:
+        raise RecordError(
+            "bad image size", f"image of size {list(image_size)} cannot be fed to {family}: {err}"
+        ) from None
 
 
 def fit_to_grid(
@@ -732,8 +798,10 @@ def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
 class GridImageTransform:
     """`Dataset.with_transform` function that resizes the `image` column to the family's grid on access.
 
-    Only images are touched (so reading other columns decodes nothing); the ground truth was scaled when
-    the dataset was built. Picklable, so it survives `Dataset.map`, multiprocessing and the trainer.
+    Only images are touched; the ground truth was scaled when the dataset was built. Picklable, so it
+    survives `shuffle`/`select`, multiprocessing and the trainer. Note that with any transform set,
+    `dataset["solution"]` iterates whole rows (decoding images, as `datasets` does for every custom
+    format); read metadata with `dataset.select_columns(["solution"])["solution"]` instead.
     """
 
     def __init__(self, family: str, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -766,8 +834,8 @@ def check_family_options(box_format: str | None, min_pixels: int | None, max_pix
     for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    if min_pixels is not None and max_pixels is not None and min_pixels > max_pixels:
-        raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
+    if box_format is not None:
+        _effective_limits(box_format, min_pixels, max_pixels)
     return resize
 
 

@@ -18,6 +18,7 @@ from .common import (
     PromptCache,
     RecordError,
     check_family_options,
+    check_image_size,
     check_xyxy,
     family_columns,
     finalize,
@@ -562,6 +563,7 @@ def build_refcoco(
             obj.image_path = found
             size = read_image_size(found) if obj.image_size is None else obj.image_size
         obj.image_size = list(size)
+        check_image_size(obj.image_size, box_format, min_pixels, max_pixels)
         w, h = obj.image_size
         x1, y1, x2, y2 = obj.bbox
         clipped = round_box([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)])
