@@ -263,7 +263,7 @@ def draw_objects(
     sx, sy = size[0] / original[0], size[1] / original[1]
     line = min(max(1, int(width)), 64)
     draw = ImageDraw.Draw(canvas)
-    radius = max(2, line + 1)
+    radius = max(2, line + 1, round(min(size) / 80))
     layers = [
         (*_objects(gt_objects, gt_points), GT_COLOR, True),
         (*_objects(objects, points), PRED_COLOR, False),
