@@ -1,0 +1,233 @@
+"""Specification of `count_reward`: Hungarian point matching with a count ratio, or exact-count credit."""
+
+import json
+import logging
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trl_perception.boxes import model_input_size
+from trl_perception.formats import render_objects
+from trl_perception.rewards import _common, count_reward
+
+D = 1000 * math.sqrt(2)
+TWO = {"count": 2, "points": [[10, 10], [50, 50]]}
+
+
+@pytest.fixture(autouse=True)
+def fresh_warning_counts():
+    _common._WARN_COUNTS.clear()
+
+
+def points(*pts):
+    return json.dumps([{"point_2d": list(p), "label": "bird"} for p in pts])
+
+
+# ---------------------------------------------------------------------------------------------- golden
+
+
+def test_perfect_points_score_one():
+    assert count_reward([points((10, 10), (50, 50))], [TWO]) == [1.0]
+
+
+def test_order_of_points_does_not_matter():
+    assert count_reward([points((50, 50), (10, 10))], [TWO]) == [1.0]
+
+
+def test_one_of_two_objects_missed_scores_half():
+    assert count_reward([points((10, 10))], [TWO]) == [0.5]
+
+
+def test_one_of_two_missed_with_an_offset_scores_half_times_distance_term():
+    # Matched distance 3-4-5 = 5: 1/2 * (1 - 5 / (1000 sqrt 2)).
+    assert count_reward([points((13, 14))], [TWO]) == [pytest.approx(0.5 * (1 - 5 / D))]
+
+
+def test_one_duplicate_extra_among_two_objects_scores_two_thirds():
+    assert count_reward([points((10, 10), (10, 10), (50, 50))], [TWO]) == [pytest.approx(2 / 3)]
+
+
+def test_duplicate_with_offset_scores_two_thirds_times_distance_term():
+    # The duplicate is left unmatched; the two matched points are 0 and 10 away: mean 5.
+    reward = count_reward([points((10, 10), (10, 10), (50, 60))], [TWO])
+    assert reward == [pytest.approx(2 / 3 * (1 - 5 / D))]
+
+
+def test_box_centres_count_as_points():
+    answer = (
+        "<|object_ref_start|>bird<|object_ref_end|><|box_start|>(0,0),(20,20)<|box_end|>"
+        "<|box_start|>(40,40),(60,60)<|box_end|><|im_end|>"
+    )
+    assert count_reward(
+        [answer, json.dumps([{"bbox_2d": [0, 0, 20, 20]}, {"bbox_2d": [40, 40, 60, 60]}])], [TWO] * 2
+    ) == [
+        1.0,
+        1.0,
+    ]
+
+
+def test_distances_are_measured_in_the_0_1000_frame_of_the_image():
+    # A 2000x1000 image: a 200-pixel horizontal error is 100 units of the 0-1000 frame.
+    gt = {"count": 2, "points": [[0, 0], [400, 500]]}
+    answer = points((0, 0), (200, 500))
+    (framed,) = count_reward([answer], [gt], image_size=[[2000, 1000]])
+    (as_written,) = count_reward([answer], [gt])
+    assert framed == pytest.approx(1 - 50 / D)
+    assert as_written == pytest.approx(1 - 100 / D)
+
+
+def test_solution_as_json_string():
+    assert count_reward([points((10, 10), (50, 50))], [json.dumps(TWO)]) == [1.0]
+
+
+# -------------------------------------------------------------------------------------- count only
+
+
+def test_count_only_solution_gives_exact_count_credit():
+    three = points((1, 1), (2, 2), (3, 3))
+    assert count_reward([three, points((1, 1), (2, 2)), three], [3, 3, {"count": 3}]) == [1.0, 0.0, 1.0]
+
+
+def test_lone_integer_answer_counts_for_count_only_solutions():
+    assert count_reward(["There are 3 birds.", "7", "3 or 4"], [3, 3, 3]) == [1.0, 0.0, 0.0]
+
+
+def test_zero_count_rewards_only_an_empty_answer():
+    completions = ["[]", "0", "", "None", points((1, 1)), "no idea"]
+    assert count_reward(completions, [0] * len(completions)) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert count_reward(["[]", points((1, 1))], [{"count": 0, "points": []}] * 2) == [1.0, 0.0]
+
+
+def test_empty_answer_with_objects_present_scores_zero():
+    assert count_reward(["[]", "", "2"], [TWO] * 3) == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- known failure cases (§7)
+
+
+def test_far_away_points_never_go_negative():
+    # PR1 gives -4.0 for a point at (5000, 5000) against (0, 0).
+    gt = {"count": 1, "points": [[0, 0]]}
+    assert count_reward([points((5000, 5000))], [gt]) == [0.0]
+    assert count_reward([points((5000, 5000))], [gt], image_size=[[1000, 1000]]) == [0.0]
+
+
+def test_one_far_outlier_costs_only_its_share():
+    gt = {"count": 2, "points": [[0, 0], [10, 0]]}
+    assert count_reward([points((0, 0), (100000, 0))], [gt]) == [pytest.approx(0.5)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"point_2d": [NaN, 1]}]',
+        '[{"point_2d": [1e309, 1]}]',
+        "<|box_start|>(1,2),(3<|box_end|>",
+        "((1,2),(3,4))",
+    ],
+)
+def test_malformed_predictions_score_in_range(text):
+    (reward,) = count_reward([text], [TWO])
+    assert 0.0 <= reward <= 1.0
+
+
+@pytest.mark.parametrize(
+    "solution",
+    ["many", -1, 2.5, True, {"count": "x"}, {"points": [[1, float("nan")]]}, {"points": [[1, 2, 3]]}, None],
+)
+def test_malformed_solution_gives_none_and_a_warning(solution, caplog):
+    with caplog.at_level(logging.WARNING, logger="trl_perception.rewards"):
+        assert count_reward(["[]", "[]"], [solution, 0]) == [None, 1.0]
+    assert any("count_reward: row 0 skipped" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+IMAGE = (1280, 720)
+GT_POINTS = [[100, 100], [640, 360], [1200, 700]]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_ground_truth_rendered_in_each_family_scores_near_one(family):
+    text = render_objects(
+        [{"point_2d": p, "label": "bird"} for p in GT_POINTS], family, IMAGE, model_input_size(IMAGE, family)
+    )
+    gt = {"count": 3, "points": GT_POINTS}
+    (reward,) = count_reward([text], [gt], box_format=[family], image_size=[list(IMAGE)])
+    assert reward >= 0.99
+
+
+def test_wrong_frame_scores_lower():
+    text = render_objects([{"point_2d": p} for p in GT_POINTS], "qwen2_vl", IMAGE)
+    gt = {"count": 3, "points": GT_POINTS}
+    (right,) = count_reward([text], [gt], box_format=["qwen2_vl"], image_size=[list(IMAGE)])
+    (wrong,) = count_reward([text], [gt], box_format=["qwen2_5_vl"], image_size=[list(IMAGE)])
+    assert wrong < right - 0.1
+
+
+# --------------------------------------------------------------------------------------------- logging
+
+
+def test_components_are_logged():
+    metrics, extra = {}, {}
+    count_reward(
+        [points((10, 10)), "2", "x"],
+        [TWO, 2, "hello"],
+        task=["counting", "counting", "ocr"],
+        log_metric=lambda name, value: metrics.__setitem__(name, value),
+        log_extra=lambda column, values: extra.__setitem__(column, values),
+    )
+    assert metrics["count_reward/count_exact"] == pytest.approx(0.5)
+    assert metrics["count_reward/count_ratio"] == pytest.approx(0.75)
+    assert metrics["count_reward/parse_failure"] == 0.0
+    assert extra["count_reward/count_exact"] == [0.0, 1.0, None]
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+NEAR_VALID = st.lists(
+    st.sampled_from(
+        [
+            "<|box_start|>",
+            "<|box_end|>",
+            "<|object_ref_start|>",
+            "<|object_ref_end|>",
+            "(",
+            ")",
+            ",",
+            "[",
+            "]",
+            "{",
+            "}",
+            '"point_2d"',
+            '"bbox_2d"',
+            ":",
+            "NaN",
+            "1e309",
+            "-5",
+            "5000",
+            "3",
+            " ",
+            "birds",
+            "```json",
+        ]
+    ),
+    max_size=40,
+).map("".join)
+
+
+@given(
+    text=st.one_of(st.text(max_size=300), NEAR_VALID),
+    gt=st.one_of(
+        st.integers(0, 50),
+        st.lists(st.tuples(st.floats(0, 2000), st.floats(0, 2000)), max_size=20).map(
+            lambda p: {"count": len(p), "points": [list(x) for x in p]}
+        ),
+    ),
+    size=st.one_of(st.none(), st.tuples(st.integers(1, 3000), st.integers(1, 3000)).map(list)),
+)
+def test_any_text_gives_a_finite_reward_in_range(text, gt, size):
+    (reward,) = count_reward([text], [gt], image_size=[size])
+    assert math.isfinite(reward) and 0.0 <= reward <= 1.0
