@@ -119,6 +119,9 @@ def test_points_predicted_are_filled_and_ground_truth_rings():
 
 def test_point_objects_and_counting_solutions_are_drawn():
     assert _has(draw_objects(_blank(), [{"point_2d": [10, 10], "label": "dot"}]), PRED_COLOR)
+    assert _same(
+        draw_objects(_blank(), [[10, 10], [50, 40]]), draw_objects(_blank(), points=[[10, 10], [50, 40]])
+    )
     assert _has(draw_objects(_blank(), None, {"count": 2, "points": [[10, 10], [50, 40]]}), GT_COLOR)
 
 

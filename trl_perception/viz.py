@@ -161,13 +161,17 @@ def _collect(
         return
     if isinstance(item, np.ndarray):
         item = item.tolist()
-    if isinstance(item, Sequence) or isinstance(item, (list, tuple)):
+    if isinstance(item, Sequence):
         box = _finite_numbers(item, 4)
         if box is not None:
             boxes.append((box, None))
             return
-        if len(item) == 4 and all(isinstance(v, (int, float, np.number)) for v in item):
-            return  # a box with NaN/inf in it
+        point = _finite_numbers(item, 2)
+        if point is not None:
+            points.append((point, None))
+            return
+        if len(item) in (2, 4) and all(isinstance(v, (int, float, np.number)) for v in item):
+            return  # a box or point with NaN/inf in it
         for child in list(item)[:_MAX_ITEMS]:
             _collect(child, boxes, points, depth + 1)
 
@@ -226,7 +230,7 @@ def draw_objects(
 
     Objects come as anything the library produces: dicts `{"bbox_2d": [...], "label": ...}` or
     `{"point_2d": [...]}`, `formats.DetectedObject`s (`.bbox`, `.point`, `.label`), a `ParsedOutput`, a
-    single box `[x1, y1, x2, y2]`, a counting solution `{"count": n, "points": [...]}`, a JSON string, or
+    box `[x1, y1, x2, y2]` or point `[x, y]` (alone or in lists), a counting solution `{"count": n, "points": [...]}`, a JSON string, or
     model text (read with `formats.parse_objects`). Coordinates are absolute pixels of `image` (boxes
     `x1 <= x < x2`). Boxes with NaN/inf are skipped, corners are reordered, and boxes are clipped to the
     image (those entirely outside are skipped). Ground truth is drawn first (boxes, hollow rings), then
