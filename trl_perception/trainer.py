@@ -1,0 +1,1033 @@
+"""`PerceptionGRPOConfig` and `PerceptionGRPOTrainer`: TRL's GRPO trainer with coordinate frames, pixel
+budgets, Qwen2-VL box tokens and perception metrics taken care of. The training loop is TRL's own."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOConfig, GRPOTrainer
+
+from .boxes import FAMILIES, convert_frame, default_pixel_limits, family_frame, patch_factor
+from .formats import completion_text, parse_objects, strip_wrappers
+
+__all__ = [
+    "BOX_TASKS",
+    "MODEL_TYPE_FAMILIES",
+    "TASKS",
+    "VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS",
+    "PerceptionGRPOConfig",
+    "PerceptionGRPOTrainer",
+    "resolve_box_format",
+    "vllm_serve_args",
+]
+
+logger = logging.getLogger("trl_perception.trainer")
+
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+"""The `task` values the row contract allows."""
+
+BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection")
+"""Tasks whose answers are boxes or points (parsed for the observability metrics)."""
+
+MODEL_TYPE_FAMILIES: dict[str, str] = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl",
+}
+"""`config.model_type` → box-format family, for `box_format="auto"`."""
+
+VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS = 4096
+"""The `max_num_batched_tokens` TRL 1.16 hard-codes when it builds `vllm.LLM` in colocate mode. One image
+must fit in it, since vLLM never splits an image's tokens over two batches."""
+
+# Qwen2-VL writes grounding answers with these tokens; TRL decodes with `skip_special_tokens=True`.
+_BOX_TOKENS = (
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+)
+_CONTROL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
+
+
+@dataclass
+class PerceptionGRPOConfig(GRPOConfig):
+    r"""
+    Configuration of [`PerceptionGRPOTrainer`]: every field of TRL's [`~trl.GRPOConfig`] plus the ones below.
+
+    Parameters:
+        > Parameters that control frames and pixels
+
+        box_format (`str`, *optional*, defaults to `"auto"`):
+            Model family whose output syntax and coordinate frame the rewards use: `"qwen2_vl"` (box tokens,
+            0–1000), `"qwen2_5_vl"` (JSON, absolute pixels of the resized input) or `"qwen3_vl"` (JSON,
+            0–1000). `"auto"` reads it from the model config's `model_type` (`qwen2_vl`, `qwen2_5_vl`,
+            `qwen3_vl`, `qwen3_vl_moe`), whether the model is passed as a path or as an object.
+        min_pixels (`int`, *optional*):
+            Smallest image area (in pixels) the model sees. Set on the trainer's copy of the processor and
+            handed to vLLM. `None` keeps the processor's value (the checkpoint's).
+        max_pixels (`int`, *optional*):
+            Largest image area (in pixels) the model sees; same handling as `min_pixels`.
+        resize_images (`bool`, *optional*, defaults to `True`):
+            Resize every image once, lazily when a row is read, to the size the processor leaves unchanged (on
+            the patch grid, within `min_pixels`/`max_pixels`), and scale its `solution` with it. Rollout (HF
+            `generate` or vLLM) and training then see the same pixels, whatever limits vLLM applies.
+        max_image_tokens (`int`, *optional*):
+            Largest number of visual tokens one image may take (resized area / (patch size × merge size)²).
+            Checked for every row at start-up. `None` means `vllm_max_num_batched_tokens` (TRL's 4096 when
+            unset) with vLLM in colocate mode, and no limit otherwise.
+        vllm_max_num_batched_tokens (`int`, *optional*):
+            Overrides the `max_num_batched_tokens=4096` that TRL hard-codes for vLLM in colocate mode (raise
+            it for high-resolution OCR pages). In server mode it is added to `vllm_serve_args`.
+
+        > Parameters that control decoding
+
+        keep_box_tokens (`bool`, *optional*):
+            Keep Qwen2-VL's `<|object_ref_start|>`, `<|object_ref_end|>`, `<|box_start|>`, `<|box_end|>`,
+            `<|quad_start|>` and `<|quad_end|>` in decoded completions (TRL decodes with
+            `skip_special_tokens=True`, which deletes them, so rewards would never see a box). `None` keeps
+            them for the `qwen2_vl` box format only. Other special tokens are still removed.
+
+        > Parameters that control logging
+
+        log_box_images (`bool`, *optional*, defaults to `False`):
+            Draw each completion's predicted boxes and points (red) and the ground truth (green) on its image.
+            The drawings replace the images of TRL's completions table (wandb / trackio) and are saved as
+            `<output_dir>/completions/box_images_<step>/<row>.png`, rows in the order of the completions
+            parquet file. Turns `log_completions` on; needs `log_multimodal=True`.
+    """
+
+    box_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Model family whose output syntax and coordinate frame the rewards use: 'qwen2_vl', "
+            "'qwen2_5_vl' or 'qwen3_vl'. 'auto' reads it from the model config's model_type.",
+            "choices": ["auto", *FAMILIES],
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Smallest image area (pixels) the model sees; set on the processor and handed to vLLM. "
+            "None keeps the processor's value."
+        },
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest image area (pixels) the model sees; set on the processor and handed to vLLM. "
+            "None keeps the processor's value."
+        },
+    )
+    resize_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Resize each image once (lazily) to the size the processor leaves unchanged and scale its "
+            "solution with it, so rollout and training see the same pixels."
+        },
+    )
+    max_image_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Largest number of visual tokens one image may take, checked for every row at start-up. "
+            "None: vllm_max_num_batched_tokens (TRL's 4096) with vLLM colocate, no limit otherwise."
+        },
+    )
+    vllm_max_num_batched_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Overrides the max_num_batched_tokens=4096 TRL hard-codes for vLLM colocate; added to "
+            "vllm_serve_args in server mode."
+        },
+    )
+    keep_box_tokens: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep Qwen2-VL's box and object-reference tokens in decoded completions. None: keep them "
+            "for the qwen2_vl box format only."
+        },
+    )
+    log_box_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw predicted (red) and ground-truth (green) boxes on each completion's image in the "
+            "completions table and save them under <output_dir>/completions. Turns log_completions on."
+        },
+    )
+
+    def __post_init__(self):
+        if self.box_format != "auto" and self.box_format not in FAMILIES:
+            raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {self.box_format!r}")
+        for name in ("min_pixels", "max_pixels", "max_image_tokens", "vllm_max_num_batched_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if self.log_box_images:
+            if not self.log_multimodal:
+                raise ValueError("log_box_images draws on the logged images: it needs log_multimodal=True")
+            self.log_completions = True
+        super().__post_init__()
+
+
+def resolve_box_format(box_format: str, model_or_config: Any) -> str:
+    """The box-format family for a model: `box_format` itself when it names a family, else (`"auto"`) the
+    family of the model config's `model_type`.
+
+    Args:
+        box_format (`str`): `"auto"` or a family name.
+        model_or_config: a model (also a PEFT model), its config, or anything with a `model_type`; only read
+            for `"auto"`.
+
+    Returns:
+        `str`: one of `"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`.
+
+    Example:
+    ```python
+    >>> from types import SimpleNamespace
+    >>> resolve_box_format("auto", SimpleNamespace(model_type="qwen2_5_vl"))
+    'qwen2_5_vl'
+    >>> resolve_box_format("qwen3_vl", None)
+    'qwen3_vl'
+    >>> resolve_box_format("auto", SimpleNamespace(model_type="llava"))
+    Traceback (most recent call last):
+    ...
+    ValueError: box_format='auto' cannot tell the output format of model_type 'llava'; known: ['qwen2_5_vl', 'qwen2_vl', 'qwen3_vl', 'qwen3_vl_moe']. Set PerceptionGRPOConfig.box_format to one of ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl').
+
+    ```
+    """
+    if box_format in FAMILIES:
+        return box_format
+    if box_format != "auto":
+        raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {box_format!r}")
+    model_type = _model_type(model_or_config)
+    if model_type in MODEL_TYPE_FAMILIES:
+        return MODEL_TYPE_FAMILIES[model_type]
+    raise ValueError(
+        f"box_format='auto' cannot tell the output format of model_type {model_type!r}; known: "
+        f"{sorted(MODEL_TYPE_FAMILIES)}. Set PerceptionGRPOConfig.box_format to one of {FAMILIES}."
+    )
+
+
+def _model_type(model_or_config: Any) -> str | None:
+    model_type = getattr(model_or_config, "model_type", None)
+    if isinstance(model_type, str):
+        return model_type
+    config = getattr(model_or_config, "config", None)
+    model_type = getattr(config, "model_type", None)
+    return model_type if isinstance(model_type, str) else None
+
+
+def vllm_serve_args(args: PerceptionGRPOConfig, family: str | None = None) -> list[str]:
+    """Extra arguments for `trl vllm-serve` (or `vllm serve`) so that a vLLM server preprocesses images with
+    the trainer's pixel limits: `--mm-processor-kwargs '{"min_pixels": ..., "max_pixels": ...}'`, plus
+    `--max-num-batched-tokens` when `vllm_max_num_batched_tokens` is set.
+
+    Limits come from `args`; a limit left `None` there is the checkpoint default of `family` (or of
+    `args.box_format`). [`PerceptionGRPOTrainer.vllm_serve_args`] gives the arguments for the limits the
+    trainer actually resolved from its processor.
+
+    Example:
+    ```python
+    >>> args = PerceptionGRPOConfig("out", max_pixels=1003520, use_cpu=True, report_to="none")
+    >>> vllm_serve_args(args, family="qwen2_5_vl")
+    ['--mm-processor-kwargs', '{"min_pixels": 3136, "max_pixels": 1003520}']
+
+    ```
+    """
+    family = family if family is not None else (args.box_format if args.box_format in FAMILIES else None)
+    lo, hi = args.min_pixels, args.max_pixels
+    if lo is None or hi is None:
+        if family is None:
+            raise ValueError(
+                "vllm_serve_args needs min_pixels and max_pixels in the config, or a family whose checkpoint "
+                "defaults fill the missing ones"
+            )
+        default_lo, default_hi = default_pixel_limits(family)
+        lo = default_lo if lo is None else lo
+        hi = default_hi if hi is None else hi
+    return _serve_args(int(lo), int(hi), args.vllm_max_num_batched_tokens)
+
+
+def _serve_args(min_pixels: int, max_pixels: int, max_num_batched_tokens: int | None) -> list[str]:
+    out = ["--mm-processor-kwargs", json.dumps(_mm_processor_kwargs(min_pixels, max_pixels))]
+    if max_num_batched_tokens is not None:
+        out += ["--max-num-batched-tokens", str(int(max_num_batched_tokens))]
+    return out
+
+
+def _mm_processor_kwargs(min_pixels: int, max_pixels: int) -> dict[str, int]:
+    # vLLM builds the HF processor with these kwargs; Qwen-VL image processors accept min_pixels/max_pixels
+    # at construction in transformers 4 and 5 (transformers 5 maps them onto size={shortest,longest}_edge).
+    return {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
+
+
+@contextlib.contextmanager
+def _vllm_llm_kwargs(extra: Mapping[str, Any], overrides: Mapping[str, Any]) -> Iterator[None]:
+    """While GRPOTrainer builds its colocated `vllm.LLM`, add `extra` (unless TRL passes them itself) and
+    force `overrides` (values TRL hard-codes). TRL 1.16 has no config field for either."""
+    from trl.generation import vllm_generation
+
+    original = getattr(vllm_generation, "LLM", None)
+    if original is None:  # vLLM not installed: TRL raises its own clear ImportError
+        yield
+        return
+
+    def build_llm(*args: Any, **kwargs: Any) -> Any:
+        for key, value in extra.items():
+            kwargs.setdefault(key, value)
+        kwargs.update(overrides)
+        return original(*args, **kwargs)
+
+    vllm_generation.LLM = build_llm
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
+
+
+class _DecodeKeepingTokens:
+    """`batch_decode` that drops special tokens itself, except `keep`, when asked to skip special tokens."""
+
+    def __init__(self, decode: Callable[..., list[str]], drop_ids: frozenset[int]):
+        self.decode = decode
+        self.drop_ids = drop_ids
+
+    def __call__(self, sequences: Any, skip_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+        if not skip_special_tokens:
+            return self.decode(sequences, skip_special_tokens=False, **kwargs)
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        kept = [[t for t in seq if t not in self.drop_ids] for seq in sequences]
+        return self.decode(kept, skip_special_tokens=False, **kwargs)
+
+
+def _size_pair(value: Any) -> tuple[int, int] | None:
+    """A valid `[width, height]` as ints, else `None`."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    try:
+        w, h = float(value[0]), float(value[1])
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(w) and math.isfinite(h)) or w <= 0 or h <= 0:
+        return None
+    return int(round(w)), int(round(h))
+
+
+class PerceptionRowTransform:
+    """Dataset transform that makes each row frame-aware for the rewards, lazily when the row is read.
+
+    Per row: the image (or every image of `images`) is resized once to the size the processor leaves
+    unchanged (when `resize`), the `solution` is scaled with it (from the declared `image_size`, the frame
+    the ground truth is in), and `image_size`, `input_size` (what the model sees) and `box_format` are set.
+    A transform the dataset already had (e.g. a builder's grid transform) runs first. Multi-image rows scale
+    the solution with their first image. Picklable, so dataloader workers can use it.
+
+    Example:
+    ```python
+    >>> from PIL import Image
+    >>> rows = PerceptionRowTransform("qwen2_5_vl", "qwen2_5_vl", 3136, 112 * 112)
+    >>> out = rows({"image": [Image.new("RGB", (300, 170))], "task": ["grounding"],
+    ...             "solution": [[30, 17, 150, 85]], "image_size": [[300, 170]]})
+    >>> out["image"][0].size, out["image_size"], out["input_size"], out["box_format"]
+    ((140, 84), [[140, 84]], [[140, 84]], ['qwen2_5_vl'])
+    >>> [round(v, 1) for v in out["solution"][0]]
+    [14.0, 8.4, 70.0, 42.0]
+
+    ```
+    """
+
+    def __init__(
+        self,
+        box_format: str,
+        grid_family: str,
+        min_pixels: int,
+        max_pixels: int,
+        resize: bool = True,
+        inner: Callable[[dict], dict] | None = None,
+    ):
+        self.box_format = box_format
+        self.grid_family = grid_family
+        self.min_pixels = int(min_pixels)
+        self.max_pixels = int(max_pixels)
+        self.resize = bool(resize)
+        self.inner = inner
+
+    def grid_size(self, image_size: Sequence[int]) -> tuple[int, int]:
+        """`(width, height)` the processor feeds an image of `image_size` at."""
+        from .data.common import grid_size_for
+
+        return grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+
+    def _fit(self, image: Any) -> Any:
+        from .data.common import fit_to_grid
+
+        return fit_to_grid(image, self.grid_family, self.min_pixels, self.max_pixels)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self.inner is not None:
+            batch = self.inner(batch)
+        batch = dict(batch)
+        n = len(next(iter(batch.values()))) if batch else 0
+        key = "images" if "images" in batch else "image" if "image" in batch else None
+        tasks = batch.get("task") or [None] * n
+        solutions = batch.get("solution")
+        declared = batch.get("image_size") or [None] * n
+        images_out, sizes_out, inputs_out = [], [], []
+        solutions_out = list(solutions) if solutions is not None else None
+        for i in range(n):
+            value = batch[key][i] if key is not None else None
+            images = list(value) if key == "images" and value is not None else [value]
+            first = images[0] if images else None
+            if first is None or not hasattr(first, "size"):
+                images_out.append(value)
+                sizes_out.append(_size_pair(declared[i]) and list(_size_pair(declared[i])))
+                inputs_out.append(None)
+                continue
+            frame = _size_pair(declared[i]) or tuple(first.size)
+            if self.resize:
+                images = [self._fit(im) if im is not None and hasattr(im, "size") else im for im in images]
+                target = tuple(images[0].size)
+                if solutions_out is not None and target != frame:
+                    solutions_out[i] = self._scale(tasks[i], solutions_out[i], frame, target)
+                frame = target
+            else:
+                target = self.grid_size(first.size)
+            images_out.append(images if key == "images" else images[0])
+            sizes_out.append([int(frame[0]), int(frame[1])])
+            inputs_out.append([int(target[0]), int(target[1])])
+        if key is not None:
+            batch[key] = images_out
+        batch["image_size"] = sizes_out
+        batch["input_size"] = inputs_out
+        batch["box_format"] = [self.box_format] * n
+        if solutions_out is not None:
+            batch["solution"] = solutions_out
+        return batch
+
+    @staticmethod
+    def _scale(task: Any, solution: Any, frame: tuple[int, int], target: tuple[int, int]) -> Any:
+        from .data.common import scale_solution
+
+        if solution is None or task == "ocr":
+            return solution
+        if task not in TASKS:
+            raise ValueError(
+                f"cannot scale the solution of a row with task {task!r} to its resized image; the row "
+                f"contract's task is one of {TASKS}"
+            )
+        return scale_solution(task, solution, target[0] / frame[0], target[1] / frame[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"PerceptionRowTransform({self.box_format!r}, grid={self.grid_family!r}, min_pixels="
+            f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize})"
+        )
+
+
+class PerceptionGRPOTrainer(GRPOTrainer):
+    """TRL's [`~trl.GRPOTrainer`] for perception tasks (grounding, counting, OCR, detection) on Qwen2-VL,
+    Qwen2.5-VL and Qwen3-VL, correct by construction about frames and pixels.
+
+    Everything is TRL's: the loop, losses, generation (transformers or vLLM), PEFT/QLoRA, distributed
+    training, checkpoints. On top of it:
+
+    - **Frames.** Every reward receives, per row, `box_format` (the model family), `image_size` (the image
+      the ground truth is in, after the one-time resize) and `input_size` (what the model sees), so
+      frame-aware rewards score a box in the frame the model wrote it in.
+    - **Pixels.** The processor's `min_pixels`/`max_pixels` come from the config; each image is resized once,
+      lazily, to a size the processor leaves unchanged and its ground truth scaled with it, so HF generation,
+      vLLM and the training forward pass see the same pixels. vLLM colocate gets the same limits
+      (`mm_processor_kwargs`); for server mode see `vllm_serve_args`.
+    - **Qwen2-VL decoding.** Box tokens survive TRL's `skip_special_tokens=True` decoding.
+    - **Mixed tasks.** Rows route to their rewards by `task`; `rewards/<reward>/<task>/mean` is logged.
+    - **Observability.** `perception/parse_failure_rate`, `perception/empty_answer_rate` and
+      `perception/objects_per_completion` every step; with `log_box_images`, boxes drawn on the images.
+    - **Start-up checks.** Missing `prompt`/`image`/`solution`/`task` columns, unknown tasks, images without
+      pixels and images over the visual-token budget fail at construction, naming the row.
+
+    Args are those of [`~trl.GRPOTrainer`], with `args` a [`PerceptionGRPOConfig`]. The processing class,
+    when given, is copied (the caller's object is left alone).
+
+    Example:
+    ```python
+    >>> import tempfile
+    >>> from trl_perception.data import make_synthetic
+    >>> from trl_perception.testing import tiny_vlm
+    >>> args = PerceptionGRPOConfig(tempfile.mkdtemp(), use_cpu=True, report_to="none", max_steps=1,
+    ...     num_generations=2, per_device_train_batch_size=2, max_completion_length=4, max_pixels=56 * 56)
+    >>> def length_reward(completions, **kwargs):
+    ...     return [float(len(c[0]["content"])) for c in completions]
+    >>> trainer = PerceptionGRPOTrainer(tiny_vlm("qwen2_5_vl"), length_reward, args,
+    ...                                 train_dataset=make_synthetic("grounding", 4, image_size=(150, 97)))
+    >>> row = trainer.train_dataset[0]
+    >>> trainer.box_format, row["image"].size, row["input_size"], row["box_format"]
+    ('qwen2_5_vl', (56, 28), [56, 28], 'qwen2_5_vl')
+
+    ```
+    """
+
+    _tag_names = ["trl", "grpo", "trl-perception"]
+
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: PerceptionGRPOConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: Any = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            name = (
+                model
+                if isinstance(model, str)
+                else getattr(getattr(model, "config", None), "_name_or_path", "")
+            )
+            args = PerceptionGRPOConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-PerceptionGRPO")
+        elif not isinstance(args, PerceptionGRPOConfig):
+            raise TypeError(
+                f"PerceptionGRPOTrainer needs a PerceptionGRPOConfig (a GRPOConfig with the perception fields), "
+                f"got {type(args).__name__}"
+            )
+        if args.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns=True would drop the columns the perception rewards read (solution, task, "
+                "image_size, ...); set it to False"
+            )
+
+        model_config = self._model_config(model, args)
+        self.box_format = resolve_box_format(args.box_format, model_config)
+        self.grid_family = MODEL_TYPE_FAMILIES.get(_model_type(model_config) or "", self.box_format)
+        processing_class = self._prepare_processor(model, model_config, processing_class, args)
+        self.min_pixels, self.max_pixels = self._pixel_limits(processing_class)
+        self.patch_factor = self._check_patch_factor(processing_class)
+        self.max_image_tokens = self._token_budget(args)
+        self._resize_images = bool(args.resize_images)
+        self._sizes_within_budget: set[tuple[int, int]] = set()
+        self._uses_vllm = bool(args.use_vllm)
+        keep = args.keep_box_tokens if args.keep_box_tokens is not None else self.box_format == "qwen2_vl"
+        self._decode_drop_ids = self._drop_ids(processing_class) if keep else None
+
+        funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs] if reward_funcs else []
+        needs_solution = [getattr(f, "__name__", type(f).__name__) for f in funcs if _takes_solution(f)]
+        train_dataset = self._prepare_dataset(train_dataset, "train_dataset", needs_solution)
+        if isinstance(eval_dataset, Mapping):
+            eval_dataset = {
+                k: self._prepare_dataset(v, f"eval_dataset[{k!r}]", needs_solution)
+                for k, v in eval_dataset.items()
+            }
+        else:
+            eval_dataset = self._prepare_dataset(eval_dataset, "eval_dataset", needs_solution)
+
+        self._pending_box_images: list | None = None
+        vllm_patch = contextlib.nullcontext()
+        if args.use_vllm and args.vllm_mode == "colocate":
+            overrides = {}
+            if args.vllm_max_num_batched_tokens is not None:
+                overrides["max_num_batched_tokens"] = int(args.vllm_max_num_batched_tokens)
+            vllm_patch = _vllm_llm_kwargs(
+                {"mm_processor_kwargs": _mm_processor_kwargs(self.min_pixels, self.max_pixels)}, overrides
+            )
+        with vllm_patch:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                **kwargs,
+            )
+        if args.use_vllm and args.vllm_mode == "server" and self.accelerator.is_main_process:
+            logger.info(
+                "vLLM server mode: start the server with these extra arguments so that rollouts see the "
+                "trainer's pixels: %s",
+                " ".join(self.vllm_serve_args()),
+            )
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _model_config(model: Any, args: PerceptionGRPOConfig) -> Any:
+        if not isinstance(model, str):
+            return getattr(model, "config", model)
+        from transformers import AutoConfig
+
+        init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+        return AutoConfig.from_pretrained(
+            model, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code
+        )
+
+    @staticmethod
+    def _prepare_processor(
+        model: Any, model_config: Any, processing_class: Any, args: PerceptionGRPOConfig
+    ) -> Any:
+        from transformers import AutoProcessor, ProcessorMixin
+
+        if processing_class is None:
+            init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+            model_id = model if isinstance(model, str) else getattr(model_config, "_name_or_path", "")
+            processing_class = AutoProcessor.from_pretrained(
+                model_id,
+                revision=init_kwargs.get("revision"),
+                truncation_side="left",
+                padding_side="left",
+                trust_remote_code=args.trust_remote_code,
+            )
+        else:
+            # The pixel limits and the decoding hook are the trainer's business, not the caller's object's.
+            processing_class = copy.deepcopy(processing_class)
+        if (
+            not isinstance(processing_class, ProcessorMixin)
+            or getattr(processing_class, "image_processor", None) is None
+        ):
+            raise TypeError(
+                "PerceptionGRPOTrainer trains vision-language models: the processing class must be a processor "
+                f"with an image processor, got {type(processing_class).__name__}"
+            )
+        image_processor = processing_class.image_processor
+        lo, hi = _processor_limits(image_processor)
+        lo = args.min_pixels if args.min_pixels is not None else lo
+        hi = args.max_pixels if args.max_pixels is not None else hi
+        if lo is None or hi is None:
+            raise ValueError(
+                f"{type(image_processor).__name__} declares no pixel limits; set min_pixels and max_pixels"
+            )
+        if lo > hi:
+            raise ValueError(
+                f"min_pixels ({lo}) exceeds max_pixels ({hi}) after merging config and processor"
+            )
+        image_processor.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
+        for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+            if hasattr(image_processor, name):  # transformers 4 keeps them as attributes too
+                setattr(image_processor, name, int(value))
+        return processing_class
+
+    @staticmethod
+    def _pixel_limits(processing_class: Any) -> tuple[int, int]:
+        lo, hi = _processor_limits(processing_class.image_processor)
+        return int(lo), int(hi)
+
+    def _check_patch_factor(self, processing_class: Any) -> int:
+        image_processor = processing_class.image_processor
+        factor = int(getattr(image_processor, "patch_size", 0) or 0) * int(
+            getattr(image_processor, "merge_size", 0) or 0
+        )
+        expected = patch_factor(self.grid_family)
+        if factor and factor != expected:
+            raise ValueError(
+                f"the image processor works on a grid of {factor} pixels (patch_size × merge_size) but a "
+                f"{self.grid_family} model uses {expected}; the model and processor do not match"
+            )
+        return expected
+
+    def _token_budget(self, args: PerceptionGRPOConfig) -> int | None:
+        if args.max_image_tokens is not None:
+            return int(args.max_image_tokens)
+        if args.use_vllm and args.vllm_mode == "colocate":
+            return int(args.vllm_max_num_batched_tokens or VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS)
+        return None
+
+    @staticmethod
+    def _drop_ids(processing_class: Any) -> frozenset[int] | None:
+        tokenizer = processing_class.tokenizer
+        keep = set()
+        for token in _BOX_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                keep.add(token_id)
+        if not keep:
+            return None
+        special = set(tokenizer.all_special_ids)
+        special |= {
+            i
+            for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items()
+            if getattr(tok, "special", False)
+        }
+        return frozenset(special - keep)
+
+    def vllm_serve_args(self) -> list[str]:
+        """Extra `trl vllm-serve` / `vllm serve` arguments carrying this trainer's resolved pixel limits.
+
+        Example: `trl vllm-serve --model Qwen/Qwen2.5-VL-3B-Instruct --mm-processor-kwargs
+        '{"min_pixels": 3136, "max_pixels": 1003520}'`.
+        """
+        return _serve_args(self.min_pixels, self.max_pixels, self.args.vllm_max_num_batched_tokens)
+
+    # ---------------------------------------------------------------------------------------- datasets
+
+    def _prepare_dataset(self, dataset: Any, name: str, needs_solution: list[str]) -> Any:
+        if dataset is None:
+            return None
+        from datasets import Dataset, IterableDataset
+
+        self._check_dataset(dataset, name, needs_solution)
+        if isinstance(dataset, Dataset):
+            fmt = dataset.format
+            inner = fmt["format_kwargs"].get("transform") if fmt.get("type") == "custom" else None
+            transform = PerceptionRowTransform(
+                self.box_format,
+                self.grid_family,
+                self.min_pixels,
+                self.max_pixels,
+                self._resize_images,
+                inner,
+            )
+            return dataset.with_transform(transform)
+        if isinstance(dataset, IterableDataset):
+            transform = PerceptionRowTransform(
+                self.box_format, self.grid_family, self.min_pixels, self.max_pixels, self._resize_images
+            )
+            return dataset.map(transform, batched=True, batch_size=16)
+        raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
+
+    def _check_dataset(self, dataset: Any, name: str, needs_solution: list[str]) -> None:
+        """Start-up checks: fail now, naming the row, rather than train on rows the rewards cannot judge."""
+        from datasets import Dataset
+
+        if isinstance(dataset, Dataset):
+            columns = list(dataset.column_names)
+            raw = dataset.with_format(None)
+        else:
+            columns = list(dataset.column_names or [])
+            raw = None
+            if not columns:
+                first = next(iter(dataset.take(1)), None)
+                columns = list(first) if first else []
+        contract = "the row contract: prompt, image (or images), task, solution, image_size"
+        if "prompt" not in columns:
+            raise ValueError(f"{name} has no 'prompt' column ({contract}); columns: {columns}")
+        image_key = "images" if "images" in columns else "image" if "image" in columns else None
+        if image_key is None:
+            raise ValueError(f"{name} has no 'image' or 'images' column ({contract}); columns: {columns}")
+        if needs_solution and "solution" not in columns:
+            raise ValueError(
+                f"{name} has no 'solution' column, which the reward(s) {needs_solution} need ({contract})"
+            )
+        if "solution" in columns and "task" not in columns:
+            raise ValueError(
+                f"{name} has a 'solution' but no 'task' column: each row's task ({', '.join(TASKS)}) routes it to "
+                "its rewards and says how to scale its ground truth"
+            )
+        if raw is None:  # an IterableDataset: check what a peek at the first rows shows
+            rows = list(dataset.take(8))
+            self._check_rows(name, image_key, rows, offset=0)
+            return
+        if len(raw) == 0:
+            raise ValueError(f"{name} is empty")
+        first_prompt = raw.select_columns(["prompt"])[0]["prompt"]
+        if not _is_conversational(first_prompt):
+            raise ValueError(
+                f"{name} row 0: prompt must be conversational ([{{'role': 'user', 'content': [{{'type': 'image'}}, "
+                f"{{'type': 'text', 'text': ...}}]}}]), got {str(first_prompt)[:120]!r}"
+            )
+        if "task" in columns:
+            tasks = raw.unique("task")
+            unknown = [t for t in tasks if t not in TASKS]
+            if unknown:
+                values = list(raw.select_columns(["task"])["task"])
+                row = next(i for i, t in enumerate(values) if t in unknown)
+                raise ValueError(f"{name} row {row}: unknown task {values[row]!r}; expected one of {TASKS}")
+        if "box_format" in columns:
+            formats = [f for f in raw.unique("box_format") if f is not None]
+            other = [f for f in formats if f != self.box_format]
+            if other:
+                raise ValueError(
+                    f"{name} was built for box_format {other[0]!r} (its prompts ask for that format) but the trainer "
+                    f"uses {self.box_format!r}; rebuild the dataset with box_format={self.box_format!r} or set "
+                    f"PerceptionGRPOConfig.box_format={other[0]!r}"
+                )
+        self._check_images(name, raw, image_key, "image_size" in columns)
+
+    def _check_rows(self, name: str, image_key: str, rows: list[dict], offset: int) -> None:
+        for i, row in enumerate(rows, start=offset):
+            task = row.get("task")
+            if "task" in row and task not in TASKS:
+                raise ValueError(f"{name} row {i}: unknown task {task!r}; expected one of {TASKS}")
+            value = row.get(image_key)
+            images = list(value or []) if image_key == "images" else [value]
+            if not images or any(im is None for im in images):
+                raise ValueError(f"{name} row {i}: no image (the row would train as text only)")
+            for im in images:
+                self._check_tokens(name, i, tuple(im.size))
+
+    def _check_images(self, name: str, raw: Any, image_key: str, has_sizes: bool) -> None:
+        """Every row has its image(s), and none needs more visual tokens than the budget."""
+        import pyarrow.compute as pc
+        from datasets import Image, List
+        from datasets import Sequence as DsSequence
+
+        feature = raw.features[image_key]
+        inner = getattr(feature, "feature", None)
+        header_only = raw
+        if isinstance(feature, Image):
+            header_only = raw.cast_column(image_key, Image(decode=False))
+        elif isinstance(feature, (List, DsSequence)) and isinstance(inner, Image):
+            header_only = raw.cast_column(image_key, List(Image(decode=False)))
+        table = header_only.with_format("arrow").select_columns(
+            [image_key] + (["image_size"] if has_sizes else [])
+        )
+        offset = 0
+        for batch in table.iter(batch_size=4096):
+            images = batch.column(image_key)
+            nulls = images.is_null()
+            if pc.any(nulls).as_py():
+                row = offset + nulls.to_pylist().index(True)
+                raise ValueError(f"{name} row {row}: no image (the row would train as text only)")
+            if self.max_image_tokens is not None:
+                sizes = batch.column("image_size").to_pylist() if has_sizes else None
+                values = None if has_sizes else images.to_pylist()
+                for j in range(len(batch)):
+                    size = _size_pair(sizes[j]) if sizes is not None else None
+                    candidates = (
+                        [size]
+                        if size is not None
+                        else _header_sizes(values[j] if values else None, image_key)
+                    )
+                    for candidate in candidates:
+                        self._check_tokens(name, offset + j, candidate)
+            offset += len(batch)
+
+    def _check_tokens(self, name: str, row: int, image_size: tuple[int, int] | None) -> None:
+        if image_size is None or self.max_image_tokens is None or image_size in self._sizes_within_budget:
+            return
+        from .data.common import grid_size_for
+
+        w, h = grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+        tokens = (w // self.patch_factor) * (h // self.patch_factor)
+        if tokens > self.max_image_tokens:
+            hint = self.max_image_tokens * self.patch_factor**2
+            raise ValueError(
+                f"{name} row {row}: its {image_size[0]}x{image_size[1]} image is fed at {w}x{h}, i.e. {tokens} "
+                f"visual tokens, over max_image_tokens={self.max_image_tokens}"
+                + (
+                    " (vLLM colocate batches at most that many tokens and never splits an image)"
+                    if self._uses_vllm
+                    else ""
+                )
+                + f". Lower max_pixels to at most {hint} (= {self.max_image_tokens} x {self.patch_factor}^2)"
+                + (
+                    ", or raise vllm_max_num_batched_tokens"
+                    if self._uses_vllm
+                    else ", or raise max_image_tokens"
+                )
+            )
+        self._sizes_within_budget.add(image_size)
+
+    # ------------------------------------------------------------------------------------- generation
+
+    def _generate(self, prompts: list) -> Any:
+        if not self._decode_drop_ids:
+            return super()._generate(prompts)
+        processor = self.processing_class
+        previous = processor.__dict__.get("batch_decode")
+        processor.batch_decode = _DecodeKeepingTokens(
+            previous or processor.batch_decode, self._decode_drop_ids
+        )
+        try:
+            return super()._generate(prompts)
+        finally:
+            if previous is None:
+                del processor.__dict__["batch_decode"]
+            else:
+                processor.batch_decode = previous
+
+    # ------------------------------------------------------------------------------------------ rewards
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        mode = "train" if self.model.training else "eval"
+        self._log_task_rewards(mode, inputs, rewards_per_func)
+        self._log_answer_stats(mode, inputs, completions)
+        return rewards_per_func
+
+    def _log_task_rewards(self, mode: str, inputs: list[dict], rewards_per_func: torch.Tensor) -> None:
+        tasks = gather_object([x.get("task") for x in inputs])
+        if len(tasks) != rewards_per_func.shape[0]:
+            return
+        by_task: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            if isinstance(task, str):
+                by_task.setdefault(task, []).append(i)
+        for task, rows in sorted(by_task.items()):
+            index = torch.tensor(rows, device=rewards_per_func.device)
+            for j, reward_name in enumerate(self.reward_func_names):
+                values = rewards_per_func[index, j]
+                if torch.isnan(values).all():
+                    continue  # this reward does not judge this task
+                self._metrics[mode][f"rewards/{reward_name}/{task}/mean"].append(torch.nanmean(values).item())
+
+    def _log_answer_stats(self, mode: str, inputs: list[dict], completions: list) -> None:
+        """Parse each completion once: parse failures and objects per answer on box tasks, empty answers on
+        all; with `log_box_images`, draw the boxes."""
+        counts = [
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ]  # completions, empty, box-task completions, parse failures, objects
+        drawings = [] if self.args.log_box_images else None
+        for row, completion in zip(inputs, completions):
+            text = completion_text(completion)
+            counts[0] += 1
+            counts[1] += not strip_wrappers(text).strip()
+            task = row.get("task")
+            parsed = None
+            if task in BOX_TASKS:
+                parsed = parse_objects(text, self.box_format)
+                counts[2] += 1
+                counts[3] += not parsed.valid
+                counts[4] += len(parsed.objects)
+            if drawings is not None:
+                drawings.append(self._draw(row, parsed))
+        totals = (
+            self.accelerator.gather(torch.tensor(counts, device=self.accelerator.device)).view(-1, 5).sum(0)
+        )
+        n, empty, n_box, failures, objects = totals.tolist()
+        metrics = self._metrics[mode]
+        if n:
+            metrics["perception/empty_answer_rate"].append(empty / n)
+        if n_box:
+            metrics["perception/parse_failure_rate"].append(failures / n_box)
+            metrics["perception/objects_per_completion"].append(objects / n_box)
+        self._pending_box_images = drawings
+
+    def _draw(self, row: dict, parsed: Any) -> Any:
+        from .viz import draw_objects
+
+        image = row.get("image")
+        if image is None and row.get("images"):
+            image = row["images"][0]
+        if image is None:
+            return None
+        size = row.get("image_size") or list(image.size)
+        objects = []
+        if parsed is not None:
+            frame = family_frame(self.box_format)
+            for obj in parsed.objects:
+                try:
+                    if obj.bbox is not None:
+                        box = convert_frame(obj.bbox, frame, "pixels", size, row.get("input_size")).tolist()
+                        objects.append({"bbox_2d": box, "label": obj.label})
+                    elif obj.point is not None:
+                        point = convert_frame(
+                            obj.point, frame, "pixels", size, row.get("input_size")
+                        ).tolist()
+                        objects.append({"point_2d": point, "label": obj.label})
+                except ValueError:
+                    continue
+        gt = row.get("solution") if row.get("task") in BOX_TASKS else None
+        scale = max(1.0, 256.0 / max(image.size))
+        try:
+            return draw_objects(image, objects, gt, scale=scale)
+        except Exception:  # noqa: BLE001 - a drawing must never stop training
+            return image
+
+    def _generate_and_score_completions(self, inputs):
+        self._pending_box_images = None
+        output = super()._generate_and_score_completions(inputs)
+        if self._pending_box_images is not None:
+            drawings = gather_object(self._pending_box_images)
+            logged = self._logs["images"]
+            start = len(logged) - len(drawings)
+            for k, drawing in enumerate(drawings):
+                if start + k >= 0 and drawing is not None:
+                    logged[start + k] = [drawing]
+            self._pending_box_images = None
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        if self.args.log_box_images and self.accelerator.is_main_process and self._logs["images"]:
+            folder = os.path.join(
+                self.args.output_dir, "completions", f"box_images_{self.state.global_step:05d}"
+            )
+            os.makedirs(folder, exist_ok=True)
+            for i, images in enumerate(self._logs["images"]):
+                if images:
+                    images[0].save(os.path.join(folder, f"{i:04d}.png"))
+
+
+def _processor_limits(image_processor: Any) -> tuple[int | None, int | None]:
+    size = getattr(image_processor, "size", None)
+    lo = hi = None
+    if size is not None:
+        get = size.get if isinstance(size, Mapping) else lambda k, d=None: getattr(size, k, d)
+        lo, hi = get("shortest_edge", None), get("longest_edge", None)
+    lo = lo if lo is not None else getattr(image_processor, "min_pixels", None)
+    hi = hi if hi is not None else getattr(image_processor, "max_pixels", None)
+    return lo, hi
+
+
+def _takes_solution(func: Any) -> bool:
+    """Whether a reward function requires a `solution` argument."""
+    if isinstance(func, (str, torch.nn.Module)) or not callable(func):
+        return False
+    try:
+        parameters = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+    param = parameters.get("solution")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _is_conversational(prompt: Any) -> bool:
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt)
+    )
+
+
+def _header_sizes(value: Any, image_key: str) -> list[tuple[int, int] | None]:
+    """`(width, height)` of undecoded image cells (`{"bytes", "path"}`), read from the file headers."""
+    from .data.common import RecordError, read_image_size
+
+    cells = list(value or []) if image_key == "images" else [value]
+    sizes = []
+    for cell in cells:
+        if not isinstance(cell, Mapping):
+            sizes.append(None)
+            continue
+        source = cell.get("bytes") or cell.get("path")
+        try:
+            sizes.append(read_image_size(source) if source else None)
+        except RecordError:
+            sizes.append(None)
+    return sizes
