@@ -230,8 +230,8 @@ def draw_objects(
 
     Objects come as anything the library produces: dicts `{"bbox_2d": [...], "label": ...}` or
     `{"point_2d": [...]}`, `formats.DetectedObject`s (`.bbox`, `.point`, `.label`), a `ParsedOutput`, a
-    box `[x1, y1, x2, y2]` or point `[x, y]` (alone or in lists), a counting solution `{"count": n, "points": [...]}`, a JSON string, or
-    model text (read with `formats.parse_objects`). Coordinates are absolute pixels of `image` (boxes
+    box `[x1, y1, x2, y2]` or point `[x, y]` (alone or in lists), a counting solution
+    `{"count": n, "points": [...]}`, a JSON string, or model text (read with `formats.parse_objects`). Coordinates are absolute pixels of `image` (boxes
     `x1 <= x < x2`). Boxes with NaN/inf are skipped, corners are reordered, and boxes are clipped to the
     image (those entirely outside are skipped). Ground truth is drawn first (boxes, hollow rings), then
     predictions (boxes, filled dots). When both are drawn and `legend` is set, a small "GT"/"pred" key
