@@ -155,7 +155,9 @@ class PerceptionEvalCallback(TrainerCallback):
                 "PerceptionEvalCallback needs the trainer's processing_class to be the model's processor "
                 f"(with an image processor), got {type(processor).__name__}"
             )
-        output_dir = None if self.output_dir is None else os.path.join(self.output_dir, f"step-{state.global_step}")
+        output_dir = (
+            None if self.output_dir is None else os.path.join(self.output_dir, f"step-{state.global_step}")
+        )
         result = evaluate(
             model,
             self.dataset,

@@ -100,7 +100,9 @@ class EvaluationResult:
         return flatten_metrics(self.metrics, prefix)
 
     def __repr__(self) -> str:
-        tasks = ", ".join(f"{task}: {len([p for p in self.predictions if p['task'] == task])}" for task in self.metrics)
+        tasks = ", ".join(
+            f"{task}: {len([p for p in self.predictions if p['task'] == task])}" for task in self.metrics
+        )
         return f"EvaluationResult({tasks}; files={sorted(self.files)})"
 
 
@@ -247,7 +249,9 @@ def _row_image(row: Mapping[str, Any]) -> Any:
     if isinstance(image, (str, os.PathLike)):
         image = Image.open(image)
     if not isinstance(image, Image.Image):
-        raise ValueError(f"row has no readable image (got {type(image).__name__}); expected a PIL image or path")
+        raise ValueError(
+            f"row has no readable image (got {type(image).__name__}); expected a PIL image or path"
+        )
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -280,7 +284,11 @@ def _as_prompt(prompt: Any) -> list[dict[str, Any]]:
 def _gt_box(solution: Any) -> list[float] | None:
     if isinstance(solution, Mapping):
         solution = solution.get("bbox_2d", solution.get("bbox"))
-    if isinstance(solution, (list, tuple)) and len(solution) == 1 and isinstance(solution[0], (list, tuple, Mapping)):
+    if (
+        isinstance(solution, (list, tuple))
+        and len(solution) == 1
+        and isinstance(solution[0], (list, tuple, Mapping))
+    ):
         return _gt_box(solution[0])
     try:
         box = [float(v) for v in solution]
@@ -302,7 +310,9 @@ def _detection_objects(solution: Any) -> list[Mapping[str, Any]]:
     return [obj for obj in (solution or []) if isinstance(obj, Mapping)]
 
 
-def _category_names(dataset: Any, rows: Iterable[Mapping[str, Any]], categories: Sequence[str] | None) -> list[str]:
+def _category_names(
+    dataset: Any, rows: Iterable[Mapping[str, Any]], categories: Sequence[str] | None
+) -> list[str]:
     """Category vocabulary: given, else carried by the dataset (a `categories` column or metadata), then
     every ground-truth label not yet listed, in order of first appearance."""
     names: list[str] = [str(c) for c in categories] if categories is not None else []
@@ -363,7 +373,9 @@ def build_coco_ground_truth(
     images, annotations = [], []
     for i, row in detection_rows:
         width, height = (int(v) for v in row["image_size"])
-        images.append({"id": i + 1, "width": width, "height": height, "file_name": str(row.get("file_name", i))})
+        images.append(
+            {"id": i + 1, "width": width, "height": height, "file_name": str(row.get("file_name", i))}
+        )
         for obj in _detection_objects(row["solution"]):
             box = _gt_box(obj.get("bbox_2d", obj.get("bbox")))
             label = obj.get("label")
@@ -460,7 +472,9 @@ def vllm_sampling_kwargs(
     do_sample = bool(extra.pop("do_sample", False))
     temperature = extra.pop("temperature", None)
     kwargs: dict[str, Any] = {
-        "temperature": float(temperature if temperature is not None and do_sample else (1.0 if do_sample else 0.0)),
+        "temperature": float(
+            temperature if temperature is not None and do_sample else (1.0 if do_sample else 0.0)
+        ),
         "max_tokens": int(extra.pop("max_new_tokens", max_new_tokens)),
         "skip_special_tokens": not _keep_special_tokens(family, task),
     }
@@ -480,7 +494,12 @@ class _TransformersGenerator:
         self.generation_kwargs = dict(generation_kwargs or {})
         tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer = tokenizer
-        stops = {"<|im_end|>", "<|endoftext|>", getattr(tokenizer, "eos_token", None), getattr(tokenizer, "pad_token", None)}
+        stops = {
+            "<|im_end|>",
+            "<|endoftext|>",
+            getattr(tokenizer, "eos_token", None),
+            getattr(tokenizer, "pad_token", None),
+        }
         eos_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos_ids is not None:
             for token_id in eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids]:
@@ -492,11 +511,15 @@ class _TransformersGenerator:
         import torch
 
         texts = [
-            self.processor.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=False) for r in requests
+            self.processor.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=False)
+            for r in requests
         ]
         images_kwargs = {}
         if self.min_pixels is not None and self.max_pixels is not None:
-            images_kwargs["size"] = {"shortest_edge": int(self.min_pixels), "longest_edge": int(self.max_pixels)}
+            images_kwargs["size"] = {
+                "shortest_edge": int(self.min_pixels),
+                "longest_edge": int(self.max_pixels),
+            }
         padding_side = getattr(self.tokenizer, "padding_side", None)
         self.tokenizer.padding_side = "left"
         try:
@@ -594,9 +617,13 @@ def _load_processor(model: Any, processor: Any) -> Any:
         return processor
     from transformers import AutoProcessor
 
-    source = model if isinstance(model, (str, os.PathLike)) else getattr(unwrap_model(model), "name_or_path", None)
+    source = (
+        model if isinstance(model, (str, os.PathLike)) else getattr(unwrap_model(model), "name_or_path", None)
+    )
     if not source:
-        raise ValueError("evaluate() needs processor= when the model object does not say where it was loaded from")
+        raise ValueError(
+            "evaluate() needs processor= when the model object does not say where it was loaded from"
+        )
     return AutoProcessor.from_pretrained(os.fspath(source))
 
 
@@ -616,7 +643,10 @@ def _choose_backend(backend: str, model: Any) -> str:
 
 
 def _objects_to_pixels(
-    objects: Sequence[DetectedObject], family: str | None, image_size: Sequence[int], input_size: Sequence[int]
+    objects: Sequence[DetectedObject],
+    family: str | None,
+    image_size: Sequence[int],
+    input_size: Sequence[int],
 ) -> list[dict[str, Any]]:
     """Parsed objects in the family's frame -> dicts in original-image pixels (unrounded)."""
     frame = family_frame(family) if family else "pixels"
@@ -662,7 +692,9 @@ def _score_row(request: GenerationRequest, solution: Any, text: str) -> _Scored:
         return _Scored(record, prediction)
     parsed = parse_objects(text, family)
     objects = _objects_to_pixels(parsed.objects, family, request.image_size, request.input_size)
-    record.update(objects=_rounded(objects), valid=parsed.valid, truncated=parsed.truncated, solution=solution)
+    record.update(
+        objects=_rounded(objects), valid=parsed.valid, truncated=parsed.truncated, solution=solution
+    )
     if task == "grounding":
         box = next((obj["bbox_2d"] for obj in objects if "bbox_2d" in obj), None)
         gt = _gt_box(solution)
@@ -679,7 +711,9 @@ def _score_row(request: GenerationRequest, solution: Any, text: str) -> _Scored:
     return _Scored(record, objects)
 
 
-def _task_metrics(task: str, scored: list[_Scored], solutions: list[Any], ground_truth: Any = None) -> dict[str, Any]:
+def _task_metrics(
+    task: str, scored: list[_Scored], solutions: list[Any], ground_truth: Any = None
+) -> dict[str, Any]:
     from . import metrics as m
 
     preds = [s.prediction for s in scored]
@@ -696,7 +730,9 @@ def _task_metrics(task: str, scored: list[_Scored], solutions: list[Any], ground
         for s in scored:
             # Every box scores 1.0 (the model gives no confidence); COCOeval's stable sort then ranks an
             # image's boxes in the order the model emitted them, and keeps the first 100.
-            image_results, counts = m.objects_to_coco_results(s.record["index"] + 1, s.prediction, label_to_id)
+            image_results, counts = m.objects_to_coco_results(
+                s.record["index"] + 1, s.prediction, label_to_id
+            )
             results.extend(image_results)
             for key, value in counts.items():
                 dropped[key] += value
@@ -751,7 +787,15 @@ def _write_report(
     lines = ["# Perception evaluation", ""]
     lines.append("| setting | value |")
     lines.append("|---|---|")
-    for key in ("model", "box_format", "backend", "min_pixels", "max_pixels", "max_new_tokens", "num_samples"):
+    for key in (
+        "model",
+        "box_format",
+        "backend",
+        "min_pixels",
+        "max_pixels",
+        "max_new_tokens",
+        "num_samples",
+    ):
         lines.append(f"| {key} | {config.get(key)} |")
     lines.append("")
     lines.append(
@@ -805,7 +849,9 @@ def _write_outputs(
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
     with open(files["metrics"], "w", encoding="utf-8") as f:
-        json.dump({"metrics": metrics, "config": config}, f, indent=2, ensure_ascii=False, default=_json_default)
+        json.dump(
+            {"metrics": metrics, "config": config}, f, indent=2, ensure_ascii=False, default=_json_default
+        )
     if visuals:
         from .viz import image_grid
 
@@ -894,6 +940,9 @@ def evaluate(
       (`build_coco_ground_truth`: every image kept, none dropped); each box scores 1.0, so COCOeval ranks an
       image's boxes in the order the model emitted them (the model gives no confidence; PR1 does the same).
 
+    The model frame is the size this evaluation fed the image at (a row's own `input_size` column, computed
+    for training with possibly other limits, is not used), checked against the processor's `image_grid_thw`.
+
     Every task also reports `num_unparsed` (no answer structure found) and `num_truncated`. Empty or
     unparseable answers score 0; nothing in a model's output can crash the run.
 
@@ -948,7 +997,13 @@ def evaluate(
 
     generator: Callable[[list[GenerationRequest]], list[str]]
     chosen = "custom" if generate_fn is not None else _choose_backend(backend, model)
-    model_name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None if model is None else type(model).__name__
+    model_name = (
+        os.fspath(model)
+        if isinstance(model, (str, os.PathLike))
+        else None
+        if model is None
+        else type(model).__name__
+    )
     if generate_fn is not None:
         generator, processor_for_limits = generate_fn, processor
     else:
@@ -966,7 +1021,11 @@ def evaluate(
         if chosen == "vllm":
             generator = _VLLMGenerator(os.fspath(model), processor, lo, hi, generation_kwargs, vllm_kwargs)
         else:
-            loaded = _load_model(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else unwrap_model(model)
+            loaded = (
+                _load_model(os.fspath(model))
+                if isinstance(model, (str, os.PathLike))
+                else unwrap_model(model)
+            )
             generator = _TransformersGenerator(loaded, processor, lo, hi, generation_kwargs)
     chunk = max(batch_size, _VLLM_MIN_CHUNK) if chosen == "vllm" else batch_size
 
@@ -1039,7 +1098,9 @@ def evaluate(
         "backend": chosen,
         "min_pixels": limits_for(used_families[0])[0] if len(used_families) == 1 else None,
         "max_pixels": limits_for(used_families[0])[1] if len(used_families) == 1 else None,
-        "max_new_tokens": max_new_tokens if max_new_tokens else "per task " + json.dumps(DEFAULT_MAX_NEW_TOKENS),
+        "max_new_tokens": max_new_tokens
+        if max_new_tokens
+        else "per task " + json.dumps(DEFAULT_MAX_NEW_TOKENS),
         "generation_kwargs": dict(generation_kwargs or {}),
         "num_samples": len(records),
     }
@@ -1105,9 +1166,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: PR1's budget per task")
     parser.add_argument("--backend", default="auto", choices=list(BACKENDS))
     parser.add_argument(
-        "--generation-kwargs", default=None, help='JSON of extra generate arguments, e.g. \'{"repetition_penalty": 1.05}\''
+        "--generation-kwargs",
+        default=None,
+        help="JSON of extra generate arguments, e.g. '{\"repetition_penalty\": 1.05}'",
     )
-    parser.add_argument("--output-dir", default="eval_results", help="where predictions, metrics and report go")
+    parser.add_argument(
+        "--output-dir", default="eval_results", help="where predictions, metrics and report go"
+    )
     parser.add_argument("--num-visual", type=int, default=16, help="samples drawn in report.png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
