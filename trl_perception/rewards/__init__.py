@@ -124,7 +124,7 @@ def _named_parameters(func: Callable[..., Any]) -> set[str] | None:
     }
 
 
-def get_reward(name: str, **params: Any) -> Callable[..., list[float | None]]:
+def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]:
     r"""
     A reward function by name, with optional parameters bound.
 
