@@ -1,0 +1,311 @@
+"""COCO detection builder: category order with non-contiguous ids, crowd regions, negatives, the real
+100-image val2014 fixture, resizing, and bad input in both error modes."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from trl_perception.data.coco import build_coco_detection
+from trl_perception.data.common import DataError, DataWarning, grid_size_for
+from trl_perception.data.prompts import COCO_CATEGORIES
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+VAL2014_100 = FIXTURES / "coco" / "instances_val2014_100.json"
+
+CATEGORIES = [  # listed out of id order, with gaps
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+]
+IMAGES = [
+    {"id": 42, "file_name": "000000000042.jpg", "width": 640, "height": 480},
+    {"id": 7, "file_name": "000000000007.jpg", "width": 320, "height": 240},  # no annotations: a negative
+    {"id": 9, "file_name": "000000000009.jpg", "width": 100, "height": 100},  # crowd only
+]
+ANNOTATIONS = [
+    {"id": 1, "image_id": 42, "category_id": 18, "bbox": [10.5, 20.25, 100.0, 50.0], "iscrowd": 0, "area": 1,
+     "segmentation": [[10.5, 20.25, 110.5, 20.25, 110.5, 70.25]]},
+    {"id": 2, "image_id": 42, "category_id": 1, "bbox": [300, 100, 200, 300], "iscrowd": 1, "area": 1,
+     "segmentation": {"counts": [1, 2], "size": [480, 640]}},
+    {"id": 3, "image_id": 42, "category_id": 90, "bbox": [600, 400, 50, 100], "iscrowd": 0, "area": 1},
+    {"id": 4, "image_id": 9, "category_id": 1, "bbox": [0, 0, 50, 50], "iscrowd": 1, "area": 1},
+]  # fmt: skip
+
+
+def _write(tmp_path, images=IMAGES, annotations=ANNOTATIONS, categories=CATEGORIES, stub_images=True):
+    folder = tmp_path / "val2017"
+    folder.mkdir(exist_ok=True)
+    if stub_images:
+        for im in images:
+            if isinstance(im, dict) and isinstance(im.get("file_name"), str):
+                (folder / im["file_name"]).write_bytes(b"")
+    path = tmp_path / "instances_val2017.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path, folder
+
+
+def _rows(ds):
+    return ds.select_columns(["prompt", "task", "solution", "image_size"]).to_list()
+
+
+def test_rows_have_prompt_in_id_order_and_xyxy_targets_without_crowd(tmp_path):
+    ds = build_coco_detection(*_write(tmp_path))
+    rows = _rows(ds)
+    assert len(rows) == 2  # the crowd-only image is dropped, the empty one kept
+    assert rows[0]["prompt"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "text": None},
+                {
+                    "type": "text",
+                    "text": "Please output bbox coordinates and names of person, dog, toothbrush.",
+                },
+            ],
+        }
+    ]
+    assert rows[0]["solution"] == [
+        {"bbox_2d": [10.5, 20.25, 110.5, 70.25], "label": "dog"},
+        {"bbox_2d": [600.0, 400.0, 640.0, 480.0], "label": "toothbrush"},  # clipped to the image
+    ]
+    assert rows[0]["image_size"] == [640, 480]
+    assert rows[1] == {**rows[0], "solution": [], "image_size": [320, 240]}
+    assert {r["task"] for r in rows} == {"detection"}
+    stored = ds.cast_column("image", __import__("datasets").Image(decode=False))[1]["image"]
+    assert stored == {"bytes": None, "path": str((tmp_path / "val2017" / "000000000007.jpg").resolve())}
+
+
+def test_include_crowd_keeps_crowd_regions_as_targets(tmp_path):
+    rows = _rows(build_coco_detection(*_write(tmp_path), include_crowd=True))
+    assert len(rows) == 3
+    assert [o["label"] for o in rows[0]["solution"]] == ["dog", "person", "toothbrush"]
+    assert rows[2]["solution"] == [{"bbox_2d": [0.0, 0.0, 50.0, 50.0], "label": "person"}]
+
+
+def test_keep_empty_false_drops_negatives(tmp_path):
+    rows = _rows(build_coco_detection(*_write(tmp_path), keep_empty=False))
+    assert [r["image_size"] for r in rows] == [[640, 480]]
+
+
+def test_crowd_exclusion_is_logged(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="trl_perception.data"):
+        build_coco_detection(*_write(tmp_path))
+    assert "excluded 2 crowd annotation(s)" in caplog.text
+    assert "dropped 1 image(s) whose only annotations are crowd regions" in caplog.text
+    assert "1 image(s) without annotations kept as negative samples" in caplog.text
+
+
+def test_zero_size_boxes_are_dropped_and_logged(tmp_path, caplog):
+    anns = [*ANNOTATIONS, {"id": 5, "image_id": 42, "category_id": 1, "bbox": [5, 5, 0, 10], "iscrowd": 0}]
+    with caplog.at_level("WARNING", logger="trl_perception.data"):
+        rows = _rows(build_coco_detection(*_write(tmp_path, annotations=anns)))
+    assert len(rows[0]["solution"]) == 2
+    assert "dropped 1 annotation(s) with a zero-size box" in caplog.text
+
+
+def test_image_size_comes_from_the_json_not_the_files(tmp_path):
+    path, folder = _write(tmp_path)
+    PILImage.new("RGB", (10, 10)).save(folder / "000000000042.jpg", format="JPEG")
+    assert _rows(build_coco_detection(path, folder))[0]["image_size"] == [640, 480]
+
+
+@pytest.mark.skipif(not VAL2014_100.is_file(), reason="shared COCO fixture not present")
+def test_real_val2014_fixture_builds_with_the_right_counts(tmp_path):
+    data = json.loads(VAL2014_100.read_text())
+    folder = tmp_path / "val2014"
+    folder.mkdir()
+    for im in data["images"]:
+        (folder / im["file_name"]).write_bytes(b"")
+    ds = build_coco_detection(VAL2014_100, folder)
+    rows = _rows(ds)
+    assert len(rows) == 100
+    assert sum(len(r["solution"]) for r in rows) == 839 - 9
+    assert len(_rows(build_coco_detection(VAL2014_100, folder, include_crowd=True))[0]["solution"]) >= 1
+    assert (
+        sum(len(r["solution"]) for r in _rows(build_coco_detection(VAL2014_100, folder, include_crowd=True)))
+        == 839
+    )
+    expected = "Please output bbox coordinates and names of " + ", ".join(COCO_CATEGORIES) + "."
+    assert rows[0]["prompt"][0]["content"][1]["text"] == expected
+    # Row order follows the file's images; boxes follow its annotations, converted to xyxy.
+    first = data["images"][0]
+    anns = [a for a in data["annotations"] if a["image_id"] == first["id"] and not a["iscrowd"]]
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert rows[0]["image_size"] == [first["width"], first["height"]]
+    assert rows[0]["solution"] == [
+        {"bbox_2d": [round(v, 3) for v in (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])],
+         "label": names[a["category_id"]]}
+        for a in anns
+    ]  # fmt: skip
+
+
+def test_family_columns_and_resizing_scale_boxes(tmp_path):
+    path, folder = _write(tmp_path)
+    plain = _rows(build_coco_detection(path, folder))
+    family = build_coco_detection(path, folder, box_format="qwen2_5_vl")
+    row = family.select_columns(["prompt", "solution", "image_size", "box_format", "input_size"])[0]
+    assert (
+        row["input_size"] == [644, 476]
+        and row["image_size"] == [640, 480]
+        and row["box_format"] == "qwen2_5_vl"
+    )
+    assert row["solution"] == plain[0]["solution"]
+    assert row["prompt"][0]["content"][1]["text"].startswith(
+        "Please output bbox coordinates and names of person, dog, toothbrush. "
+    )
+
+    fitted = build_coco_detection(path, folder, box_format="qwen2_vl", max_pixels=100_000)
+    row = fitted.select_columns(["solution", "image_size", "input_size"])[0]
+    w, h = grid_size_for((640, 480), "qwen2_vl", max_pixels=100_000)
+    assert row["image_size"] == row["input_size"] == [w, h]
+    for got, want in zip(row["solution"], plain[0]["solution"]):
+        back = [v * s for v, s in zip(got["bbox_2d"], (640 / w, 480 / h) * 2)]
+        assert np.allclose(back, want["bbox_2d"], atol=1.0)
+        assert got["label"] == want["label"]
+
+
+def test_resized_images_are_fitted_on_access(tmp_path):
+    path, folder = _write(tmp_path)
+    PILImage.new("RGB", (640, 480), "gray").save(folder / "000000000042.jpg", format="JPEG")
+    fitted = build_coco_detection(path, folder, box_format="qwen3_vl", max_pixels=300_000)
+    row = fitted[0]
+    assert (
+        row["image"].size
+        == tuple(row["image_size"])
+        == grid_size_for((640, 480), "qwen3_vl", max_pixels=300_000)
+    )
+
+
+def test_sampling_is_deterministic(tmp_path):
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(50)]
+    path, folder = _write(tmp_path, images=images, annotations=[])
+    a = build_coco_detection(path, folder, num_samples=7, seed=1)
+    b = build_coco_detection(path, folder, num_samples=7, seed=1)
+    c = build_coco_detection(path, folder, num_samples=7, seed=2)
+    paths = [d.cast_column("image", __import__("datasets").Image(decode=False))["image"] for d in (a, b, c)]
+    assert len(a) == 7 and paths[0] == paths[1] and paths[0] != paths[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _both_modes(path, folder, error, summary, n_rows, **kwargs):
+    with pytest.raises(DataError, match=error):
+        build_coco_detection(path, folder, **kwargs)
+    with pytest.warns(DataWarning, match=summary):
+        ds = build_coco_detection(path, folder, on_error="skip", **kwargs)
+    assert len(ds) == n_rows
+    return ds
+
+
+def test_negative_width_bbox(tmp_path):
+    anns = [dict(a) for a in ANNOTATIONS]
+    anns[2] = {**anns[2], "bbox": [600, 400, -50, 100]}
+    _both_modes(
+        *_write(tmp_path, annotations=anns),
+        error=r"instances_val2017\.json: image 0 \(000000000042\.jpg\): annotation 2 \(id 3\): bbox \[x, y, w, h\] = \[600, 400, -50, 100\] has a negative",
+        summary=r"skipped 1 of 3 records from .*instances_val2017\.json: 1 bad bbox",
+        n_rows=1,
+    )
+
+
+def test_non_finite_and_malformed_bboxes(tmp_path):
+    anns = [dict(a) for a in ANNOTATIONS]
+    anns[0] = {**anns[0], "bbox": [1, 2, 3]}
+    _both_modes(
+        *_write(tmp_path, annotations=anns),
+        error="annotation 0 \\(id 1\\): bbox",
+        summary="1 bad bbox",
+        n_rows=1,
+    )
+    anns[0] = {**anns[0], "bbox": [1, 2, float("nan"), 4]}
+    path, folder = _write(tmp_path, annotations=anns)
+    path.write_text(path.read_text().replace("NaN", "1e999"))
+    _both_modes(path, folder, error="negative or non-finite", summary="1 bad bbox", n_rows=1)
+
+
+def test_unknown_category_id(tmp_path):
+    anns = [dict(a) for a in ANNOTATIONS]
+    anns[0] = {**anns[0], "category_id": 12}  # a gap in COCO's ids
+    _both_modes(
+        *_write(tmp_path, annotations=anns),
+        error=r"annotation 0 \(id 1\): category_id 12 is not among the categories",
+        summary="skipped 1 of 3 records .*: 1 unknown category",
+        n_rows=1,
+    )
+
+
+def test_annotation_of_an_unknown_image(tmp_path):
+    anns = [*ANNOTATIONS, {"id": 77, "image_id": 1234, "category_id": 1, "bbox": [0, 0, 1, 1], "iscrowd": 0}]
+    _both_modes(
+        *_write(tmp_path, annotations=anns),
+        error=r"annotation 4 \(id 77\): image_id 1234 is not among the images",
+        summary="skipped 1 of 4 records .*: 1 unknown image",
+        n_rows=2,
+    )
+
+
+def test_malformed_records(tmp_path):
+    images = [*IMAGES, {"id": 5, "file_name": "5.jpg", "width": -3, "height": 10}, "not an image"]
+    _both_modes(
+        *_write(tmp_path, images=images),
+        error=r"image 3: image size must be positive",
+        summary="2 bad record",
+        n_rows=2,
+    )
+    anns = [*ANNOTATIONS, {"id": 8, "image_id": 42, "bbox": [0, 0, 1, 1]}]
+    _both_modes(
+        *_write(tmp_path, annotations=anns),
+        error="an annotation needs image_id, category_id and bbox",
+        summary="1 bad record",
+        n_rows=1,
+    )
+
+
+def test_missing_image_file(tmp_path):
+    path, folder = _write(tmp_path)
+    (folder / "000000000007.jpg").unlink()
+    _both_modes(
+        path,
+        folder,
+        error=r"image 1 \(id 7, 000000000007\.jpg\): .*000000000007\.jpg not found",
+        summary="skipped 1 of 3 records .*: 1 missing image",
+        n_rows=1,
+    )
+    assert len(build_coco_detection(path, folder, check_images=False)) == 2
+
+
+def test_truncated_or_wrong_files_raise_in_both_modes(tmp_path):
+    path, folder = _write(tmp_path)
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])
+    for mode in ("raise", "skip"):
+        with pytest.raises(DataError, match=r"instances_val2017\.json: not valid JSON \(truncated file\?\)"):
+            build_coco_detection(path, folder, on_error=mode)
+    path.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match="a 'categories' list"):
+        build_coco_detection(path, folder)
+    with pytest.raises(FileNotFoundError):
+        build_coco_detection(tmp_path / "nope.json", folder)
+
+
+def test_skip_mode_reports_every_reason_once(tmp_path):
+    anns = [dict(a) for a in ANNOTATIONS]
+    anns[0] = {**anns[0], "category_id": 12}
+    anns.append({"id": 77, "image_id": 1234, "category_id": 1, "bbox": [0, 0, 1, 1]})
+    path, folder = _write(tmp_path, annotations=anns)
+    (folder / "000000000007.jpg").unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = build_coco_detection(path, folder, on_error="skip")
+    messages = [str(w.message) for w in caught if w.category is DataWarning]
+    assert len(ds) == 0
+    assert len(messages) == 1
+    assert messages[0].endswith(
+        "skipped 3 of 4 records from " + str(path) + ": 1 missing image, 1 unknown category, 1 unknown image"
+    )
