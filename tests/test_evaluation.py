@@ -369,6 +369,29 @@ def test_category_ids_follow_a_given_list_then_unlisted_labels():
     assert [c["name"] for c in gt["categories"]] == ["person", "dog", "cat"]
 
 
+def test_category_list_carried_by_the_dataset_sets_the_ids():
+    import datasets
+
+    rows = _scene_rows("detection")
+    info = datasets.DatasetInfo(description=json.dumps({"categories": ["dog", "bird", "cat"]}))
+    dataset = datasets.Dataset.from_list(
+        [{k: v for k, v in r.items() if k != "image"} for r in rows], info=info
+    )
+
+    _, label_to_id = build_coco_ground_truth(list(dataset), dataset=dataset)
+
+    assert label_to_id == {"dog": 1, "bird": 2, "cat": 3}
+
+
+def test_crowd_regions_and_mask_areas_of_the_rows_reach_the_coco_ground_truth():
+    rows = [{"task": "detection", "image_size": [100, 100], "solution": [
+        {"bbox_2d": [0, 0, 50, 50], "label": "person", "iscrowd": 1, "area": 1234.5}]}]  # fmt: skip
+
+    gt, _ = build_coco_ground_truth(rows)
+
+    assert (gt["annotations"][0]["iscrowd"], gt["annotations"][0]["area"]) == (1, 1234.5)
+
+
 def test_labels_outside_the_vocabulary_are_counted_not_scored():
     rows = _scene_rows("detection")
     answer = '[{"bbox_2d": [1, 1, 50, 50], "label": "unicorn"}]'
@@ -471,6 +494,21 @@ def test_callback_evaluates_every_n_steps_with_the_trainer_model_and_restores_tr
     assert callback.history[0]["eval_perception/grounding/num_samples"] == 2.0
     assert state.log_history[-1]["step"] == 2
     assert model.training
+
+
+def test_peft_wrapped_model_is_evaluated_with_its_base_family():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny_vlm("qwen3_vl")
+    base = AutoModelForImageTextToText.from_pretrained(path)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+
+    result = evaluate(model, make_synthetic("counting", 2, box_format="qwen3_vl"),
+                      processor=AutoProcessor.from_pretrained(path), max_new_tokens=2, progress=False)  # fmt: skip
+
+    assert resolve_family(model) == "qwen3_vl"
+    assert result.config["box_format"] == "qwen3_vl" and result.metrics["counting"]["num_samples"] == 2
 
 
 def completion_length_reward(completions, **kwargs):
