@@ -86,7 +86,7 @@ def test_box_convert_golden_values():
 @pytest.mark.parametrize("in_fmt", ["xyxy", "xywh", "cxcywh"])
 @pytest.mark.parametrize("out_fmt", ["xyxy", "xywh", "cxcywh"])
 @given(boxes=xyxy_boxes(min_size=1))
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_box_convert_round_trips(in_fmt, out_fmt, boxes):
     start = box_convert(boxes, "xyxy", in_fmt)
     back = box_convert(box_convert(start, in_fmt, out_fmt), out_fmt, in_fmt)
@@ -96,7 +96,7 @@ def test_box_convert_round_trips(in_fmt, out_fmt, boxes):
 @pytest.mark.parametrize("in_fmt", ["xyxy", "xywh", "cxcywh"])
 @pytest.mark.parametrize("out_fmt", ["xyxy", "xywh", "cxcywh"])
 @given(boxes=xyxy_boxes(min_size=1))
-@settings(max_examples=20)
+@settings(max_examples=10)
 def test_box_convert_matches_torchvision(in_fmt, out_fmt, boxes):
     torch, ops = _torch()
     start = box_convert(boxes, "xyxy", in_fmt)
@@ -306,7 +306,7 @@ def _hf_smart_resize():
 
 
 @given(size=image_sizes(), setting=st.sampled_from(PIXEL_SETTINGS))
-@settings(max_examples=400)
+@settings(max_examples=300)
 def test_smart_resize_is_identical_to_transformers(size, setting):
     hf_smart_resize = _hf_smart_resize()
     factor, lo, hi = setting
@@ -442,7 +442,7 @@ def test_real_image_processor_agrees_with_model_input_size_on_odd_sizes(family, 
     family=st.sampled_from(FAMILIES),
     limits=st.sampled_from(_PROCESSOR_LIMITS),
 )
-@settings(max_examples=60)
+@settings(max_examples=40)
 def test_real_image_processor_agrees_with_model_input_size_off_grid(size, family, limits):
     height, width = size
     lo, hi = limits

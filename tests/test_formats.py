@@ -7,15 +7,18 @@ from __future__ import annotations
 import builtins
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import trl_perception
 from trl_perception.boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from trl_perception.formats import (
     MAX_ABS_COORD,
@@ -456,8 +459,14 @@ _ADVERSARIAL_SCRIPT = textwrap.dedent(
 
 def test_one_megabyte_adversarial_completions_parse_in_linear_time():
     try:
+        package_root = str(Path(trl_perception.__file__).resolve().parent.parent)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+        }
         proc = subprocess.run(
             [sys.executable, "-c", _ADVERSARIAL_SCRIPT],
+            env=env,
             capture_output=True,
             text=True,
             timeout=180,  # a hang guard only: the whole run takes a few seconds
