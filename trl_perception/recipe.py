@@ -205,6 +205,11 @@ def main(script_args: PerceptionScriptArguments, training_args: Any, model_args:
 
     if not model_args.model_name_or_path:
         raise ValueError("model_name_or_path is required (a local checkpoint path or a Hub model id)")
+    if model_args.model_name_or_path.startswith("tiny:"):
+        # Smoke runs: a tiny random checkpoint of the named family, built offline.
+        from .testing import tiny_vlm
+
+        model_args.model_name_or_path = tiny_vlm(model_args.model_name_or_path.split(":", 1)[1])
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=model_args.trust_remote_code,
@@ -220,9 +225,16 @@ def main(script_args: PerceptionScriptArguments, training_args: Any, model_args:
     peft_config = get_peft_config(model_args)
     box_format = getattr(training_args, "box_format", "auto")
     if box_format in (None, "auto"):
-        from .trainer import detect_box_format
+        from transformers import AutoConfig
 
-        box_format = detect_box_format(model_args.model_name_or_path)
+        from .trainer import resolve_box_format
+
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        box_format = resolve_box_format("auto", config)
     train_dataset, eval_dataset = build_datasets(script_args, training_args, box_format)
     reward_funcs = build_rewards(script_args)
     trainer = PerceptionGRPOTrainer(
