@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.coco import build_coco_detection
+from trl_perception.data.coco import _parse_without_segmentation, build_coco_detection
 from trl_perception.data.common import DataError, DataWarning, grid_size_for
 from trl_perception.data.prompts import COCO_CATEGORIES
 
@@ -309,3 +311,39 @@ def test_skip_mode_reports_every_reason_once(tmp_path):
     assert messages[0].endswith(
         "skipped 3 of 4 records from " + str(path) + ": 1 missing image, 1 unknown category, 1 unknown image"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading the annotation file without its segmentations
+
+
+segmentations = st.one_of(
+    st.lists(st.lists(st.floats(0, 1000, allow_nan=False), max_size=8), max_size=3),
+    st.fixed_dictionaries(
+        {"counts": st.one_of(st.lists(st.integers(0, 99), max_size=6), st.text("0123456789:;<=>?@ABCabco", max_size=12)),
+         "size": st.tuples(st.integers(1, 9), st.integers(1, 9))}
+    ),
+)  # fmt: skip
+fields = st.dictionaries(
+    st.sampled_from(["id", "area", "bbox", "iscrowd", "note"]), st.integers() | st.text(max_size=8)
+)
+
+
+@given(
+    st.lists(st.tuples(fields, segmentations, st.integers(0, 6)), max_size=5), st.sampled_from([None, 0, 2])
+)
+def test_segmentations_are_cut_wherever_they_appear(annotations, indent):
+    objects = []
+    for base, seg, position in annotations:
+        items = list(base.items())
+        items.insert(min(position, len(items)), ("segmentation", seg))
+        objects.append(dict(items))
+    text = json.dumps(
+        {"annotations": objects, "info": {"segmentation": "a string, not a mask"}}, indent=indent
+    )
+    parsed = _parse_without_segmentation(text)
+    expected = json.loads(text)
+    for obj in expected["annotations"]:
+        obj.pop("segmentation")
+    expected["info"] = {"segmentation": "a string, not a mask"}
+    assert parsed == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +41,34 @@ logger = logging.getLogger("trl_perception.data")
 _OK, _ORPHAN, _MALFORMED, _BAD_BBOX, _UNKNOWN_CAT, _ZERO, _OUTSIDE = range(7)
 
 
+# A segmentation value: polygons `[[x, y, ...], ...]` or an RLE `{"counts": ..., "size": [h, w]}` (RLE
+# counts strings use characters 48..111, never braces). `"segmentation"` cannot match inside a JSON string,
+# where quotes are escaped.
+_SEGMENTATION = r'"segmentation"\s*:\s*(?:\[\s*(?:\[[^\[\]]*\]\s*,?\s*)*\]|\{[^{}]*\})'
+_SEGMENTATION_FIRST = re.compile(_SEGMENTATION + r"\s*,\s*")
+_SEGMENTATION_LAST = re.compile(r",?\s*" + _SEGMENTATION + r"(?=\s*\})")
+
+
 def _drop_segmentation(obj: dict) -> dict:
-    # Polygons and RLE masks are most of a COCO file; dropping them as each annotation is parsed keeps
-    # the peak memory of COCO train well under the size of the parsed file.
     obj.pop("segmentation", None)
     return obj
+
+
+def _parse_without_segmentation(text: str) -> Any:
+    """Parse COCO JSON text, skipping the segmentations: they are most of the file and unused here.
+
+    The segmentations are cut out of the text before parsing (about twice as fast as parsing them);
+    should the cut text not parse, the whole text is parsed, dropping them object by object.
+    """
+    stripped = _SEGMENTATION_FIRST.sub("", text)
+    if '"segmentation"' in stripped:
+        stripped = _SEGMENTATION_LAST.sub("", stripped)
+    try:
+        return json.loads(stripped)
+    except (ValueError, RecursionError):
+        pass
+    del stripped
+    return json.loads(text, object_hook=_drop_segmentation)
 
 
 def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:
@@ -69,7 +93,7 @@ def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f, object_hook=_drop_segmentation)
+            data = _parse_without_segmentation(f.read())
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{path}: not valid JSON (truncated file?): {err}") from None
     if not isinstance(data, dict):
