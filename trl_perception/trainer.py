@@ -788,7 +788,6 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
     def _check_images(self, name: str, raw: Any, image_key: str, has_sizes: bool) -> None:
         """Every row has its image(s), and none needs more visual tokens than the budget."""
-        import pyarrow.compute as pc
         from datasets import Image, List
         from datasets import Sequence as DsSequence
 
@@ -805,10 +804,13 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         offset = 0
         for batch in table.iter(batch_size=4096):
             images = batch.column(image_key)
-            nulls = images.is_null()
-            if pc.any(nulls).as_py():
-                row = offset + nulls.to_pylist().index(True)
-                raise ValueError(f"{name} row {row}: no image (the row would train as text only)")
+            missing = _missing_images(
+                images.combine_chunks() if hasattr(images, "combine_chunks") else images
+            )
+            if missing:
+                raise ValueError(
+                    f"{name} row {offset + missing[0]}: no image (the row would train as text only)"
+                )
             if self.max_image_tokens is not None:
                 sizes = batch.column("image_size").to_pylist() if has_sizes else None
                 values = None if has_sizes else images.to_pylist()
@@ -993,6 +995,33 @@ def _processor_limits(image_processor: Any) -> tuple[int | None, int | None]:
     lo = lo if lo is not None else getattr(image_processor, "min_pixels", None)
     hi = hi if hi is not None else getattr(image_processor, "max_pixels", None)
     return lo, hi
+
+
+def _missing_images(column: Any) -> list[int]:
+    """Rows of an arrow image column (undecoded `{bytes, path}` structs, or lists of them) without an image."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def missing_cells(array: Any) -> Any:
+        mask = array.is_null()
+        if pa.types.is_struct(array.type):
+            names = [array.type.field(i).name for i in range(array.type.num_fields)]
+            if "bytes" in names and "path" in names:
+                empty = pc.and_(array.field("bytes").is_null(), array.field("path").is_null())
+                mask = pc.or_(mask, empty)
+        return mask
+
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        rows = set(
+            pc.indices_nonzero(
+                pc.or_(column.is_null(), pc.equal(pc.list_value_length(column), 0))
+            ).to_pylist()
+        )
+        child = missing_cells(column.flatten())
+        parents = pc.list_parent_indices(column)
+        rows |= set(pc.filter(parents, child).to_pylist())
+        return sorted(rows)
+    return pc.indices_nonzero(missing_cells(column)).to_pylist()
 
 
 def _takes_solution(func: Any) -> bool:
