@@ -117,7 +117,14 @@ def test_box_format_appends_the_familys_instruction(family, task):
     text = prompt_text(build_prompt(task, box_format=family, **FIELDS[task]))
     instruction = format_instruction(family, task)
     assert instruction
-    assert text == f"{base} {instruction}"
+    # Table 8's counting template has no final period: one is added before the instruction.
+    sentence = base if base.endswith(".") else base + "."
+    assert text == f"{sentence} {instruction}"
+
+
+def test_list_fields_are_joined_with_commas():
+    text = prompt_text(build_prompt("detection", categories=("cat", "dog")))
+    assert text == "Please output bbox coordinates and names of cat, dog."
 
 
 def test_box_format_golden_for_qwen2_5_vl_detection():

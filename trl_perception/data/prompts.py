@@ -54,7 +54,8 @@ def build_prompt(
         box_format (`str`, *optional*): model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
         template (`str`, *optional*): a `str.format` template overriding the task's default.
         system_prompt (`str`, *optional*): adds a system turn first.
-        **fields: template fields (`question` for grounding, `label` for counting, `categories` for detection).
+        **fields: template fields (`question` for grounding, `label` for counting, `categories` for detection);
+            lists and tuples are joined with ", ".
 
     Returns:
         `list[dict]`: `[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": ...}]}]`.
@@ -71,13 +72,18 @@ def build_prompt(
     if task not in TASK_TEMPLATES and template is None:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (or pass template=)")
     text_template = template if template is not None else TASK_TEMPLATES[task]
+    # A list of names (e.g. COCO_CATEGORIES) reads as "a, b, c" in the prompt.
+    fields = {k: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in fields.items()}
     try:
         text = text_template.format(**fields)
     except (KeyError, IndexError) as err:
         raise ValueError(f"prompt template {text_template!r} needs field {err}; got fields {sorted(fields)}") from err
     instruction = format_instruction(box_format, task)
     if instruction:
-        text = f"{text.rstrip()} {instruction}" if text.strip() else instruction
+        body = text.rstrip()
+        if body and body[-1] not in ".?!:":
+            body += "."  # Table 8's counting template has no final period
+        text = f"{body} {instruction}" if body else instruction
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
