@@ -1,0 +1,130 @@
+"""The tiny SFT -> GRPO experiment (trl_perception.tiny_experiment) as a specification, on a shortened schedule."""
+
+import json
+import math
+
+import pytest
+
+from trl_perception import tiny_experiment as te
+
+
+@pytest.mark.parametrize("setting", sorted(te.SETTINGS))
+def test_setting_data_has_exact_solution_and_sft_target(setting):
+    ds = te.make_setting_data(setting, 6, seed=3)
+    assert len(ds) == 6
+    for row in ds:
+        assert row["box_format"] == "qwen2_5_vl"
+        assert row["input_size"] == row["image_size"] == [112, 112]
+        target = json.loads(row["sft_target"])
+        if setting == "imperfect_supervision":
+            assert row["task"] == "grounding"
+            (obj,) = target
+            x1, y1, x2, y2 = row["solution"]
+            t1, u1, t2, u2 = obj["bbox_2d"]
+            # the SFT box is loose (never tighter than the truth), the reward's box is exact
+            assert t1 <= x1 and u1 <= y1 and t2 >= x2 and u2 >= y2
+            assert (t1, u1, t2, u2) != (x1, y1, x2, y2) or (x1, y1, x2, y2) == (0, 0, 112, 112)
+        else:
+            assert row["task"] == "detection"
+            assert 2 <= len(row["solution"]) <= 4
+            # the SFT answer lists exactly the true objects (in the annotation's random order)
+            key = lambda o: (o["label"], [round(v) for v in o["bbox_2d"]])  # noqa: E731
+            assert sorted(map(key, target)) == sorted(map(key, row["solution"]))
+
+
+def test_setting_data_is_deterministic_and_seeded():
+    a = te.make_setting_data("high_perplexity", 3, seed=1)
+    b = te.make_setting_data("high_perplexity", 3, seed=1)
+    c = te.make_setting_data("high_perplexity", 3, seed=2)
+    assert a["sft_target"] == b["sft_target"]
+    assert a["sft_target"] != c["sft_target"]
+
+
+def test_held_out_images_differ_from_training_images():
+    train = te.make_setting_data("imperfect_supervision", 50, seed=0)
+    held_out = te._eval_data(te.SETTINGS["imperfect_supervision"], 50)
+    assert not set(map(str, train["solution"])) >= set(map(str, held_out["solution"]))
+
+
+def test_scores_of_perfect_and_broken_answers():
+    ds = te.make_setting_data("high_perplexity", 4, seed=0)
+    exact = [json.dumps(row["solution"]) for row in ds]
+    perfect = te.score_completions("high_perplexity", ds, exact)
+    assert perfect["f1"] == perfect["count_acc"] == perfect["format_ok"] == 1.0
+    assert math.isclose(perfect["AP"], 1.0)
+    assert math.isclose(perfect["reward"], 2.0)  # detection_reward + detection_count_reward
+    broken = te.score_completions("high_perplexity", ds, ["not json"] * 4)
+    assert broken["f1"] == broken["reward"] == broken["format_ok"] == 0.0
+
+    ds = te.make_setting_data("imperfect_supervision", 4, seed=0)
+    loose = te.score_completions("imperfect_supervision", ds, ds["sft_target"])
+    assert 0.3 < loose["mean_iou"] < 1.0 and loose["size_bias_px"] > 0
+    assert loose["acc@0.5"] >= loose["acc@0.75"] >= loose["acc@0.9"]
+
+
+def test_detection_count_reward_matches_box_centres():
+    gt = [{"bbox_2d": [0, 0, 10, 10], "label": "red square"}, {"bbox_2d": [50, 50, 70, 70], "label": "red circle"}]
+    both = json.dumps(gt)
+    one = json.dumps(gt[:1])
+    assert te.detection_count_reward([both, one, "junk"], [gt] * 3, task=["detection"] * 3) == [1.0, 0.5, 0.0]
+    assert te.detection_count_reward(["[]"], ["not a list"]) == [None]
+
+
+def test_patchify_equals_the_image_processor(tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(te.build_learning_model(tmp_path / "m"))
+    ds = te.make_setting_data("imperfect_supervision", 2, seed=0)
+    ref = processor.image_processor(images=ds["image"], return_tensors="pt")
+    images = torch.from_numpy(np.stack([np.asarray(i) for i in ds["image"]]))
+    pixel_values, grid = te._patchify(images, processor)
+    assert torch.equal(grid, ref["image_grid_thw"])
+    assert torch.allclose(pixel_values, ref["pixel_values"], atol=1e-5)
+
+
+def test_shortened_pipeline_sft_then_grpo_then_eval(tmp_path):
+    """A few SFT steps, 2 GRPO steps and a tiny held-out evaluation run end to end and report metrics."""
+    init = te.build_learning_model(tmp_path / "init")
+    sft = te.run_sft_stage(
+        init, "imperfect_supervision", tmp_path / "sft", steps=3, batch_size=4, train_images=8, warmup=1, log=None
+    )
+    assert sft["steps"] == 3 and sft["history"][-1]["step"] == 3
+    assert math.isfinite(sft["history"][-1]["loss"])
+
+    seen = []
+    out = te.run_grpo_stage(
+        sft["checkpoint"],
+        "imperfect_supervision",
+        tmp_path / "grpo",
+        max_steps=2,
+        seed=0,
+        eval_n=4,
+        callback=lambda step, logs: seen.append((step, logs["reward"])),
+        num_generations=2,
+        prompts_per_step=2,
+        train_images=4,
+    )
+    assert [step for step, _ in seen] == [1, 2]
+    assert [entry["step"] for entry in out["history"]] == [1, 2]
+    for key in ("before", "after"):
+        metrics = out[key]
+        assert set(te.KEY_METRICS["grounding"]) <= set(metrics)
+        assert 0.0 <= metrics["mean_iou"] <= 1.0
+    assert out["steps"] == 2 and out["wall_time"] > 0
+
+
+def test_run_experiment_table_and_resume(tmp_path):
+    init = te.build_learning_model(tmp_path / "init")
+    kwargs = dict(eval_n=2, grpo_steps=1, control_steps=1, start_checkpoint=init, log=None)
+    setting = te.replace(
+        te.SETTINGS["imperfect_supervision"], num_generations=2, prompts_per_step=2, grpo_train_images=4,
+        sft_train_images=8, sft_batch_size=2, max_completion_length=4,
+    )  # fmt: skip
+    results = te.run_experiment(setting, tmp_path / "exp", seeds=[0], **kwargs)
+    assert set(results["table"]) == {"SFT start", "GRPO", "continued SFT"}
+    assert results["table"]["GRPO"]["n_seeds"][0] == 1
+    assert "| GRPO |" in te.format_table(results)
+    again = te.run_experiment(setting, tmp_path / "exp", seeds=[0], **kwargs)  # resumes: nothing re-run
+    assert again["grpo"] == results["grpo"] and again["control"] == results["control"]
