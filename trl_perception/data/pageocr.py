@@ -112,7 +112,9 @@ def build_pageocr(
             candidates = [name, os.path.basename(name)]
             if fox_dir is not None:
                 candidates.append(f"{fox_dir}/{os.path.basename(name)}")
-            records.append({"where": where, "text": _answer(record["conversations"]), "candidates": candidates})
+            records.append(
+                {"where": where, "text": _answer(record["conversations"]), "candidates": candidates}
+            )
         except RecordError as err:
             policy.failed(where, err)
 
@@ -122,7 +124,8 @@ def build_pageocr(
             found = folder.find(*record["candidates"])
             if found is None:
                 raise RecordError(
-                    "missing image", f"image {record['candidates'][0]!r} not found in {folder.root} or {fox_dir}/"
+                    "missing image",
+                    f"image {record['candidates'][0]!r} not found in {folder.root} or {fox_dir}/",
                 )
             record["image"], record["image_size"] = found, list(read_image_size(found))
             check_image_size(record["image_size"], box_format, min_pixels, max_pixels)
@@ -136,7 +139,12 @@ def build_pageocr(
     picked = [records[i] for i in chosen]
     prompt = PromptCache("ocr", box_format, template, system_prompt)
     solutions, image_sizes, extra = family_columns(
-        "ocr", [r["text"] for r in picked], [r["image_size"] for r in picked], box_format, min_pixels, max_pixels
+        "ocr",
+        [r["text"] for r in picked],
+        [r["image_size"] for r in picked],
+        box_format,
+        min_pixels,
+        max_pixels,
     )
     columns = {
         "prompt": [prompt() for _ in picked],

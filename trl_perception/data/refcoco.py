@@ -41,7 +41,7 @@ from .common import (
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["LAYOUTS", "SPLITS", "build_refcoco", "detect_refcoco_layout"]
+__all__ = ["LAYOUTS", "SPLITS", "build_refcoco", "default_split", "detect_refcoco_layout"]
 
 LAYOUTS: tuple[str, ...] = ("refer", "lmms-lab", "jxu124", "pr1")
 """RefCOCO layouts `build_refcoco` reads (see `detect_refcoco_layout`)."""
@@ -133,6 +133,21 @@ def _canonical_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     return split
+
+
+def default_split(path: str | os.PathLike) -> str:
+    """The split a Perception-R1 file names (`refcoco_testA.json` → `"testA"`), else `"val"`.
+
+    Example:
+    ```python
+    >>> default_split("jsons/grounding/refcocog_test.json"), default_split("refcoco/")
+    ('test', 'val')
+
+    ```
+    """
+    stem = Path(path).stem
+    named = next((s for s in (*SPLITS, "validation") if stem.endswith(f"_{s}")), None)
+    return _SPLIT_ALIASES.get(named, named) if named else "val"
 
 
 def _file_split(path: Path) -> str:
