@@ -8,17 +8,19 @@ from typing import Any
 
 import numpy as np
 
-from ..formats import parse_count, parse_objects
+from ..formats import parse_count
 from ..matching import match_points
 from ._common import (
     ComponentLog,
     MalformedSolution,
     Row,
+    SolutionCache,
     call_safely,
     decode_json,
     finite_number,
+    gt_points,
     is_empty_answer,
-    number_list,
+    parse_answer,
     select_rows,
 )
 
@@ -39,9 +41,9 @@ def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
         if raw_points is not None:
             if not isinstance(raw_points, (list, tuple)):
                 raise MalformedSolution(f"counting points must be a list, got {raw_points!r}")
-            points = [number_list(p, 2, "counting point") for p in raw_points]
-        if points:
-            return len(points), np.asarray(points, dtype=np.float64)
+            points = gt_points(raw_points, "counting point")
+        if points is not None and len(points):
+            return len(points), points
         value = value.get("count", 0 if raw_points is not None else None)
     if value is None:
         raise MalformedSolution("counting solution has neither a count nor points")
@@ -51,9 +53,9 @@ def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
     return int(count), None
 
 
-def _score(row: Row) -> tuple[float, dict[str, float | None]]:
-    n_gt, gt_points = _counting_target(row.solution)
-    parsed = parse_objects(row.text, row.frame.family)
+def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict[str, float | None]]:
+    n_gt, gt_points = target
+    parsed = parse_answer(row.text, row.frame.family)
     centres = [obj.center for obj in parsed.objects if obj.center is not None]
     if gt_points is None:
         # Count only: the number of objects listed, else a lone integer ("There are 7.").
@@ -140,8 +142,11 @@ def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float
     rows, n = select_rows(_NAME, _TASKS, completions, solution, kwargs)
     rewards: list[float | None] = [None] * n
     log = ComponentLog(_NAME, n, ("count_exact", "count_ratio", "mean_distance", "parse_failure"))
+    targets = SolutionCache(_counting_target)
     for row in rows:
-        result = call_safely(_NAME, row, _score, failure=(0.0, {"parse_failure": 1.0}))
+        result = call_safely(
+            _NAME, row, lambda r: _score(r, targets(r.solution)), failure=(0.0, {"parse_failure": 1.0})
+        )
         if result is None:
             continue
         reward, components = result

@@ -9,17 +9,18 @@ from typing import Any
 import numpy as np
 
 from ..boxes import box_iou
-from ..formats import parse_objects
 from ..matching import match_boxes
 from ._common import (
     ComponentLog,
     MalformedSolution,
     Row,
+    SolutionCache,
     call_safely,
     decode_json,
-    gt_box,
+    gt_boxes,
     is_empty_answer,
     normalize_label,
+    parse_answer,
     select_rows,
 )
 
@@ -46,13 +47,12 @@ def _detection_target(solution: Any) -> tuple[np.ndarray, list[str]]:
     for k, item in enumerate(value):
         if not isinstance(item, dict):
             raise MalformedSolution(f"detection object {k} must be a dict, got {item!r}")
-        box = item.get("bbox_2d", item.get("bbox"))
         label = normalize_label(item.get("label", item.get("name", item.get("category"))))
         if label is None:
             raise MalformedSolution(f"detection object {k} has no label: {item!r}")
-        boxes.append(gt_box(box, f"detection object {k} box"))
+        boxes.append(item.get("bbox_2d", item.get("bbox")))
         labels.append(label)
-    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), labels
+    return gt_boxes(boxes, "detection object box"), labels
 
 
 class _DetectionReward:
@@ -106,10 +106,10 @@ class _DetectionReward:
             f"iou_threshold={self.iou_threshold}, released_code={self.released_code}, name={self.__name__!r})"
         )
 
-    def components(self, row: Row) -> dict[str, float]:
+    def components(self, row: Row, target: tuple[np.ndarray, list[str]] | None = None) -> dict[str, float]:
         """Reward components of one row (before weighting); raises `MalformedSolution` for a bad solution."""
-        gt_boxes, gt_labels = _detection_target(row.solution)
-        parsed = parse_objects(row.text, row.frame.family)
+        gt, gt_labels = _detection_target(row.solution) if target is None else target
+        parsed = parse_answer(row.text, row.frame.family)
         kept = [(obj.bbox, normalize_label(obj.label)) for obj in parsed.objects if obj.bbox is not None]
         kept = [(box, label) for box, label in kept if label is not None]
         rejected = parsed.rejected + len(parsed.objects) - len(kept)
@@ -140,16 +140,20 @@ class _DetectionReward:
         considered = kept[: self.max_detections]
         boxes = row.frame.to_image(np.asarray([box for box, _ in considered], dtype=np.float64))
         labels = [label for _, label in considered]
-        pred_idx, _, matched_ious = match_boxes(boxes, gt_boxes, self.iou_threshold, labels, gt_labels)
-        n_pred, n_gt, tp = len(kept), len(gt_labels), len(pred_idx)
+        overlaps = box_iou(boxes, gt) >= self.iou_threshold
+        same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]
+        correct_pairs = overlaps & same
+        if correct_pairs.any():
+            _, _, matched_ious = match_boxes(boxes, gt, self.iou_threshold, labels, gt_labels)
+        else:  # no pair of the same class overlaps enough: nothing to match
+            matched_ious = np.zeros(0)
+        n_pred, n_gt, tp = len(kept), len(gt_labels), len(matched_ious)
         f1 = 2.0 * tp / (n_pred + n_gt)
         location = float(matched_ious.mean()) if tp else 0.0
         # Classification: of the predictions that localise some object (IoU >= threshold, any class), the
         # share labelled like an object they localise. Listing k labels at one place earns 1/k, not 1.
-        overlaps = box_iou(boxes, gt_boxes) >= self.iou_threshold
         localized = overlaps.any(axis=1)
-        same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]
-        correct = (overlaps & same).any(axis=1)
+        correct = correct_pairs.any(axis=1)
         classification = float(correct[localized].mean()) if localized.any() else 0.0
         penalty = 0.5 * ((n_pred - tp) / n_pred + (n_gt - tp) / n_gt)
         return {
@@ -178,8 +182,8 @@ class _DetectionReward:
         value = min(max(total, 0.0), self.max_reward)
         return value if math.isfinite(value) else 0.0
 
-    def _score(self, row: Row) -> tuple[float, dict[str, float]]:
-        components = self.components(row)
+    def _score(self, row: Row, target: tuple[np.ndarray, list[str]]) -> tuple[float, dict[str, float]]:
+        components = self.components(row, target)
         return self.combine(components), components
 
     def __call__(self, completions: list, solution: list, **kwargs: Any) -> list[float | None]:
@@ -187,8 +191,14 @@ class _DetectionReward:
         rows, n = select_rows(name, _TASKS, completions, solution, kwargs)
         rewards: list[float | None] = [None] * n
         log = ComponentLog(name, n, _COMPONENTS)
+        targets = SolutionCache(_detection_target)
         for row in rows:
-            result = call_safely(name, row, self._score, failure=(0.0, {"parse_failure": 1.0}))
+            result = call_safely(
+                name,
+                row,
+                lambda r: self._score(r, targets(r.solution)),
+                failure=(0.0, {"parse_failure": 1.0}),
+            )
             if result is None:
                 continue
             rewards[row.index], components = result

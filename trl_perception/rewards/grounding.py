@@ -9,16 +9,17 @@ from typing import Any
 import numpy as np
 
 from ..boxes import paired_box_iou
-from ..formats import parse_objects
 from ._common import (
     ComponentLog,
     MalformedSolution,
     Row,
+    SolutionCache,
     call_safely,
     decode_json,
     frames_to_image,
     gt_box,
     is_empty_answer,
+    parse_answer,
     select_rows,
 )
 
@@ -42,15 +43,16 @@ def _grounding_target(solution: Any) -> list[float] | None:
     return gt_box(value, "grounding solution")
 
 
-def _prepare(row: Row) -> tuple[float | None, list[float] | None, list[float] | None, bool]:
+def _prepare(
+    row: Row, gt: list[float] | None
+) -> tuple[float | None, list[float] | None, list[float] | None, bool]:
     """`(final reward or None, predicted box as written, ground-truth box, parse failure)`."""
-    gt = _grounding_target(row.solution)
     if gt is None:
         if is_empty_answer(row.text):
             return 1.0, None, None, False
-        parsed = parse_objects(row.text, row.frame.family)
+        parsed = parse_answer(row.text, row.frame.family)
         return 0.0, None, None, not parsed.objects
-    parsed = parse_objects(row.text, row.frame.family)
+    parsed = parse_answer(row.text, row.frame.family)
     box = next((obj.bbox for obj in parsed.objects if obj.bbox is not None), None)
     if box is None:
         return 0.0, None, gt, True
@@ -64,8 +66,11 @@ def _iou_rewards(
     rewards: list[float | None] = [None] * n
     log = ComponentLog(name, n, ("iou", "parse_failure"))
     pending: list[tuple[Row, list[float], list[float]]] = []
+    targets = SolutionCache(_grounding_target)
     for row in rows:
-        prepared = call_safely(name, row, _prepare, failure=(0.0, None, None, True))
+        prepared = call_safely(
+            name, row, lambda r: _prepare(r, targets(r.solution)), failure=(0.0, None, None, True)
+        )
         if prepared is None:
             continue
         value, pred, gt, failed = prepared

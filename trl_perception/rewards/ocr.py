@@ -7,7 +7,15 @@ from typing import Any
 
 import Levenshtein
 
-from ._common import ComponentLog, MalformedSolution, Row, call_safely, remove_padding, select_rows
+from ._common import (
+    ComponentLog,
+    MalformedSolution,
+    Row,
+    SolutionCache,
+    call_safely,
+    remove_padding,
+    select_rows,
+)
 
 __all__ = ["normalize_whitespace", "ocr_reward"]
 
@@ -46,8 +54,11 @@ def _ocr_target(solution: Any) -> str:
     return solution
 
 
-def _score(row: Row) -> tuple[float, float]:
-    gt = normalize_whitespace(_ocr_target(row.solution))
+def _ocr_text(solution: Any) -> str:
+    return normalize_whitespace(_ocr_target(solution))
+
+
+def _score(row: Row, gt: str) -> tuple[float, float]:
     pred = normalize_whitespace(remove_padding(row.text))
     longest = max(len(pred), len(gt))
     if longest == 0:
@@ -91,8 +102,9 @@ def ocr_reward(completions: list, solution: list, **kwargs: Any) -> list[float |
     rows, n = select_rows(_NAME, _TASKS, completions, solution, kwargs)
     rewards: list[float | None] = [None] * n
     log = ComponentLog(_NAME, n, ("edit_distance",))
+    targets = SolutionCache(_ocr_text)
     for row in rows:
-        result = call_safely(_NAME, row, _score, failure=(0.0, 1.0))
+        result = call_safely(_NAME, row, lambda r: _score(r, targets(r.solution)), failure=(0.0, 1.0))
         if result is None:
             continue
         rewards[row.index], distance = result
