@@ -1,0 +1,179 @@
+"""Specification of the row handling the rewards share: the JSON fast path (equal to `parse_objects`), frames,
+ground-truth caching within a GRPO group, empty answers and label normalisation."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trl_perception.boxes import convert_frame, model_input_size
+from trl_perception.formats import parse_objects
+from trl_perception.rewards._common import (
+    MalformedSolution,
+    SolutionCache,
+    frame_for,
+    frames_to_image,
+    is_empty_answer,
+    normalize_label,
+    parse_answer,
+)
+
+# ------------------------------------------------------------------------------------------ fast path
+
+NUMBER = st.one_of(
+    st.integers(-200_000, 200_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.just(10**400),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+COORDS = st.one_of(
+    st.lists(NUMBER, min_size=0, max_size=5), NUMBER, st.lists(st.lists(NUMBER, max_size=2), max_size=2)
+)
+ITEM = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["bbox_2d", "point_2d", "label", "name", "bbox", "score"]),
+        st.one_of(COORDS, st.text(max_size=8), st.just("  cat  ")),
+        max_size=3,
+    ),
+    COORDS,
+    st.text(max_size=5),
+)
+WRAPPERS = st.sampled_from(
+    ["{}", "```json\n{}\n```", "<answer>{}</answer>", "{}<|im_end|>", "  {}\n", "x {}", "{}]"]
+)
+
+
+@given(
+    items=st.lists(ITEM, max_size=6),
+    wrapper=WRAPPERS,
+    family=st.sampled_from([None, "qwen2_5_vl", "qwen3_vl"]),
+)
+def test_fast_path_equals_parse_objects(items, wrapper, family):
+    text = wrapper.format(json.dumps(items))
+    assert parse_answer(text, family) == parse_objects(text, family)
+
+
+@given(
+    boxes=st.lists(st.lists(st.integers(0, 2000), min_size=4, max_size=4), max_size=40),
+    label=st.sampled_from(["cat", " Dog ", "traffic light", ""]),
+)
+def test_fast_path_equals_parse_objects_on_well_formed_lists(boxes, label):
+    text = json.dumps([{"bbox_2d": b, "label": label} for b in boxes])
+    assert parse_answer(text, "qwen2_5_vl") == parse_objects(text, "qwen2_5_vl")
+
+
+def test_fast_path_leaves_box_tokens_to_the_full_parser():
+    text = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert parse_answer(text, "qwen2_vl") == parse_objects(text, "qwen2_vl")
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+
+def test_frame_maps_qwen2_vl_0_1000_to_pixels_and_clips():
+    frame = frame_for("qwen2_vl", [640, 480], None)
+    assert frame.to_image(np.array([[0, 0, 500, 500], [-10, -10, 2000, 2000]])).tolist() == [
+        [0, 0, 320, 240],
+        [0, 0, 640, 480],
+    ]
+
+
+def test_frame_for_qwen2_5_vl_defaults_to_the_released_pixel_limits():
+    frame = frame_for("qwen2_5_vl", [640, 480], None)
+    expected = convert_frame(
+        [644, 476], "input", "pixels", (640, 480), model_input_size((640, 480), "qwen2_5_vl")
+    )
+    assert frame.to_image(np.array([644.0, 476.0])).tolist() == pytest.approx(expected.tolist())
+
+
+def test_frame_without_columns_keeps_coordinates_as_written():
+    frame = frame_for(None, None, None)
+    assert frame.to_image(np.array([[-5.0, 1, 5000, 2]])).tolist() == [[-5.0, 1, 5000, 2]]
+
+
+def test_frames_to_image_matches_rowwise_conversion():
+    frames = [
+        frame_for("qwen2_vl", [640, 480], None),
+        frame_for(None, None, None),
+        frame_for(None, [10, 10], None),
+    ]
+    coords = np.array([[100.0, 100, 2000, 900], [-5, -5, 50, 50], [-5, -5, 50, 50]])
+    expected = [f.to_image(c).tolist() for f, c in zip(frames, coords)]
+    assert frames_to_image(coords, frames).tolist() == expected
+
+
+def test_norm1000_of_pixels():
+    frame = frame_for(None, [2000, 1000], None)
+    assert frame.to_norm1000(np.array([[200.0, 500.0]])).tolist() == [[100.0, 500.0]]
+
+
+@pytest.mark.parametrize(
+    ("family", "size", "input_size"),
+    [("llava", [10, 10], None), (5, [10, 10], None), (None, [0, 10], None), (None, [10], None),
+     (None, "abc", None), (None, [float("inf"), 1], None), (None, [True, 4], None), ("qwen2_5_vl", [1, 5000], None),
+     (None, [10, 10], [0, 1])],
+)  # fmt: skip
+def test_malformed_frame_values_raise_malformed_solution(family, size, input_size):
+    with pytest.raises(MalformedSolution):
+        frame_for(family, size, input_size)
+
+
+def test_frame_values_may_be_numpy_arrays_or_json_strings():
+    assert frame_for("qwen2_vl", np.array([640, 480]), None) == frame_for("qwen2_vl", "[640, 480]", None)
+
+
+# --------------------------------------------------------------------------------------- solution cache
+
+
+def test_solution_cache_decodes_each_run_of_equal_solutions_once():
+    calls = []
+
+    def decode(raw):
+        calls.append(raw)
+        return len(raw)
+
+    cache = SolutionCache(decode)
+    assert [cache(s) for s in ([1, 2], [1, 2], [1, 2], [3], [1, 2])] == [2, 2, 2, 1, 2]
+    assert calls == [[1, 2], [3], [1, 2]]
+
+
+def test_solution_cache_replays_malformed_errors():
+    def decode(raw):
+        raise MalformedSolution("bad")
+
+    cache = SolutionCache(decode)
+    for _ in range(2):
+        with pytest.raises(MalformedSolution):
+            cache("x")
+
+
+def test_solution_cache_compares_arrays_safely():
+    cache = SolutionCache(lambda raw: raw.sum())
+    assert cache(np.array([1, 2])) == 3
+    assert cache(np.array([1, 2, 3])) == 6
+
+
+# ------------------------------------------------------------------------------------ small helpers
+
+
+@pytest.mark.parametrize("text", ["", "[]", " [ ] ", "```json\n[]\n```", "None", "null", "No objects.", "nothing",
+                                  "no object found", "<answer>[]</answer><|im_end|>"])  # fmt: skip
+def test_empty_answers(text):
+    assert is_empty_answer(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["I cannot find it.", "[0, 0, 1, 1]", "0 objects? maybe", "none of them are cats"]
+)
+def test_not_empty_answers(text):
+    assert not is_empty_answer(text)
+
+
+def test_label_normalisation():
+    assert normalize_label("  Hot   Dog\n") == "hot dog"
+    assert normalize_label(5) == "5"
+    assert normalize_label(None) is None and normalize_label("   ") is None and normalize_label(["a"]) is None
