@@ -376,3 +376,17 @@ def test_any_text_gives_a_finite_reward_in_range(text, gt, released, size):
     reward_fn = make_detection_reward(released_code=released)
     (reward,) = reward_fn([text], [gt], image_size=[size])
     assert math.isfinite(reward) and 0.0 <= reward <= (3.0 if released else 1.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="matching.match_boxes maximises total IoU including sub-threshold pairs, then drops them: a pair "
+    "at IoU 0.508 is lost to two pairs at 0.34 + 0.19 (reported to the lead; remove this marker once fixed)",
+)
+def test_sub_threshold_overlaps_do_not_steal_a_true_positive():
+    preds = [obj([4, 10, 15, 18], "a"), obj([13, 4, 23, 18], "a")]
+    gt = [obj([18, 5, 25, 16], "a"), obj([10, 4, 20, 17], "a")]
+    # IoU matrix [[0, 0.191], [0.340, 0.508]]: the only pair above 0.5 is pred 1 - gt 1, so TP = 1:
+    # F1 2/4, loc 0.508, cls 1, pen (1/2 + 1/2) / 2.
+    iou = 91 / 179
+    assert score(answer(*preds), gt) == pytest.approx((0.25 + 0.375 + iou + 1 - 0.25) / 3)
