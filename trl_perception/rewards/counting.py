@@ -113,8 +113,9 @@ def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float
     written. Missed objects and duplicates lower the count ratio. Ground truth:
     `{"count": n, "points": [[x, y], ...]}` in original pixels, or just `n`. With only a count, the reward
     is exact-count credit: 1.0 when the number of objects listed (or a lone integer such as "There are 7.")
-    equals `n`, else 0.0 (when points are known a lone integer earns nothing). A count of 0 gives 1.0 to an empty answer (`[]`, empty text, `0`, `None`) and 0.0
-    to anything else. A malformed solution gives `None` with a logged warning.
+    equals `n`, else 0.0; when points are known, a lone integer earns nothing. A count of 0 gives 1.0 to an
+    empty answer (`[]`, empty text, `0`, `None`) and 0.0 to anything else. A malformed solution gives `None`
+    with a logged warning.
 
     Args:
         completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
