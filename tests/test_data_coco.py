@@ -1,13 +1,14 @@
 """COCO detection builder: category order with non-contiguous ids, crowd regions, negatives, the real
 100-image val2014 fixture, resizing, and bad input in both error modes."""
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
@@ -347,3 +348,42 @@ def test_segmentations_are_cut_wherever_they_appear(annotations, indent):
         obj.pop("segmentation")
     expected["info"] = {"segmentation": "a string, not a mask"}
     assert parsed == expected
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-3, 100) | st.floats() | st.text(max_size=4) | st.just("1.jpg")
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=8,
+)
+image_like = (
+    st.fixed_dictionaries({"id": scalars, "file_name": scalars, "width": scalars, "height": scalars}) | values
+)
+ann_like = (
+    st.fixed_dictionaries(
+        {
+            "id": scalars,
+            "image_id": scalars,
+            "category_id": scalars,
+            "bbox": st.lists(scalars, max_size=5) | values,
+        },
+        optional={"iscrowd": scalars, "segmentation": values},
+    )
+    | values
+)
+cat_like = st.fixed_dictionaries({"id": st.integers(0, 5), "name": st.text(max_size=4)})
+
+
+@settings(max_examples=60)
+@given(st.lists(image_like, max_size=3), st.lists(ann_like, max_size=4), st.lists(cat_like, max_size=3))
+def test_any_coco_content_builds_or_raises_data_error(tmp_path_factory, images, annotations, categories):
+    folder = tmp_path_factory.mktemp("coco")
+    (folder / "1.jpg").write_bytes(b"")
+    path = folder / "instances.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    for mode in ("raise", "skip"):
+        with warnings.catch_warnings(), contextlib.suppress(DataError):
+            warnings.simplefilter("ignore", DataWarning)
+            build_coco_detection(path, folder, on_error=mode)

@@ -419,3 +419,42 @@ def test_fitted_dataset_feeds_a_torch_dataloader():
     fitted = fit_dataset_to_grid(ds, "qwen2_vl", max_pixels=100_000)
     batches = list(DataLoader(fitted, batch_size=2, collate_fn=lambda rows: rows))
     assert [row["image"].size for batch in batches for row in batch] == [tuple(fitted[0]["image_size"])] * 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Field validators: any value gives a clean result or a RecordError
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(anything)
+def test_box_validators_accept_boxes_or_raise_record_errors(value):
+    from trl_perception.data.common import check_xyxy, xywh_to_xyxy
+
+    for validate in (check_xyxy, xywh_to_xyxy):
+        try:
+            box = validate(value)
+        except RecordError as err:
+            assert err.reason == "bad bbox"
+            continue
+        assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
+        assert all(np.isfinite(box))
+
+
+@given(anything, anything)
+def test_size_validator(width, height):
+    from trl_perception.data.common import positive_size
+
+    try:
+        w, h = positive_size(width, height)
+    except RecordError as err:
+        assert err.reason == "bad record"
+        return
+    assert w > 0 and h > 0 and isinstance(w, int) and isinstance(h, int)

@@ -1,9 +1,13 @@
 """PageOCR builder: Fox page-OCR JSON (English and Chinese), image lookup in Fox's folders, prompts,
 resizing, and bad input in both error modes."""
 
+import contextlib
 import json
+import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.common import DataError, DataWarning, grid_size_for
@@ -158,3 +162,31 @@ def test_truncated_json_raises_in_both_modes(fox):
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"en_page_ocr\.json: not valid JSON \(truncated file\?\)"):
             build_pageocr(fox / "en_page_ocr.json", on_error=mode)
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5) | st.just("en_1.png"),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["image", "conversations", "from", "value", "gpt"]), children, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40)
+@given(st.lists(anything, max_size=4))
+def test_any_json_content_builds_or_raises_data_error(tmp_path_factory, records):
+    folder = tmp_path_factory.mktemp("fox")
+    PILImage.new("RGB", (8, 8)).save(folder / "en_1.png")
+    path = folder / "en_page_ocr.json"
+    path.write_text(json.dumps(records))
+    try:
+        build_pageocr(path)
+    except DataError:
+        pass
+    with warnings.catch_warnings(), contextlib.suppress(DataError):  # file-level errors raise in both modes
+        warnings.simplefilter("ignore", DataWarning)
+        build_pageocr(path, on_error="skip")

@@ -1,16 +1,20 @@
 """PixMo-Count builder: the Hugging Face parquet schema (points as a struct of lists) with images found
 by sha256 or file name, Perception-R1's jsonl files, resizing, and bad input in both error modes."""
 
+import contextlib
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
 from datasets import Dataset, Features, List, Value
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning, grid_size_for
-from trl_perception.data.pixmo_count import build_pixmo_count
+from trl_perception.data.common import DataError, DataWarning, RecordError, grid_size_for
+from trl_perception.data.pixmo_count import _points, build_pixmo_count
 from trl_perception.formats import format_instruction
 
 FEATURES = Features(
@@ -278,3 +282,41 @@ def test_wrong_schema_is_a_data_error(pixmo):
     Dataset.from_dict({"image": ["a"], "n": [1]}).to_parquet(pixmo["root"] / "other.parquet")
     with pytest.raises(DataError, match="not the allenai/pixmo-count schema"):
         build_pixmo_count(pixmo["root"] / "other.parquet", pixmo["images"])
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.sampled_from(["x", "y", "z"]), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(anything, st.integers(0, 5))
+def test_points_parser_gives_pixel_pairs_none_or_record_errors(value, count):
+    try:
+        points = _points(value, count)
+    except RecordError as err:
+        assert err.reason == "bad points"
+        return
+    assert points is None or (
+        len(points) == count and all(len(p) == 2 and all(np.isfinite(p)) for p in points)
+    )
+
+
+@settings(max_examples=30)
+@given(st.lists(anything, max_size=4))
+def test_any_jsonl_content_builds_or_raises_data_error(tmp_path_factory, records):
+    folder = tmp_path_factory.mktemp("pixmo")
+    PILImage.new("RGB", (8, 8)).save(folder / "a.jpg")
+    path = folder / "pixmo_count_val540.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    try:
+        build_pixmo_count(path, folder)
+    except DataError:
+        pass
+    with warnings.catch_warnings(), contextlib.suppress(DataError):  # file-level errors raise in both modes
+        warnings.simplefilter("ignore", DataWarning)
+        build_pixmo_count(path, folder, on_error="skip")

@@ -1,6 +1,7 @@
 """RefCOCO builder: the four layouts (refer pickles, lmms-lab parquet, jxu124 parquet, Perception-R1 JSON)
 written as the real releases are, giving identical rows; splits, options and bad input."""
 
+import contextlib
 import io
 import json
 import pickle
@@ -9,6 +10,8 @@ import warnings
 import numpy as np
 import pytest
 from datasets import Dataset, Features, Image, List, Value
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.common import DataError, DataWarning, grid_size_for
@@ -574,3 +577,43 @@ def test_embedded_image_bytes_are_what_the_row_decodes(layouts):
     ds = build_refcoco(layouts["lmms"], "testB")
     buf = io.BytesIO((layouts["images"] / "COCO_train2014_000000000030.jpg").read_bytes())
     assert np.array_equal(np.asarray(ds[0]["image"]), np.asarray(PILImage.open(buf)))
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-3, 100) | st.floats() | st.text(max_size=4) | st.just("a.jpg")
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=8,
+)
+pr1_like = (
+    st.fixed_dictionaries(
+        {"image": scalars, "problem": scalars, "solution": st.lists(scalars, max_size=5) | values}
+    )
+    | values
+)
+
+
+@settings(max_examples=60)
+@given(st.lists(pr1_like, max_size=4), st.sampled_from(["sentence", "object"]))
+def test_any_flat_json_content_builds_or_raises_data_error(tmp_path_factory, records, per):
+    folder = tmp_path_factory.mktemp("pr1")
+    PILImage.new("RGB", (16, 12)).save(folder / "a.jpg")
+    path = folder / "refcoco_val.json"
+    path.write_text(json.dumps(records))
+    for mode in ("raise", "skip"):
+        with warnings.catch_warnings(), contextlib.suppress(DataError):
+            warnings.simplefilter("ignore", DataWarning)
+            build_refcoco(path, "val", image_dir=folder, per=per, on_error=mode)
+
+
+@settings(max_examples=60)
+@given(st.lists(values, max_size=4))
+def test_any_refs_pickle_content_builds_or_raises_data_error(tmp_path_factory, refs):
+    root = _write_refer(tmp_path_factory.mktemp("refer") / "refcoco")
+    (root / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    for mode in ("raise", "skip"):
+        with warnings.catch_warnings(), contextlib.suppress(DataError):
+            warnings.simplefilter("ignore", DataWarning)
+            build_refcoco(root, "val", image_dir=root, on_error=mode)

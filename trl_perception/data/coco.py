@@ -249,7 +249,10 @@ def build_coco_detection(
     status[(status == _OK) & ((w == 0) | (h == 0))] = _ZERO
     xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
     ok = status == _OK
-    bounds = np.where(ok[:, None], sizes[np.maximum(ann_rows, 0)], 0).astype(np.float64)
+    # Index with a trailing sentinel row for annotations without an image (works with no images at all).
+    safe_rows = np.where(ann_rows >= 0, ann_rows, n_images)
+    padded_sizes = np.concatenate([sizes, np.zeros((1, 2), dtype=np.int64)])
+    bounds = np.where(ok[:, None], padded_sizes[safe_rows], 0).astype(np.float64)
     clipped = np.clip(xyxy, 0.0, np.concatenate([bounds, bounds], axis=1))
     status[ok & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))] = _OUTSIDE
     xyxy = np.round(clipped, 3) + 0.0
@@ -263,7 +266,7 @@ def build_coco_detection(
 
     # Targets: valid annotations of valid images, crowd regions unless asked for.
     valid_ann = (status == _OK) & (ann_rows >= 0)
-    valid_ann &= image_ok[np.maximum(ann_rows, 0)]
+    valid_ann &= np.append(image_ok, False)[safe_rows]
     has_any = np.zeros(n_images, dtype=bool)
     has_any[ann_rows[ann_rows >= 0]] = True
     target = valid_ann if include_crowd else valid_ann & ~crowd
@@ -413,7 +416,7 @@ def _assemble(
     n = len(chosen)
     position = np.full(len(sizes), -1, dtype=np.int64)
     position[chosen] = np.arange(n)
-    ann_pos = np.where(target, position[np.maximum(ann_rows, 0)], -1)
+    ann_pos = np.where(target, np.append(position, -1)[np.where(ann_rows >= 0, ann_rows, len(sizes))], -1)
     kept = np.flatnonzero(ann_pos >= 0)
     kept = kept[np.argsort(ann_pos[kept], kind="stable")]  # by row, annotation order within a row
     counts = np.bincount(ann_pos[kept], minlength=n)

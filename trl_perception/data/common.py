@@ -247,13 +247,9 @@ def load_json(path: str | os.PathLike) -> Any:
     path = _require_file(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f, parse_constant=_reject_constant)
+            return json.load(f)
     except (json.JSONDecodeError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{path}: not valid JSON (truncated file?): {err}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -276,7 +272,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield number, json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+                yield number, json.loads(raw.decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError) as err:
                 yield number, RecordError("bad json", f"not valid JSON: {err}")
 
