@@ -122,6 +122,10 @@ def test_malformed_frame_values_raise_malformed_solution(family, size, input_siz
         frame_for(family, size, input_size)
 
 
+def test_empty_box_format_means_no_family():
+    assert frame_for("", [640, 480], None) == frame_for(None, [640, 480], None)
+
+
 def test_frame_values_may_be_numpy_arrays_or_json_strings():
     assert frame_for("qwen2_vl", np.array([640, 480]), None) == frame_for("qwen2_vl", "[640, 480]", None)
 

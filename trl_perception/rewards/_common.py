@@ -372,6 +372,8 @@ def frame_for(family: Any, image_size: Any, input_size: Any) -> Frame:
     For Qwen2.5-VL (absolute pixels of the resized input) without `input_size`, the input size is computed
     with `boxes.model_input_size` and the family's default pixel limits (those of the released checkpoints).
     """
+    if isinstance(family, str) and not family.strip():
+        family = None  # an empty cell means "no family"
     if family is not None and not isinstance(family, str):
         raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
     size = _hashable_size(image_size, "image_size")
