@@ -25,6 +25,8 @@ from trl_perception.formats import (
     MAX_OBJECTS,
     DetectedObject,
     ParsedOutput,
+    _parse_exact_json_list,
+    _parse_general,
     completion_text,
     format_instruction,
     parse_count,
@@ -826,3 +828,60 @@ def test_format_instruction_is_empty_for_ocr_and_without_a_family(family):
 def test_format_instruction_rejects_unknown_families_for_box_tasks():
     with pytest.raises(ValueError, match="unknown model family"):
         format_instruction("llava", "grounding")
+
+
+# ---------------------------------------------------------------- fast path for exact JSON lists
+
+
+def _general(text, family):
+    return _parse_general(text, strip_wrappers(text), family)
+
+
+NUMBER = st.one_of(
+    st.integers(-200_000, 200_000),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.just(10**400),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+COORDS = st.one_of(
+    st.lists(NUMBER, min_size=0, max_size=5), NUMBER, st.lists(st.lists(NUMBER, max_size=2), max_size=2)
+)
+ITEM = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["bbox_2d", "point_2d", "label", "name", "bbox", "score"]),
+        st.one_of(COORDS, st.text(max_size=8), st.just("  cat  ")),
+        max_size=3,
+    ),
+    COORDS,
+    st.text(max_size=5),
+)
+WRAPPERS = st.sampled_from(
+    ["{}", "```json\n{}\n```", "<answer>{}</answer>", "{}<|im_end|>", "  {}\n", "x {}", "{}]"]
+)
+
+
+@given(
+    items=st.lists(ITEM, max_size=6),
+    wrapper=WRAPPERS,
+    family=st.sampled_from([None, "qwen2_5_vl", "qwen3_vl"]),
+)
+def test_fast_path_equals_the_general_parsers(items, wrapper, family):
+    text = wrapper.format(json.dumps(items))
+    assert parse_objects(text, family) == _general(text, family)
+
+
+@given(
+    boxes=st.lists(st.lists(st.integers(0, 2000), min_size=4, max_size=4), max_size=40),
+    label=st.sampled_from(["cat", " Dog ", "traffic light", ""]),
+)
+def test_fast_path_equals_the_general_parsers_on_well_formed_lists(boxes, label):
+    text = json.dumps([{"bbox_2d": b, "label": label} for b in boxes])
+    assert _parse_exact_json_list(strip_wrappers(text)) is not None
+    assert parse_objects(text, "qwen2_5_vl") == _general(text, "qwen2_5_vl")
+
+
+def test_fast_path_leaves_box_tokens_to_the_full_parser():
+    text = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert parse_objects(text, "qwen2_vl") == _general(text, "qwen2_vl")

@@ -1,15 +1,11 @@
-"""Specification of the row handling the rewards share: the JSON fast path (equal to `parse_objects`), frames,
+"""Specification of the row handling the rewards share: frames,
 ground-truth caching within a GRPO group, empty answers and label normalisation."""
 
-import json
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from trl_perception.boxes import convert_frame, model_input_size
-from trl_perception.formats import parse_objects
 from trl_perception.rewards._common import (
     MalformedSolution,
     SolutionCache,
@@ -17,59 +13,7 @@ from trl_perception.rewards._common import (
     frames_to_image,
     is_empty_answer,
     normalize_label,
-    parse_answer,
 )
-
-# ------------------------------------------------------------------------------------------ fast path
-
-NUMBER = st.one_of(
-    st.integers(-200_000, 200_000),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.just(10**400),
-    st.booleans(),
-    st.text(max_size=3),
-    st.none(),
-)
-COORDS = st.one_of(
-    st.lists(NUMBER, min_size=0, max_size=5), NUMBER, st.lists(st.lists(NUMBER, max_size=2), max_size=2)
-)
-ITEM = st.one_of(
-    st.dictionaries(
-        st.sampled_from(["bbox_2d", "point_2d", "label", "name", "bbox", "score"]),
-        st.one_of(COORDS, st.text(max_size=8), st.just("  cat  ")),
-        max_size=3,
-    ),
-    COORDS,
-    st.text(max_size=5),
-)
-WRAPPERS = st.sampled_from(
-    ["{}", "```json\n{}\n```", "<answer>{}</answer>", "{}<|im_end|>", "  {}\n", "x {}", "{}]"]
-)
-
-
-@given(
-    items=st.lists(ITEM, max_size=6),
-    wrapper=WRAPPERS,
-    family=st.sampled_from([None, "qwen2_5_vl", "qwen3_vl"]),
-)
-def test_fast_path_equals_parse_objects(items, wrapper, family):
-    text = wrapper.format(json.dumps(items))
-    assert parse_answer(text, family) == parse_objects(text, family)
-
-
-@given(
-    boxes=st.lists(st.lists(st.integers(0, 2000), min_size=4, max_size=4), max_size=40),
-    label=st.sampled_from(["cat", " Dog ", "traffic light", ""]),
-)
-def test_fast_path_equals_parse_objects_on_well_formed_lists(boxes, label):
-    text = json.dumps([{"bbox_2d": b, "label": label} for b in boxes])
-    assert parse_answer(text, "qwen2_5_vl") == parse_objects(text, "qwen2_5_vl")
-
-
-def test_fast_path_leaves_box_tokens_to_the_full_parser():
-    text = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
-    assert parse_answer(text, "qwen2_vl") == parse_objects(text, "qwen2_vl")
-
 
 # ---------------------------------------------------------------------------------------------- frames
 

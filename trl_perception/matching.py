@@ -67,8 +67,8 @@ def match_boxes(
     """Hungarian matching of predicted to ground-truth `xyxy` boxes that maximises the total IoU.
 
     With labels, a pair whose labels differ counts as IoU 0, so matching is class-aware: a box can only
-    be credited to a ground-truth object of its own class. Pairs with IoU below `iou_threshold` are
-    dropped (the threshold is inclusive: IoU ≥ threshold is kept).
+    be credited to a ground-truth object of its own class. Only pairs with IoU ≥ `iou_threshold` (inclusive)
+    and IoU > 0 take part, so the result maximises the total IoU of the kept pairs.
 
     Args:
         pred (`array-like [N, 4]`), gt (`array-like [M, 4]`): boxes in the same frame.
@@ -92,12 +92,12 @@ def match_boxes(
     if pred_labels is not None and gt_labels is not None:
         same = np.asarray(pred_labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]
         ious = np.where(same, ious, 0.0)
-    rows, cols = hungarian_match(-ious)
-    values = ious[rows, cols]
-    keep = values >= iou_threshold
-    if iou_threshold <= 0:
-        keep &= values > 0
-    return rows[keep], cols[keep], values[keep]
+    # Pairs below the threshold can never be kept, so they must not compete in the assignment either:
+    # otherwise two sub-threshold pairs (0.34 + 0.19) can outweigh, and so remove, one kept pair (0.51).
+    eligible = (ious >= iou_threshold) & (ious > 0)
+    rows, cols = hungarian_match(-np.where(eligible, ious, 0.0))
+    keep = eligible[rows, cols]
+    return rows[keep], cols[keep], ious[rows, cols][keep]
 
 
 def match_points(pred: Sequence | np.ndarray, gt: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,12 +17,7 @@ import numpy as np
 
 from ..boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from ..formats import (
-    MAX_ABS_COORD,
-    MAX_OBJECTS,
-    DetectedObject,
-    ParsedOutput,
     completion_text,
-    parse_objects,
     strip_wrappers,
 )
 
@@ -99,77 +94,6 @@ def is_empty_answer(text: str) -> bool:
     except Exception:  # noqa: BLE001
         return False
     return len(body) <= 40 and _EMPTY_ANSWER_RE.fullmatch(body) is not None
-
-
-def _fast_json_list(text: str) -> ParsedOutput | None:
-    """The common case, decoded in one `json` call: the answer is exactly a JSON list of
-    `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items. `None` for
-    anything else, which `formats.parse_objects` then handles; for inputs accepted here the result equals
-    `parse_objects`' (a property test checks it)."""
-    if "<|box_start|>" in text:
-        return None
-    body = strip_wrappers(text)
-    if len(body) < 2 or body[0] != "[" or body[-1] != "]":
-        return None
-    try:
-        items = _STRICT_JSON.decode(body)
-    except (ValueError, RecursionError):
-        return None
-    if type(items) is not list or len(items) >= MAX_OBJECTS:
-        return None
-    objects = []
-    append = objects.append
-    for item in items:
-        if type(item) is not dict:
-            return None
-        coords = item.get("bbox_2d")
-        is_box = coords is not None
-        if not is_box:
-            coords = item.get("point_2d")
-        label = item.get("label")
-        # Only {"bbox_2d"|"point_2d", "label"?} items with a list of plain numbers; anything else (other
-        # keys, bools, strings, NaN, huge values) goes to the full parser.
-        if (
-            coords is None
-            or len(item) != (1 if label is None else 2)
-            or type(coords) is not list
-            or len(coords) != (4 if is_box else 2)
-            or (label is not None and type(label) is not str)
-        ):
-            return None
-        values = []
-        for v in coords:
-            if type(v) is not float and type(v) is not int:
-                return None
-            v = float(v)  # an int too large for a float raises: the full parser decides
-            if not -MAX_ABS_COORD <= v <= MAX_ABS_COORD:
-                return None
-            values.append(v)
-        if label is not None:
-            label = label.strip()[:300] or None
-        if is_box:
-            append(DetectedObject(bbox=tuple(values), label=label))  # type: ignore[arg-type]
-        else:
-            append(DetectedObject(point=tuple(values), label=label))  # type: ignore[arg-type]
-    return ParsedOutput(objects, valid=True)
-
-
-def parse_answer(text: str, family: str | None) -> ParsedOutput:
-    """`formats.parse_objects(text, family)`, with a fast path for an answer that is exactly a well-formed
-    JSON list (most completions of a trained model), which it decodes in one `json` call.
-
-    Example:
-    ```python
-    >>> parse_answer('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]', "qwen2_5_vl").objects
-    [DetectedObject(bbox=(1.0, 2.0, 3.0, 4.0), point=None, label='cat')]
-
-    ```
-    """
-    try:
-        fast = _fast_json_list(text)
-    except Exception:  # noqa: BLE001 - the full parser decides
-        fast = None
-    return fast if fast is not None else parse_objects(text, family)
 
 
 # ----------------------------------------------------------------------------------------- ground truth

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formats import parse_count
+from ..formats import parse_count, parse_objects
 from ..matching import match_points
 from ._common import (
     ComponentLog,
@@ -20,7 +20,6 @@ from ._common import (
     finite_number,
     gt_points,
     is_empty_answer,
-    parse_answer,
     select_rows,
 )
 
@@ -55,7 +54,7 @@ def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
 
 def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict[str, float | None]]:
     n_gt, gt_points = target
-    parsed = parse_answer(row.text, row.frame.family)
+    parsed = parse_objects(row.text, row.frame.family)
     centres = [obj.center for obj in parsed.objects if obj.center is not None]
     if gt_points is None:
         # Count only: the number of objects listed, else a lone integer ("There are 7.").

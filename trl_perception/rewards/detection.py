@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import box_iou
+from ..formats import parse_objects
 from ..matching import match_boxes
 from ._common import (
     ComponentLog,
@@ -20,7 +21,6 @@ from ._common import (
     gt_boxes,
     is_empty_answer,
     normalize_label,
-    parse_answer,
     select_rows,
 )
 
@@ -109,7 +109,7 @@ class _DetectionReward:
     def components(self, row: Row, target: tuple[np.ndarray, list[str]] | None = None) -> dict[str, float]:
         """Reward components of one row (before weighting); raises `MalformedSolution` for a bad solution."""
         gt, gt_labels = _detection_target(row.solution) if target is None else target
-        parsed = parse_answer(row.text, row.frame.family)
+        parsed = parse_objects(row.text, row.frame.family)
         kept = [(obj.bbox, normalize_label(obj.label)) for obj in parsed.objects if obj.bbox is not None]
         kept = [(box, label) for box, label in kept if label is not None]
         rejected = parsed.rejected + len(parsed.objects) - len(kept)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import paired_box_iou
+from ..formats import parse_objects
 from ._common import (
     ComponentLog,
     MalformedSolution,
@@ -19,7 +20,6 @@ from ._common import (
     frames_to_image,
     gt_box,
     is_empty_answer,
-    parse_answer,
     select_rows,
 )
 
@@ -50,9 +50,9 @@ def _prepare(
     if gt is None:
         if is_empty_answer(row.text):
             return 1.0, None, None, False
-        parsed = parse_answer(row.text, row.frame.family)
+        parsed = parse_objects(row.text, row.frame.family)
         return 0.0, None, None, not parsed.objects
-    parsed = parse_answer(row.text, row.frame.family)
+    parsed = parse_objects(row.text, row.frame.family)
     box = next((obj.bbox for obj in parsed.objects if obj.bbox is not None), None)
     if box is None:
         return 0.0, None, gt, True
