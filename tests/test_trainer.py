@@ -595,3 +595,52 @@ def test_box_images_are_drawn_into_the_completions_table_and_saved(tmp_path, mon
     assert [os.path.basename(p) for p in saved] == ["0000.png", "0001.png"]
     assert {PRED_COLOR, GT_COLOR} <= colours(Image.open(saved[0]))
     assert os.path.exists(os.path.join(tmp_path, "completions", "completions_00001.parquet"))
+
+
+def multi_image_dataset(second_image):
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    from trl_perception.data.common import prompt_feature
+
+    prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "image", "text": None},
+                                           {"type": "text", "text": "Output the bounding box of the square."}]}]  # fmt: skip
+    features = Features(
+        {
+            "prompt": prompt_feature(),
+            "images": List(ImageFeature()),
+            "task": Value("string"),
+            "solution": List(Value("float64")),
+            "image_size": List(Value("int64")),
+        }
+    )
+    return Dataset.from_dict(
+        {
+            "prompt": [prompt],
+            "images": [[Image.new("RGB", (300, 170)), second_image]],
+            "task": ["grounding"],
+            "solution": [[30.0, 17.0, 150.0, 85.0]],
+            "image_size": [[300, 170]],
+        },
+        features=features,
+    )
+
+
+def test_multi_image_rows_resize_every_image_and_scale_by_the_first(tmp_path):
+    dataset = multi_image_dataset(Image.new("RGB", (90, 400)))
+    trainer = PerceptionGRPOTrainer(
+        tiny_vlm("qwen2_5_vl"), iou_reward, make_args(tmp_path, max_pixels=112 * 112), train_dataset=dataset
+    )
+    row = trainer.train_dataset[0]
+
+    first, second = row["images"]
+    assert first.size == (140, 84) and second.size[0] % 28 == 0 and second.size[1] % 28 == 0
+    assert row["image_size"] == row["input_size"] == [140, 84]
+    assert row["solution"] == pytest.approx([14.0, 8.4, 70.0, 42.0])
+
+
+def test_a_multi_image_row_missing_one_image_is_named(tmp_path):
+    with pytest.raises(ValueError, match="row 0: no image"):
+        PerceptionGRPOTrainer(
+            tiny_vlm("qwen2_5_vl"), iou_reward, make_args(tmp_path), train_dataset=multi_image_dataset(None)
+        )
