@@ -644,3 +644,27 @@ def test_a_multi_image_row_missing_one_image_is_named(tmp_path):
         PerceptionGRPOTrainer(
             tiny_vlm("qwen2_5_vl"), iou_reward, make_args(tmp_path), train_dataset=multi_image_dataset(None)
         )
+
+
+def test_the_config_parses_from_the_command_line_like_any_trl_config(tmp_path):
+    from trl import TrlParser
+
+    (args,) = TrlParser(PerceptionGRPOConfig).parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--box_format",
+            "qwen2_vl",
+            "--max_pixels",
+            "1003520",
+            "--keep_box_tokens",
+            "false",
+            "--log_box_images",
+            "true",
+            "--use_cpu",
+            "true",
+        ]  # fmt: skip
+    )
+
+    assert (args.box_format, args.max_pixels, args.min_pixels) == ("qwen2_vl", 1003520, None)
+    assert args.keep_box_tokens is False and args.log_box_images and args.log_completions

@@ -897,13 +897,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
     def _log_answer_stats(self, mode: str, inputs: list[dict], completions: list) -> None:
         """Parse each completion once: parse failures and objects per answer on box tasks, empty answers on
         all; with `log_box_images`, draw the boxes."""
-        counts = [
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-        ]  # completions, empty, box-task completions, parse failures, objects
+        # completions, empty answers, box-task completions, parse failures, objects read
+        counts = [0.0] * 5
         drawings = [] if self.args.log_box_images else None
         for row, completion in zip(inputs, completions):
             text = completion_text(completion)
