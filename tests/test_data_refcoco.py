@@ -617,3 +617,25 @@ def test_any_refs_pickle_content_builds_or_raises_data_error(tmp_path_factory, r
         with warnings.catch_warnings(), contextlib.suppress(DataError):
             warnings.simplefilter("ignore", DataWarning)
             build_refcoco(root, "val", image_dir=root, on_error=mode)
+
+
+def test_lmms_rows_without_embedded_bytes_are_found_by_file_name(tmp_path, layouts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(layouts["lmms"] / "data" / "testB-00000-of-00001.parquet")
+    image = table.column("image").combine_chunks()
+    no_bytes = pa.StructArray.from_arrays(
+        [pa.nulls(len(image), pa.binary()), pa.nulls(len(image), pa.string())], names=["bytes", "path"]
+    )
+    table = table.set_column(table.schema.get_field_index("image"), "image", no_bytes)
+    pq.write_table(table, tmp_path / "testB-00000-of-00001.parquet")
+    with pytest.raises(DataError, match="row 0: image not found"):
+        build_refcoco(tmp_path / "testB-00000-of-00001.parquet", "testB")
+    built = build_refcoco(tmp_path / "testB-00000-of-00001.parquet", "testB", image_dir=layouts["images"])
+    stored = built.cast_column("image", Image(decode=False))[0]["image"]
+    assert stored == {"bytes": None, "path": str(layouts["images"] / "COCO_train2014_000000000030.jpg")}
+    assert (
+        _comparable(built)[0]
+        == _comparable(build_refcoco(layouts["refer"], "testB", image_dir=layouts["images"]))[0]
+    )

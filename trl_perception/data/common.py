@@ -3,6 +3,7 @@ JSON/JSONL/parquet/pickle sources, image lookup, the row features, and the resiz
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -155,12 +156,6 @@ class ErrorPolicy:
         warnings.warn(message, DataWarning, stacklevel=3)
 
 
-def check_on_error(on_error: str) -> str:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    return on_error
-
-
 # --------------------------------------------------------------------------------------------------
 # Sampling
 
@@ -278,7 +273,19 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
 
 def load_json_records(path: str | os.PathLike) -> list[tuple[str, Any]]:
-    """`(where, value)` pairs from a JSON list file or a JSON-lines file (chosen by the first character)."""
+    """`(where, value)` pairs from a JSON list file or a JSON-lines file (chosen by the first character);
+    a malformed line of a JSON-lines file comes back as a `RecordError` value.
+
+    Example:
+    ```python
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.json"
+    >>> _ = p.write_text('[{"a": 1}, 2]')
+    >>> load_json_records(p)
+    [('record 0', {'a': 1}), ('record 1', 2)]
+
+    ```
+    """
     path = _require_file(path)
     with open(path, "rb") as f:
         head = f.read(4096).lstrip()
@@ -359,7 +366,20 @@ def load_pickle(source: str | os.PathLike | bytes) -> Any:
 
 
 def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a parquet file with pyarrow; a truncated or non-parquet file raises `DataError`."""
+    """Read a parquet file with pyarrow; a truncated or non-parquet file raises `DataError`.
+
+    Example:
+    ```python
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.parquet"
+    >>> _ = p.write_bytes(b"PAR1 not really")
+    >>> read_parquet(p)
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.DataError: ...x.parquet: not a readable parquet file (truncated?): ...
+
+    ```
+    """
     import pyarrow.parquet as pq
 
     path = _require_file(path)
@@ -370,7 +390,18 @@ def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None) 
 
 
 def parquet_columns(path: str | os.PathLike) -> list[str]:
-    """Column names of a parquet file (reads the footer only)."""
+    """Column names of a parquet file (reads the footer only).
+
+    Example:
+    ```python
+    >>> import tempfile, pathlib, pyarrow as pa, pyarrow.parquet as pq
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.parquet"
+    >>> pq.write_table(pa.table({"image_url": ["u"], "count": [3]}), p)
+    >>> parquet_columns(p)
+    ['image_url', 'count']
+
+    ```
+    """
     import pyarrow.parquet as pq
 
     path = _require_file(path)
@@ -463,7 +494,15 @@ class ImageFolder:
 
 
 def image_struct(paths: Sequence[str | None], blobs: Sequence[bytes | None] | None = None) -> pa.Array:
-    """Arrow storage of a `datasets.Image` column: paths (decoded lazily) and/or embedded bytes."""
+    """Arrow storage of a `datasets.Image` column: paths (decoded lazily) and/or embedded bytes.
+
+    Example:
+    ```python
+    >>> image_struct(["/data/a.jpg"]).to_pylist()
+    [{'bytes': None, 'path': '/data/a.jpg'}]
+
+    ```
+    """
     import pyarrow as pa
 
     if blobs is None:
@@ -478,7 +517,15 @@ def image_struct(paths: Sequence[str | None], blobs: Sequence[bytes | None] | No
 
 
 def prompt_feature() -> Any:
-    """The `datasets` feature of a conversational prompt column."""
+    """The `datasets` feature of a conversational prompt column.
+
+    Example:
+    ```python
+    >>> list(prompt_feature().feature)
+    ['role', 'content']
+
+    ```
+    """
     from datasets import List, Value
 
     return List(
@@ -487,7 +534,15 @@ def prompt_feature() -> Any:
 
 
 def solution_feature(task: str) -> Any:
-    """The `datasets` feature of `solution` for one task (see the row contract)."""
+    """The `datasets` feature of `solution` for one task (see the row contract).
+
+    Example:
+    ```python
+    >>> solution_feature("ocr"), solution_feature("grounding")
+    (Value('string'), List(Value('float64')))
+
+    ```
+    """
     from datasets import List, Value
 
     if task == "grounding":
@@ -504,7 +559,17 @@ def solution_feature(task: str) -> Any:
 def row_features(task: str | None, family: bool = False) -> datasets.Features:
     """Features of a builder's rows: `prompt`, `image`, `task`, `solution`, `image_size`, and with
     `family=True` also `box_format` and `input_size`. `task=None` stores `solution` as JSON strings
-    (mixed-task datasets)."""
+    (mixed-task datasets).
+
+    Example:
+    ```python
+    >>> list(row_features("detection", family=True))
+    ['prompt', 'image', 'task', 'solution', 'image_size', 'box_format', 'input_size']
+    >>> row_features(None)["solution"]
+    Value('string')
+
+    ```
+    """
     from datasets import Features, Image, List, Value
 
     features = {
@@ -605,7 +670,16 @@ def rows_to_dataset(
 
 
 class PromptCache:
-    """Builds each distinct prompt once (detection prompts repeat on every row)."""
+    """Builds each distinct prompt once (detection prompts repeat on every row).
+
+    Example:
+    ```python
+    >>> prompts = PromptCache("counting", None, None, None)
+    >>> prompts(label="cats") is prompts(label="cats")
+    True
+
+    ```
+    """
 
     def __init__(self, task: str, box_format: str | None, template: str | None, system_prompt: str | None):
         self.task, self.box_format, self.template, self.system_prompt = (
@@ -690,13 +764,21 @@ def grid_size_for(
 
     ```
     """
+    return _grid_size(int(image_size[0]), int(image_size[1]), family, min_pixels, max_pixels)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _grid_size(
+    width: int, height: int, family: str, min_pixels: int | None, max_pixels: int | None
+) -> tuple[int, int]:
+    # Cached: datasets repeat a few image sizes (COCO has ~3k distinct sizes for 118k images).
     lo, hi = _effective_limits(family, min_pixels, max_pixels)
-    size = model_input_size(image_size, family, min_pixels=lo, max_pixels=hi)
+    size = model_input_size((width, height), family, min_pixels=lo, max_pixels=hi)
     if model_input_size(size, family, min_pixels=lo, max_pixels=hi) == size:
         return size
     from ..boxes import patch_factor
 
-    return _stable_grid_size(image_size, patch_factor(family), lo, hi)
+    return _stable_grid_size((width, height), patch_factor(family), lo, hi)
 
 
 def check_image_size(
@@ -706,7 +788,18 @@ def check_image_size(
     max_pixels: int | None = None,
 ) -> None:
     """Raise `RecordError("bad image size")` for an image the family's processor refuses (an aspect
-    ratio of 200 or more); nothing without a family."""
+    ratio of 200 or more); nothing without a family.
+
+    Example:
+    ```python
+    >>> check_image_size((640, 480), "qwen2_vl")
+    >>> check_image_size((4000, 10), "qwen2_vl")
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.RecordError: image of size [4000, 10] cannot be fed to qwen2_vl: absolute aspect ratio must be smaller than 200, got 400.0
+
+    ```
+    """
     if family is None:
         return
     try:
@@ -799,6 +892,15 @@ class GridImageTransform:
     survives `shuffle`/`select`, multiprocessing and the trainer. Note that with any transform set,
     `dataset["solution"]` iterates whole rows (decoding images, as `datasets` does for every custom
     format); read metadata with `dataset.select_columns(["solution"])["solution"]` instead.
+
+    Example:
+    ```python
+    >>> from PIL import Image
+    >>> transform = GridImageTransform("qwen2_5_vl", max_pixels=100_000)
+    >>> transform({"image": [Image.new("RGB", (640, 480))]})["image"][0].size
+    (364, 252)
+
+    ```
     """
 
     def __init__(self, family: str, min_pixels: int | None = None, max_pixels: int | None = None):
@@ -819,7 +921,19 @@ class GridImageTransform:
 
 
 def check_family_options(box_format: str | None, min_pixels: int | None, max_pixels: int | None) -> bool:
-    """Validate builder options; True when images are to be resized to the family's grid."""
+    """Validate builder options; True when images are to be resized to the family's grid.
+
+    Example:
+    ```python
+    >>> check_family_options("qwen2_vl", None, None), check_family_options("qwen2_vl", None, 200_000)
+    (False, True)
+    >>> check_family_options(None, None, 200_000)
+    Traceback (most recent call last):
+    ...
+    ValueError: min_pixels/max_pixels resize images to a model family's grid: pass box_format= too
+
+    ```
+    """
     if box_format is not None:
         from ..boxes import FAMILIES
 
@@ -846,7 +960,17 @@ def family_columns(
 ) -> tuple[list[Any], list[list[int]], dict[str, list]]:
     """Apply the family options to built columns: with pixel limits, scale each solution and image size
     to the grid size; with a family, add `box_format` and `input_size`. Returns
-    `(solutions, image_sizes, extra_columns)`."""
+    `(solutions, image_sizes, extra_columns)`.
+
+    Example:
+    ```python
+    >>> family_columns("grounding", [[64.0, 48.0, 320.0, 240.0]], [[640, 480]], "qwen2_5_vl", None, None)
+    ([[64.0, 48.0, 320.0, 240.0]], [[640, 480]], {'box_format': ['qwen2_5_vl'], 'input_size': [[644, 476]]})
+    >>> family_columns("grounding", [[64.0, 48.0, 320.0, 240.0]], [[640, 480]], "qwen2_vl", None, 200_000)[:2]
+    ([[50.4, 36.4, 252.0, 182.0]], [[504, 364]])
+
+    ```
+    """
     if box_format is None:
         return solutions, image_sizes, {}
     resize = min_pixels is not None or max_pixels is not None
@@ -864,7 +988,16 @@ def family_columns(
 def finalize(
     dataset: datasets.Dataset, box_format: str | None, min_pixels: int | None, max_pixels: int | None
 ) -> datasets.Dataset:
-    """Attach the lazy resize transform when the builder was asked to fit images to a family's grid."""
+    """Attach the lazy resize transform when the builder was asked to fit images to a family's grid.
+
+    Example:
+    ```python
+    >>> ds = rows_to_dataset({"task": ["ocr"]})
+    >>> finalize(ds, "qwen2_vl", None, None).format["type"], finalize(ds, "qwen2_vl", None, 10**6).format["type"]
+    (None, 'custom')
+
+    ```
+    """
     if box_format is not None and (min_pixels is not None or max_pixels is not None):
         return dataset.with_transform(GridImageTransform(box_format, min_pixels, max_pixels))
     return dataset
@@ -918,7 +1051,19 @@ def fit_dataset_to_grid(
 
 
 def finite_numbers(value: Any, count: int, what: str) -> list[float]:
-    """`count` finite numbers from a list/tuple, else `RecordError("bad bbox"/…)` naming `what`."""
+    """`count` finite numbers from a list/tuple, else `RecordError("bad bbox"/…)` naming `what`.
+
+    Example:
+    ```python
+    >>> finite_numbers([1, 2.5], 2, "point")
+    [1.0, 2.5]
+    >>> finite_numbers([1, None], 2, "point")
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.RecordError: point must be a list of 2 finite numbers, got [1, None]
+
+    ```
+    """
     reason = "bad bbox" if "box" in what else "bad record"
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -937,7 +1082,19 @@ def finite_numbers(value: Any, count: int, what: str) -> list[float]:
 
 
 def xywh_to_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
-    """A COCO `[x, y, w, h]` as `[x1, y1, x2, y2]`; a non-positive width/height is a `bad bbox`."""
+    """A COCO `[x, y, w, h]` as `[x1, y1, x2, y2]`; a non-positive width/height is a `bad bbox`.
+
+    Example:
+    ```python
+    >>> xywh_to_xyxy([265.35, 143.46, 116.49, 309.57])
+    [265.35, 143.46, 381.84, 453.03]
+    >>> xywh_to_xyxy([1, 2, -3, 4]).reason
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.RecordError: bbox [x, y, w, h] = [1, 2, -3, 4] has a non-positive width or height
+
+    ```
+    """
     x, y, w, h = finite_numbers(bbox, 4, what)
     if w <= 0 or h <= 0:
         raise RecordError(
@@ -947,7 +1104,15 @@ def xywh_to_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
 
 
 def check_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
-    """A validated `[x1, y1, x2, y2]` with `x1 < x2` and `y1 < y2`."""
+    """A validated `[x1, y1, x2, y2]` with `x1 < x2` and `y1 < y2`.
+
+    Example:
+    ```python
+    >>> check_xyxy([265.35, 143.46, 381.84, 453.03])
+    [265.35, 143.46, 381.84, 453.03]
+
+    ```
+    """
     x1, y1, x2, y2 = finite_numbers(bbox, 4, what)
     if x2 <= x1 or y2 <= y1:
         raise RecordError(
@@ -958,12 +1123,28 @@ def check_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
 
 def round_box(box: Iterable[float]) -> list[float]:
     """Round coordinates to 1/1000 pixel, so that the same box read as xywh or xyxy, float32 or
-    float64, compares equal across sources."""
+    float64, compares equal across sources.
+
+    Example:
+    ```python
+    >>> round_box([10.25 + 20.33, 0.1 + 0.2, -0.0, 1e-9])
+    [30.58, 0.3, 0.0, 0.0]
+
+    ```
+    """
     return [round(float(v), 3) + 0.0 for v in box]
 
 
 def positive_size(width: Any, height: Any, what: str = "image size") -> list[int]:
-    """`[width, height]` as positive integers, else `RecordError("bad record")`."""
+    """`[width, height]` as positive integers, else `RecordError("bad record")`.
+
+    Example:
+    ```python
+    >>> positive_size(640, 480.0)
+    [640, 480]
+
+    ```
+    """
     try:
         w, h = int(width), int(height)
         ok = w > 0 and h > 0 and float(width) == w and float(height) == h
@@ -983,7 +1164,17 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def require_keys(record: Any, keys: Sequence[str], what: str = "record") -> Mapping[str, Any]:
-    """The record as a mapping holding `keys`, else `RecordError("bad record")`."""
+    """The record as a mapping holding `keys`, else `RecordError("bad record")`.
+
+    Example:
+    ```python
+    >>> require_keys({"image": "a.jpg"}, ["image", "problem"])
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.RecordError: record lacks key(s) ['problem']; has ['image']
+
+    ```
+    """
     if not isinstance(record, Mapping):
         raise RecordError(
             "bad record", f"expected a {what} object with keys {list(keys)}, got {_short(record)}"
