@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,19 @@ _HYPERPARAMETERS = (
 )
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FILE_SUFFIXES = (".json", ".jsonl", ".parquet", ".p", ".pkl", ".pickle", ".csv", ".tsv", ".arrow", ".txt", ".zip")
+
+
+def _hub_id(name: Any) -> str | None:
+    """`name` when it reads as a Hub repository id (`owner/name`, not a local path), else `None`."""
+    if not isinstance(name, str) or not _HUB_ID.match(name) or os.path.exists(name):
+        return None
+    if os.path.splitext(name)[1].lower() in _FILE_SUFFIXES:
+        return None
+    return name
+
+
 def _reward_rows(reward_funcs: Sequence[Any] | None, reward_weights: Sequence[float] | None) -> list[tuple[str, float]]:
     names = []
     for func in reward_funcs or []:
@@ -54,7 +68,15 @@ def _hyperparameters(args: Any) -> dict[str, Any]:
     if args is None:
         return {}
     source = args if isinstance(args, Mapping) else vars(args)
-    return {k: source[k] for k in _HYPERPARAMETERS if source.get(k) is not None}
+    values = {k: source[k] for k in _HYPERPARAMETERS if source.get(k) is not None}
+    # Trainer semantics: max_steps > 0 overrides num_train_epochs; otherwise max_steps is unused.
+    if isinstance(values.get("max_steps"), (int, float)):
+        values.pop("num_train_epochs" if values["max_steps"] > 0 else "max_steps", None)
+    return values
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _metric_table(metrics: Mapping[str, Any]) -> list[str]:
@@ -63,9 +85,9 @@ def _metric_table(metrics: Mapping[str, Any]) -> list[str]:
         if isinstance(value, Mapping):
             for sub, subvalue in value.items():
                 if isinstance(subvalue, (int, float)) and not isinstance(subvalue, bool):
-                    rows.append(f"| {key}/{sub} | {subvalue:.4f} |")
+                    rows.append(f"| {key}/{sub} | {_number(subvalue)} |")
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append(f"| {key} | {value:.4f} |")
+            rows.append(f"| {key} | {_number(value)} |")
     return rows if len(rows) > 2 else []
 
 
@@ -82,12 +104,16 @@ def build_model_card(
     eval_metrics: Mapping[str, Any] | None = None,
     license: str | None = None,
     extra_text: str | None = None,
+    eval_dataset: str | None = None,
+    peft: Mapping[str, Any] | None = None,
 ) -> str:
     """Write the model card (Markdown with YAML metadata) of a perception model.
 
     The card says what the model is: base model, task(s), dataset(s), the reward functions and their weights,
-    the box format the model writes, key GRPO hyperparameters, the evaluation table when there is one, and
-    how to use the model with transformers.
+    the box format the model writes, key GRPO hyperparameters, the LoRA / QLoRA set-up for adapters, the
+    evaluation table when there is one, and how to use the model with transformers. `base_model` and
+    `dataset` entries go into the card's metadata only when they read as Hub ids (`owner/name`, not an
+    existing local path).
 
     Args:
         model_name (`str`): the Hub repository id or a local name.
@@ -101,6 +127,9 @@ def build_model_card(
         eval_metrics (`dict`, *optional*): metric name → value (nested dicts allowed).
         license (`str`, *optional*): license identifier for the metadata.
         extra_text (`str`, *optional*): Markdown appended at the end.
+        eval_dataset (`str`, *optional*): what `eval_metrics` were measured on.
+        peft (`dict`, *optional*): the adapter set-up when the folder holds a LoRA adapter (`method`, `r`,
+            `alpha`, `dropout`, `target_modules`, `quantization`); the metadata then names `peft` as library.
 
     Returns:
         `str`: the card text.
@@ -112,6 +141,8 @@ def build_model_card(
     ...     eval_metrics={"acc@0.5": 0.891})
     >>> "base_model: Qwen/Qwen2-VL-2B-Instruct" in card, "| iou | 1.0 |" in card, "| acc@0.5 | 0.8910 |" in card
     (True, True, True)
+    >>> "base_model" in build_model_card(model_name="run", base_model="/tmp/checkpoints/step-100", task="ocr")
+    False
 
     ```
     """
@@ -122,9 +153,9 @@ def build_model_card(
     rewards = _reward_rows(reward_funcs, reward_weights)
     hyper = _hyperparameters(training_args)
     data = ModelCardData(
-        base_model=base_model,
-        datasets=[d for d in datasets if "/" in d and not os.path.exists(d)] or None,
-        library_name="transformers",
+        base_model=_hub_id(base_model),
+        datasets=[d for d in datasets if _hub_id(d)] or None,
+        library_name="peft" if peft else "transformers",
         license=license,
         pipeline_tag="image-text-to-text",
         tags=["trl", "trl-perception", "grpo", *tasks],
@@ -145,6 +176,13 @@ def build_model_card(
         lines.append(f"- **Training data:** {', '.join(datasets)}")
     if box_format:
         lines.append(f"- **Box format:** `{box_format}`: {_FRAME_TEXT.get(box_format, box_format)}")
+    if peft:
+        method = peft.get("method", "LoRA")
+        details = ", ".join(
+            f"{k} {v}" for k, v in peft.items() if k not in ("method", "quantization") and v is not None
+        )
+        quantization = f", base model quantized to {peft['quantization']}" if peft.get("quantization") else ""
+        lines.append(f"- **Adapter:** {method} ({details}){quantization}; this repository holds the adapter only")
     if rewards:
         lines += ["", "## Rewards", "", "| reward | weight |", "|---|---|"]
         lines += [f"| {name} | {weight} |" for name, weight in rewards]
@@ -153,7 +191,10 @@ def build_model_card(
         lines += [f"| {k} | {v} |" for k, v in hyper.items()]
     table = _metric_table(eval_metrics or {})
     if table:
-        lines += ["", "## Evaluation", "", *table]
+        lines += ["", "## Evaluation", ""]
+        if eval_dataset:
+            lines += [f"On {eval_dataset}, greedy decoding, boxes mapped back to original image pixels:", ""]
+        lines += table
     example_prompt = {
         "grounding": "Output the bounding box of the person on the left in the image.",
         "counting": "Output all the bounding boxes of the apples",
@@ -178,6 +219,12 @@ def build_model_card(
         "print(processor.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=False)[0])",
         "```",
     ]
+    if peft:
+        lines += [
+            "",
+            f"Loading the adapter needs `peft` installed; transformers fetches the base model ({base_model}) "
+            "and applies the adapter on top.",
+        ]
     if box_format:
         lines += [
             "",
@@ -210,8 +257,10 @@ def push_to_hub(
 ) -> str:
     """Upload a saved model folder to the Hub with its model card (written to `README.md` first).
 
-    When `card` is omitted, an existing `README.md` in the folder is kept, or one is built from
-    `trl_perception_card.json` (written by the recipe) if present.
+    When `card` is omitted, the card is built from `trl_perception_card.json` (written by the recipe) with
+    `repo_id` as the model name, so the usage snippet loads the model from where it is pushed; a `README.md`
+    that was edited by hand (it differs from the card the recipe wrote) is kept as it is, and so is any
+    `README.md` when there is no `trl_perception_card.json`.
 
     Args:
         folder: the output directory of a training run.
@@ -238,10 +287,12 @@ def push_to_hub(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory: save the model there before pushing")
     readme = folder / "README.md"
-    if card is None and not readme.exists():
-        meta = folder / "trl_perception_card.json"
-        if meta.exists():
-            card = build_model_card(**json.loads(meta.read_text()))
+    meta = folder / "trl_perception_card.json"
+    if card is None and meta.exists():
+        card_args = json.loads(meta.read_text(encoding="utf-8"))
+        written = readme.read_text(encoding="utf-8") if readme.exists() else None
+        if written is None or written == build_model_card(**card_args):
+            card = build_model_card(**{**card_args, "model_name": repo_id})
     if card is not None:
         readme.write_text(card, encoding="utf-8")
     if api is None:
