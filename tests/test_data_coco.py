@@ -387,3 +387,11 @@ def test_any_coco_content_builds_or_raises_data_error(tmp_path_factory, images, 
         with warnings.catch_warnings(), contextlib.suppress(DataError):
             warnings.simplefilter("ignore", DataWarning)
             build_coco_detection(path, folder, on_error=mode)
+
+
+def test_boxes_thinner_than_the_rounding_count_as_zero_size(tmp_path, caplog):
+    anns = [*ANNOTATIONS, {"id": 6, "image_id": 42, "category_id": 1, "bbox": [5, 5, 1e-9, 10], "iscrowd": 0}]
+    with caplog.at_level("WARNING", logger="trl_perception.data"):
+        rows = _rows(build_coco_detection(*_write(tmp_path, annotations=anns)))
+    assert len(rows[0]["solution"]) == 2
+    assert "dropped 1 annotation(s) with a zero-size box" in caplog.text

@@ -256,6 +256,8 @@ def build_coco_detection(
     clipped = np.clip(xyxy, 0.0, np.concatenate([bounds, bounds], axis=1))
     status[ok & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))] = _OUTSIDE
     xyxy = np.round(clipped, 3) + 0.0
+    # Boxes narrower than the 1/1000-pixel rounding count as zero-size.
+    status[(status == _OK) & ((xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1]))] = _ZERO
 
     # Report bad annotations (in file order) against their image, or alone when orphaned.
     for k in np.flatnonzero((status != _OK) & (status != _ZERO)).tolist():

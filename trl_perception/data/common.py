@@ -1096,11 +1096,12 @@ def xywh_to_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
     ```
     """
     x, y, w, h = finite_numbers(bbox, 4, what)
-    if w <= 0 or h <= 0:
+    box = round_box([x, y, x + w, y + h])
+    if w <= 0 or h <= 0 or box[2] <= box[0] or box[3] <= box[1]:  # also sub-1/1000-pixel boxes
         raise RecordError(
             "bad bbox", f"{what} [x, y, w, h] = {_short(bbox)} has a non-positive width or height"
         )
-    return round_box([x, y, x + w, y + h])
+    return box
 
 
 def check_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
@@ -1113,12 +1114,12 @@ def check_xyxy(bbox: Any, what: str = "bbox") -> list[float]:
 
     ```
     """
-    x1, y1, x2, y2 = finite_numbers(bbox, 4, what)
-    if x2 <= x1 or y2 <= y1:
+    box = round_box(finite_numbers(bbox, 4, what))
+    if box[2] <= box[0] or box[3] <= box[1]:
         raise RecordError(
             "bad bbox", f"{what} [x1, y1, x2, y2] = {_short(bbox)} has a non-positive width or height"
         )
-    return round_box([x1, y1, x2, y2])
+    return box
 
 
 def round_box(box: Iterable[float]) -> list[float]:
