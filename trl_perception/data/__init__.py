@@ -10,6 +10,10 @@ from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, TASKS, build_prompt
 
 __all__ = [
     "COCO_CATEGORIES",
+    "DataError",
+    "build_from_source",
+    "fit_dataset_to_grid",
+    "render_preview",
     "TASKS",
     "TASK_TEMPLATES",
     "build_coco_detection",
@@ -27,6 +31,10 @@ _LAZY = {
     "build_pageocr": "pageocr",
     "build_coco_detection": "coco",
     "make_synthetic": "synthetic",
+    "DataError": "common",
+    "build_from_source": "common",
+    "fit_dataset_to_grid": "common",
+    "render_preview": "preview",
 }
 
 
