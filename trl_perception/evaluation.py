@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._json import unquote_text
 from .boxes import (
     FAMILIES,
     convert_frame,
@@ -260,14 +261,7 @@ def _load_solution(task: str, solution: Any) -> Any:
     if isinstance(solution, str):
         text = solution.strip()
         if task == "ocr":
-            if len(text) >= 2 and text[0] == text[-1] == '"':
-                try:
-                    decoded = json.loads(text)
-                    if isinstance(decoded, str):
-                        return decoded
-                except ValueError:
-                    pass
-            return solution
+            return unquote_text(solution)
         try:
             return json.loads(text)
         except ValueError as err:

@@ -4,7 +4,6 @@ frames, rate-limited warnings and the trainer's `log_metric` / `log_extra` hooks
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._json import loads_strict
 from ..boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from ..formats import (
     completion_text,
@@ -99,20 +99,13 @@ def is_empty_answer(text: str) -> bool:
 # ----------------------------------------------------------------------------------------- ground truth
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite JSON constant {name}")
-
-
-_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def decode_json(value: Any) -> Any:
     """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`)."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         try:
-            return _STRICT_JSON.decode(value.strip())
+            return loads_strict(value.strip())
         except (ValueError, RecursionError) as err:
             raise MalformedSolution(f"solution is not valid JSON ({err}): {value[:80]!r}") from err
     return value

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
+from .._json import loads_strict
 from ._common import remove_padding, select_rows
 
 __all__ = [
@@ -32,13 +32,6 @@ _BOX_BODY_RE = re.compile(r"<\|box_start\|>([^<]*)<\|box_end\|>")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 _ANSWER_RE = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
 _FENCE_RE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(name)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _answer_body(text: str) -> str:
@@ -117,7 +110,7 @@ def is_json_answer(text: str) -> bool:
     if not body.startswith("["):
         return False
     try:
-        value = _DECODER.decode(body)
+        value = loads_strict(body)
     except (ValueError, RecursionError):
         return False
     return isinstance(value, list) and all(_well_formed(item) for item in value)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import Levenshtein
 
+from .._json import unquote_text
 from ._common import (
     ComponentLog,
     MalformedSolution,
@@ -41,17 +41,8 @@ def _ocr_target(solution: Any) -> str:
         solution = solution.decode("utf-8", errors="replace")
     if not isinstance(solution, str):
         raise MalformedSolution(f"OCR solution must be text, got {type(solution).__name__}")
-    # Mixed-task datasets store solutions as JSON strings: '"page text"' decodes to the text. Anything that
-    # is not a JSON string literal is the text itself.
-    stripped = solution.strip()
-    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
-        try:
-            decoded = json.loads(stripped)
-        except ValueError:
-            decoded = None
-        if isinstance(decoded, str):
-            return decoded
-    return solution
+    # Mixed-task datasets store solutions as JSON strings: '"page text"' decodes to the text.
+    return unquote_text(solution)
 
 
 def _ocr_text(solution: Any) -> str:
