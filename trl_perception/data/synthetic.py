@@ -814,6 +814,47 @@ def _check_options(opts: _Options) -> None:
         raise ValueError(f"max_overlap must be in [0, 1), got {opts.max_overlap}")
 
 
+def _options(
+    image_size: tuple[int, int],
+    min_objects: int | None,
+    max_objects: int | None,
+    max_distractors: int | None,
+    min_size: int | None,
+    max_size: int | None,
+    max_overlap: float,
+    shapes: Sequence[str],
+    colors: Sequence[str],
+    background: str | Sequence[str],
+    language: str,
+    font: str | None,
+    shuffle_objects: bool,
+) -> _Options:
+    """The checked sampling options of `make_sample` / `make_synthetic`."""
+    opts = _Options(
+        image_size=image_size,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        max_distractors=max_distractors,
+        min_size=min_size,
+        max_size=max_size,
+        max_overlap=float(max_overlap),
+        shapes=tuple(shapes),
+        colors=tuple(colors),
+        background=background if isinstance(background, str) else tuple(background),
+        language=language,
+        font=font,
+        shuffle_objects=bool(shuffle_objects),
+    )
+    _check_options(opts)
+    return opts
+
+
+def _require_cjk_font(needs_ocr: bool, language: str, font: str | None) -> None:
+    """Chinese OCR samples need a CJK font: fail early, with the install hint, when none is found."""
+    if needs_ocr and language == "zh" and font is None and find_cjk_font() is None:
+        raise RuntimeError(_CJK_INSTALL_HINT)
+
+
 def make_sample(
     task: str,
     rng: np.random.Generator,
@@ -845,26 +886,13 @@ def make_sample(
 
     ```
     """
-    opts = _Options(
-        image_size=_as_size(image_size),
-        min_objects=min_objects,
-        max_objects=max_objects,
-        max_distractors=max_distractors,
-        min_size=min_size,
-        max_size=max_size,
-        max_overlap=float(max_overlap),
-        shapes=tuple(shapes),
-        colors=tuple(colors),
-        background=background if isinstance(background, str) else tuple(background),
-        language=language,
-        font=font,
-        shuffle_objects=bool(shuffle_objects),
-    )
-    _check_options(opts)
+    opts = _options(
+        _as_size(image_size), min_objects, max_objects, max_distractors, min_size, max_size, max_overlap,
+        shapes, colors, background, language, font, shuffle_objects,
+    )  # fmt: skip
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if task == "ocr" and language == "zh" and font is None and find_cjk_font() is None:
-        raise RuntimeError(_CJK_INSTALL_HINT)
+    _require_cjk_font(task == "ocr", language, font)
     image, solution, fields, objects = _sample(task, rng, opts)
     return {
         "image": image,
@@ -1012,24 +1040,11 @@ def make_synthetic(
         from ..boxes import model_input_size
 
         input_size = list(model_input_size(size, box_format, min_pixels=min_pixels, max_pixels=max_pixels))
-    opts = _Options(
-        image_size=size,
-        min_objects=min_objects,
-        max_objects=max_objects,
-        max_distractors=max_distractors,
-        min_size=min_size,
-        max_size=max_size,
-        max_overlap=float(max_overlap),
-        shapes=tuple(shapes),
-        colors=tuple(colors),
-        background=background if isinstance(background, str) else tuple(background),
-        language=language,
-        font=font,
-        shuffle_objects=bool(shuffle_objects),
-    )
-    _check_options(opts)
-    if "ocr" in tasks and language == "zh" and font is None and find_cjk_font() is None:
-        raise RuntimeError(_CJK_INSTALL_HINT)
+    opts = _options(
+        size, min_objects, max_objects, max_distractors, min_size, max_size, max_overlap,
+        shapes, colors, background, language, font, shuffle_objects,
+    )  # fmt: skip
+    _require_cjk_font("ocr" in tasks, language, font)
 
     prompts = {t: PromptCache(t, box_format, template, system_prompt) for t in tasks}
     columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
