@@ -11,6 +11,17 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 _OFFLINE_HINT = "Set HF_HUB_OFFLINE=1 to stay offline; every subcommand works on local files."
+_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # trl_perception.testing.FAMILIES, without its imports
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +33,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "reward curve to --output-dir. " + _OFFLINE_HINT,
     )
     p.add_argument("--output-dir", default="demo-output", help="Where the report goes (default: demo-output).")
-    p.add_argument("--max-steps", type=int, default=None, help="GRPO steps (default: the demo's setting).")
-    p.add_argument("--eval-samples", type=int, default=None, help="Held-out images evaluated before and after.")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="GRPO steps (default: the demo's setting).")
+    p.add_argument("--eval-samples", type=_positive_int, default=None, help="Held-out images evaluated before and after.")
+    p.add_argument("--train-samples", type=_positive_int, default=None, help="Synthetic training images (default: the demo's).")
+    p.add_argument(
+        "--max-completion-length",
+        type=_positive_int,
+        default=None,
+        help="Longest answer, in tokens, in training and evaluation (default: the demo's). Small values make a "
+        "quick smoke run.",
+    )
     p.add_argument("--checkpoint", default=None, help="Start from this checkpoint instead of the bundled one.")
     p.add_argument("--seed", type=int, default=0, help="Seed of data, sampling and training.")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
@@ -37,6 +56,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         max_steps=args.max_steps,
         eval_samples=args.eval_samples,
+        train_samples=args.train_samples,
+        max_completion_length=args.max_completion_length,
         checkpoint=args.checkpoint,
         seed=args.seed,
         progress=not args.no_progress,
@@ -55,7 +76,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "argument of PerceptionScriptArguments, PerceptionGRPOConfig and trl.ModelConfig is accepted; run "
         "`trl-perception train --help-args` to list them.",
     )
-    p.add_argument("config", nargs="?", help="Recipe YAML file.")
+    p.add_argument("config", nargs="?", help="Recipe YAML file (or --config CONFIG, as recipes/grpo.py takes it).")
     p.add_argument("--help-args", action="store_true", help="List every recipe argument and exit.")
     p.set_defaults(func=_run_train)
 
@@ -68,12 +89,35 @@ def _run_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.help_args:
         parser.print_help()
         return 0
-    if not args.config:
+    config = args.config
+    if not config:
         raise SystemExit("trl-perception train: a recipe YAML is required (see recipes/)")
-    script_args, training_args, model_args = parser.parse_args_and_config(["--config", args.config, *extra])
+    if not os.path.isfile(config):
+        raise SystemExit(
+            f"trl-perception train: {config}: no such recipe file (usage: trl-perception train CONFIG [--key value ...])"
+        )
+    script_args, training_args, model_args = parser.parse_args_and_config(["--config", config, *extra])
     summary = recipe_main(script_args, training_args, model_args)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _config_first(argv: Sequence[str]) -> list[str]:
+    """`train` arguments with `--config PATH` (as `recipes/grpo.py` takes it) turned into the leading positional."""
+    argv = list(argv)
+    found = [i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
+    if not found:
+        return argv
+    if len(found) > 1 or (argv and not argv[0].startswith("-") and found[0] != 0):
+        raise SystemExit("trl-perception train: give the recipe YAML once (positionally or with --config)")
+    i = found[0]
+    if "=" in argv[i]:
+        config, rest = argv[i].split("=", 1)[1], argv[:i] + argv[i + 1 :]
+    elif i + 1 < len(argv):
+        config, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
+    else:
+        raise SystemExit("trl-perception train: --config needs a recipe YAML")
+    return [config, *rest]
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -90,9 +134,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     prev.add_argument("--source", required=True, help="Data file or folder, or 'synthetic'.")
     prev.add_argument("--split", default=None, help="Split name where the source has several.")
     prev.add_argument("--image-dir", default=None, help="Image folder for sources that reference files.")
-    prev.add_argument("--box-format", default=None, help="Model family whose prompt format to use.")
-    prev.add_argument("--n", type=int, default=16, help="Rows to show (default 16).")
-    prev.add_argument("--ncols", type=int, default=4, help="Grid columns (default 4).")
+    prev.add_argument(
+        "--box-format",
+        default=None,
+        choices=_FAMILIES,
+        help="Model family: its prompt format, and images resized to its patch grid as training sees them.",
+    )
+    prev.add_argument("--min-pixels", type=_positive_int, default=None, help="Smallest image area (with --box-format).")
+    prev.add_argument("--max-pixels", type=_positive_int, default=None, help="Largest image area (with --box-format).")
+    prev.add_argument("--n", type=_positive_int, default=16, help="Rows to show (default 16).")
+    prev.add_argument("--ncols", type=_positive_int, default=4, help="Grid columns (default 4).")
     prev.add_argument("--seed", type=int, default=0, help="Seed of the row sample.")
     prev.add_argument("--out", default="preview.png", help="Output PNG (default preview.png).")
     prev.set_defaults(func=_run_preview)
@@ -107,8 +158,9 @@ def _run_preview(args: argparse.Namespace) -> int:
         kwargs["split"] = args.split
     if args.image_dir is not None:
         kwargs["image_dir"] = args.image_dir
-    if args.box_format is not None:
-        kwargs["box_format"] = args.box_format
+    for key in ("box_format", "min_pixels", "max_pixels"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     dataset = build_from_source(args.task, args.source, num_samples=args.n, seed=args.seed, **kwargs)
     path = render_preview(dataset, args.out, n=args.n, ncols=args.ncols)
     print(f"Wrote {path} ({min(args.n, len(dataset))} rows of {args.task} from {args.source})")
@@ -131,9 +183,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from .evaluation import run_eval_from_args
 
-    result = run_eval_from_args(args)
-    metrics = getattr(result, "metrics", result)
-    print(json.dumps(metrics, indent=2, default=str))
+    run_eval_from_args(args)  # prints the metrics and the files it wrote
     return 0
 
 
@@ -189,11 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `trl-perception` console script."""
+    """Entry point of the `trl-perception` console script: run one subcommand with `argv` (default: the
+    command line) and return its exit status.
+
+    Example:
+    ```python
+    >>> import os, tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "preview.png")
+    >>> main(["data", "preview", "--task", "counting", "--source", "synthetic", "--n", "2", "--out", out])
+    Wrote ... (2 rows of counting from synthetic)
+    0
+
+    ```
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] == "train":
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(["train", *_config_first(argv[1:])])
         return _run_train(args, extra)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -89,6 +89,13 @@ def _summarize(result: Any, reward_funcs: Sequence[Callable[..., list]], task: s
     return metrics
 
 
+def _cell(key: str, value: Any) -> str:
+    """A report cell: counts whole, rates to 4 decimals, COCO's -1 (no objects of that size) as n/a."""
+    if value is None or (key.startswith(("AP", "AR")) and value == -1):
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
 def _write_report(out: Path, setting: DemoSetting, summary: dict[str, Any]) -> None:
     before, after = summary["before"], summary["after"]
     keys = [k for k in before if k in after]
@@ -96,16 +103,15 @@ def _write_report(out: Path, setting: DemoSetting, summary: dict[str, Any]) -> N
         "# trl-perception demo",
         "",
         f"GRPO on synthetic **{setting.task}** scenes with a tiny `{setting.family}` model "
-        f"({summary['model']}), {summary['steps']} steps, rewards: {', '.join(setting.rewards)}. "
+        f"({summary['model']}), {summary['steps']} step{'' if summary['steps'] == 1 else 's'}, "
+        f"rewards: {', '.join(setting.rewards)}. "
         f"Held-out evaluation on {summary['eval_samples']} images with greedy decoding, before and after.",
         "",
         "| metric | before | after |",
         "|---|---|---|",
     ]
     for key in keys:
-        b, a = before[key], after[key]
-        fmt = (lambda v: "n/a" if v is None else f"{v:.4f}") if not isinstance(b, int) else str
-        lines.append(f"| {key} | {fmt(b)} | {fmt(a)} |")
+        lines.append(f"| {key} | {_cell(key, before[key])} | {_cell(key, after[key])} |")
     lines += [
         "",
         f"Wall time: {summary['wall_time_s']:.1f} s (training {summary['train_time_s']:.1f} s).",
@@ -135,6 +141,8 @@ def run_demo(
     *,
     max_steps: int | None = None,
     eval_samples: int | None = None,
+    train_samples: int | None = None,
+    max_completion_length: int | None = None,
     checkpoint: str | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -146,6 +154,9 @@ def run_demo(
     model built offline. Writes to `output_dir`: `report.md`, `metrics.json` (`before`, `after` — held-out
     metrics and `reward_mean` — and the per-step `history`), `samples_before.png`, `samples_after.png`,
     `reward_curve.png`, and the evaluation folders.
+
+    `max_steps`, `eval_samples`, `train_samples` and `max_completion_length` override the fields of
+    `setting` (default `DEFAULT_SETTING`) of the same names; small values make a quick smoke run.
 
     Returns:
         `dict`: the contents of `metrics.json`.
@@ -162,10 +173,17 @@ def run_demo(
 
     start = time.perf_counter()
     setting = setting or DEFAULT_SETTING
-    if max_steps is not None:
-        setting = DemoSetting(**{**asdict(setting), "max_steps": int(max_steps)})
-    if eval_samples is not None:
-        setting = DemoSetting(**{**asdict(setting), "eval_samples": int(eval_samples)})
+    overrides = {
+        "max_steps": max_steps,
+        "eval_samples": eval_samples,
+        "train_samples": train_samples,
+        "max_completion_length": max_completion_length,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            if int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            setting = DemoSetting(**{**asdict(setting), name: int(value)})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
