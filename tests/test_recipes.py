@@ -389,7 +389,7 @@ def test_main_stops_before_loading_a_model_on_bad_arguments(tmp_path):
     _, training_args, _ = parse(DEMO, "--output_dir", str(tmp_path), "--report_to", "no_such_integration_x")
     script_args, _, model_args = parse(DEMO)
     model_args.model_name_or_path = str(tmp_path / "no-such-model")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"report_to names \['no_such_integration_x'\]"):
         main(script_args, training_args, model_args)
 
 
@@ -475,7 +475,8 @@ def test_recipe_script_trains_a_qlora_adapter(tmp_path):
     run_recipe(
         "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "2",
         "--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear",
-        "--load_in_4bit", "true", "--max_completion_length", "16", "--eval_num_samples", "2",
+        "--load_in_4bit", "true", "--max_completion_length", "16", "--num_samples", "8",
+        "--eval_num_samples", "2", "--eval_max_new_tokens", "8",
     )  # fmt: skip
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     card = card_json(out)
