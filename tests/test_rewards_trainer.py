@@ -6,6 +6,7 @@ import math
 import pytest
 from PIL import Image
 
+from tests._helpers import cpu_run_args
 from trl_perception.rewards import format_reward, iou_reward
 from trl_perception.testing import build_tiny_vlm
 
@@ -44,19 +45,14 @@ def test_plain_grpo_trainer_trains_with_iou_and_format_rewards(tmp_path):
             "box_format": ["qwen2_5_vl", "qwen2_5_vl"],
         }
     )
-    args = GRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
+    args = cpu_run_args(
+        GRPOConfig,
+        tmp_path / "out",
         max_steps=2,
         num_generations=4,
         per_device_train_batch_size=4,
         max_completion_length=12,
         learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
     )
     trainer = GRPOTrainer(
         model=path, reward_funcs=[iou_reward, format_reward], args=args, train_dataset=dataset

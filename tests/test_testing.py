@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from tests._helpers import cpu_run_args
 from trl_perception.testing import FAMILIES, QWEN_SPECIAL_TOKENS, build_tiny_vlm, tiny_vlm
 
 MODEL_CLASS = {
@@ -270,19 +271,14 @@ def test_grpo_trainer_trains_the_tiny_model_for_two_steps(family, tmp_path):
             "image": [off_grid_image(), off_grid_image(120, 80)],
         }
     )
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
+    args = cpu_run_args(
+        GRPOConfig,
+        tmp_path,
         max_steps=2,
         num_generations=4,
         per_device_train_batch_size=4,
         max_completion_length=8,
         learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
     )
     trainer = GRPOTrainer(model=path, reward_funcs=completion_length_reward, args=args, train_dataset=dataset)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
+from tests._helpers import cpu_run_args
 from trl_perception.data.common import fit_dataset_to_grid, rows_to_dataset
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
@@ -30,22 +31,14 @@ OTHER_FRAME = {"qwen2_vl": "qwen2_5_vl", "qwen2_5_vl": "qwen3_vl", "qwen3_vl": "
 
 def make_args(tmp_path, **overrides):
     defaults = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
         max_steps=1,
         num_generations=2,
         per_device_train_batch_size=2,
         max_completion_length=8,
-        logging_steps=1,
-        save_strategy="no",
         learning_rate=1e-3,
         max_pixels=56 * 56,
-        seed=0,
     )
-    defaults.update(overrides)
-    return PerceptionGRPOConfig(**defaults)
+    return cpu_run_args(PerceptionGRPOConfig, tmp_path, **{**defaults, **overrides})
 
 
 def length_reward(completions, **kwargs):

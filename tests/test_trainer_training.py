@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from tests._helpers import cpu_run_args
 from trl_perception.data.synthetic import make_synthetic
 from trl_perception.rewards import iou_reward
 from trl_perception.testing import FAMILIES, tiny_vlm
@@ -21,22 +22,14 @@ def length_reward(completions, **kwargs):
 
 def make_args(output_dir, **overrides):
     defaults = dict(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
         max_steps=2,
         num_generations=2,
         per_device_train_batch_size=4,
         max_completion_length=8,
-        logging_steps=1,
-        save_strategy="no",
         learning_rate=1e-2,
         max_pixels=56 * 56,
-        seed=0,
     )
-    defaults.update(overrides)
-    return PerceptionGRPOConfig(**defaults)
+    return cpu_run_args(PerceptionGRPOConfig, output_dir, **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")
