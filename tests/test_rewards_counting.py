@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
 from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
 from trl_perception.rewards import _common, count_reward
@@ -187,35 +188,22 @@ def test_components_are_logged():
 
 # ------------------------------------------------------------------------------------------ properties
 
-NEAR_VALID = st.lists(
-    st.sampled_from(
-        [
-            "<|box_start|>",
-            "<|box_end|>",
-            "<|object_ref_start|>",
-            "<|object_ref_end|>",
-            "(",
-            ")",
-            ",",
-            "[",
-            "]",
-            "{",
-            "}",
-            '"point_2d"',
-            '"bbox_2d"',
-            ":",
-            "NaN",
-            "1e309",
-            "-5",
-            "5000",
-            "3",
-            " ",
-            "birds",
-            "```json",
-        ]
-    ),
+NEAR_VALID = token_soup(
+    [
+        *QWEN2_VL_TOKENS,
+        *PUNCTUATION,
+        '"point_2d"',
+        '"bbox_2d"',
+        ":",
+        *HOSTILE_NUMBERS,
+        "5000",
+        "3",
+        " ",
+        "birds",
+        "```json",
+    ],
     max_size=40,
-).map("".join)
+)
 
 
 @given(

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._helpers import HOSTILE_NUMBERS, token_soup
 from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
 from trl_perception.rewards import _common, detection_reward, get_reward, make_detection_reward
@@ -322,33 +323,29 @@ def test_components_are_logged_per_reward_name():
 
 # ------------------------------------------------------------------------------------------ properties
 
-NEAR_VALID = st.lists(
-    st.sampled_from(
-        [
-            '[{"bbox_2d": [',
-            '], "label": "cat"}',
-            ", ",
-            "]",
-            "{",
-            "}",
-            "0",
-            "10",
-            "NaN",
-            "1e309",
-            "-5",
-            "Infinity",
-            '"dog"',
-            '"label"',
-            ":",
-            "```json",
-            "```",
-            "<|box_start|>",
-            "(0,0),(10,10)",
-            "<|box_end|>",
-        ]
-    ),
+NEAR_VALID = token_soup(
+    [
+        '[{"bbox_2d": [',
+        '], "label": "cat"}',
+        ", ",
+        "]",
+        "{",
+        "}",
+        "0",
+        "10",
+        *HOSTILE_NUMBERS,
+        "Infinity",
+        '"dog"',
+        '"label"',
+        ":",
+        "```json",
+        "```",
+        "<|box_start|>",
+        "(0,0),(10,10)",
+        "<|box_end|>",
+    ],
     max_size=40,
-).map("".join)
+)
 
 
 def _truncations(objects):

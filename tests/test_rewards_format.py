@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._helpers import QWEN2_VL_TOKENS, token_soup
 from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
 from trl_perception.rewards import format_reward, json_format_reward, qwen2_vl_format_reward
@@ -157,35 +158,30 @@ def test_long_adversarial_inputs_return():
         assert format_reward([text]) == [0.0]
 
 
-NEAR_VALID = st.lists(
-    st.sampled_from(
-        [
-            "<|box_start|>",
-            "<|box_end|>",
-            "<|object_ref_start|>",
-            "<|object_ref_end|>",
-            "(1,2)",
-            ",",
-            "(30,40)",
-            "bird",
-            "[",
-            "]",
-            "{",
-            "}",
-            '"bbox_2d"',
-            ":",
-            "[1, 2, 30, 40]",
-            '"label"',
-            "NaN",
-            "```json",
-            "```",
-            "<|im_end|>",
-            "\n",
-            " ",
-        ]
-    ),
+NEAR_VALID = token_soup(
+    [
+        *QWEN2_VL_TOKENS,
+        "(1,2)",
+        ",",
+        "(30,40)",
+        "bird",
+        "[",
+        "]",
+        "{",
+        "}",
+        '"bbox_2d"',
+        ":",
+        "[1, 2, 30, 40]",
+        '"label"',
+        "NaN",
+        "```json",
+        "```",
+        "<|im_end|>",
+        "\n",
+        " ",
+    ],
     max_size=30,
-).map("".join)
+)
 
 
 @given(

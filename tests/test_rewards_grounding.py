@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
 from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
 from trl_perception.rewards import _common, get_reward, grounding_format_reward, iou_reward, make_iou_reward
@@ -258,35 +259,22 @@ def test_components_are_logged_when_the_trainer_passes_hooks():
 
 # ------------------------------------------------------------------------------------------ properties
 
-NEAR_VALID = st.lists(
-    st.sampled_from(
-        [
-            "<|box_start|>",
-            "<|box_end|>",
-            "<|object_ref_start|>",
-            "<|object_ref_end|>",
-            "(",
-            ")",
-            ",",
-            "[",
-            "]",
-            "{",
-            "}",
-            '"bbox_2d"',
-            ":",
-            "cat",
-            "NaN",
-            "1e309",
-            "-5",
-            "1000",
-            "0.5",
-            " ",
-            "<|im_end|>",
-            "```json",
-        ]
-    ),
+NEAR_VALID = token_soup(
+    [
+        *QWEN2_VL_TOKENS,
+        *PUNCTUATION,
+        '"bbox_2d"',
+        ":",
+        "cat",
+        *HOSTILE_NUMBERS,
+        "1000",
+        "0.5",
+        " ",
+        "<|im_end|>",
+        "```json",
+    ],
     max_size=40,
-).map("".join)
+)
 
 
 @given(
