@@ -1,6 +1,7 @@
 """Two-process PerceptionGRPOTrainer run for tests/test_trainer_distributed.py.
 
-Launched as `torchrun --standalone --nproc_per_node 2 tests/trainer_ddp_script.py MODEL_DIR OUT_DIR`; each rank
+Launched from the repository root as
+`PYTHONPATH=. torchrun --standalone --nproc_per_node 2 tests/trainer_ddp_script.py MODEL_DIR OUT_DIR`; each rank
 trains two steps on CPU (gloo) and saves its final weights to OUT_DIR/rank<r>.pt.
 """
 
@@ -15,24 +16,20 @@ def length_reward(completions, **kwargs):
 def main(model_dir: str, out_dir: str) -> None:
     import torch
 
+    from tests._helpers import cpu_run_args
     from trl_perception.data.synthetic import make_synthetic
     from trl_perception.rewards import iou_reward
     from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 
-    args = PerceptionGRPOConfig(
-        output_dir=os.path.join(out_dir, "run"),
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
+    args = cpu_run_args(
+        PerceptionGRPOConfig,
+        os.path.join(out_dir, "run"),
         max_steps=2,
         num_generations=2,
         per_device_train_batch_size=2,
         max_completion_length=8,
-        logging_steps=1,
-        save_strategy="no",
         learning_rate=1e-2,
         max_pixels=56 * 56,
-        seed=0,
         ddp_backend="gloo",
     )
     dataset = make_synthetic("grounding", 8, seed=0, image_size=(150, 97))
