@@ -89,17 +89,6 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # A few words per theme; the corpus combines them so that BPE learns compact tokens for what perception
 # prompts and answers are made of.
-_COCO_CATEGORIES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-)  # fmt: skip
 _COLOURS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "black", "grey", "pink", "brown")
 _SHAPES = ("square", "circle", "triangle", "rectangle", "star", "ellipse", "shape", "object", "box")
 _COMMON_WORDS = (
@@ -116,6 +105,8 @@ _OCR_WORDS = ("STOP", "EXIT", "OPEN", "Hello", "World", "Total", "Page", "Name",
 
 def _synthetic_corpus(num_lines: int = 3000, seed: int = 0) -> list[str]:
     """Short lines mixing prompts, JSON / Qwen2-VL style answers, fences, tags, numbers and English."""
+    from .data.prompts import COCO_CATEGORIES
+
     rng = random.Random(seed)
 
     def box() -> list[int]:
@@ -125,7 +116,7 @@ def _synthetic_corpus(num_lines: int = 3000, seed: int = 0) -> list[str]:
     def noun() -> str:
         choice = rng.random()
         if choice < 0.5:
-            return rng.choice(_COCO_CATEGORIES)
+            return rng.choice(COCO_CATEGORIES)
         if choice < 0.8:
             return f"{rng.choice(_COLOURS)} {rng.choice(_SHAPES)}"
         return rng.choice(_SHAPES)
