@@ -53,6 +53,16 @@ COCO_STAT_NAMES: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------------
 
 
+def _paired(metric: str, preds: Iterable[Any], gts: Iterable[Any], what: str) -> tuple[list[Any], list[Any]]:
+    """Predictions and ground truth as lists, which must pair one to one."""
+    preds, gts = list(preds), list(gts)
+    if len(preds) != len(gts):
+        raise ValueError(
+            f"{metric}: got {len(preds)} predictions but {len(gts)} {what}; they must be paired one to one"
+        )
+    return preds, gts
+
+
 def _as_box(value: Any) -> np.ndarray | None:
     """A finite length-4 float array, or None for anything else (None, wrong length, NaN, text...)."""
     if value is None:
@@ -118,13 +128,7 @@ def grounding_metrics(
     thresholds = tuple(float(t) for t in thresholds)
     if not thresholds:
         raise ValueError("grounding_metrics: `thresholds` must hold at least one IoU threshold")
-    preds = list(pred_boxes)
-    gts = list(gt_boxes)
-    if len(preds) != len(gts):
-        raise ValueError(
-            f"grounding_metrics: got {len(preds)} predictions but {len(gts)} ground-truth boxes; "
-            "they must be paired one to one"
-        )
+    preds, gts = _paired("grounding_metrics", pred_boxes, gt_boxes, "ground-truth boxes")
     n = len(gts)
     keys = ["mean_iou", *(_threshold_key(t) for t in thresholds), "acc_avg", "center_acc"]
     if n == 0:
@@ -213,13 +217,7 @@ def counting_metrics(
 
     ```
     """
-    preds = list(pred_counts)
-    gts = list(gt_counts)
-    if len(preds) != len(gts):
-        raise ValueError(
-            f"counting_metrics: got {len(preds)} predictions but {len(gts)} ground-truth counts; "
-            "they must be paired one to one"
-        )
+    preds, gts = _paired("counting_metrics", pred_counts, gt_counts, "ground-truth counts")
     n = len(gts)
     if n == 0:
         return {"accuracy": None, "mae": None, "num_samples": 0, "num_missing": 0}
@@ -416,12 +414,7 @@ def ocr_metrics(
         raise ValueError(
             f"ocr_metrics: cjk_tokenizer must be 'auto', 'jieba' or 'char', got {cjk_tokenizer!r}"
         )
-    preds = list(preds)
-    refs = list(refs)
-    if len(preds) != len(refs):
-        raise ValueError(
-            f"ocr_metrics: got {len(preds)} predictions but {len(refs)} references; they must be paired one to one"
-        )
+    preds, refs = _paired("ocr_metrics", preds, refs, "references")
     for name, texts in (("prediction", preds), ("reference", refs)):
         for i, text in enumerate(texts):
             if text is not None and not isinstance(text, str):
