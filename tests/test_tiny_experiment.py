@@ -26,7 +26,7 @@ def test_setting_data_has_exact_solution_and_sft_target(setting):
             assert (t1, u1, t2, u2) != (x1, y1, x2, y2) or (x1, y1, x2, y2) == (0, 0, 112, 112)
         else:
             assert row["task"] == "detection"
-            assert 2 <= len(row["solution"]) <= 4
+            assert 2 <= len(row["solution"]) <= 3
             # the SFT answer lists exactly the true objects (in the annotation's random order)
             key = lambda o: (o["label"], [round(v) for v in o["bbox_2d"]])  # noqa: E731
             assert sorted(map(key, target)) == sorted(map(key, row["solution"]))
@@ -63,7 +63,10 @@ def test_scores_of_perfect_and_broken_answers():
 
 
 def test_detection_count_reward_matches_box_centres():
-    gt = [{"bbox_2d": [0, 0, 10, 10], "label": "red square"}, {"bbox_2d": [50, 50, 70, 70], "label": "red circle"}]
+    gt = [
+        {"bbox_2d": [0, 0, 10, 10], "label": "red square"},
+        {"bbox_2d": [50, 50, 70, 70], "label": "red circle"},
+    ]
     both = json.dumps(gt)
     one = json.dumps(gt[:1])
     assert te.detection_count_reward([both, one, "junk"], [gt] * 3, task=["detection"] * 3) == [1.0, 0.5, 0.0]
@@ -88,7 +91,14 @@ def test_shortened_pipeline_sft_then_grpo_then_eval(tmp_path):
     """A few SFT steps, 2 GRPO steps and a tiny held-out evaluation run end to end and report metrics."""
     init = te.build_learning_model(tmp_path / "init")
     sft = te.run_sft_stage(
-        init, "imperfect_supervision", tmp_path / "sft", steps=3, batch_size=4, train_images=8, warmup=1, log=None
+        init,
+        "imperfect_supervision",
+        tmp_path / "sft",
+        steps=3,
+        batch_size=4,
+        train_images=8,
+        warmup=1,
+        log=None,
     )
     assert sft["steps"] == 3 and sft["history"][-1]["step"] == 3
     assert math.isfinite(sft["history"][-1]["loss"])

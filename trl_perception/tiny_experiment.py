@@ -97,20 +97,22 @@ SETTINGS: dict[str, Setting] = {
         name="high_perplexity",
         task="detection",
         description=(
-            "2-4 shapes (3 colours x 3 shapes) per 112x112 image; SFT answers list the objects in a random "
+            "2-3 shapes (3 colours x 3 shapes) per 112x112 image; SFT answers list the objects in a random "
             "order per sample; GRPO rewards: detection_reward + count_reward (Hungarian-matched)"
         ),
         prompt="Detect all shapes.",
         synthetic={
             "min_objects": 2,
-            "max_objects": 4,
+            "max_objects": 3,
             "colors": ("red", "green", "blue"),
             "shapes": ("square", "circle", "triangle"),
             "shuffle_objects": True,
         },
         rewards=("detection", "detection_count"),
-        max_completion_length=140,
-        sft_steps=1200,
+        max_completion_length=100,
+        sft_steps=400,
+        sft_warmup=50,
+        sft_train_images=8000,
         sft_batch_size=32,
         grpo_steps=60,
         control_steps_per_grpo_step=3.0,
@@ -125,10 +127,13 @@ SETTINGS: dict[str, Setting] = {
         prompt="Find the {question}.",
         synthetic={"min_objects": 1, "max_objects": 1, "box_jitter": "loose", "box_noise_px": 3},
         rewards=("iou",),
-        max_completion_length=24,
-        sft_steps=1500,
+        max_completion_length=30,
+        sft_steps=800,
+        sft_warmup=50,
+        sft_train_images=10000,
         sft_batch_size=32,
         grpo_steps=100,
+        temperature=0.7,
         control_steps_per_grpo_step=4.0,
     ),
 }
@@ -174,7 +179,9 @@ def make_setting_data(
 
     spec = _setting(setting)
     size = IMAGE_SIZE if family != "qwen3_vl" else 128
-    ds = make_synthetic(spec.task, int(n), seed=int(seed), image_size=size, template=spec.prompt, **spec.synthetic)
+    ds = make_synthetic(
+        spec.task, int(n), seed=int(seed), image_size=size, template=spec.prompt, **spec.synthetic
+    )
     input_size = list(model_input_size((size, size), family, min_pixels=3136, max_pixels=size * size))
     noisy = ds["solution"]
     exact = ds["exact_solution"] if "exact_solution" in ds.column_names else noisy
@@ -207,7 +214,10 @@ def detection_count_reward(completions: list, solution: list, **kwargs: Any) -> 
 
     counting = []
     for value in solution:
-        objects = decode_json(value)
+        try:
+            objects = decode_json(value)
+        except ValueError:  # MalformedSolution
+            objects = None
         if not isinstance(objects, (list, tuple)):
             counting.append(None)
             continue
@@ -221,7 +231,7 @@ def detection_count_reward(completions: list, solution: list, **kwargs: Any) -> 
     kwargs["task"] = ["counting"] * len(completions)
     for key in ("log_metric", "log_extra"):
         kwargs.pop(key, None)
-    rewards = count_reward(completions, counting, **kwargs)
+    rewards = count_reward(completions, [c or {"count": 0} for c in counting], **kwargs)
     return [None if c is None else r for c, r in zip(counting, rewards)]
 
 
@@ -379,7 +389,7 @@ def _sft_loop(
     schedule: str,
     seed: int,
     log: Callable[[str], None] | None = None,
-    log_every: int = 50,
+    log_every: int = 25,
 ) -> list[dict[str, float]]:
     import torch
 
@@ -419,7 +429,7 @@ def _sft_loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        running += float(loss)
+        running += float(loss.detach())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             k = (step % log_every) + 1
             entry = {"step": step + 1, "loss": running / k, "lr": lr_at(step), "time": time.time() - start}
@@ -469,7 +479,9 @@ def run_sft_stage(
     spec = _setting(setting)
     steps = spec.sft_steps if steps is None else int(steps)
     model, processor = _load(checkpoint)
-    ds = make_setting_data(spec, spec.sft_train_images if train_images is None else train_images, seed=data_seed)
+    ds = make_setting_data(
+        spec, spec.sft_train_images if train_images is None else train_images, seed=data_seed
+    )
     data = _SFTData(ds, processor)
     start = time.time()
     history = _sft_loop(
@@ -509,7 +521,9 @@ def generate(
     import torch
 
     texts = []
-    prompts = [processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in ds["prompt"]]
+    prompts = [
+        processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in ds["prompt"]
+    ]
     images = ds["image"]
     model.eval()
     for start in range(0, len(prompts), batch_size):
@@ -718,7 +732,9 @@ def run_grpo_stage(
     result: dict[str, Any] = {"config": {k: v for k, v in asdict(spec).items()}, "steps": steps}
     if eval_n and eval_before:
         result["before"] = evaluate(model, processor, spec, eval_n)
-    ds = make_setting_data(spec, spec.grpo_train_images if train_images is None else train_images, seed=1000 + seed)
+    ds = make_setting_data(
+        spec, spec.grpo_train_images if train_images is None else train_images, seed=1000 + seed
+    )
     ds = ds.remove_columns(["sft_target"])
 
     history: list[dict[str, float]] = []
@@ -727,7 +743,10 @@ def run_grpo_stage(
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if not logs or "loss" not in logs and "reward" not in logs:
                 return
-            entry = {"step": int(state.global_step), **{k: float(v) for k, v in logs.items() if _is_number(v)}}
+            entry = {
+                "step": int(state.global_step),
+                **{k: float(v) for k, v in logs.items() if _is_number(v)},
+            }
             history.append(entry)
             if callback is not None:
                 callback(entry["step"], entry)
@@ -859,14 +878,16 @@ def run_experiment(
     if log is not None:
         log(f"SFT start: {results['sft']['after']}")
     g_steps = spec.grpo_steps if grpo_steps is None else int(grpo_steps)
-    c_steps = round(g_steps * spec.control_steps_per_grpo_step) if control_steps is None else int(control_steps)
+    c_steps = (
+        round(g_steps * spec.control_steps_per_grpo_step) if control_steps is None else int(control_steps)
+    )
     for seed in seeds:
         key = str(seed)
         if "grpo" in arms and key not in results.setdefault("grpo", {}):
             r = run_grpo_stage(
                 start_checkpoint, spec, os.path.join(output_dir, f"grpo_s{seed}"), g_steps, seed, eval_n,
                 eval_before=False, save=False,
-                callback=(lambda s, e: log(f"grpo seed {seed} step {s} reward {e.get('reward', float('nan')):.4f}"))
+                callback=(lambda s, e, seed=seed: log(f"grpo seed {seed} step {s} reward {e.get('reward', 0.0):.4f}"))
                 if log else None,
             )  # fmt: skip
             results["grpo"][key] = {k: v for k, v in r.items() if k not in ("config", "checkpoint")}
@@ -906,7 +927,9 @@ def _table(spec: Setting, results: dict[str, Any]) -> dict[str, dict[str, list[f
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table (mean ± std over seeds) of `run_experiment` results."""
     table = results["table"]
-    keys = sorted({k for row in table.values() for k in row if k != "n_seeds"}, key=lambda k: (k == "wall_time", k))
+    keys = sorted(
+        {k for row in table.values() for k in row if k != "n_seeds"}, key=lambda k: (k == "wall_time", k)
+    )
     lines = ["| arm | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for arm, row in table.items():
         cells = [f"{row[k][0]:.4f} ± {row[k][1]:.4f}" if k in row else "" for k in keys]
@@ -927,8 +950,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--start-checkpoint")
     parser.add_argument("--arms", nargs="+", default=["grpo", "control"], choices=["grpo", "control"])
     parser.add_argument("--sft-only", action="store_true", help="stop after the SFT stage and its evaluation")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps two runs on two cores)")
-    parser.add_argument("--export-checkpoint", help="also save the SFT checkpoint in bf16 here (the demo's)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 keeps two runs on two cores)"
+    )
+    parser.add_argument("--export-checkpoint", help="also copy the SFT checkpoint here (fp32, ~5 MB: the demo's start)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Setting fields, e.g. grpo_lr=1e-4"
     )
@@ -957,7 +982,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     if args.export_checkpoint:
         model, processor = _load(args.start_checkpoint or os.path.join(args.output_dir, "sft"))
-        _save(model, processor, args.export_checkpoint, half=True)
+        _save(model, processor, args.export_checkpoint)
     print(format_table(results))
     return results
 

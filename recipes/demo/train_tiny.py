@@ -1,0 +1,21 @@
+"""Reproduce the tiny SFT -> GRPO vs continued-SFT experiment (issue 7) on CPU; see trl_perception/tiny_experiment.py.
+
+Examples (each writes results.json and prints the mean ± std table over seeds):
+
+    python recipes/demo/train_tiny.py --setting imperfect_supervision --output-dir runs/imperfect \
+        --export-checkpoint recipes/demo/checkpoint
+    python recipes/demo/train_tiny.py --setting high_perplexity --output-dir runs/high_perplexity
+
+Runs resume: finished stages and seeds found in OUTPUT_DIR/results.json are not run again.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from trl_perception.tiny_experiment import main  # noqa: E402
+
+if __name__ == "__main__":
+    main()
