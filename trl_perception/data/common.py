@@ -1003,6 +1003,46 @@ def finalize(
     return dataset
 
 
+def contract_dataset(
+    task: str,
+    prompts: list[Any],
+    image: Any,
+    solutions: list[Any],
+    image_sizes: list[list[int]],
+    box_format: str | None,
+    min_pixels: int | None,
+    max_pixels: int | None,
+) -> datasets.Dataset:
+    """A builder's last step: the row-contract dataset of one task from its picked rows, with the family
+    options applied (`family_columns`), the contract features, and the lazy resize transform (`finalize`).
+
+    Example:
+    ```python
+    >>> prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "OCR this image."}]}]
+    >>> images = image_struct(["page.png"])  # decoded lazily, on access
+    >>> ds = contract_dataset("ocr", [prompt], images, ["hi"], [[640, 480]], "qwen2_vl", None, None)
+    >>> ds.column_names
+    ['prompt', 'image', 'task', 'solution', 'image_size', 'box_format', 'input_size']
+    >>> list(ds["task"]), list(ds["solution"]), list(ds["image_size"]), list(ds["input_size"])
+    (['ocr'], ['hi'], [[640, 480]], [[644, 476]])
+
+    ```
+    """
+    solutions, image_sizes, extra = family_columns(
+        task, solutions, image_sizes, box_format, min_pixels, max_pixels
+    )
+    columns = {
+        "prompt": prompts,
+        "image": image,
+        "task": [task] * len(prompts),
+        "solution": solutions,
+        "image_size": image_sizes,
+        **extra,
+    }
+    dataset = rows_to_dataset(columns, row_features(task, family=box_format is not None))
+    return finalize(dataset, box_format, min_pixels, max_pixels)
+
+
 def fit_dataset_to_grid(
     dataset: datasets.Dataset, family: str, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> datasets.Dataset:

@@ -14,14 +14,11 @@ from .common import (
     RecordError,
     check_family_options,
     check_image_size,
-    family_columns,
-    finalize,
+    contract_dataset,
     image_struct,
     load_json_records,
     read_image_size,
     require_keys,
-    row_features,
-    rows_to_dataset,
     select_rows,
 )
 
@@ -138,21 +135,13 @@ def build_pageocr(
     policy.finish(len(entries))
     picked = [records[i] for i in chosen]
     prompt = PromptCache("ocr", box_format, template, system_prompt)
-    solutions, image_sizes, extra = family_columns(
+    return contract_dataset(
         "ocr",
+        [prompt() for _ in picked],
+        image_struct([r["image"] for r in picked]),
         [r["text"] for r in picked],
         [r["image_size"] for r in picked],
         box_format,
         min_pixels,
         max_pixels,
     )
-    columns = {
-        "prompt": [prompt() for _ in picked],
-        "image": image_struct([r["image"] for r in picked]),
-        "task": ["ocr"] * len(picked),
-        "solution": solutions,
-        "image_size": image_sizes,
-        **extra,
-    }
-    dataset = rows_to_dataset(columns, row_features("ocr", family=box_format is not None))
-    return finalize(dataset, box_format, min_pixels, max_pixels)

@@ -19,16 +19,13 @@ from .common import (
     RecordError,
     check_family_options,
     check_image_size,
-    family_columns,
-    finalize,
+    contract_dataset,
     image_struct,
     load_json_records,
     parquet_columns,
     read_image_size,
     read_parquet,
     require_keys,
-    row_features,
-    rows_to_dataset,
     select_rows,
 )
 
@@ -318,18 +315,13 @@ def build_pixmo_count(
     policy.finish(total)
     picked = [records[i] for i in chosen]
     prompt = PromptCache("counting", box_format, template, system_prompt)
-    solutions = [{"count": r["count"], "points": r["points"]} for r in picked]
-    image_sizes = [r["image_size"] for r in picked]
-    solutions, image_sizes, extra = family_columns(
-        "counting", solutions, image_sizes, box_format, min_pixels, max_pixels
+    return contract_dataset(
+        "counting",
+        [prompt(label=r["label"]) for r in picked],
+        image_struct([r["image"] for r in picked]),
+        [{"count": r["count"], "points": r["points"]} for r in picked],
+        [r["image_size"] for r in picked],
+        box_format,
+        min_pixels,
+        max_pixels,
     )
-    columns = {
-        "prompt": [prompt(label=r["label"]) for r in picked],
-        "image": image_struct([r["image"] for r in picked]),
-        "task": ["counting"] * len(picked),
-        "solution": solutions,
-        "image_size": image_sizes,
-        **extra,
-    }
-    dataset = rows_to_dataset(columns, row_features("counting", family=box_format is not None))
-    return finalize(dataset, box_format, min_pixels, max_pixels)

@@ -20,8 +20,7 @@ from .common import (
     check_family_options,
     check_image_size,
     check_xyxy,
-    family_columns,
-    finalize,
+    contract_dataset,
     image_struct,
     load_json,
     load_json_records,
@@ -32,8 +31,6 @@ from .common import (
     read_parquet,
     require_keys,
     round_box,
-    row_features,
-    rows_to_dataset,
     select_rows,
     xywh_to_xyxy,
 )
@@ -609,25 +606,20 @@ def build_refcoco(
 
     prompt = PromptCache("grounding", box_format, template, system_prompt)
     picked = [objects[rows[i][0]] for i in chosen]
-    solutions = [list(obj.bbox) for obj in picked]
-    image_sizes = [list(obj.image_size) for obj in picked]
-    solutions, image_sizes, extra = family_columns(
-        "grounding", solutions, image_sizes, box_format, min_pixels, max_pixels
-    )
     if image_column is not None:
         image = _embedded_images(image_column, picked)
     else:
         image = image_struct([obj.image_path for obj in picked])
-    columns = {
-        "prompt": [prompt(question=rows[i][1]) for i in chosen],
-        "image": image,
-        "task": ["grounding"] * len(chosen),
-        "solution": solutions,
-        "image_size": image_sizes,
-        **extra,
-    }
-    dataset = rows_to_dataset(columns, row_features("grounding", family=box_format is not None))
-    return finalize(dataset, box_format, min_pixels, max_pixels)
+    return contract_dataset(
+        "grounding",
+        [prompt(question=rows[i][1]) for i in chosen],
+        image,
+        [list(obj.bbox) for obj in picked],
+        [list(obj.image_size) for obj in picked],
+        box_format,
+        min_pixels,
+        max_pixels,
+    )
 
 
 def _embedded_images(image_column: Any, picked: Sequence[_Object]) -> Any:
