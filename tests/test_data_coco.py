@@ -395,3 +395,31 @@ def test_boxes_thinner_than_the_rounding_count_as_zero_size(tmp_path, caplog):
         rows = _rows(build_coco_detection(*_write(tmp_path, annotations=anns)))
     assert len(rows[0]["solution"]) == 2
     assert "dropped 1 annotation(s) with a zero-size box" in caplog.text
+
+
+def test_the_category_list_travels_with_the_dataset_for_evaluation(tmp_path):
+    from PIL import Image
+
+    from trl_perception.evaluation import build_coco_ground_truth
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
+    (tmp_path / "i.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+                "categories": [
+                    {"id": 1, "name": "person"},
+                    {"id": 18, "name": "dog"},
+                    {"id": 90, "name": "toothbrush"},
+                ],
+                "annotations": [
+                    {"id": 5, "image_id": 1, "category_id": 18, "bbox": [1, 2, 10, 10], "iscrowd": 0}
+                ],
+            }
+        )
+    )
+    dataset = build_coco_detection(tmp_path / "i.json", tmp_path)
+    assert json.loads(dataset.info.description) == {"categories": ["person", "dog", "toothbrush"]}
+    gt, label_to_id = build_coco_ground_truth(list(dataset), dataset=dataset)
+    assert [c["name"] for c in gt["categories"]] == ["person", "dog", "toothbrush"]
+    assert label_to_id == {"person": 1, "dog": 2, "toothbrush": 3}

@@ -460,6 +460,9 @@ def _assemble(
         **extra,
     }
     dataset = rows_to_dataset(columns, row_features("detection", family=box_format is not None))
+    # The category list (in id order) travels with the dataset, so evaluation scores every class, also the
+    # ones absent from the sampled rows, in the source's order.
+    dataset.info.description = json.dumps({"categories": cat_names})
     return finalize(dataset, box_format, min_pixels, max_pixels)
 
 
