@@ -80,7 +80,7 @@ def test_patchify_equals_the_image_processor(tmp_path):
 
     processor = AutoProcessor.from_pretrained(te.build_learning_model(tmp_path / "m"))
     ds = te.make_setting_data("imperfect_supervision", 2, seed=0)
-    ref = processor.image_processor(images=ds["image"], return_tensors="pt")
+    ref = processor.image_processor(images=list(ds["image"]), return_tensors="pt")
     images = torch.from_numpy(np.stack([np.asarray(i) for i in ds["image"]]))
     pixel_values, grid = te._patchify(images, processor)
     assert torch.equal(grid, ref["image_grid_thw"])
@@ -137,4 +137,5 @@ def test_run_experiment_table_and_resume(tmp_path):
     assert results["table"]["GRPO"]["n_seeds"][0] == 1
     assert "| GRPO |" in te.format_table(results)
     again = te.run_experiment(setting, tmp_path / "exp", seeds=[0], **kwargs)  # resumes: nothing re-run
-    assert again["grpo"] == results["grpo"] and again["control"] == results["control"]
+    for arm in ("grpo", "control"):  # compared as JSON: a model that outputs no box has a NaN size bias
+        assert json.dumps(again[arm], sort_keys=True) == json.dumps(results[arm], sort_keys=True)

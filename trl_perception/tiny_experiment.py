@@ -168,8 +168,8 @@ def make_setting_data(
     >>> row["task"], row["box_format"], row["image"].size
     ('grounding', 'qwen2_5_vl', (112, 112))
     >>> target = json.loads(row["sft_target"])[0]["bbox_2d"]
-    >>> [t - s for t, s in zip(target, row["solution"])]  # loose by 3 px where the image edge allows
-    [-3, -3, 3, 3]
+    >>> [t - s for t, s in zip(target, row["solution"])]  # 3 px looser, except where the image edge clips it
+    [-3.0, -1.0, 3.0, 3.0]
 
     ```
     """
@@ -524,7 +524,7 @@ def generate(
     prompts = [
         processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in ds["prompt"]
     ]
-    images = ds["image"]
+    images = list(ds["image"])
     model.eval()
     for start in range(0, len(prompts), batch_size):
         inputs = processor(
@@ -785,6 +785,10 @@ def run_grpo_stage(
         processing_class=processor,
         callbacks=[_History()],
     )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for printer in (PrinterCallback, ProgressCallback):  # the history goes to `callback`, not stdout
+        trainer.remove_callback(printer)
     start = time.time()
     trainer.train()
     result["train_time"] = time.time() - start
@@ -953,7 +957,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 keeps two runs on two cores)"
     )
-    parser.add_argument("--export-checkpoint", help="also copy the SFT checkpoint here (fp32, ~5 MB: the demo's start)")
+    parser.add_argument(
+        "--export-checkpoint", help="also copy the SFT checkpoint here (fp32, ~5 MB: the demo's start)"
+    )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Setting fields, e.g. grpo_lr=1e-4"
     )
