@@ -36,13 +36,16 @@ def test_metrics_hold_before_and_after_with_reward_mean(demo_run):
     assert metrics["steps"] == 1
     assert metrics["eval_samples"] == 4
     assert metrics["model"] in ("learned checkpoint", "random initialisation")
+    # With the bundled learned checkpoint the demo runs the tiny experiment's grounding GRPO stage (IoU
+    # reward); with a random model, synthetic detection (detection + format rewards).
+    expected = {"grounding": {"mean_iou", "acc@0.5", "num_unparsed"}, "detection": {"AP", "AP50", "num_unparsed"}}
+    task = metrics["setting"]["task"]
     for when in ("before", "after"):
         result = metrics[when]
         assert isinstance(result["reward_mean"], float)
-        # The demo's rewards are detection ([0, 3] with the missing penalty off at most) plus format ([0, 1]).
-        assert -1.0 <= result["reward_mean"] <= 4.0
+        assert 0.0 <= result["reward_mean"] <= len(metrics["setting"]["rewards"])
         assert result["num_samples"] == 4
-        assert {"AP", "AP50", "num_unparsed"} <= set(result)
+        assert expected[task] <= set(result)
     assert set(metrics["before"]) == set(metrics["after"])
     assert [entry["step"] for entry in metrics["history"] if "reward" in entry] == [1]
     assert metrics["setting"]["train_samples"] == 16 and metrics["setting"]["max_completion_length"] == 16
@@ -54,7 +57,7 @@ def test_report_tabulates_before_and_after(demo_run):
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert report.startswith("# trl-perception demo")
-    assert "1 step," in report and "rewards: detection, format" in report
+    assert "1 step," in report and f"rewards: {', '.join(metrics['setting']['rewards'])}" in report
     assert "| metric | before | after |" in report
     assert f"| reward_mean | {metrics['before']['reward_mean']:.4f} | {metrics['after']['reward_mean']:.4f} |" in report
     assert "| num_samples | 4 | 4 |" in report  # counts stay whole
@@ -75,10 +78,19 @@ def test_images_are_pngs(demo_run):
 
 def test_evaluations_are_kept(demo_run):
     _, out = demo_run
+    task = json.loads((out / "metrics.json").read_text())["setting"]["task"]
     for when in ("before", "after"):
         folder = out / f"eval_{when}"
         assert len((folder / "predictions.jsonl").read_text().splitlines()) == 4
-        assert json.loads((folder / "metrics.json").read_text())["metrics"]["detection"]["num_samples"] == 4
+        assert json.loads((folder / "metrics.json").read_text())["metrics"][task]["num_samples"] == 4
+
+
+def test_the_bundled_checkpoint_runs_the_learned_setting():
+    from trl_perception.demo import bundled_checkpoint, learned_setting
+
+    assert bundled_checkpoint() is not None
+    setting = learned_setting()
+    assert setting.experiment == "imperfect_supervision" and setting.rewards == ("iou",)
 
 
 def test_demo_prints_before_and_after(tmp_path, capsys, monkeypatch):

@@ -35,16 +35,68 @@ class DemoSetting:
     eval_every: int = 5
     min_pixels: int = 784
     max_pixels: int = 112 * 112
+    top_k: int = 0
+    scale_rewards: str = "group"
+    experiment: str | None = None
+    """A `trl_perception.tiny_experiment` setting whose data and rewards to use (the learned checkpoint's)."""
 
 
 DEFAULT_SETTING = DemoSetting()
-"""The demo's default setting (a random tiny model when no learned checkpoint is bundled)."""
+"""The setting for a random tiny model (used when no learned checkpoint is available)."""
+
+LEARNED_EXPERIMENT = "imperfect_supervision"
+"""The tiny-experiment setting the bundled checkpoint was SFT-trained on, where GRPO beats SFT (README)."""
+
+
+def learned_setting(name: str = LEARNED_EXPERIMENT) -> DemoSetting:
+    """The demo setting that continues a tiny-experiment SFT checkpoint with that experiment's GRPO stage:
+    same data, rewards and hyper-parameters as `trl_perception.tiny_experiment.SETTINGS[name]`.
+
+    Example:
+    ```python
+    >>> learned_setting().task, learned_setting().rewards
+    ('grounding', ('iou',))
+
+    ```
+    """
+    from .tiny_experiment import FAMILY, IMAGE_SIZE, SETTINGS
+
+    spec = SETTINGS[name]
+    return DemoSetting(
+        task=spec.task,
+        family=FAMILY,
+        data_kwargs={},
+        rewards=tuple(spec.rewards),
+        max_steps=spec.grpo_steps,
+        train_samples=spec.grpo_train_images,
+        eval_samples=200,
+        num_generations=spec.num_generations,
+        prompts_per_step=spec.prompts_per_step,
+        learning_rate=spec.grpo_lr,
+        temperature=spec.temperature,
+        beta=spec.beta,
+        loss_type=spec.loss_type,
+        max_completion_length=spec.max_completion_length,
+        eval_every=10,
+        min_pixels=3136,
+        max_pixels=IMAGE_SIZE * IMAGE_SIZE,
+        top_k=spec.top_k,
+        scale_rewards=spec.scale_rewards,
+        experiment=name,
+    )
 
 
 def bundled_checkpoint() -> str | None:
-    """Path of the small learned checkpoint shipped with the package, or `None` when it is absent."""
-    path = Path(__file__).resolve().parent / "assets" / "tiny_checkpoint"
-    return str(path) if (path / "config.json").exists() else None
+    """Path of the small learned checkpoint (issue 7's SFT start), or `None` when it is absent.
+
+    It ships inside the package (`trl_perception/assets/tiny_checkpoint`); a source checkout also finds it
+    under `recipes/demo/checkpoint`.
+    """
+    here = Path(__file__).resolve().parent
+    for path in (here / "assets" / "tiny_checkpoint", here.parent / "recipes" / "demo" / "checkpoint"):
+        if (path / "config.json").exists():
+            return str(path)
+    return None
 
 
 def _reward_records(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -150,13 +202,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Train a tiny VLM with `PerceptionGRPOTrainer` on synthetic data and evaluate it before and after.
 
-    The model is `checkpoint`, else the learned checkpoint bundled with the package, else a tiny random
-    model built offline. Writes to `output_dir`: `report.md`, `metrics.json` (`before`, `after` — held-out
+    The model is `checkpoint`, else the learned checkpoint bundled with the package (then the setting is
+    `learned_setting()`: the GRPO stage of the tiny experiment where RL beats SFT), else a tiny random model
+    built offline (with `DEFAULT_SETTING`). Writes to `output_dir`: `report.md`, `metrics.json` (`before`, `after` — held-out
     metrics and `reward_mean` — and the per-step `history`), `samples_before.png`, `samples_after.png`,
     `reward_curve.png`, and the evaluation folders.
 
     `max_steps`, `eval_samples`, `train_samples` and `max_completion_length` override the fields of
-    `setting` (default `DEFAULT_SETTING`) of the same names; small values make a quick smoke run.
+    `setting` of the same names; small values make a quick smoke run.
 
     Returns:
         `dict`: the contents of `metrics.json`.
@@ -172,7 +225,9 @@ def run_demo(
     from .viz import save_plot
 
     start = time.perf_counter()
-    setting = setting or DEFAULT_SETTING
+    model_path = checkpoint or bundled_checkpoint()
+    if setting is None:
+        setting = learned_setting() if model_path is not None and checkpoint is None else DEFAULT_SETTING
     overrides = {
         "max_steps": max_steps,
         "eval_samples": eval_samples,
@@ -188,16 +243,29 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    model_path = checkpoint or bundled_checkpoint()
     model_desc = "learned checkpoint" if model_path else "random initialisation"
     if model_path is None:
         model_path = tiny_vlm(setting.family, seed=seed)
-    data_options = dict(
-        box_format=setting.family, min_pixels=setting.min_pixels, max_pixels=setting.max_pixels, **setting.data_kwargs
-    )
-    train = make_synthetic(setting.task, setting.train_samples, seed=seed, **data_options)
-    held_out = make_synthetic(setting.task, setting.eval_samples, seed=seed + 10_000, **data_options)
-    reward_funcs = [get_reward(name) for name in setting.rewards]
+    if setting.experiment is not None:
+        from .tiny_experiment import EVAL_SEED, _reward_functions, _setting, make_setting_data
+
+        train = make_setting_data(setting.experiment, setting.train_samples, seed=1000 + seed).remove_columns(
+            ["sft_target"]
+        )
+        held_out = make_setting_data(setting.experiment, setting.eval_samples, seed=EVAL_SEED).remove_columns(
+            ["sft_target"]
+        )
+        reward_funcs = _reward_functions(_setting(setting.experiment))
+    else:
+        data_options = dict(
+            box_format=setting.family,
+            min_pixels=setting.min_pixels,
+            max_pixels=setting.max_pixels,
+            **setting.data_kwargs,
+        )
+        train = make_synthetic(setting.task, setting.train_samples, seed=seed, **data_options)
+        held_out = make_synthetic(setting.task, setting.eval_samples, seed=seed + 10_000, **data_options)
+        reward_funcs = [get_reward(name) for name in setting.rewards]
     eval_options = dict(
         box_format=setting.family,
         min_pixels=setting.min_pixels,
@@ -226,6 +294,8 @@ def run_demo(
         num_generations=setting.num_generations,
         learning_rate=setting.learning_rate,
         temperature=setting.temperature,
+        top_k=setting.top_k,
+        scale_rewards=setting.scale_rewards,
         beta=setting.beta,
         loss_type=setting.loss_type,
         max_completion_length=setting.max_completion_length,
