@@ -263,3 +263,24 @@ def test_save_plot_tolerates_gaps_mismatched_lengths_and_no_data(tmp_path):
     save_plot(None, {"a": [0.5, 0.6]}, tmp_path / "n.png", title="reward", xlabel="step", ylabel="r")
     save_plot([], {}, tmp_path / "e.png")
     assert all((tmp_path / name).stat().st_size > 0 for name in ("g.png", "n.png", "e.png"))
+
+
+def test_save_plot_draws_sparse_series_through_their_points(tmp_path):
+    from matplotlib.figure import Figure
+
+    drawn = {}
+    original = Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        for line in self.axes[0].get_lines():
+            drawn[line.get_label()] = list(line.get_xdata())
+        return original(self, *args, **kwargs)
+
+    Figure.savefig = capture
+    try:
+        save_plot([1, 2, 3, 4, 5], {"reward": [0.1, 0.2, 0.3, 0.4, 0.5], "held-out": [None, 0.5, None, None, 0.6]},
+                  tmp_path / "p.png")  # fmt: skip
+    finally:
+        Figure.savefig = original
+    assert drawn["reward"] == [1, 2, 3, 4, 5]
+    assert drawn["held-out"] == [2, 5]

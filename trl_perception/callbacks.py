@@ -128,7 +128,11 @@ class PerceptionEvalCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.global_step > 0 and state.global_step % self.eval_steps == 0:
+            # Trainer.log resets control.should_log through the callback handler; keep the training loop's
+            # own decision so this step's training metrics (reward, loss) are still logged.
+            should_log = control.should_log
             self._evaluate(args, state, kwargs)
+            control.should_log = should_log
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:

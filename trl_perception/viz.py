@@ -451,7 +451,8 @@ def save_plot(
     with matplotlib's Agg canvas, imported lazily.
 
     `xs` may be `None` (0, 1, 2, ...); a series longer or shorter than `xs` is cut to the common length.
-    Non-numeric values become gaps. `smooth=k` also draws a trailing moving average over `k` points.
+    Non-numeric values become gaps; a series with values at fewer than half of the points (an evaluation
+    every N steps) is drawn through its points, with markers. `smooth=k` also draws a trailing moving average over `k` points.
 
     Example:
     ```python
@@ -480,6 +481,13 @@ def save_plot(
         if length == 0:
             continue
         x, ys = x[:length], ys[:length]
+        finite = np.isfinite(ys)
+        if finite.sum() * 2 < length:
+            # A sparse series (e.g. an evaluation every N steps) is drawn through its points, with markers;
+            # with gaps between every point nothing would show.
+            (line,) = axes.plot(x[finite], ys[finite], marker="o", label=str(name))
+            plotted = True
+            continue
         (line,) = axes.plot(x, ys, label=str(name), alpha=0.45 if smooth and smooth > 1 else 1.0)
         plotted = True
         if smooth and int(smooth) > 1 and length >= 2:
