@@ -89,14 +89,11 @@ def learned_setting(name: str = LEARNED_EXPERIMENT) -> DemoSetting:
 def bundled_checkpoint() -> str | None:
     """Path of the small learned checkpoint (issue 7's SFT start), or `None` when it is absent.
 
-    It ships inside the package (`trl_perception/assets/tiny_checkpoint`); a source checkout also finds it
-    under `recipes/demo/checkpoint`.
+    It ships inside the package, in `trl_perception/assets/tiny_checkpoint` (with the command that made it in
+    its README).
     """
-    here = Path(__file__).resolve().parent
-    for path in (here / "assets" / "tiny_checkpoint", here.parent / "recipes" / "demo" / "checkpoint"):
-        if (path / "config.json").exists():
-            return str(path)
-    return None
+    path = Path(__file__).resolve().parent / "assets" / "tiny_checkpoint"
+    return str(path) if (path / "config.json").exists() else None
 
 
 def _reward_records(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

@@ -696,7 +696,7 @@ def run_grpo_stage(
     field. Training prompts come from seed `1000 + seed`, held-out images from `EVAL_SEED`.
 
     Args:
-        checkpoint: a model + processor directory (e.g. `recipes/demo/checkpoint`).
+        checkpoint: a model + processor directory (e.g. `trl_perception/assets/tiny_checkpoint`).
         setting: `"high_perplexity"`, `"imperfect_supervision"` or a `Setting`.
         output_dir: where the trainer writes and the final model is saved.
         max_steps: GRPO steps (default: the setting's `grpo_steps`).

@@ -3,7 +3,7 @@
 Examples (each writes results.json and prints the mean ± std table over seeds):
 
     python recipes/demo/train_tiny.py --setting imperfect_supervision --output-dir runs/imperfect \
-        --export-checkpoint recipes/demo/checkpoint
+        --export-checkpoint trl_perception/assets/tiny_checkpoint
     python recipes/demo/train_tiny.py --setting high_perplexity --output-dir runs/high_perplexity
 
 Runs resume: finished stages and seeds found in OUTPUT_DIR/results.json are not run again.
