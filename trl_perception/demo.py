@@ -45,7 +45,8 @@ DEFAULT_SETTING = DemoSetting()
 """The setting for a random tiny model (used when no learned checkpoint is available)."""
 
 LEARNED_EXPERIMENT = "imperfect_supervision"
-"""The tiny-experiment setting the bundled checkpoint was SFT-trained on, where GRPO beats SFT (README)."""
+"""The tiny-experiment setting the bundled checkpoint was SFT-trained on; GRPO with the exact IoU removes the
+label bias SFT learned there (README, "A tiny model that learns")."""
 
 
 def learned_setting(name: str = LEARNED_EXPERIMENT) -> DemoSetting:
@@ -200,7 +201,7 @@ def run_demo(
     """Train a tiny VLM with `PerceptionGRPOTrainer` on synthetic data and evaluate it before and after.
 
     The model is `checkpoint`, else the learned checkpoint bundled with the package (then the setting is
-    `learned_setting()`: the GRPO stage of the tiny experiment where RL beats SFT), else a tiny random model
+    `learned_setting()`: the GRPO stage of the tiny imperfect-supervision experiment), else a tiny random model
     built offline (with `DEFAULT_SETTING`). Writes to `output_dir`: `report.md`, `metrics.json` (`before`, `after` — held-out
     metrics and `reward_mean` — and the per-step `history`), `samples_before.png`, `samples_after.png`,
     `reward_curve.png`, and the evaluation folders.
@@ -244,7 +245,7 @@ def run_demo(
     if model_path is None:
         model_path = tiny_vlm(setting.family, seed=seed)
     if setting.experiment is not None:
-        from .tiny_experiment import EVAL_SEED, _reward_functions, _setting, make_setting_data
+        from .tiny_experiment import EVAL_SEED, make_setting_data, reward_functions
 
         train = make_setting_data(setting.experiment, setting.train_samples, seed=1000 + seed).remove_columns(
             ["sft_target"]
@@ -252,7 +253,7 @@ def run_demo(
         held_out = make_setting_data(setting.experiment, setting.eval_samples, seed=EVAL_SEED).remove_columns(
             ["sft_target"]
         )
-        reward_funcs = _reward_functions(_setting(setting.experiment))
+        reward_funcs = reward_functions(setting.experiment)
     else:
         data_options = dict(
             box_format=setting.family,

@@ -236,9 +236,19 @@ def detection_count_reward(completions: list, solution: list, **kwargs: Any) -> 
     return [None if c is None else r for c, r in zip(counting, rewards)]
 
 
-def _reward_functions(spec: Setting) -> list[Callable[..., Any]]:
+def reward_functions(setting: str | Setting) -> list[Callable[..., Any]]:
+    """The GRPO reward functions of a setting (registry rewards, plus `detection_count_reward`).
+
+    Example:
+    ```python
+    >>> [f.__name__ for f in reward_functions("imperfect_supervision")]
+    ['iou_reward']
+
+    ```
+    """
     from .rewards import get_reward
 
+    spec = _setting(setting)
     funcs = []
     for name in spec.rewards:
         funcs.append(detection_count_reward if name == "detection_count" else get_reward(name))
@@ -651,7 +661,7 @@ def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence
     kwargs = {k: [r[k] for r in rows] for k in ("task", "image_size", "input_size", "box_format")}
     solutions = [r["solution"] for r in rows]
     total = np.zeros(len(rows))
-    for func in _reward_functions(spec):
+    for func in reward_functions(spec):
         values = func(list(texts), solutions, **kwargs)
         total += np.asarray([0.0 if v is None else v for v in values])
     metrics["reward"] = float(total.mean())
@@ -780,7 +790,7 @@ def run_grpo_stage(
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=_reward_functions(spec),
+        reward_funcs=reward_functions(spec),
         args=args,
         train_dataset=ds,
         processing_class=processor,
