@@ -88,6 +88,8 @@ class Setting:
     grpo_train_images: int = 4000
     # Continued-SFT control from the same checkpoint (equal wall time, see `control_steps_per_grpo_step`)
     control_lr: float = 1e-4
+    control_schedule: str = "cosine"
+    """`"cosine"` (from `control_lr` to 0, the control's best shot) or `"constant"`."""
     control_steps_per_grpo_step: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,11 +131,12 @@ SETTINGS: dict[str, Setting] = {
         synthetic={"min_objects": 1, "max_objects": 1, "box_jitter": "loose", "box_noise_px": 3},
         rewards=("iou",),
         max_completion_length=30,
-        sft_steps=800,
-        sft_warmup=50,
-        sft_train_images=10000,
+        sft_steps=1200,
+        sft_lr=2e-3,
+        sft_warmup=100,
+        sft_train_images=16000,
         sft_batch_size=32,
-        grpo_steps=100,
+        grpo_steps=60,
         temperature=0.7,
         control_steps_per_grpo_step=4.0,
     ),
@@ -471,7 +474,7 @@ def run_sft_stage(
 ) -> dict[str, Any]:
     """SFT with a plain torch loop (answer-only loss, AdamW (0.9, 0.98), weight decay 0.01 on matrices, gradient
     clip 1.0, fp32) from `checkpoint`, saved to `output_dir`. Defaults are the setting's from-scratch recipe
-    (warm-up then cosine to 0); the continued-SFT control passes `lr`, `steps` and `schedule="constant"`.
+    (warm-up then cosine to 0); the continued-SFT control passes `lr`, `steps`, `warmup=0` and its `schedule`.
 
     Returns `{"checkpoint", "history", "wall_time", "steps", "after"}` (`after`: held-out metrics on `eval_n`
     images when `eval_n > 0`).
@@ -912,8 +915,8 @@ def run_experiment(
         if "control" in arms and key not in results.setdefault("control", {}):
             r = run_sft_stage(
                 start_checkpoint, spec, os.path.join(output_dir, f"control_s{seed}"), steps=c_steps,
-                lr=spec.control_lr, warmup=0, schedule="constant", data_seed=2000 + seed, seed=seed,
-                eval_n=eval_n, log=log,
+                lr=spec.control_lr, warmup=0, schedule=spec.control_schedule, data_seed=2000 + seed, seed=seed,
+                train_images=min(spec.sft_train_images, c_steps * spec.sft_batch_size), eval_n=eval_n, log=log,
             )  # fmt: skip
             results["control"][key] = {k: v for k, v in r.items() if k != "checkpoint"}
             dump()
@@ -966,7 +969,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", nargs="+", default=["grpo", "control"], choices=["grpo", "control"])
     parser.add_argument("--sft-only", action="store_true", help="stop after the SFT stage and its evaluation")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 keeps two runs on two cores)"
+        "--threads", type=int, help="torch threads (default: torch's, one per core; 1 lets two runs share two cores)"
     )
     parser.add_argument(
         "--export-checkpoint", help="also copy the SFT checkpoint here (fp32, ~5 MB: the demo's start)"
@@ -977,7 +980,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
