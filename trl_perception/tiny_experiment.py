@@ -138,7 +138,7 @@ SETTINGS: dict[str, Setting] = {
         sft_batch_size=32,
         grpo_steps=60,
         temperature=0.7,
-        control_steps_per_grpo_step=4.0,
+        control_steps_per_grpo_step=5.0,
     ),
 }
 """The two settings of issue 7, with the hyper-parameters used for the committed results."""
