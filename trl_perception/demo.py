@@ -305,10 +305,9 @@ def run_demo(
         max_pixels=setting.max_pixels,
         disable_tqdm=not progress,
     )
-    callback = PerceptionEvalCallback(
+    callback = PerceptionEvalCallback(  # the same held-out images as before/after, so the curve starts at `before`
         held_out,
         eval_steps=max(1, setting.eval_every),
-        num_samples=min(len(held_out), 32),
         seed=seed,
         **{k: v for k, v in eval_options.items() if k != "progress"},
     )
@@ -333,12 +332,15 @@ def run_demo(
         for entry in trainer.state.log_history
         if "reward" in entry or any(k.startswith("eval_perception") for k in entry)
     ]
-    steps = sorted({e["step"] for e in history if "step" in e})
+    steps = [0] + sorted({e["step"] for e in history if "step" in e})
     series: dict[str, list[float | None]] = {}
+    plotted = ("/f1", "/AP", "/mean_iou", "/accuracy", "/acc@0.75", "/edit_distance")
     for key in ["reward"] + sorted({k for e in history for k in e if k.startswith("eval_perception")}):
-        if key != "reward" and not key.endswith(("/f1", "/AP", "/mean_iou", "/accuracy", "/acc@0.5", "/edit_distance")):
+        if key != "reward" and not key.endswith(plotted):
             continue
         by_step = {e["step"]: e[key] for e in history if key in e and "step" in e}
+        if key != "reward":  # step 0 is the before-training evaluation of the same images
+            by_step[0] = summary_before.get(key.rsplit("/", 1)[1])
         name = "train reward" if key == "reward" else f"held-out {key.split('/', 1)[1]}"
         series[name] = [by_step.get(step) for step in steps]
     if steps:
