@@ -99,6 +99,32 @@ SETTINGS: dict[str, Setting] = {
         name="high_perplexity",
         task="detection",
         description=(
+            "2-3 red squares per 112x112 image (one class, so the test is localisation); SFT answers list the "
+            "objects in a random order per sample; GRPO rewards: detection_reward + count_reward (Hungarian-matched)"
+        ),
+        prompt="Detect all shapes.",
+        synthetic={
+            "min_objects": 2,
+            "max_objects": 3,
+            "colors": ("red",),
+            "shapes": ("square",),
+            "shuffle_objects": True,
+        },
+        rewards=("detection", "detection_count"),
+        max_completion_length=100,
+        sft_steps=1500,
+        sft_lr=2e-3,
+        sft_warmup=100,
+        sft_train_images=16000,
+        sft_batch_size=32,
+        grpo_steps=40,
+        temperature=0.7,
+        control_steps_per_grpo_step=5.0,
+    ),
+    "high_perplexity_9_classes": Setting(
+        name="high_perplexity_9_classes",
+        task="detection",
+        description=(
             "2-3 shapes (3 colours x 3 shapes) per 112x112 image; SFT answers list the objects in a random "
             "order per sample; GRPO rewards: detection_reward + count_reward (Hungarian-matched)"
         ),
@@ -112,9 +138,10 @@ SETTINGS: dict[str, Setting] = {
         },
         rewards=("detection", "detection_count"),
         max_completion_length=100,
-        sft_steps=1000,
-        sft_warmup=50,
-        sft_train_images=8000,
+        sft_steps=1500,
+        sft_lr=2e-3,
+        sft_warmup=100,
+        sft_train_images=16000,
         sft_batch_size=32,
         grpo_steps=40,
         temperature=0.7,
@@ -141,7 +168,9 @@ SETTINGS: dict[str, Setting] = {
         control_steps_per_grpo_step=5.0,
     ),
 }
-"""The two settings of issue 7, with the hyper-parameters used for the committed results."""
+"""The settings of issue 7, with the hyper-parameters used for the committed results (README, "A tiny model
+that learns"). `high_perplexity_9_classes` is the harder variant whose SFT model localises but confuses
+colours and shapes."""
 
 
 def _setting(setting: str | Setting) -> Setting:
