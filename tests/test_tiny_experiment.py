@@ -159,3 +159,20 @@ def test_grpo_from_the_bundled_checkpoint_unlearns_the_label_bias(tmp_path):
     assert after["mean_iou"] > before["mean_iou"] + 0.03
     assert after["acc@0.75"] > before["acc@0.75"] + 0.1
     assert after["format_ok"] >= 0.99
+
+
+def test_run_experiment_with_worker_processes(tmp_path):
+    """`workers=2` runs the GRPO and control runs of every seed in two spawned processes and records them all."""
+    init = te.build_learning_model(tmp_path / "init")
+    setting = te.replace(
+        te.SETTINGS["imperfect_supervision"], num_generations=2, prompts_per_step=2, grpo_train_images=4,
+        sft_train_images=8, sft_batch_size=2, max_completion_length=4,
+    )  # fmt: skip
+    results = te.run_experiment(
+        setting, tmp_path / "exp", seeds=[0, 1], eval_n=2, grpo_steps=1, control_steps=1, start_checkpoint=init,
+        log=None, workers=2,
+    )  # fmt: skip
+    assert sorted(results["grpo"]) == sorted(results["control"]) == ["0", "1"]
+    assert results["table"]["GRPO"]["n_seeds"][0] == results["table"]["continued SFT"]["n_seeds"][0] == 2
+    saved = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert sorted(saved["grpo"]) == ["0", "1"]

@@ -862,10 +862,14 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     ```python
     >>> summarize([1.0, 2.0, 3.0])
     (2.0, 1.0)
+    >>> summarize([1.0, float("nan")])
+    (nan, nan)
 
     ```
     """
     values = [float(v) for v in values]
+    if any(math.isnan(v) for v in values):  # e.g. the size bias of a model that never outputs a box
+        return (math.nan, math.nan)
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -887,12 +891,17 @@ def run_experiment(
     start_checkpoint: str | None = None,
     arms: Sequence[str] = ("grpo", "control"),
     log: Callable[[str], None] | None = print,
+    workers: int = 1,
     **grpo_overrides: Any,
 ) -> dict[str, Any]:
     """The whole pipeline of one setting: build the model, SFT it from scratch (or take `start_checkpoint`),
     then for each seed GRPO and the equal-compute continued-SFT control from that same SFT checkpoint, all
     evaluated with greedy decoding on `eval_n` held-out images. Writes `results.json` into `output_dir` and
-    returns the same dict (`sft`, `grpo`, `control` per-seed results, and `table`: mean ± std per metric)."""
+    returns the same dict (`sft`, `grpo`, `control` per-seed results, and `table`: mean ± std per metric).
+
+    With `workers > 1` the GRPO and control runs go to that many worker processes (each with `cpu_count //
+    workers` torch threads): on 2 cores, two one-thread runs side by side get more done than one two-thread run.
+    Each run depends only on its seed, never on which worker ran it or in which order."""
     spec = _setting(setting)
     if grpo_overrides:
         spec = replace(spec, **grpo_overrides)
@@ -928,32 +937,66 @@ def run_experiment(
     c_steps = (
         round(g_steps * spec.control_steps_per_grpo_step) if control_steps is None else int(control_steps)
     )
+    jobs = []  # (arm, seed, function, args, kwargs): one GRPO run and one control run per seed
     for seed in seeds:
         key = str(seed)
         if "grpo" in arms and key not in results.setdefault("grpo", {}):
-            r = run_grpo_stage(
-                start_checkpoint, spec, os.path.join(output_dir, f"grpo_s{seed}"), g_steps, seed, eval_n,
-                eval_before=False, save=False,
-                callback=(lambda s, e, seed=seed: log(f"grpo seed {seed} step {s} reward {e.get('reward', 0.0):.4f}"))
-                if log else None,
-            )  # fmt: skip
-            results["grpo"][key] = {k: v for k, v in r.items() if k not in ("config", "checkpoint")}
-            dump()
-            if log is not None:
-                log(f"GRPO seed {seed}: {r['after']} ({r['wall_time']:.0f}s)")
+            grpo_kwargs = dict(eval_before=False, save=False)
+            if log is not None and workers <= 1:
+                grpo_kwargs["callback"] = lambda s, e, seed=seed: log(
+                    f"grpo seed {seed} step {s} reward {e.get('reward', 0.0):.4f}"
+                )
+            jobs.append((
+                "grpo", seed, run_grpo_stage,
+                (start_checkpoint, spec, os.path.join(output_dir, f"grpo_s{seed}"), g_steps, seed, eval_n),
+                grpo_kwargs,
+            ))  # fmt: skip
         if "control" in arms and key not in results.setdefault("control", {}):
-            r = run_sft_stage(
-                start_checkpoint, spec, os.path.join(output_dir, f"control_s{seed}"), steps=c_steps,
-                lr=spec.control_lr, warmup=0, schedule=spec.control_schedule, data_seed=2000 + seed, seed=seed,
-                train_images=min(spec.sft_train_images, c_steps * spec.sft_batch_size), eval_n=eval_n, log=log,
-            )  # fmt: skip
-            results["control"][key] = {k: v for k, v in r.items() if k != "checkpoint"}
-            dump()
-            if log is not None:
-                log(f"control seed {seed}: {r['after']} ({r['wall_time']:.0f}s)")
+            jobs.append((
+                "control", seed, run_sft_stage,
+                (start_checkpoint, spec, os.path.join(output_dir, f"control_s{seed}")),
+                dict(
+                    steps=c_steps, lr=spec.control_lr, warmup=0, schedule=spec.control_schedule,
+                    data_seed=2000 + seed, seed=seed, eval_n=eval_n,
+                    train_images=min(spec.sft_train_images, c_steps * spec.sft_batch_size),
+                    log=log if workers <= 1 else None,
+                ),
+            ))  # fmt: skip
+
+    def record(arm: str, seed: int, r: dict[str, Any]) -> None:
+        results[arm][str(seed)] = {k: v for k, v in r.items() if k not in ("config", "checkpoint")}
+        dump()
+        if log is not None:
+            log(f"{'GRPO' if arm == 'grpo' else arm} seed {seed}: {r['after']} ({r['wall_time']:.0f}s)")
+
+    if workers <= 1 or len(jobs) <= 1:
+        for arm, seed, func, args, kwargs in jobs:
+            record(arm, seed, func(*args, **kwargs))
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(threads,),
+        ) as pool:
+            futures = {
+                pool.submit(func, *args, **kwargs): (arm, seed) for arm, seed, func, args, kwargs in jobs
+            }
+            for future in concurrent.futures.as_completed(futures):
+                record(*futures[future], future.result())
     results["pipeline_time"] = time.time() - pipeline_start
     dump()
     return results
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _table(spec: Setting, results: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
@@ -998,7 +1041,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", nargs="+", default=["grpo", "control"], choices=["grpo", "control"])
     parser.add_argument("--sft-only", action="store_true", help="stop after the SFT stage and its evaluation")
     parser.add_argument(
-        "--threads", type=int, help="torch threads (default: torch's, one per core; 1 lets two runs share two cores)"
+        "--workers",
+        type=int,
+        default=2,
+        help="processes for the GRPO and control runs (default 2: one thread each on a 2-core machine)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: torch's, one per core; 1 lets two runs share two cores)",
     )
     parser.add_argument(
         "--export-checkpoint", help="also copy the SFT checkpoint here (fp32, ~5 MB: the demo's start)"
@@ -1028,6 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         control_steps=args.control_steps,
         start_checkpoint=args.start_checkpoint,
         arms=args.arms,
+        workers=args.workers,
         **overrides,
     )
     if args.export_checkpoint:
