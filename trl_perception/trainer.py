@@ -19,21 +19,20 @@ from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from .data.common import RecordError, read_image_size, scale_solution
+from .formats import completion_text, parse_objects, strip_wrappers
 from .frames import (
     BOX_FORMATS,
     BOX_TASKS,
     TASKS,
+    Frame,
     box_format_of,
     check_box_format,
-    convert_frame,
     default_pixel_limits,
     fit_to_grid,
-    frame_of,
     grid_size,
     patch_factor,
     resolve_box_format,
 )
-from .formats import completion_text, parse_objects, strip_wrappers
 
 __all__ = [
     "VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS",
@@ -875,19 +874,15 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         size = row.get("image_size") or list(image.size)
         objects = []
         if parsed is not None:
-            frame = frame_of(self.box_format)
-            for obj in parsed.objects:
-                try:
-                    if obj.bbox is not None:
-                        box = convert_frame(obj.bbox, frame, "pixels", size, row.get("input_size")).tolist()
-                        objects.append({"bbox_2d": box, "label": obj.label})
-                    elif obj.point is not None:
-                        point = convert_frame(
-                            obj.point, frame, "pixels", size, row.get("input_size")
-                        ).tolist()
-                        objects.append({"point_2d": point, "label": obj.label})
-                except ValueError:
-                    continue
+            try:
+                frame = Frame.of(self.box_format, size, row.get("input_size"))
+            except ValueError:
+                frame = Frame()  # a malformed size column: draw the coordinates as written
+            for obj in parsed.to_pixels(frame, clip=False).objects:
+                if obj.bbox is not None:
+                    objects.append({"bbox_2d": list(obj.bbox), "label": obj.label})
+                elif obj.point is not None:
+                    objects.append({"point_2d": list(obj.point), "label": obj.label})
         gt = row.get("solution") if row.get("task") in BOX_TASKS else None
         scale = max(1.0, 256.0 / max(image.size))
         try:
