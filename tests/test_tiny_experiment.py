@@ -202,7 +202,7 @@ def test_the_demo_continues_the_experiments_grpo_stage():
     from trl_perception.demo import LEARNED_SETTING as demo
 
     spec = te.SETTINGS["imperfect_supervision"]
-    assert demo.task == spec.task and demo.box_format == te.FAMILY
+    assert demo.task == spec.task and demo.box_format == te.BOX_FORMAT
     assert demo.rewards == spec.rewards
     assert (demo.max_steps, demo.train_samples) == (spec.grpo_steps, spec.grpo_train_images)
     for name in ("num_generations", "prompts_per_step", "temperature", "beta", "loss_type", "top_k",

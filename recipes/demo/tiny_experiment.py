@@ -28,11 +28,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from trl_perception.boxes import model_input_size
 from trl_perception.data.synthetic import make_synthetic, shape_vocabulary
 from trl_perception.demo import reward_mean
 from trl_perception.evaluation import EvaluationResult, evaluate
 from trl_perception.formats import render_objects
+from trl_perception.frames import model_input_size
 from trl_perception.matching import match_boxes
 from trl_perception.metrics import counting_metrics, grounding_metrics
 from trl_perception.rewards import count_reward, get_reward
@@ -73,7 +73,7 @@ LEARNING_CONFIG: dict[str, Any] = {
 M-RoPE (theta 4, sections [2, 7, 7]) and full attention in every vision block. A vocabulary of 1024 makes colour
 and shape names single tokens. About 1.2M parameters."""
 
-FAMILY = "qwen2_5_vl"
+BOX_FORMAT = "qwen2_5_vl"
 IMAGE_SIZE = 112
 MIN_PIXELS = 3136
 EVAL_SEED = 1_000_003
@@ -182,8 +182,8 @@ SETTINGS["high_perplexity_9_classes"] = replace(
 )
 
 
-def _image_size(family: str) -> int:
-    return IMAGE_SIZE if family != "qwen3_vl" else 128
+def _image_size(box_format: str) -> int:
+    return IMAGE_SIZE if box_format != "qwen3_vl" else 128
 
 
 def _setting(setting: str | Setting) -> Setting:
@@ -198,13 +198,13 @@ def _setting(setting: str | Setting) -> Setting:
 
 
 def make_setting_data(
-    setting: str | Setting, n: int, seed: int = 0, family: str = FAMILY
+    setting: str | Setting, n: int, seed: int = 0, box_format: str = BOX_FORMAT
 ) -> datasets.Dataset:
     """Rows of a setting in the row contract, plus the SFT answer text.
 
     `solution` is always the **exact** ground truth (what rewards and metrics use). `sft_target` is the answer
     text SFT learns: the objects in the (random) order of the annotation, with the setting's label noise
-    (loose boxes for `"imperfect_supervision"`), rendered in the family's format. Rows depend only on
+    (loose boxes for `"imperfect_supervision"`), rendered in the box format's answer format. Rows depend only on
     `(setting, seed, index)`.
 
     Example:
@@ -220,21 +220,23 @@ def make_setting_data(
     ```
     """
     spec = _setting(setting)
-    size = _image_size(family)
+    size = _image_size(box_format)
     ds = make_synthetic(
         spec.task, int(n), seed=int(seed), image_size=size, template=spec.prompt, **spec.synthetic
     )
-    input_size = list(model_input_size((size, size), family, min_pixels=MIN_PIXELS, max_pixels=size * size))
+    input_size = list(
+        model_input_size((size, size), box_format, min_pixels=MIN_PIXELS, max_pixels=size * size)
+    )
     noisy = ds["solution"]
     exact = ds["exact_solution"] if "exact_solution" in ds.column_names else noisy
     targets = []
     for obj, image_size in zip(noisy, ds["image_size"]):
         objects = [obj] if spec.task == "grounding" else obj
-        targets.append(render_objects(objects, family, image_size, input_size))
+        targets.append(render_objects(objects, box_format, image_size, input_size))
     ds = ds.remove_columns([c for c in ("solution", "exact_solution") if c in ds.column_names])
     ds = ds.add_column("solution", exact)
     ds = ds.add_column("sft_target", targets)
-    ds = ds.add_column("box_format", [family] * len(ds))
+    ds = ds.add_column("box_format", [box_format] * len(ds))
     ds = ds.add_column("input_size", [input_size] * len(ds))
     return ds
 
@@ -296,7 +298,7 @@ def reward_functions(setting: str | Setting) -> list[Callable[..., Any]]:
 # ------------------------------------------------------------------------------------------------- model
 
 
-def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, family: str = FAMILY) -> str:
+def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, box_format: str = BOX_FORMAT) -> str:
     """Builds the randomly initialised ~1.2M-parameter model of `LEARNING_CONFIG` (with its processor) into
     `output_dir` and returns the path.
 
@@ -312,11 +314,11 @@ def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, family: s
     ```
     """
     overrides = dict(LEARNING_CONFIG)
-    if family != "qwen2_5_vl":
+    if box_format != "qwen2_5_vl":
         overrides.pop("fullatt_block_indexes")
-    size = _image_size(family)
+    size = _image_size(box_format)
     return build_tiny_vlm(
-        family, output_dir, seed=seed, min_pixels=MIN_PIXELS, max_pixels=size * size, **overrides
+        box_format, output_dir, seed=seed, min_pixels=MIN_PIXELS, max_pixels=size * size, **overrides
     )
 
 
@@ -559,9 +561,9 @@ def _run_evaluate(
     batch_size: int = 100,
 ) -> EvaluationResult:
     """`trl_perception.evaluation.evaluate` on the rows of `ds`: batched greedy generation by `model` (or the
-    given `texts`), parsed and mapped to original pixels in the family's frame."""
-    family = ds["box_format"][0] if len(ds) else FAMILY
-    size = _image_size(family)
+    given `texts`), parsed and mapped to original pixels in the box format's frame."""
+    box_format = ds["box_format"][0] if len(ds) else BOX_FORMAT
+    size = _image_size(box_format)
     categories = None
     if spec.task == "detection":
         categories = shape_vocabulary(spec.synthetic.get("colors"), spec.synthetic.get("shapes"))
@@ -570,7 +572,7 @@ def _run_evaluate(
         None if texts is not None else model,
         ds,
         processor=processor,
-        box_format=family,
+        box_format=box_format,
         min_pixels=MIN_PIXELS,
         max_pixels=size * size,
         batch_size=batch_size,
