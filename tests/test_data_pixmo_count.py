@@ -230,7 +230,7 @@ def test_negative_count(pixmo):
     rows[0]["points"] = {"x": [], "y": []}
     path = _write_rows(pixmo["root"] / "bad.parquet", rows)
     _both_modes(
-        path, pixmo["images"], r"row 0: count must be a non-negative integer, got -1", "1 bad record", 2
+        path, pixmo["images"], r"row 0: count must be an integer in \[0, 2147483647\], got -1", "1 bad record", 2
     )
 
 

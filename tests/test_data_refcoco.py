@@ -301,7 +301,7 @@ def test_layout_is_detected_from_the_path(layouts):
 
 def test_unknown_parquet_schema_is_a_data_error(tmp_path):
     Dataset.from_dict({"a": [1]}).to_parquet(tmp_path / "val-00000-of-00001.parquet")
-    with pytest.raises(DataError, match="match neither lmms-lab"):
+    with pytest.raises(DataError, match="match none of lmms-lab"):
         build_refcoco(tmp_path, "val")
 
 

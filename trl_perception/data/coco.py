@@ -13,16 +13,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .common import (
+    RECORD_ERRORS,
     DataError,
     ErrorPolicy,
     PromptCache,
     RecordError,
     check_family_options,
     check_image_size,
+    check_inside,
     finalize,
     finite_numbers,
     grid_size_for,
     image_struct,
+    _short,
     positive_size,
     prompt_feature,
     row_features,
@@ -38,13 +41,18 @@ __all__ = ["build_coco_detection", "load_coco"]
 logger = logging.getLogger("trl_perception.data")
 
 # Per-annotation status codes.
-_OK, _ORPHAN, _MALFORMED, _BAD_BBOX, _UNKNOWN_CAT, _ZERO, _OUTSIDE = range(7)
+_OK, _ORPHAN, _MALFORMED, _BAD_BBOX, _UNKNOWN_CAT, _ZERO, _OUTSIDE, _BAD_CROWD = range(8)
 
 
 # A segmentation value: polygons `[[x, y, ...], ...]` or an RLE `{"counts": ..., "size": [h, w]}` (RLE
 # counts strings use characters 48..111, never braces). `"segmentation"` cannot match inside a JSON string,
-# where quotes are escaped.
-_SEGMENTATION = r'"segmentation"\s*:\s*(?:\[\s*(?:\[[^\[\]]*\]\s*,?\s*)*\]|\{[^{}]*\})'
+# where quotes are escaped. Every part has one way to match (commas are required between polygons, and
+# whitespace is consumed in one place), so a malformed value fails in time linear in its length instead of
+# backtracking through the ways of splitting whitespace between polygons.
+_POLYGON = r"\[[^\[\]]*\]"
+_SEGMENTATION = (
+    r'"segmentation"\s*:\s*(?:\[\s*(?:' + _POLYGON + r"(?:\s*,\s*" + _POLYGON + r")*\s*)?\]|\{[^{}]*\})"
+)
 _SEGMENTATION_FIRST = re.compile(_SEGMENTATION + r"\s*,\s*")
 _SEGMENTATION_LAST = re.compile(r",?\s*" + _SEGMENTATION + r"(?=\s*\})")
 
@@ -127,6 +135,7 @@ def build_coco_detection(
     include_crowd: bool = False,
     keep_empty: bool = True,
     check_images: bool = True,
+    allow_outside_image_dir: bool = False,
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -156,6 +165,8 @@ def build_coco_detection(
         include_crowd (`bool`): keep crowd regions as targets.
         keep_empty (`bool`): keep images without annotations.
         check_images (`bool`): check that every selected image file exists (one directory listing).
+        allow_outside_image_dir (`bool`): accept a `file_name` that leaves `image_dir` (`../x.jpg`, an
+            absolute path); off by default, where such a `file_name` is a bad record.
         box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
             `build_refcoco` (`{categories}` is the template field).
 
@@ -207,15 +218,17 @@ def build_coco_detection(
                 )
             if not isinstance(im["file_name"], str) or not im["file_name"]:
                 raise RecordError("bad record", f"file_name must be a path, got {im['file_name']!r:.80}")
+            if not allow_outside_image_dir:
+                check_inside(im["file_name"], "file_name")
+            if not _usable_id(im["id"]):
+                raise RecordError("bad record", f"image id must be an integer or a string, got {im['id']!r:.80}")
             if im["id"] in id_to_row:
                 raise RecordError("bad record", f"duplicate image id {im['id']!r}")
             sizes[i] = positive_size(im["width"], im["height"])
             names[i] = im["file_name"]
             id_to_row[im["id"]] = i
-        except (RecordError, TypeError) as err:
+        except RECORD_ERRORS as err:
             image_ok[i] = False
-            if not isinstance(err, RecordError):
-                err = RecordError("bad record", f"unusable image id {im.get('id')!r:.80}")
             policy.failed(f"image {i}", err, key=("image", i))
 
     # Annotations: gather the fields in one pass, then validate column-wise.
@@ -228,17 +241,21 @@ def build_coco_detection(
     raw_boxes: list[Any] = [None] * n_anns
     for k, ann in enumerate(anns):
         try:
-            row = id_to_row.get(ann["image_id"], -1)
+            row = id_to_row.get(ann["image_id"], -1) if _usable_id(ann["image_id"]) else -1
             ann_rows[k] = row
             if row < 0:
                 status[k] = _ORPHAN
                 continue
-            cat = cat_index.get(ann["category_id"], -1)
+            cat = cat_index.get(ann["category_id"], -1) if _usable_id(ann["category_id"]) else -1
             if cat < 0:
                 status[k] = _UNKNOWN_CAT
             ann_cats[k] = cat
             raw_boxes[k] = ann["bbox"]
-            crowd[k] = bool(ann.get("iscrowd", 0))
+            flag = _CROWD.get(_crowd_key(ann.get("iscrowd", 0)))
+            if flag is None:
+                status[k] = _BAD_CROWD
+            else:
+                crowd[k] = flag
         except (KeyError, TypeError):
             status[k] = _MALFORMED if ann_rows[k] >= 0 else _ORPHAN
     boxes = _box_array(raw_boxes, status)
@@ -329,6 +346,26 @@ def build_coco_detection(
     )  # fmt: skip
 
 
+_CROWD = {0: False, 1: True, "0": False, "1": True, None: False}
+"""`iscrowd` values and what they mean; anything else (`"yes"`, `2`, a list) makes the annotation a bad
+record rather than a guess (`bool("0")` would be a crowd region)."""
+
+
+def _crowd_key(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str):
+        return value.strip()
+    return value if isinstance(value, int) or value is None else "?"
+
+
+def _usable_id(value: Any) -> bool:
+    """COCO ids are integers (some exports use strings); lists, dicts, floats and booleans are not ids."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _box_array(raw: list[Any], status: np.ndarray) -> np.ndarray:
     """`[N, 4]` float64 of the raw xywh boxes; malformed ones (wrong length, non-numbers, non-finite) get
     status `_BAD_BBOX` and zeros."""
@@ -340,7 +377,7 @@ def _box_array(raw: list[Any], status: np.ndarray) -> np.ndarray:
             status[bad] = _BAD_BBOX
             arr[bad] = 0.0
             return arr.reshape(-1, 4) if arr.size else np.zeros((0, 4))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         pass
     arr = np.zeros((len(raw), 4), dtype=np.float64)
     for k in np.flatnonzero(todo).tolist():
@@ -368,17 +405,19 @@ def _report(
     if code == _ORPHAN:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         detail = (
-            f"image_id {image_id!r} is not among the images"
+            f"image_id {_short(image_id)} is not among the images"
             if isinstance(ann, dict) and "image_id" in ann
-            else f"not an annotation object with an image_id: {ann!r:.120}"
+            else f"not an annotation object with an image_id: {_short(ann)}"
         )
         policy.failed(what, RecordError("unknown image", detail), key=("ann", k))
         return
     where = f"image {row} ({names[row]}): {what}"
     if code == _MALFORMED:
         err = RecordError(
-            "bad record", f"an annotation needs image_id, category_id and bbox, got {ann!r:.120}"
+            "bad record", f"an annotation needs image_id, category_id and bbox, got {_short(ann)}"
         )
+    elif code == _BAD_CROWD:
+        err = RecordError("bad record", f"iscrowd must be 0 or 1, got {_short(ann.get('iscrowd'))}")
     elif code == _UNKNOWN_CAT:
         err = RecordError(
             "unknown category", f"category_id {ann.get('category_id')!r} is not among the categories"

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import pickle
+import reprlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -79,6 +80,20 @@ class RecordError(Exception):
         self.detail = detail
 
 
+RECORD_ERRORS: tuple[type[Exception], ...] = (
+    RecordError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    KeyError,
+    IndexError,
+    AttributeError,
+)
+"""What a builder's per-record code may raise on malformed values (an unhashable id, a number too large for
+an integer column, a string where a list belongs): `ErrorPolicy.failed` turns each into a `DataError` naming
+the file and record, or a counted skip."""
+
+
 class ErrorPolicy:
     """What a builder does with a bad record: raise a `DataError`, or skip it and count it.
 
@@ -119,11 +134,17 @@ class ErrorPolicy:
         """Number of records skipped so far."""
         return sum(self.reasons.values())
 
-    def failed(self, where: str, error: RecordError, key: Any = None) -> None:
+    def failed(self, where: str, error: Exception, key: Any = None) -> None:
         """Handle the bad record `where` (e.g. `"record 17 (ref_id 42)"`): raise or count it.
 
-        `key` identifies the source record when several rows come from it, so it is counted once.
+        `error` is a `RecordError`, or any of `RECORD_ERRORS` raised by code reading a malformed value
+        (counted as `"bad record"`). `key` identifies the source record when several rows come from it, so
+        it is counted once.
         """
+        if isinstance(error, DataError):  # already names its file: never re-wrap
+            raise error
+        if not isinstance(error, RecordError):
+            error = RecordError("bad record", f"{type(error).__name__}: {_short_text(str(error))}")
         message = f"{self.source}: {where}: {error.detail}"
         if self.on_error == "raise":
             raise DataError(message) from None
@@ -141,7 +162,12 @@ class ErrorPolicy:
         return key in self._failed_keys
 
     def summary(self, total: int) -> str:
-        """`"skipped k of n records from <file>: …"` by reason, most frequent first."""
+        """`"skipped k of n records from <file>: …"` by reason, most frequent first.
+
+        `total` is the number of records the builder examined; every skipped record was examined, so the
+        count never reads as more skipped than seen.
+        """
+        total = max(int(total), self.skipped)
         parts = ", ".join(
             f"{n} {reason}" for reason, n in sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         )
@@ -310,19 +336,73 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 _PLAIN_TYPES = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, bool, type(None))
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+_SCALAR_TYPES = frozenset({str, bytes, bytearray, int, float, bool, type(None)})
+
+MAX_PICKLE_ITEMS = 50_000_000
+"""Most values a data pickle may hold, counting a shared object once per place it is referenced: the
+size of the tree that code walking the value would visit (refer's largest `refs(google).p` holds a few
+million)."""
 
 
-def _check_plain(value: Any) -> None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
+def _children(item: Any) -> Any:
+    if isinstance(item, dict):
+        return [*item.keys(), *item.values()]
+    return item
+
+
+def _check_plain(value: Any, max_items: int = MAX_PICKLE_ITEMS) -> None:
+    """Check that `value` is a finite tree of plain data, visiting each distinct object once.
+
+    A container that (indirectly) contains itself is refused; so is a value whose tree, counting each
+    shared reference where it occurs, exceeds `max_items` values (a list doubled 60 times through shared
+    references is 60 objects but a tree of 2**60), since any code that walks it would never finish.
+    """
+    sizes: dict[int, int] = {}  # id -> tree size of a finished container
+    on_path: set[int] = set()
+    keep: list[Any] = []  # every visited container stays alive, so no id is reused during the check
+    stack: list[list[Any]] = []  # frames [container, iterator over its children, tree size so far]
+
+    def add(frame: list[Any], size: int) -> None:
+        frame[2] += size
+        if frame[2] > max_items:
+            raise pickle.UnpicklingError(f"more than {max_items:,} values (shared references counted)")
+
+    def enter(item: Any) -> int | None:
+        """The tree size of a scalar or finished container; None after pushing a new container."""
         if not isinstance(item, _PLAIN_TYPES):
             raise pickle.UnpicklingError(f"unexpected {type(item).__name__} in a data pickle")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+        if not isinstance(item, _CONTAINERS):
+            return 1
+        key = id(item)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            raise pickle.UnpicklingError(f"a {type(item).__name__} contains itself (a cyclic pickle)")
+        on_path.add(key)
+        keep.append(item)
+        stack.append([item, iter(_children(item)), 1])
+        return None
+
+    if enter(value) is None:
+        while stack:
+            frame = stack[-1]
+            for child in frame[1]:
+                if type(child) in _SCALAR_TYPES:  # the bulk of any real pickle: no call, no bookkeeping
+                    frame[2] += 1
+                    continue
+                size = enter(child)
+                if size is None:
+                    break  # finish the new container first
+                add(frame, size)
+            else:
+                stack.pop()
+                add(frame, 0)
+                key = id(frame[0])
+                on_path.discard(key)
+                sizes[key] = frame[2]
+                if stack:
+                    add(stack[-1], frame[2])
 
 
 def load_pickle(source: str | os.PathLike | bytes) -> Any:
@@ -449,8 +529,45 @@ def read_image_size(source: str | os.PathLike | bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def check_inside(name: str, what: str = "image path") -> str:
+    """`name` if it is a relative path that stays inside the folder it is relative to, else
+    `RecordError("path outside image_dir")`: an absolute path (`/x`, `C:\\x`, `\\\\server\\x`), a `..`
+    component (with either slash) or a NUL character would let a data file point anywhere on disk.
+
+    Example:
+    ```python
+    >>> check_inside("train2014/COCO_train2014_000000000009.jpg")
+    'train2014/COCO_train2014_000000000009.jpg'
+    >>> check_inside("../secret.jpg")
+    Traceback (most recent call last):
+    ...
+    trl_perception.data.common.RecordError: image path '../secret.jpg' leaves the image folder (pass allow_outside_image_dir=True to allow it)
+
+    ```
+    """
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    parts = name.replace("\\", "/").split("/")
+    if (
+        "\x00" in name
+        or PurePosixPath(name).is_absolute()
+        or name.startswith(("/", "\\"))
+        or PureWindowsPath(name).drive
+        or ".." in parts
+    ):
+        raise RecordError(
+            "path outside image_dir",
+            f"{what} {_short(name)} leaves the image folder (pass allow_outside_image_dir=True to allow it)",
+        )
+    return name
+
+
 class ImageFolder:
     """Finds image files under a folder; lists each directory once, so existence checks are cheap.
+
+    Candidates are paths relative to the folder. One that would leave it (`../x.jpg`, an absolute path)
+    raises `RecordError("path outside image_dir")`, unless `allow_outside=True`, which also takes absolute
+    candidates as they are.
 
     Example:
     ```python
@@ -465,8 +582,9 @@ class ImageFolder:
     ```
     """
 
-    def __init__(self, root: str | os.PathLike | None):
+    def __init__(self, root: str | os.PathLike | None, allow_outside: bool = False):
         self.root = Path(root).resolve() if root is not None else None
+        self.allow_outside = allow_outside
         self._listings: dict[Path, set[str] | None] = {}
 
     def _names(self, directory: Path) -> set[str] | None:
@@ -478,10 +596,13 @@ class ImageFolder:
         return self._listings[directory]
 
     def find(self, *candidates: str | os.PathLike | None) -> str | None:
-        """Absolute path of the first candidate (relative to the root, or absolute) that exists."""
+        """Absolute path of the first candidate (relative to the root; absolute ones only with
+        `allow_outside`) that exists. Every candidate is checked with `check_inside` first."""
+        candidates = tuple(c for c in candidates if c is not None and str(c) != "")
+        if not self.allow_outside:
+            for candidate in candidates:
+                check_inside(str(candidate))
         for candidate in candidates:
-            if candidate is None or str(candidate) == "":
-                continue
             candidate = Path(candidate)
             if not candidate.is_absolute():
                 if self.root is None:
@@ -1111,13 +1232,13 @@ def finite_numbers(value: Any, count: int, what: str) -> list[float]:
         raise RecordError(reason, f"{what} must be a list of {count} numbers, got {_short(value)}")
     out = []
     for v in value:
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float, np.integer, np.floating))
-            or not math.isfinite(v)
-        ):
+        try:
+            number = float(v) if isinstance(v, (int, float, np.integer, np.floating)) else math.nan
+        except OverflowError:  # an integer beyond float range
+            number = math.nan
+        if isinstance(v, bool) or not math.isfinite(number):
             raise RecordError(reason, f"{what} must be a list of {count} finite numbers, got {_short(value)}")
-        out.append(float(v))
+        out.append(number)
     return out
 
 
@@ -1176,8 +1297,12 @@ def round_box(box: Iterable[float]) -> list[float]:
     return [round(float(v), 3) + 0.0 for v in box]
 
 
+MAX_IMAGE_SIDE = 2**31 - 1
+"""Largest image width or height a record may state (Pillow's own limit); larger values are bad records."""
+
+
 def positive_size(width: Any, height: Any, what: str = "image size") -> list[int]:
-    """`[width, height]` as positive integers, else `RecordError("bad record")`.
+    """`[width, height]` as positive integers (at most `MAX_IMAGE_SIDE`), else `RecordError("bad record")`.
 
     Example:
     ```python
@@ -1187,21 +1312,34 @@ def positive_size(width: Any, height: Any, what: str = "image size") -> list[int
     ```
     """
     try:
+        ok = not isinstance(width, (bool, str)) and not isinstance(height, (bool, str))
         w, h = int(width), int(height)
-        ok = w > 0 and h > 0 and float(width) == w and float(height) == h
+        ok = ok and 0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE
+        ok = ok and float(width) == w and float(height) == h
     except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         raise RecordError(
             "bad record",
-            f"{what} must be positive integers, got width={_short(width)}, height={_short(height)}",
+            f"{what} must be positive integers up to {MAX_IMAGE_SIDE}, got width={_short(width)}, "
+            f"height={_short(height)}",
         )
     return [w, h]
 
 
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value)
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 100
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+
+def _short_text(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A bounded repr for messages: a huge or deeply shared value is never rendered whole."""
+    return _short_text(_REPR.repr(value), limit)
 
 
 def require_keys(record: Any, keys: Sequence[str], what: str = "record") -> Mapping[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import (
+    RECORD_ERRORS,
     ErrorPolicy,
     ImageFolder,
     PromptCache,
@@ -52,6 +53,7 @@ def build_pageocr(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    allow_outside_image_dir: bool = False,
     num_samples: int | None = None,
     seed: int = 0,
     on_error: str = "raise",
@@ -70,6 +72,8 @@ def build_pageocr(
         box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
             `build_refcoco`. A family adds its columns (OCR has no output-format instruction); pixel
             limits resize pages to its grid (the text is unchanged).
+        allow_outside_image_dir (`bool`): accept an `image` path that leaves `image_dir` (`../x.png`, an
+            absolute path); off by default, where such a path is a bad record.
 
     Returns:
         `datasets.Dataset` in the row contract, `task == "ocr"`.
@@ -93,7 +97,9 @@ def build_pageocr(
     json_file = Path(json_file)
     entries = load_json_records(json_file)
     policy = ErrorPolicy(json_file, on_error)
-    folder = ImageFolder(image_dir if image_dir is not None else json_file.parent)
+    folder = ImageFolder(
+        image_dir if image_dir is not None else json_file.parent, allow_outside=allow_outside_image_dir
+    )
     lang = json_file.name.split("_", 1)[0]
     fox_dir = f"{lang}_pdf_png" if lang in ("en", "cn") else None
 
@@ -112,7 +118,7 @@ def build_pageocr(
             records.append(
                 {"where": where, "text": _answer(record["conversations"]), "candidates": candidates}
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
 
     def accept(i: int) -> bool:
@@ -127,7 +133,7 @@ def build_pageocr(
             record["image"], record["image_size"] = found, list(read_image_size(found))
             check_image_size(record["image_size"], box_format, min_pixels, max_pixels)
             return True
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(record["where"], err)
             return False
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .common import (
+    RECORD_ERRORS,
     DataError,
     ErrorPolicy,
     ImageFolder,
@@ -19,12 +20,14 @@ from .common import (
     RecordError,
     check_family_options,
     check_image_size,
+    check_inside,
     contract_dataset,
     image_struct,
     load_json_records,
     parquet_columns,
     read_image_size,
     read_parquet,
+    _short,
     require_keys,
     select_rows,
 )
@@ -44,8 +47,8 @@ _POINT_TOLERANCE = 1.0  # pixels a point may lie outside the image (annotation c
 class _ShaFolder(ImageFolder):
     """An image folder also indexed by file stem, so `<sha256>.jpg`, `<sha256>.png` or `<sha256>` match."""
 
-    def __init__(self, root: str | os.PathLike | None):
-        super().__init__(root)
+    def __init__(self, root: str | os.PathLike | None, allow_outside: bool = False):
+        super().__init__(root, allow_outside)
         self._stems: dict[str, str] | None = None
 
     def by_stem(self, stem: str) -> str | None:
@@ -118,11 +121,17 @@ def _points(value: Any, count: int) -> list[list[float]] | None:
     return out
 
 
+MAX_COUNT = 2**31 - 1
+"""Largest count a record may state; a count of `1e300` is a bad record, not an integer overflow."""
+
+
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        if isinstance(value, float) and value.is_integer() and value >= 0:
-            return int(value)
-        raise RecordError("bad record", f"count must be a non-negative integer, got {value!r:.80}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise RecordError(
+            "bad record", f"count must be an integer in [0, {MAX_COUNT}], got {_short(value)}"
+        )
     return value
 
 
@@ -136,7 +145,10 @@ def _url_name(url: Any) -> str | None:
     if not isinstance(url, str) or not url:
         return None
     name = os.path.basename(unquote(urlparse(url).path))
-    return name or None
+    try:
+        return check_inside(name) if name else None
+    except RecordError:  # a URL's last segment of `..`: no local file name to look for
+        return None
 
 
 def _sha256(path: str) -> str:
@@ -179,7 +191,7 @@ def _read_hf(path: Path, split: str | None, on_error: str) -> tuple[list[dict[st
                         "describe": f"sha256 {sha} / url {url}",
                     }
                 )
-            except RecordError as err:
+            except RECORD_ERRORS as err:
                 policy.failed(where, err)
         total += n
     return records, policy, total
@@ -196,7 +208,7 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
             record = require_keys(record, _PR1_KEYS)
             rel = record["image_path"]
             if not isinstance(rel, str) or not rel:
-                raise RecordError("bad record", f"image_path must be a relative path, got {rel!r:.80}")
+                raise RecordError("bad record", f"image_path must be a relative path, got {_short(rel)}")
             records.append(
                 {
                     "where": where,
@@ -208,7 +220,7 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
                     "describe": rel,
                 }
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
     return records, policy, len(entries)
 
@@ -219,6 +231,7 @@ def build_pixmo_count(
     *,
     split: str | None = None,
     verify_sha256: bool = False,
+    allow_outside_image_dir: bool = False,
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -249,6 +262,8 @@ def build_pixmo_count(
         split (`str`, *optional*): split of a snapshot folder holding several.
         verify_sha256 (`bool`): hash each image found and check it against `image_sha256` (a mismatch is
             a bad record). Off by default: it reads every file.
+        allow_outside_image_dir (`bool`): accept an `image_path` that leaves `image_dir` (`../x.jpg`, an
+            absolute path); off by default, where such a path is a bad record.
         box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
             `build_refcoco` (`{label}` is the template field).
 
@@ -277,7 +292,7 @@ def build_pixmo_count(
         records, policy, total = _read_pr1(path, on_error)
     else:
         records, policy, total = _read_hf(path, split, on_error)
-    folder = _ShaFolder(image_dir)
+    folder = _ShaFolder(image_dir, allow_outside=allow_outside_image_dir)
 
     def accept(i: int) -> bool:
         record = records[i]
@@ -307,7 +322,7 @@ def build_pixmo_count(
                 record["points"] = [[min(max(x, 0.0), w), min(max(y, 0.0), h)] for x, y in record["points"]]
             record["image"], record["image_size"] = found, list(size)
             return True
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(record["where"], err)
             return False
 

@@ -217,7 +217,10 @@ def load_font(
     if path is None:
         path = latin_font_path()
     if path is not None:
-        return ImageFont.truetype(path, size)
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError as err:  # Pillow's message ("cannot open resource") does not say which file
+            raise OSError(f"cannot load the font file {path!r}: {err}") from None
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -804,6 +807,8 @@ def _check_options(opts: _Options) -> None:
     for color in opts.colors:
         if color not in COLORS:
             raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
+    if opts.font is not None and not os.path.isfile(opts.font):
+        raise FileNotFoundError(f"font file {opts.font!r} not found")
     if opts.language not in ("en", "zh"):
         raise ValueError(f"unknown language {opts.language!r}; expected 'en' or 'zh'")
     backgrounds = (opts.background,) if isinstance(opts.background, str) else opts.background
