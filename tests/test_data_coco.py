@@ -16,7 +16,7 @@ from trl_perception.data.coco import _parse_without_segmentation, build_coco_det
 from trl_perception.data.common import DataError, DataWarning, grid_size_for
 from trl_perception.data.prompts import COCO_CATEGORIES
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VAL2014_100 = FIXTURES / "coco" / "instances_val2014_100.json"
 
 CATEGORIES = [  # listed out of id order, with gaps
@@ -116,7 +116,6 @@ def test_image_size_comes_from_the_json_not_the_files(tmp_path):
     assert _rows(build_coco_detection(path, folder))[0]["image_size"] == [640, 480]
 
 
-@pytest.mark.skipif(not VAL2014_100.is_file(), reason="shared COCO fixture not present")
 def test_real_val2014_fixture_builds_with_the_right_counts(tmp_path):
     data = json.loads(VAL2014_100.read_text())
     folder = tmp_path / "val2014"
