@@ -239,7 +239,7 @@ def _read_refer(
     for i, ref in enumerate(refs):
         where = f"record {i}"
         try:
-            if not isinstance(ref, dict) or ref.get("split") == split:
+            if not isinstance(ref, dict) or ref.get("split", split) == split:
                 total += 1  # a ref of this split, or one whose split cannot be told: examined here
             ref = require_keys(ref, ("split",), "ref")
             if ref["split"] != split:
