@@ -92,7 +92,7 @@ def test_cyclic_refs_pickle_fails_the_builder_in_both_modes(tmp_path):
     (tmp_path / "instances.json").write_text('{"images": [], "annotations": []}')
     for mode in ("raise", "skip"):
         with never_hangs(), pytest.raises(DataError, match=r"refs\(unc\)\.p: not a plain-data pickle"):
-            build_refcoco(tmp_path, "val", image_dir=tmp_path, on_error=mode)
+            build_refcoco(tmp_path, split="val", image_dir=tmp_path, on_error=mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_coco_file_name_outside_image_dir(escape, name):
         )
     )
     _expect_outside(build_coco_detection, path, images, r"image 1")
-    allowed = build_coco_detection(path, images, allow_outside_image_dir=True)
+    allowed = build_coco_detection(path, image_dir=images, allow_outside_image_dir=True)
     assert len(allowed) == 2  # the opt-in reads both
 
 
@@ -205,7 +205,7 @@ def test_pr1_image_outside_image_dir(escape, name):
     path.write_text(json.dumps(records))
     _expect_outside(build_refcoco, path, images, r"record 1", split="val")
     if name.startswith("{root}"):
-        assert len(build_refcoco(path, "val", image_dir=images, allow_outside_image_dir=True)) == 2
+        assert len(build_refcoco(path, split="val", image_dir=images, allow_outside_image_dir=True)) == 2
 
 
 def test_refer_file_name_outside_image_dir(escape):
@@ -281,9 +281,9 @@ def _coco_file(tmp_path, image=None, annotation=None, **top):
 def test_coco_malformed_image_both_modes(tmp_path, image):
     path = _coco_file(tmp_path, image=image)
     with pytest.raises(DataError, match=r"instances\.json: image 1: "):
-        build_coco_detection(path, tmp_path)
+        build_coco_detection(path, image_dir=tmp_path)
     with pytest.warns(DataWarning, match=r"skipped 1 of 2 records .*1 bad record"):
-        assert len(build_coco_detection(path, tmp_path, on_error="skip")) == 1
+        assert len(build_coco_detection(path, image_dir=tmp_path, on_error="skip")) == 1
 
 
 @pytest.mark.parametrize(
@@ -298,18 +298,18 @@ def test_coco_malformed_image_both_modes(tmp_path, image):
 def test_coco_malformed_annotation_both_modes(tmp_path, annotation):
     path = _coco_file(tmp_path, annotation=annotation)
     with pytest.raises(DataError, match=r"instances\.json: image 1 \(in\.jpg\): annotation 1 \(id 2\)"):
-        build_coco_detection(path, tmp_path)
+        build_coco_detection(path, image_dir=tmp_path)
     with pytest.warns(DataWarning, match=r"skipped 1 of 2 records"):
-        assert len(build_coco_detection(path, tmp_path, on_error="skip")) == 1
+        assert len(build_coco_detection(path, image_dir=tmp_path, on_error="skip")) == 1
 
 
 def test_coco_string_iscrowd_is_read_as_its_value(tmp_path):
     annotation = {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "0"}
-    ds = build_coco_detection(_coco_file(tmp_path, annotation=annotation), tmp_path)
+    ds = build_coco_detection(_coco_file(tmp_path, annotation=annotation), image_dir=tmp_path)
     assert len(ds) == 2  # "0" is not a crowd region: image 2 keeps its box
     assert ds.select_columns(["solution"])[1]["solution"] == [{"bbox_2d": [1.0, 1.0, 6.0, 6.0], "label": "cat"}]
     annotation["iscrowd"] = "1"
-    assert len(build_coco_detection(_coco_file(tmp_path, annotation=annotation), tmp_path)) == 1
+    assert len(build_coco_detection(_coco_file(tmp_path, annotation=annotation), image_dir=tmp_path)) == 1
 
 
 @pytest.mark.parametrize("key", ["images", "annotations", "categories"])
@@ -318,7 +318,7 @@ def test_coco_sections_that_are_not_lists(tmp_path, key, value):
     path = _coco_file(tmp_path, **{key: value})
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=rf"instances\.json: expected a COCO object with a '{key}' list"):
-            build_coco_detection(path, tmp_path, on_error=mode)
+            build_coco_detection(path, image_dir=tmp_path, on_error=mode)
 
 
 def _refer(tmp_path, refs, images=None, annotations=None):
@@ -355,9 +355,9 @@ GOOD_REF = {"ref_id": 0, "ann_id": 10, "image_id": 1, "split": "val", "sentences
 def test_refer_malformed_ref_both_modes(tmp_path, bad):
     folder = _refer(tmp_path, [GOOD_REF, bad])
     with pytest.raises(DataError, match=r"refs\(unc\)\.p: record 1"):
-        build_refcoco(folder, "val", image_dir=folder)
+        build_refcoco(folder, split="val", image_dir=folder)
     with pytest.warns(DataWarning, match=r"skipped 1 of 2 records .*1 bad record"):
-        assert len(build_refcoco(folder, "val", image_dir=folder, on_error="skip")) == 1
+        assert len(build_refcoco(folder, split="val", image_dir=folder, on_error="skip")) == 1
 
 
 @pytest.mark.parametrize(
@@ -372,9 +372,9 @@ def test_refer_malformed_ref_both_modes(tmp_path, bad):
 def test_refer_malformed_instances_both_modes(tmp_path, images, annotations):
     folder = _refer(tmp_path, [GOOD_REF], images, annotations)
     with pytest.raises(DataError, match=r"refs\(unc\)\.p: record 0"):
-        build_refcoco(folder, "val", image_dir=folder)
+        build_refcoco(folder, split="val", image_dir=folder)
     with pytest.warns(DataWarning, match=r"skipped 1 of 1 records"):
-        assert len(build_refcoco(folder, "val", image_dir=folder, on_error="skip")) == 0
+        assert len(build_refcoco(folder, split="val", image_dir=folder, on_error="skip")) == 0
 
 
 @pytest.mark.parametrize("value", [5, "x", None])
@@ -385,7 +385,7 @@ def test_refer_instances_sections_that_are_not_lists(tmp_path, value):
     (folder / "instances.json").write_text(json.dumps(data))
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"instances\.json: expected a COCO-style object"):
-            build_refcoco(folder, "val", image_dir=folder, on_error=mode)
+            build_refcoco(folder, split="val", image_dir=folder, on_error=mode)
 
 
 @pytest.mark.parametrize("count", [1e300, 10**30, -1, 2.5, "3", [3]])
@@ -396,16 +396,16 @@ def test_pixmo_malformed_count_both_modes(tmp_path, count):
         "\n".join(json.dumps({"image_path": "in.jpg", "question": "dogs", "ground_truth": c}) for c in (2, count))
     )
     with pytest.raises(DataError, match=r"pixmo_count_val540\.jsonl: line 2: count must be an integer"):
-        build_pixmo_count(path, tmp_path)
+        build_pixmo_count(path, image_dir=tmp_path)
     with pytest.warns(DataWarning, match=r"skipped 1 of 2 records .*1 bad record"):
-        assert len(build_pixmo_count(path, tmp_path, on_error="skip")) == 1
+        assert len(build_pixmo_count(path, image_dir=tmp_path, on_error="skip")) == 1
 
 
 def test_skip_summary_never_counts_more_skipped_than_seen(tmp_path):
     # Refs without a split cannot be told apart from the requested split's: they are examined and counted.
     folder = _refer(tmp_path, [{"ref_id": 0}, {"ref_id": 1}, {**GOOD_REF, "split": "train"}])
     with pytest.warns(DataWarning, match=r"skipped 2 of 2 records"):
-        build_refcoco(folder, "val", image_dir=folder, on_error="skip")
+        build_refcoco(folder, split="val", image_dir=folder, on_error="skip")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def image_dir(tmp_path_factory):
 def test_any_coco_content_builds_or_raises_data_error(image_dir, images, annotations, categories):
     path = image_dir / "instances.json"
     path.write_text(_json_text({"images": images, "annotations": annotations, "categories": categories}))
-    _builds_or_data_error(lambda **kw: build_coco_detection(path, image_dir, **kw))
+    _builds_or_data_error(lambda **kw: build_coco_detection(path, image_dir=image_dir, **kw))
 
 
 @FUZZ
@@ -486,7 +486,7 @@ def test_any_coco_content_builds_or_raises_data_error(image_dir, images, annotat
 def test_any_pr1_content_builds_or_raises_data_error(image_dir, records, frame):
     path = image_dir / "refcoco_val.json"
     path.write_text(_json_text(records))
-    _builds_or_data_error(lambda **kw: build_refcoco(path, "val", image_dir=image_dir, solution_frame=frame, **kw))
+    _builds_or_data_error(lambda **kw: build_refcoco(path, split="val", image_dir=image_dir, solution_frame=frame, **kw))
 
 
 @FUZZ
@@ -512,7 +512,7 @@ def test_any_refer_content_builds_or_raises_data_error(tmp_path_factory, refs, i
     PILImage.new("RGB", (20, 10)).save(folder / "in.jpg")
     (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     (folder / "instances.json").write_text(_json_text({"images": images, "annotations": annotations}))
-    _builds_or_data_error(lambda **kw: build_refcoco(folder, "val", image_dir=folder, **kw))
+    _builds_or_data_error(lambda **kw: build_refcoco(folder, split="val", image_dir=folder, **kw))
 
 
 @FUZZ
@@ -528,7 +528,7 @@ def test_any_refer_content_builds_or_raises_data_error(tmp_path_factory, refs, i
 def test_any_pixmo_jsonl_content_builds_or_raises_data_error(image_dir, records):
     path = image_dir / "pixmo_count_val540.jsonl"
     path.write_text("\n".join(_json_text(r) for r in records))
-    _builds_or_data_error(lambda **kw: build_pixmo_count(path, image_dir, **kw))
+    _builds_or_data_error(lambda **kw: build_pixmo_count(path, image_dir=image_dir, **kw))
 
 
 @FUZZ
@@ -551,7 +551,7 @@ def test_any_pixmo_jsonl_content_builds_or_raises_data_error(image_dir, records)
 def test_any_fox_content_builds_or_raises_data_error(image_dir, records):
     path = image_dir / "en_page_ocr.json"
     path.write_text(_json_text(records))
-    _builds_or_data_error(lambda **kw: build_pageocr(path, image_dir, **kw))
+    _builds_or_data_error(lambda **kw: build_pageocr(path, image_dir=image_dir, **kw))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -570,7 +570,7 @@ def test_eval_layout_with_normalized_solution_is_read_as_pixels(pr1):
     root, pixels, qwen2_vl = pr1
     path = root / "refcoco_val.json"
     path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": pixels, "normalized_solution": qwen2_vl}]))
-    assert build_refcoco(path, "val", image_dir=root)[0]["solution"] == pixels
+    assert build_refcoco(path, split="val", image_dir=root)[0]["solution"] == pixels
 
 
 @pytest.mark.parametrize("as_text", [True, False])
@@ -579,7 +579,7 @@ def test_training_layout_in_qwen2_vl_frame_is_converted_to_pixels(pr1, as_text):
     path = root / "refcoco_train.json"
     solution = str(qwen2_vl) if as_text else qwen2_vl  # refcoco_320k stores the list as text
     path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": solution}]))
-    ds = build_refcoco(path, "train", image_dir=root, solution_frame="qwen2_vl")
+    ds = build_refcoco(path, split="train", image_dir=root, solution_frame="qwen2_vl")
     assert ds[0]["solution"] == pixels
 
 
@@ -589,7 +589,7 @@ def test_training_layout_without_a_stated_frame_is_refused(pr1):
     path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": str(qwen2_vl)}]))
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"refcoco_train\.json: record 0: the frame of `solution` is not stated"):
-            build_refcoco(path, "train", image_dir=root, on_error=mode)
+            build_refcoco(path, split="train", image_dir=root, on_error=mode)
 
 
 def test_a_frame_that_contradicts_the_file_is_refused(pr1):
@@ -597,7 +597,7 @@ def test_a_frame_that_contradicts_the_file_is_refused(pr1):
     path = root / "refcoco_val.json"
     path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": pixels, "normalized_solution": qwen2_vl}]))
     with pytest.raises(DataError, match="has normalized_solution, so its solution is in pixels"):
-        build_refcoco(path, "val", image_dir=root, solution_frame="qwen2_vl")
+        build_refcoco(path, split="val", image_dir=root, solution_frame="qwen2_vl")
 
 
 def test_qwen2_vl_values_beyond_1000_are_bad_boxes(pr1):
@@ -605,7 +605,7 @@ def test_qwen2_vl_values_beyond_1000_are_bad_boxes(pr1):
     path = root / "refcoco_train.json"
     path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": [10, 10, 1200, 500]}]))
     with pytest.raises(DataError, match="outside Qwen2-VL's 0-1000 frame"):
-        build_refcoco(path, "train", image_dir=root, solution_frame="qwen2_vl")
+        build_refcoco(path, split="train", image_dir=root, solution_frame="qwen2_vl")
 
 
 @pytest.mark.parametrize("embedded", [True, False])
@@ -621,8 +621,8 @@ def test_refcoco_320k_parquet_layout(pr1, embedded):
     table = pa.table({"image": image, "problem": ["cat"], "solution": [str(qwen2_vl)]})
     pq.write_table(table, data / "train-00000-of-00001.parquet")
     with pytest.raises(DataError, match="the frame of `solution` is not stated"):
-        build_refcoco(root, "train", image_dir=root)
-    row = build_refcoco(root, "train", image_dir=None if embedded else root, solution_frame="qwen2_vl")[0]
+        build_refcoco(root, split="train", image_dir=root)
+    row = build_refcoco(root, split="train", image_dir=None if embedded else root, solution_frame="qwen2_vl")[0]
     assert row["solution"] == pixels and row["image"].size == (200, 100)
 
 

@@ -35,7 +35,7 @@ MODEL_FAMILY = {
     "Qwen2.5-VL-3B-Instruct": "qwen2_5_vl",
     "Qwen3-VL-4B-Instruct": "qwen3_vl",
 }
-# Forms of `dataset_source` each task's builder reads (data.common.build_from_source): "" is a folder.
+# Forms of `dataset_source` each task's builder reads (data.registry.build_dataset): "" is a folder.
 SOURCE_FORMS = {
     "grounding": {"", ".p", ".parquet", ".json", ".jsonl"},
     "counting": {"", ".parquet", ".json", ".jsonl"},
@@ -374,7 +374,7 @@ def test_eval_images_default_to_the_train_folder_only_for_the_same_source():
         eval_source="a/instances_val2017.json",
     )  # fmt: skip
     assert _eval_image_dir(same) == "train2014"
-    assert _eval_image_dir(other) is None  # build_from_source finds val2017/ next to the annotations
+    assert _eval_image_dir(other) is None  # build_coco_detection finds val2017/ next to the annotations
     other.eval_image_dir = "b/val2017"
     assert _eval_image_dir(other) == "b/val2017"
 

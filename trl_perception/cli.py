@@ -150,7 +150,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
-    from .data.common import build_from_source
+    from .data import build_dataset
     from .data.preview import render_preview
 
     kwargs = {}
@@ -161,7 +161,7 @@ def _run_preview(args: argparse.Namespace) -> int:
     for key in ("box_format", "min_pixels", "max_pixels"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    dataset = build_from_source(args.task, args.source, num_samples=args.n, seed=args.seed, **kwargs)
+    dataset = build_dataset(args.task, args.source, num_samples=args.n, seed=args.seed, **kwargs)
     path = render_preview(dataset, args.out, n=args.n, ncols=args.ncols)
     print(f"Wrote {path} ({min(args.n, len(dataset))} rows of {args.task} from {args.source})")
     return 0

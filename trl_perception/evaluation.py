@@ -1186,21 +1186,9 @@ def _build_dataset(task: str, source: str, family: str | None, args: argparse.Na
     options = dict(_parse_option(option) for option in (getattr(args, "source_option", None) or []))
     if getattr(args, "split", None) is not None:
         options.setdefault("split", args.split)
-    for module_name in ("trl_perception.data.preview", "trl_perception.data.common", "trl_perception.data"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        build_from_source = getattr(module, "build_from_source", None)
-        if build_from_source is not None:
-            return build_from_source(
-                task, source, num_samples=args.num_samples, seed=args.seed, box_format=family, **options
-            )
-    if source != "synthetic":
-        raise ValueError(f"unknown --source {source!r}: this installation only reads --source synthetic")
-    from .data.synthetic import make_synthetic
+    from .data import build_dataset
 
-    return make_synthetic(task, args.num_samples or 64, seed=args.seed, box_format=family, **options)
+    return build_dataset(task, source, num_samples=args.num_samples, seed=args.seed, box_format=family, **options)
 
 
 def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:

@@ -118,7 +118,7 @@ def _mixture(value: Any) -> list[dict]:
     return value
 
 
-# What each task's builder reads (see `data.common.build_from_source`): file suffixes, "" for a folder.
+# What each task's builder reads (see `data.registry.build_dataset`): file suffixes, "" for a folder.
 _SOURCE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "grounding": ("", ".p", ".parquet", ".json", ".jsonl"),  # refer folder / pickle, parquet, PR1 JSON
     "counting": ("", ".parquet", ".json", ".jsonl"),  # HF parquet (file or folder), PR1 jsonl
@@ -132,7 +132,7 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "detection": ("coco", "build_coco_detection"),
     "synthetic": ("synthetic", "make_synthetic"),
 }
-# Passed by the recipe itself (or by `build_from_source`), never through `dataset_kwargs`.
+# Passed by the recipe itself (or by `build_dataset`), never through `dataset_kwargs`.
 _SET_BY_RECIPE = frozenset({"task", "n", "path", "json_file", "annotation_file", "num_samples", "seed"})
 
 
@@ -312,7 +312,7 @@ def check_script_args(script_args: PerceptionScriptArguments) -> None:
 
 
 def _build_one(task: str, source: str, *, split, image_dir, num_samples, seed, box_format, training_args, kwargs):
-    from .data.common import build_from_source
+    from .data import build_dataset
 
     extra = dict(kwargs)
     for key, value in (("split", split), ("image_dir", image_dir)):
@@ -324,7 +324,7 @@ def _build_one(task: str, source: str, *, split, image_dir, num_samples, seed, b
         extra.setdefault("max_pixels", training_args.max_pixels)
     if getattr(training_args, "min_pixels", None) is not None:
         extra.setdefault("min_pixels", training_args.min_pixels)
-    return build_from_source(task, source, num_samples=num_samples, seed=seed, **extra)
+    return build_dataset(task, source, num_samples=num_samples, seed=seed, **extra)
 
 
 def _eval_image_dir(script_args: PerceptionScriptArguments) -> str | None:

@@ -33,6 +33,8 @@ from .common import (
     select_rows,
 )
 
+from .registry import register_builder
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
@@ -112,6 +114,16 @@ def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _default_image_dir(path: Path) -> Path:
+    """COCO's layout: `annotations/instances_val2017.json` → `val2017/` beside `annotations/` (or beside the
+    file)."""
+    name = path.stem.split("_", 1)[-1]
+    for candidate in (path.parent.parent / name, path.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise ValueError(f"pass image_dir= for {path} (no {name}/ image folder found next to it)")
+
+
 def _categories(data: dict[str, Any], path: Path) -> tuple[dict[Any, int], list[str]]:
     """Category id → index into the names sorted by id (COCO ids are 1..90 with gaps)."""
     entries = []
@@ -128,22 +140,24 @@ def _categories(data: dict[str, Any], path: Path) -> tuple[dict[Any, int], list[
     return {cid: k for k, cid in enumerate(ids)}, [name for _, name in entries]
 
 
+@register_builder("detection")
 def build_coco_detection(
-    annotation_file: str | os.PathLike,
-    image_dir: str | os.PathLike,
+    source: str | os.PathLike,
     *,
-    include_crowd: bool = False,
-    keep_empty: bool = True,
-    check_images: bool = True,
-    allow_outside_image_dir: bool = False,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    include_crowd: bool = False,
+    keep_empty: bool = True,
+    check_images: bool = True,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """Detection rows (one per image) from a COCO `instances_*.json` and its image folder.
 
@@ -160,15 +174,17 @@ def build_coco_detection(
     dropped and logged.
 
     Args:
-        annotation_file: `instances_*.json` (segmentations are ignored).
-        image_dir: the folder of the images (`file_name` is relative to it).
+        source: `instances_*.json` (segmentations are ignored).
+        split: must be `None`: one annotation file holds one split.
+        image_dir: the folder of the images (`file_name` is relative to it). By default COCO's layout:
+            `<root>/annotations/instances_val2017.json` → `<root>/val2017/` (or `val2017/` beside the file).
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco` (`{categories}` is the template field).
         include_crowd (`bool`): keep crowd regions as targets.
         keep_empty (`bool`): keep images without annotations.
         check_images (`bool`): check that every selected image file exists (one directory listing).
         allow_outside_image_dir (`bool`): accept a `file_name` that leaves `image_dir` (`../x.jpg`, an
             absolute path); off by default, where such a `file_name` is a bad record.
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco` (`{categories}` is the template field).
 
     Bad input (an unknown image or category id, a negative or non-finite bbox, a malformed record, a
     missing image) raises `DataError` naming the file, image and annotation; with `on_error="skip"` the
@@ -185,7 +201,7 @@ def build_coco_detection(
     ...     "images": [{"id": 1, "file_name": "1.jpg", "width": 640, "height": 480}],
     ...     "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
     ...     "annotations": [{"id": 5, "image_id": 1, "category_id": 18, "bbox": [10, 20, 30, 40], "iscrowd": 0}]}))
-    >>> ds = build_coco_detection(root / "instances.json", root)
+    >>> ds = build_coco_detection(root / "instances.json", image_dir=root)
     >>> row = ds.select_columns(["prompt", "solution", "image_size"])[0]
     >>> row["prompt"][0]["content"][1]["text"]
     'Please output bbox coordinates and names of person, dog.'
@@ -195,11 +211,13 @@ def build_coco_detection(
     ```
     """
     check_family_options(box_format, min_pixels, max_pixels)
-    path = Path(annotation_file)
-    if image_dir is None:
-        raise ValueError("build_coco_detection needs image_dir= (the folder the file names are relative to)")
-    root = str(Path(image_dir).resolve())
+    path = Path(source)
+    if split is not None:
+        raise ValueError(f"{path}: one COCO annotation file holds one split; it takes no split")
     data = load_coco(path)
+    if image_dir is None:
+        image_dir = _default_image_dir(path)
+    root = str(Path(image_dir).resolve())
     cat_index, cat_names = _categories(data, path)
     policy = ErrorPolicy(path, on_error)
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DataError",
-    "build_from_source",
     "DataWarning",
     "ErrorPolicy",
     "GridImageTransform",
@@ -1362,81 +1361,3 @@ def require_keys(record: Any, keys: Sequence[str], what: str = "record") -> Mapp
     if missing:
         raise RecordError("bad record", f"{what} lacks key(s) {missing}; has {sorted(map(str, record))[:12]}")
     return record
-
-
-# --------------------------------------------------------------------------------------------------
-# One entry point for the CLI
-
-
-def _guess_image_dir(task: str, source: Path) -> Path | None:
-    """Where the images usually are, relative to the annotation file of each source."""
-    if task == "detection":
-        # annotations/instances_val2017.json -> ../val2017 (or ./val2017)
-        name = source.stem.split("_", 1)[-1]
-        for candidate in (source.parent.parent / name, source.parent / name):
-            if candidate.is_dir():
-                return candidate
-        return None
-    if task == "ocr":
-        return source.parent
-    if task == "counting":
-        return source.parent if source.is_file() else source
-    return None
-
-
-def build_from_source(task: str, source: str | os.PathLike, **kwargs: Any) -> datasets.Dataset:
-    """Build a dataset for `task` from a path, choosing the builder: grounding → `build_refcoco`,
-    counting → `build_pixmo_count`, ocr → `build_pageocr`, detection → `build_coco_detection`, and
-    `source="synthetic"` → `make_synthetic` (with `num_samples` rows, default 16).
-
-    `kwargs` go to the builder (`split`, `image_dir`, `box_format`, `num_samples`, `seed`, ...). Where
-    `image_dir` is not given it is guessed from the usual layout (COCO: `annotations/instances_X.json` →
-    `X/`; Fox: the JSON's folder; PixMo: the source's folder); RefCOCO's split defaults to the one named
-    in a Perception-R1 file name, else `"val"`.
-
-    Example:
-    ```python
-    >>> ds = build_from_source("counting", "synthetic", num_samples=2, seed=0)
-    >>> len(ds), ds[0]["task"]
-    (2, 'counting')
-
-    ```
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if str(source) == "synthetic":
-        from .synthetic import make_synthetic
-
-        unused = sorted(k for k in ("split", "image_dir") if kwargs.get(k) is not None)
-        if unused:
-            raise ValueError(f"the synthetic source takes no {unused}")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("split", "image_dir", "on_error")}
-        n = kwargs.pop("num_samples", None) or 16
-        return make_synthetic(task, n, **kwargs)
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    image_dir = kwargs.pop("image_dir", None)
-    if image_dir is None:
-        image_dir = _guess_image_dir(task, path)
-    if task == "grounding":
-        from .refcoco import build_refcoco, default_split
-
-        split = kwargs.pop("split", None) or default_split(path)
-        return build_refcoco(path, split, image_dir, **kwargs)
-    if task == "counting":
-        from .pixmo_count import build_pixmo_count
-
-        return build_pixmo_count(path, image_dir, **kwargs)
-    if kwargs.get("split") is not None:
-        raise ValueError(f"the {task} source is one file; it takes no split")
-    kwargs.pop("split", None)
-    if task == "ocr":
-        from .pageocr import build_pageocr
-
-        return build_pageocr(path, image_dir, **kwargs)
-    from .coco import build_coco_detection
-
-    if image_dir is None:
-        raise ValueError(f"pass image_dir= for {path} (no image folder found next to it)")
-    return build_coco_detection(path, image_dir, **kwargs)

@@ -23,6 +23,8 @@ from .common import (
     select_rows,
 )
 
+from .registry import register_builder
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
@@ -44,19 +46,21 @@ def _answer(conversations: Any) -> str:
     raise RecordError("bad record", "conversations hold no 'gpt' turn with the page text")
 
 
+@register_builder("ocr")
 def build_pageocr(
-    json_file: str | os.PathLike,
-    image_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike,
     *,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
     allow_outside_image_dir: bool = False,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
 ) -> datasets.Dataset:
     """OCR rows from a Fox page-OCR file (English `en_page_ocr.json` or Chinese `cn_page_ocr.json`).
 
@@ -67,10 +71,11 @@ def build_pageocr(
     `image_dir`, then in Fox's own `<image_dir>/{en,cn}_pdf_png/` folder named after the JSON file.
 
     Args:
-        json_file: the Fox JSON file.
+        source: the Fox JSON file.
+        split: must be `None`: one Fox file holds one set.
         image_dir: folder of the page images (default: the JSON file's folder, as in Fox's zip).
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco`. A family adds its columns (OCR has no output-format instruction); pixel
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco`. A box format adds its columns (OCR has no output-format instruction); pixel
             limits resize pages to its grid (the text is unchanged).
         allow_outside_image_dir (`bool`): accept an `image` path that leaves `image_dir` (`../x.png`, an
             absolute path); off by default, where such a path is a bad record.
@@ -94,7 +99,9 @@ def build_pageocr(
     ```
     """
     check_family_options(box_format, min_pixels, max_pixels)
-    json_file = Path(json_file)
+    json_file = Path(source)
+    if split is not None:
+        raise ValueError(f"{json_file}: one Fox file holds one set; it takes no split")
     entries = load_json_records(json_file)
     policy = ErrorPolicy(json_file, on_error)
     folder = ImageFolder(

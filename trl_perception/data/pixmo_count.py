@@ -32,6 +32,8 @@ from .common import (
     select_rows,
 )
 
+from .registry import register_builder
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
@@ -225,21 +227,22 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
     return records, policy, len(entries)
 
 
+@register_builder("counting")
 def build_pixmo_count(
-    path: str | os.PathLike,
-    image_dir: str | os.PathLike,
+    source: str | os.PathLike,
     *,
     split: str | None = None,
-    verify_sha256: bool = False,
-    allow_outside_image_dir: bool = False,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    verify_sha256: bool = False,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """Counting rows from PixMo-Count.
 
@@ -257,15 +260,16 @@ def build_pixmo_count(
     the source has none (the jsonl files, and the eval splits of some releases).
 
     Args:
-        path: the parquet file/folder or the jsonl file.
-        image_dir: the folder holding the downloaded images.
+        source: the parquet file/folder or the jsonl file.
         split (`str`, *optional*): split of a snapshot folder holding several.
+        image_dir: the folder holding the downloaded images (default: the source's folder, or the source
+            itself when it is a folder).
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco` (`{label}` is the template field).
         verify_sha256 (`bool`): hash each image found and check it against `image_sha256` (a mismatch is
             a bad record). Off by default: it reads every file.
         allow_outside_image_dir (`bool`): accept an `image_path` that leaves `image_dir` (`../x.jpg`, an
             absolute path); off by default, where such a path is a bad record.
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco` (`{label}` is the template field).
 
     Returns:
         `datasets.Dataset` in the row contract, `task == "counting"`.
@@ -278,16 +282,18 @@ def build_pixmo_count(
     >>> Image.new("RGB", (64, 48)).save(root / "a.jpg")
     >>> _ = (root / "pixmo_count_val540.jsonl").write_text(
     ...     json.dumps({"image_path": "a.jpg", "question": "birds", "ground_truth": 3}) + "\\n")
-    >>> row = build_pixmo_count(root / "pixmo_count_val540.jsonl", root)[0]
+    >>> row = build_pixmo_count(root / "pixmo_count_val540.jsonl", image_dir=root)[0]
     >>> row["prompt"][0]["content"][1]["text"], row["solution"], row["image_size"]
     ('Output all the bounding boxes of the birds', {'count': 3, 'points': None}, [64, 48])
 
     ```
     """
     check_family_options(box_format, min_pixels, max_pixels)
-    path = Path(path)
+    path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if image_dir is None:
+        image_dir = path.parent if path.is_file() else path
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         records, policy, total = _read_pr1(path, on_error)
     else:

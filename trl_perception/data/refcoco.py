@@ -38,6 +38,8 @@ from .common import (
     xywh_to_xyxy,
 )
 
+from .registry import register_builder
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
@@ -147,7 +149,8 @@ def _canonical_split(split: str) -> str:
 
 
 def default_split(path: str | os.PathLike) -> str:
-    """The split a Perception-R1 file names (`refcoco_testA.json` → `"testA"`), else `"val"`.
+    """The split a file names (`refcoco_testA.json` → `"testA"`, `train-00000-of-00001.parquet` →
+    `"train"`), else `"val"`.
 
     Example:
     ```python
@@ -156,6 +159,9 @@ def default_split(path: str | os.PathLike) -> str:
 
     ```
     """
+    shard = _HF_SHARD.match(Path(path).name)
+    if shard and _SPLIT_ALIASES.get(shard.group("split"), shard.group("split")) in SPLITS:
+        return _SPLIT_ALIASES.get(shard.group("split"), shard.group("split"))
     stem = Path(path).stem
     named = next((s for s in (*SPLITS, "validation") if stem.endswith(f"_{s}")), None)
     return _SPLIT_ALIASES.get(named, named) if named else "val"
@@ -560,33 +566,34 @@ def _pr1_frame(source: Path, where: str, record: dict[str, Any], solution_frame:
 # The builder
 
 
+@register_builder("grounding")
 def build_refcoco(
-    path: str | os.PathLike,
-    split: str,
-    image_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike,
     *,
-    per: str = "sentence",
-    split_by: str | None = None,
-    sentence_key: str = "sent",
-    solution_frame: str | None = None,
-    allow_outside_image_dir: bool = False,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    per: str = "sentence",
+    split_by: str | None = None,
+    sentence_key: str = "sent",
+    solution_frame: str | None = None,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
-    """Grounding rows from RefCOCO, RefCOCO+ or RefCOCOg, in any of four layouts (detected from `path`).
+    """Grounding rows from RefCOCO, RefCOCO+ or RefCOCOg, in any of four layouts (detected from `source`).
 
-    | layout | `path` | boxes | images |
+    | layout | `source` | boxes | images |
     |---|---|---|---|
     | refer API | folder with `refs(unc\\|umd\\|google).p` + `instances.json` (or the pickle) | COCO xywh | `image_dir` (COCO train2014) |
     | lmms-lab | `lmms-lab/RefCOCO*` parquet file or snapshot folder | xywh | embedded |
     | jxu124 | `jxu124/refcoco*` parquet file or snapshot folder | xyxy | `image_dir` + `image_path` |
-    | Perception-R1 | flat JSON (`image`, `problem`, `solution`) or a folder of `*_<split>.json` | xyxy | `image_dir` + `image` |
+    | Perception-R1 | flat JSON (`image`, `problem`, `solution`) or a folder of `*_<split>.json`; `Kangheng/refcoco_320k` parquet | xyxy (pixels or 0–1000, see `solution_frame`) | `image_dir` + `image`, or embedded |
 
     Splits are named `"train"`, `"val"`, `"testA"`, `"testB"`, `"test"` and matched exactly (not with
     refer.py's substring test); each layout's names are mapped (jxu124's `validation`, and its `test`
@@ -596,11 +603,21 @@ def build_refcoco(
     (rounded to 1/1000 px, clipped to the image).
 
     Args:
-        path: the source (see the table).
-        split (`str`): which split.
-        image_dir: folder the image paths are relative to (refer: the train2014 folder; jxu124 and
-            Perception-R1: their image root, or the folder holding the files themselves). lmms-lab
-            needs none (it may still resolve rows without embedded bytes by `file_name`).
+        source: the file or folder (see the table).
+        split (`str`, *optional*): which split; by default the one a Perception-R1 file name says
+            (`refcoco_testA.json` → `"testA"`), else `"val"`.
+        image_dir: folder the image paths are relative to (refer: the train2014 folder, found by default
+            in refer's own layout; jxu124 and Perception-R1: their image root, or the folder holding the
+            files themselves). lmms-lab needs none (it may still resolve rows without embedded bytes by
+            `file_name`).
+        num_samples (`int`, *optional*), seed (`int`): a deterministic random subset of rows.
+        on_error (`str`): `"raise"` (`DataError` naming the file and record) or `"skip"` (skip bad
+            records, then warn with counts by reason).
+        box_format (`str`, *optional*): the model's box format; adds its output-format instruction to the
+            prompt and the `box_format` / `input_size` columns.
+        min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the model's
+            grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
+        template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
         per (`str`): `"sentence"` (one row per referring sentence) or `"object"` (one row per referred
             object, prompted with its first sentence).
         split_by (`str`, *optional*): which refs pickle of the refer layout (`"unc"`, `"umd"`,
@@ -613,18 +630,10 @@ def build_refcoco(
             Qwen2-VL's frame, so it needs `solution_frame="qwen2_vl"`. Without either, `DataError`.
         allow_outside_image_dir (`bool`): accept image paths that leave `image_dir` (`../x.jpg`, absolute
             paths). Off by default: such a path in a data file is a bad record.
-        box_format (`str`, *optional*): model family; adds its output-format instruction to the prompt
-            and the `box_format` / `input_size` columns.
-        min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the family's
-            grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
-        template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
-        num_samples (`int`, *optional*), seed (`int`): a deterministic random subset of rows.
-        on_error (`str`): `"raise"` (`DataError` naming the file and record) or `"skip"` (skip bad
-            records, then warn with counts by reason).
 
     Returns:
         `datasets.Dataset` with `prompt`, `image`, `task` (`"grounding"`), `solution`, `image_size`
-        (+ `box_format`, `input_size` with a family).
+        (+ `box_format`, `input_size` with a box format).
 
     Example:
     ```python
@@ -637,13 +646,14 @@ def build_refcoco(
     ...     "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [4, 6, 20, 10]}]}))
     >>> _ = (root / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 0, "ann_id": 7, "image_id": 1,
     ...     "split": "val", "sentences": [{"sent": "left man", "raw": "Left man"}]}], protocol=2))
-    >>> row = build_refcoco(root, "val", image_dir=root)[0]
+    >>> row = build_refcoco(root, split="val", image_dir=root)[0]
     >>> row["prompt"][0]["content"][1]["text"], row["solution"], row["image_size"]
     ('Output the bounding box of the left man in the image.', [4.0, 6.0, 24.0, 16.0], [64, 48])
 
     ```
     """
-    split = _canonical_split(split)
+    path = Path(source)
+    split = _canonical_split(default_split(path) if split is None else split)
     if per not in ("sentence", "object"):
         raise ValueError(f"per must be 'sentence' or 'object', got {per!r}")
     if sentence_key not in ("sent", "raw"):
@@ -651,7 +661,6 @@ def build_refcoco(
     check_family_options(box_format, min_pixels, max_pixels)
     if solution_frame is not None and solution_frame not in SOLUTION_FRAMES:
         raise ValueError(f"solution_frame must be one of {SOLUTION_FRAMES}, got {solution_frame!r}")
-    path = Path(path)
     layout = detect_refcoco_layout(path)
     if layout != "pr1" and solution_frame not in (None, "pixels"):
         raise ValueError(f"the {layout} layout stores pixel boxes; solution_frame applies to Perception-R1 files")

@@ -931,7 +931,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def make_synthetic(
     task: str | Sequence[str],
-    n: int,
+    num_samples: int,
     seed: int = 0,
     *,
     image_size: int | Sequence[int] = (112, 112),
@@ -972,18 +972,18 @@ def make_synthetic(
 
     Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
     width is its pixel count): whole numbers, stored as float64 like every builder's boxes (the features
-    come from `data.common.row_features`), so synthetic and real datasets concatenate. Row `i` depends
-    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger `n`
-    extends a smaller one.
+    come from `row_features`), so synthetic and real datasets concatenate. Row `i` depends
+    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger
+    `num_samples` extends a smaller one.
 
     Args:
         task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
-        n: number of rows.
+        num_samples: number of rows.
         seed: random seed.
         image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
             the nearest size the family's processor leaves unchanged (e.g. 112×112 stays 112×112 for
             Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
-        box_format: model family; adds the `box_format` and `input_size` columns and the family's output
+        box_format: the model's box format; adds the `box_format` and `input_size` columns and the family's output
             format instruction to the prompt.
         min_pixels, max_pixels: the processor's pixel limits (default: the family's checkpoints').
         min_objects, max_objects: grounding: shapes in the scene (1–3); counting: the count (1–5);
@@ -1031,8 +1031,8 @@ def make_synthetic(
     if not tasks or any(t not in TASKS for t in tasks):
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if int(num_samples) < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     if box_jitter is not None and box_jitter not in BOX_JITTERS:
         raise ValueError(f"unknown box_jitter {box_jitter!r}; expected one of {BOX_JITTERS} or None")
     if box_noise_px < 0:
@@ -1058,7 +1058,7 @@ def make_synthetic(
         columns["input_size"] = []
     if box_jitter is not None:
         columns["exact_solution"] = []
-    for index in range(int(n)):
+    for index in range(int(num_samples)):
         if mixed:
             row_task = tasks[
                 int(np.random.default_rng([int(seed) & 0xFFFFFFFF, 99, index]).integers(len(tasks)))
