@@ -12,7 +12,7 @@ from .coco import build_coco_detection
 from .common import DataError, DataWarning, fit_dataset_to_grid
 from .pageocr import build_pageocr
 from .pixmo_count import build_pixmo_count
-from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, TASKS, build_prompt
+from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, build_prompt
 from .refcoco import build_refcoco
 from .registry import BUILDERS, build_dataset, register_builder
 from .synthetic import make_synthetic
@@ -22,7 +22,6 @@ __all__ = [
     "COCO_CATEGORIES",
     "DataError",
     "DataWarning",
-    "TASKS",
     "TASK_TEMPLATES",
     "build_coco_detection",
     "build_dataset",
