@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.coco import _parse_without_segmentation, build_coco_detection
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.prompts import COCO_CATEGORIES
 from trl_perception.frames import grid_size
 

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.coco import build_coco_detection, load_coco
-from trl_perception.data.common import DataError, DataWarning, ImageFolder, RecordError, check_inside, load_pickle
+from trl_perception.data.errors import DataError, DataWarning, RecordError
+from trl_perception.data.images import ImageFolder, check_inside
+from trl_perception.data.io import load_pickle
 from trl_perception.data.pageocr import build_pageocr
 from trl_perception.data.pixmo_count import build_pixmo_count
 from trl_perception.data.refcoco import build_refcoco

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.pageocr import build_pageocr
 from trl_perception.frames import grid_size
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from trl_perception.data.common import rows_to_dataset
-from trl_perception.data.synthetic import make_synthetic
 from trl_perception.data.preview import caption_for, render_preview
 from trl_perception.data.prompts import build_prompt
+from trl_perception.data.rows import rows_to_dataset
+from trl_perception.data.synthetic import make_synthetic
 from trl_perception.viz import GT_COLOR
 
 

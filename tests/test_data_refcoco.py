@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.refcoco import build_refcoco, detect_refcoco_layout
 from trl_perception.frames import grid_size
 

@@ -832,10 +832,10 @@ def _prepare(
     if family is not None:
         target = model_input_size(image.size, family, min_pixels=min_pixels, max_pixels=max_pixels)
         try:
-            from .data.common import fit_to_grid
+            from .frames import fit_to_grid
 
             model_image = fit_to_grid(image, family, min_pixels, max_pixels)
-        except ImportError:  # pragma: no cover - data.common ships with the package
+        except ImportError:  # pragma: no cover - frames ships with the package
             model_image = image if tuple(image.size) == target else image.resize(target, 3)  # bicubic
     else:
         model_image = image
@@ -875,7 +875,7 @@ def evaluate(
     original image pixels.
 
     For each row: the image is resized **once** to the family's grid within the pixel limits, exactly as
-    for training (`data.common.fit_to_grid`), so the model's frame (`input_size`) is known and every
+    for training (`frames.fit_to_grid`), so the model's frame (`input_size`) is known and every
     processor (transformers or vLLM) feeds it unchanged. The model answers the row's `prompt` (batched
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
     as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when

@@ -18,7 +18,9 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from .data.common import RecordError, read_image_size, scale_solution
+from .data.errors import RecordError
+from .data.images import read_image_size
+from .data.resize import scale_solution
 from .formats import completion_text, parse_objects, strip_wrappers
 from .frames import (
     BOX_FORMATS,

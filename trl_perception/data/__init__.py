@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from . import coco, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
-from .common import DataError, DataWarning, fit_dataset_to_grid
+from .errors import DataError, DataWarning
 from .pageocr import build_pageocr
 from .pixmo_count import build_pixmo_count
 from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, build_prompt
 from .refcoco import build_refcoco
 from .registry import BUILDERS, build_dataset, register_builder
+from .resize import fit_dataset_to_grid
 from .synthetic import make_synthetic
 
 __all__ = [

@@ -13,27 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..frames import grid_size
-from .common import (
-    RECORD_ERRORS,
-    DataError,
-    ErrorPolicy,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    check_inside,
-    finalize,
-    finite_numbers,
-    image_struct,
-    _short,
-    positive_size,
-    prompt_feature,
-    row_features,
-    rows_to_dataset,
-    select_rows,
-)
-
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import check_inside, image_struct
 from .registry import register_builder
+from .resize import check_box_format_options, check_image_size, finalize
+from .rows import PromptCache, prompt_feature, row_features, rows_to_dataset, select_rows
+from .validators import finite_numbers, positive_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -210,7 +195,7 @@ def build_coco_detection(
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
+    check_box_format_options(box_format, min_pixels, max_pixels)
     path = Path(source)
     if split is not None:
         raise ValueError(f"{path}: one COCO annotation file holds one split; it takes no split")
@@ -423,19 +408,19 @@ def _report(
     if code == _ORPHAN:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         detail = (
-            f"image_id {_short(image_id)} is not among the images"
+            f"image_id {short_repr(image_id)} is not among the images"
             if isinstance(ann, dict) and "image_id" in ann
-            else f"not an annotation object with an image_id: {_short(ann)}"
+            else f"not an annotation object with an image_id: {short_repr(ann)}"
         )
         policy.failed(what, RecordError("unknown image", detail), key=("ann", k))
         return
     where = f"image {row} ({names[row]}): {what}"
     if code == _MALFORMED:
         err = RecordError(
-            "bad record", f"an annotation needs image_id, category_id and bbox, got {_short(ann)}"
+            "bad record", f"an annotation needs image_id, category_id and bbox, got {short_repr(ann)}"
         )
     elif code == _BAD_CROWD:
-        err = RecordError("bad record", f"iscrowd must be 0 or 1, got {_short(ann.get('iscrowd'))}")
+        err = RecordError("bad record", f"iscrowd must be 0 or 1, got {short_repr(ann.get('iscrowd'))}")
     elif code == _UNKNOWN_CAT:
         err = RecordError(
             "unknown category", f"category_id {ann.get('category_id')!r} is not among the categories"
@@ -516,7 +501,7 @@ def _assemble(
         "image_size": _pairs(image_sizes),
         **extra,
     }
-    dataset = rows_to_dataset(columns, row_features("detection", family=box_format is not None))
+    dataset = rows_to_dataset(columns, row_features("detection", with_box_format=box_format is not None))
     # The category list (in id order) travels with the dataset, so evaluation scores every class, also the
     # ones absent from the sampled rows, in the source's order.
     dataset.info.description = json.dumps({"categories": cat_names})

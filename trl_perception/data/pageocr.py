@@ -7,23 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import (
-    RECORD_ERRORS,
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    contract_dataset,
-    image_struct,
-    load_json_records,
-    read_image_size,
-    require_keys,
-    select_rows,
-)
-
+from .errors import RECORD_ERRORS, ErrorPolicy, RecordError
+from .images import ImageFolder, image_struct, read_image_size
+from .io import load_json_records
 from .registry import register_builder
+from .resize import check_box_format_options, check_image_size
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import require_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -98,7 +88,7 @@ def build_pageocr(
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
+    check_box_format_options(box_format, min_pixels, max_pixels)
     json_file = Path(source)
     if split is not None:
         raise ValueError(f"{json_file}: one Fox file holds one set; it takes no split")

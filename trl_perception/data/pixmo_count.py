@@ -11,28 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from .common import (
-    RECORD_ERRORS,
-    DataError,
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    check_inside,
-    contract_dataset,
-    image_struct,
-    load_json_records,
-    parquet_columns,
-    read_image_size,
-    read_parquet,
-    _short,
-    require_keys,
-    select_rows,
-)
-
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import ImageFolder, check_inside, image_struct, read_image_size
+from .io import load_json_records, parquet_columns, read_parquet
 from .registry import register_builder
+from .resize import check_box_format_options, check_image_size
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import require_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -132,7 +117,7 @@ def _count(value: Any) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         raise RecordError(
-            "bad record", f"count must be an integer in [0, {MAX_COUNT}], got {_short(value)}"
+            "bad record", f"count must be an integer in [0, {MAX_COUNT}], got {short_repr(value)}"
         )
     return value
 
@@ -210,7 +195,7 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
             record = require_keys(record, _PR1_KEYS)
             rel = record["image_path"]
             if not isinstance(rel, str) or not rel:
-                raise RecordError("bad record", f"image_path must be a relative path, got {_short(rel)}")
+                raise RecordError("bad record", f"image_path must be a relative path, got {short_repr(rel)}")
             records.append(
                 {
                     "where": where,
@@ -288,7 +273,7 @@ def build_pixmo_count(
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
+    check_box_format_options(box_format, min_pixels, max_pixels)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")

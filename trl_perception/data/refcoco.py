@@ -11,34 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import (
-    RECORD_ERRORS,
-    DataError,
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    check_xyxy,
-    contract_dataset,
-    image_struct,
-    load_json,
-    load_json_records,
-    load_pickle,
-    parquet_columns,
-    positive_size,
-    read_image_size,
-    read_parquet,
-    _short,
-    require_keys,
-    round_box,
-    scale_solution,
-    select_rows,
-    xywh_to_xyxy,
-)
-
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import ImageFolder, image_struct, read_image_size
+from .io import load_json, load_json_records, load_pickle, parquet_columns, read_parquet
 from .registry import register_builder
+from .resize import check_box_format_options, check_image_size, scale_solution
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import check_xyxy, positive_size, require_keys, round_box, xywh_to_xyxy
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -251,16 +230,16 @@ def _read_refer(
             if ref["split"] != split:
                 continue
             ref = require_keys(ref, ("ref_id", "ann_id", "sentences"), "ref")
-            where = f"record {i} (ref_id {_short(ref['ref_id'])})"
+            where = f"record {i} (ref_id {short_repr(ref['ref_id'])})"
             ann = anns.get(_key(ref["ann_id"]))
             if ann is None:
                 raise RecordError(
-                    "bad record", f"ann_id {_short(ref['ann_id'])} is not in {instances_file.name}"
+                    "bad record", f"ann_id {short_repr(ref['ann_id'])} is not in {instances_file.name}"
                 )
             image_id = ann.get("image_id", ref.get("image_id"))
             image = images.get(_key(image_id))
             if image is None:
-                raise RecordError("bad record", f"image_id {_short(image_id)} is not in {instances_file.name}")
+                raise RecordError("bad record", f"image_id {short_repr(image_id)} is not in {instances_file.name}")
             image = require_keys(image, ("file_name", "width", "height"), "image")
             objects.append(
                 _Object(
@@ -292,7 +271,7 @@ def _by_id(entries: list[Any]) -> dict[Any, dict[str, Any]]:
 
 def _file_name(value: Any, key: str) -> str:
     if not isinstance(value, str) or not value:
-        raise RecordError("bad record", f"{key} must be a relative path, got {_short(value)}")
+        raise RecordError("bad record", f"{key} must be a relative path, got {short_repr(value)}")
     return value
 
 
@@ -461,7 +440,7 @@ def _pr1_box(value: Any, what: str = "solution") -> list[float]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise RecordError("bad bbox", f"{what} {_short(value)} is not a list of 4 numbers") from None
+            raise RecordError("bad bbox", f"{what} {short_repr(value)} is not a list of 4 numbers") from None
     return check_xyxy(value, what)
 
 
@@ -515,13 +494,13 @@ def _read_pr1(
                 image = _file_name(image, "image")
             if not isinstance(problem, str) or not problem.strip():
                 raise RecordError(
-                    "bad record", f"problem must be a referring expression, got {_short(problem)}"
+                    "bad record", f"problem must be a referring expression, got {short_repr(problem)}"
                 )
             frame = _pr1_frame(source, where, record, solution_frame)
             bbox = _pr1_box(record["solution"])
             if frame == "qwen2_vl" and (min(bbox) < 0 or max(bbox) > 1000):
                 raise RecordError(
-                    "bad bbox", f"solution {_short(record['solution'])} lies outside Qwen2-VL's 0-1000 frame"
+                    "bad bbox", f"solution {short_repr(record['solution'])} lies outside Qwen2-VL's 0-1000 frame"
                 )
             key = (image if arrow_row is None else arrow_row, tuple(bbox))
             if per == "object" and key in grouped:
@@ -658,7 +637,7 @@ def build_refcoco(
         raise ValueError(f"per must be 'sentence' or 'object', got {per!r}")
     if sentence_key not in ("sent", "raw"):
         raise ValueError(f"sentence_key must be 'sent' or 'raw', got {sentence_key!r}")
-    check_family_options(box_format, min_pixels, max_pixels)
+    check_box_format_options(box_format, min_pixels, max_pixels)
     if solution_frame is not None and solution_frame not in SOLUTION_FRAMES:
         raise ValueError(f"solution_frame must be one of {SOLUTION_FRAMES}, got {solution_frame!r}")
     layout = detect_refcoco_layout(path)

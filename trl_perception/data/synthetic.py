@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..frames import TASKS, grid_size, model_input_size
+from .rows import PromptCache, row_features, rows_to_dataset
 
 if TYPE_CHECKING:
     import datasets
@@ -909,12 +910,12 @@ def make_sample(
     }
 
 
-def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
+def _grid_size(image_size: tuple[int, int], box_format: str, min_pixels: int | None, max_pixels: int | None):
     size = image_size
     # smart_resize maps an on-grid size within the limits to itself; a second pass settles the rare sizes
     # that one rounding step leaves just outside the limits.
     for _ in range(4):
-        resized = tuple(grid_size(size, family, min_pixels, max_pixels))
+        resized = tuple(grid_size(size, box_format, min_pixels, max_pixels))
         if resized == tuple(size):
             break
         size = resized
@@ -979,11 +980,11 @@ def make_synthetic(
         num_samples: number of rows.
         seed: random seed.
         image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
-            the nearest size the family's processor leaves unchanged (e.g. 112×112 stays 112×112 for
+            the nearest size the model's processor leaves unchanged (e.g. 112×112 stays 112×112 for
             Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
-        box_format: the model's box format; adds the `box_format` and `input_size` columns and the family's output
+        box_format: the model's box format; adds the `box_format` and `input_size` columns and the model's output
             format instruction to the prompt.
-        min_pixels, max_pixels: the processor's pixel limits (default: the family's checkpoints').
+        min_pixels, max_pixels: the processor's pixel limits (default: the checkpoints' own).
         min_objects, max_objects: grounding: shapes in the scene (1–3); counting: the count (1–5);
             detection: shapes (2–5); OCR: words (1–6 English, 1–4 Chinese).
         max_distractors: counting only: up to this many shapes of other kinds (3).
@@ -1004,7 +1005,7 @@ def make_synthetic(
 
     Returns:
         `datasets.Dataset` with columns `prompt`, `image`, `task`, `solution`, `image_size`, plus
-        `box_format` and `input_size` with a family, and `exact_solution` with `box_jitter`.
+        `box_format` and `input_size` with a box format, and `exact_solution` with `box_jitter`.
 
     Example:
     ```python
@@ -1020,8 +1021,6 @@ def make_synthetic(
 
     ```
     """
-    from .common import PromptCache, row_features, rows_to_dataset
-
     if isinstance(task, str):
         tasks = TASKS if task == "mixed" else (task,)
     else:
@@ -1081,7 +1080,7 @@ def make_synthetic(
             columns["input_size"].append(list(input_size))
         if box_jitter is not None:
             columns["exact_solution"].append(json.dumps(solution, ensure_ascii=False) if mixed else solution)
-    features = row_features(None if mixed else tasks[0], family=box_format is not None)
+    features = row_features(None if mixed else tasks[0], with_box_format=box_format is not None)
     if box_jitter is not None:
         features["exact_solution"] = features["solution"]
     return rows_to_dataset(columns, features=features)
