@@ -1,4 +1,5 @@
-"""Shared builder machinery: error policy, sampling, safe readers (property-tested), the resize-to-grid
+"""What the builders share (`data.errors`, `data.io`, `data.images`, `data.validators`, `data.resize`,
+`data.rows`): error policy, sampling, safe readers (property-tested), the resize-to-grid
 step and dataset assembly."""
 
 import io

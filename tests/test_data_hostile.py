@@ -635,3 +635,21 @@ def test_refcoco_320k_parquet_layout(pr1, embedded):
 def test_missing_font_file_is_named():
     with pytest.raises(FileNotFoundError, match="no-such-font.ttf"):
         make_synthetic("ocr", 1, font="/nowhere/no-such-font.ttf")
+
+
+@FUZZ
+@given(
+    solutions=st.lists(st.one_of(st.just("[100, 100, 500, 600]"), st.text(max_size=12), st.just("[1e400, 0, 1, 1]")), min_size=1, max_size=3),
+    images=st.lists(st.one_of(st.just("a.jpg"), st.just("../a.jpg"), st.text(max_size=6)), min_size=3, max_size=3),
+)
+def test_any_refcoco_320k_parquet_content_builds_or_raises_data_error(tmp_path_factory, solutions, images):
+    root = tmp_path_factory.mktemp("r320k")
+    PILImage.new("RGB", (20, 10)).save(root / "a.jpg")
+    n = len(solutions)
+    table = pa.table({"image": images[:n], "problem": ["cat"] * n, "solution": solutions})
+    pq.write_table(table, root / "train-00000-of-00001.parquet")
+    _builds_or_data_error(
+        lambda **kw: build_refcoco(
+            root / "train-00000-of-00001.parquet", image_dir=root, solution_frame="qwen2_vl", **kw
+        )
+    )
