@@ -124,3 +124,14 @@ def test_label_normalisation():
     assert normalize_label("  Hot   Dog\n") == "hot dog"
     assert normalize_label(5) == "5"
     assert normalize_label(None) is None and normalize_label("   ") is None and normalize_label(["a"]) is None
+
+
+@pytest.mark.parametrize("column", ["image_size", "input_size"])
+def test_a_malformed_size_cell_is_named_as_that_column(column, caplog):
+    from trl_perception.rewards import iou_reward
+
+    sizes = {"image_size": [[640, 480]], "input_size": [[644, 476]]}
+    sizes[column] = ["[640, 480"]
+    with caplog.at_level("WARNING", logger="trl_perception.rewards"):
+        assert iou_reward([[{"content": "[1, 2, 3, 4]"}]], solution=[[1, 2, 3, 4]], box_format=["qwen2_5_vl"], **sizes) == [None]
+    assert f"{column} is not valid JSON" in caplog.text and "solution is not valid JSON" not in caplog.text

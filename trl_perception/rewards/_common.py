@@ -97,15 +97,16 @@ def is_empty_answer(text: str) -> bool:
 # ----------------------------------------------------------------------------------------- ground truth
 
 
-def decode_json(value: Any) -> Any:
-    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`)."""
+def decode_json(value: Any, what: str = "solution") -> Any:
+    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`). `what` names
+    the column in the error."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         try:
             return loads_strict(value.strip())
         except (ValueError, RecursionError) as err:
-            raise MalformedSolution(f"solution is not valid JSON ({err}): {value[:80]!r}") from err
+            raise MalformedSolution(f"{what} is not valid JSON ({err}): {value[:80]!r}") from err
     return value
 
 
@@ -226,10 +227,10 @@ def normalize_label(label: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ frames
 
 
-def _size_value(value: Any) -> Any:
+def _size_value(value: Any, what: str) -> Any:
     """A size column's cell: JSON text (mixed-task datasets store it so) decoded, anything else as is."""
     if isinstance(value, (str, bytes, bytearray)):
-        return decode_json(value)
+        return decode_json(value, what)
     return value
 
 
@@ -243,7 +244,7 @@ def frame_for(box_format: Any, image_size: Any, input_size: Any) -> Frame:
     if box_format is not None and not isinstance(box_format, str):
         raise MalformedSolution(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
     try:
-        frame = Frame.of(box_format, _size_value(image_size), _size_value(input_size))
+        frame = Frame.of(box_format, _size_value(image_size, "image_size"), _size_value(input_size, "input_size"))
     except ValueError as err:
         raise MalformedSolution(str(err)) from None
     if frame.box_format is not None and frame.image_size is None:
