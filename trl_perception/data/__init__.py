@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import coco, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
+from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
 from .pageocr import build_pageocr
 from .pixmo_count import build_pixmo_count
@@ -24,6 +25,7 @@ __all__ = [
     "DataError",
     "DataWarning",
     "TASK_TEMPLATES",
+    "add_completions",
     "build_coco_detection",
     "build_dataset",
     "build_pageocr",
@@ -33,4 +35,5 @@ __all__ = [
     "fit_dataset_to_grid",
     "make_synthetic",
     "register_builder",
+    "render_completion",
 ]
