@@ -10,11 +10,6 @@ import warnings
 from collections import Counter
 from typing import Any
 
-logger = logging.getLogger("trl_perception.data")
-
-ON_ERROR: tuple[str, ...] = ("raise", "skip")
-"""The `on_error` values every builder takes."""
-
 __all__ = [
     "DataError",
     "DataWarning",
@@ -24,6 +19,11 @@ __all__ = [
     "RecordError",
     "short_repr",
 ]
+
+logger = logging.getLogger("trl_perception.data")
+
+ON_ERROR: tuple[str, ...] = ("raise", "skip")
+"""The `on_error` values every builder takes."""
 
 
 class DataError(ValueError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from .errors import RecordError, short_repr
@@ -72,8 +72,6 @@ def check_inside(name: str, what: str = "image path") -> str:
 
     ```
     """
-    from pathlib import PurePosixPath, PureWindowsPath
-
     parts = name.replace("\\", "/").split("/")
     if (
         "\x00" in name
