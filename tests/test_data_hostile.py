@@ -610,6 +610,17 @@ def test_qwen2_vl_values_beyond_1000_are_bad_boxes(pr1):
         build_refcoco(path, split="train", image_dir=root, solution_frame="qwen2_vl")
 
 
+def test_a_wrong_explicit_pixel_frame_is_hinted(pr1):
+    root, _, _ = pr1
+    path = root / "refcoco_train.json"
+    path.write_text(json.dumps([{"image": "a.jpg", "problem": "cat", "solution": [300, 200, 500, 600]}]))
+    with pytest.raises(DataError, match=r"lies outside the 200x100 image \(a box in Qwen2-VL's 0-1000 frame\?"):
+        build_refcoco(path, split="train", image_dir=root, solution_frame="pixels")
+    assert build_refcoco(path, split="train", image_dir=root, solution_frame="qwen2_vl")[0]["solution"] == [
+        60.0, 20.0, 100.0, 60.0
+    ]
+
+
 @pytest.mark.parametrize("embedded", [True, False])
 def test_refcoco_320k_parquet_layout(pr1, embedded):
     root, pixels, qwen2_vl = pr1

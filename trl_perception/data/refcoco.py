@@ -684,7 +684,10 @@ def build_refcoco(
         x1, y1, x2, y2 = obj.bbox
         clipped = round_box([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)])
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            raise RecordError("bad bbox", f"box {obj.bbox} lies outside the {w}x{h} image")
+            hint = ""
+            if layout == "pr1" and solution_frame == "pixels" and max(obj.bbox) <= 1000:
+                hint = " (a box in Qwen2-VL's 0-1000 frame? then pass solution_frame='qwen2_vl')"
+            raise RecordError("bad bbox", f"box {obj.bbox} lies outside the {w}x{h} image{hint}")
         obj.bbox = clipped
         obj.resolved = True
 
