@@ -28,6 +28,7 @@ __all__ = [
     "MAX_OBJECTS",
     "DetectedObject",
     "ParsedOutput",
+    "answer_text",
     "completion_text",
     "format_instruction",
     "parse_count",
@@ -43,14 +44,14 @@ MAX_OBJECTS = 1000
 """At most this many objects are parsed from one completion; later ones are ignored."""
 
 _MAX_JSON_ATTEMPTS = 16
+"""Failed JSON decodes tried per completion: a failure may scan far, so their number is bounded."""
+_JSON_VALUE_START = frozenset('[{"-+.0123456789tfnNI]}')
 
 _NUM = r"[-+]?(?:\d{1,16}(?:\.\d{0,16})?|\.\d{1,16})(?:[eE][-+]?\d{1,4})?"
 _NUM_RE = re.compile(_NUM)
 _BOX_BLOCK_RE = re.compile(r"<\|box_start\|>([^<]{0,200})<\|box_end\|>")
 _REF_RE = re.compile(r"<\|object_ref_start\|>([^<]{0,300})<\|object_ref_end\|>")
-_PAIR_BOX_RE = re.compile(
-    rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*(?:,\s*)?\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
-)
+_PAIR_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 _QUAD_RE = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
 _ANSWER_OPEN = "<answer>"
 _ANSWER_CLOSE = "</answer>"
@@ -131,14 +132,16 @@ def completion_text(completion: Any) -> str:
     return "" if completion is None else str(completion)
 
 
-def strip_wrappers(text: str) -> str:
-    """Remove what surrounds an answer: padding tokens, the last `<answer>…</answer>` wrapper (an unclosed
-    one runs to the end), and Markdown code fences.
+def answer_text(text: str) -> str:
+    """The part of a completion that holds the answer: padding tokens removed, then the content of the last
+    `<answer>…</answer>` (an unclosed one runs to the end), or the text before a lone `</answer>` (its
+    opening tag was in the prompt), or the whole text. A `<think>…</think>` block before the answer is
+    left out with everything else outside the tags.
 
     Example:
     ```python
-    >>> strip_wrappers('<answer>```json\\n[1, 2]\\n```</answer><|im_end|><|endoftext|>')
-    '[1, 2]'
+    >>> answer_text("<think>maybe (1,2),(3,4)</think><answer>[5, 6, 7, 8]</answer><|im_end|>")
+    '[5, 6, 7, 8]'
 
     ```
     """
@@ -150,15 +153,30 @@ def strip_wrappers(text: str) -> str:
     start = text.rfind(_ANSWER_OPEN)
     if start >= 0:
         end = text.find(_ANSWER_CLOSE, start)
-        text = text[start + len(_ANSWER_OPEN) : end if end >= 0 else len(text)]
-    else:
-        # A lone closing tag (the opening one was in the prompt) ends the answer.
-        end = text.find(_ANSWER_CLOSE)
-        if end >= 0:
-            text = text[:end]
+        return text[start + len(_ANSWER_OPEN) : end if end >= 0 else len(text)]
+    # A lone closing tag (the opening one was in the prompt) ends the answer.
+    end = text.find(_ANSWER_CLOSE)
+    return text[:end] if end >= 0 else text
+
+
+def _strip_fences(text: str) -> str:
     if "```" in text:
         text = _FENCE_RE.sub("", text)
     return text.strip()
+
+
+def strip_wrappers(text: str) -> str:
+    """Remove what surrounds an answer: padding tokens, everything outside the last `<answer>…</answer>`
+    wrapper (`answer_text`), and Markdown code fences.
+
+    Example:
+    ```python
+    >>> strip_wrappers('<answer>```json\\n[1, 2]\\n```</answer><|im_end|><|endoftext|>')
+    '[1, 2]'
+
+    ```
+    """
+    return _strip_fences(answer_text(text))
 
 
 def _finite(value: Any) -> float | None:
@@ -282,47 +300,70 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _decode_list_items(text: str, start: int) -> tuple[list[Any], bool, bool]:
+def _decode_list_items(text: str, start: int) -> tuple[list[Any], bool, bool, int]:
     """Decode the items of a JSON list starting at `text[start] == "["` one by one.
 
-    Returns `(items, closed, broken)`: `closed` when the list ended with `]`, `broken` when an item
-    failed to decode (typically a truncated tail). Items decoded before the failure are kept.
+    Returns `(items, closed, broken, end)`: `closed` when the list ended with `]` (at `end - 1`), `broken`
+    when an item failed to decode (typically a truncated tail). Items decoded before the failure are kept.
     """
     items: list[Any] = []
     pos = _skip_ws(text, start + 1)
     if pos < len(text) and text[pos] == "]":
-        return items, True, False
+        return items, True, False, pos + 1
     while pos < len(text) and len(items) < MAX_OBJECTS:
         try:
             item, pos = _DECODER.raw_decode(text, pos)
         except (ValueError, RecursionError):
-            return items, False, True
+            return items, False, True, pos
         items.append(item)
         pos = _skip_ws(text, pos)
         if pos >= len(text):
-            return items, False, True
+            return items, False, True, pos
         if text[pos] == "]":
-            return items, True, False
+            return items, True, False, pos + 1
         if text[pos] != ",":
-            return items, False, True
+            return items, False, True, pos
         pos = _skip_ws(text, pos + 1)
-    return items, False, pos >= len(text)
+    return items, False, pos >= len(text), pos
+
+
+def _can_start_answer(text: str, start: int) -> bool:
+    """Whether the bracket at `start` may open a JSON answer: `[` followed by a JSON value or `]`, `{`
+    followed by a key. Prose in brackets ("[see left]", "[a]") is skipped at no cost."""
+    pos = _skip_ws(text, start + 1)
+    if pos >= len(text):
+        return False
+    if text[start] == "{":
+        return text[pos] == '"'
+    return text[pos] in _JSON_VALUE_START
 
 
 def _parse_json(text: str) -> ParsedOutput | None:
-    """Read the first JSON list or object in `text` that holds objects (or an explicit empty list)."""
+    """Read the first JSON list or object in `text` that holds objects (or an explicit empty list).
+
+    Linear in `len(text)`: brackets that cannot open JSON are skipped, a complete list that is not an answer
+    (`[1]`, `[1, 2, 3]`) is stepped over as a whole, and the decodes that fail or read a non-answer object,
+    which may scan far, are at most `_MAX_JSON_ATTEMPTS`.
+    """
     attempts = 0
     pos = 0
     n = len(text)
-    while attempts < _MAX_JSON_ATTEMPTS:
-        starts = [i for i in (text.find("[", pos), text.find("{", pos)) if i >= 0]
+    next_list, next_dict = text.find("[", pos), text.find("{", pos)
+    while attempts < _MAX_JSON_ATTEMPTS and pos < n:
+        # Each search runs only when its previous hit has been passed: the scans stay linear in total.
+        if 0 <= next_list < pos:
+            next_list = text.find("[", pos)
+        if 0 <= next_dict < pos:
+            next_dict = text.find("{", pos)
+        starts = [i for i in (next_list, next_dict) if i >= 0]
         if not starts:
             return None
         start = min(starts)
-        attempts += 1
         pos = start + 1
+        if not _can_start_answer(text, start):
+            continue
         if text[start] == "[":
-            items, closed, broken = _decode_list_items(text, start)
+            items, closed, broken, end = _decode_list_items(text, start)
             if closed and not items:
                 return ParsedOutput(valid=True)
             if items and not all(isinstance(x, (int, float)) for x in items):
@@ -332,6 +373,10 @@ def _parse_json(text: str) -> ParsedOutput | None:
             elif items and len(items) == 2 and closed:
                 candidates = [items]  # a bare [x, y]
             else:
+                if closed:
+                    pos = end  # a complete list of numbers, not an answer: nothing inside it is one either
+                else:
+                    attempts += 1
                 continue
             objects, rejected = [], 0
             for item in candidates:
@@ -344,7 +389,9 @@ def _parse_json(text: str) -> ParsedOutput | None:
                 return ParsedOutput(objects, valid=True, truncated=broken or not closed, rejected=rejected)
             if rejected:
                 return ParsedOutput([], valid=False, truncated=broken or not closed, rejected=rejected)
+            attempts += 1
         else:
+            attempts += 1
             try:
                 item, _ = _DECODER.raw_decode(text, start)
             except (ValueError, RecursionError):
@@ -354,8 +401,6 @@ def _parse_json(text: str) -> ParsedOutput | None:
                 return ParsedOutput([obj], valid=True)
             if isinstance(item, Mapping) and any(k in item for k in _BOX_KEYS + _POINT_KEYS):
                 return ParsedOutput([], valid=False, rejected=1)
-        if pos >= n:
-            return None
     return None
 
 
@@ -385,20 +430,81 @@ def _parse_special_tokens(text: str) -> ParsedOutput | None:
     return ParsedOutput(objects, valid=bool(objects), truncated=truncated, rejected=rejected)
 
 
+def _pair_objects(text: str) -> tuple[list[DetectedObject], int]:
+    """`(x, y)` pairs in prose: two joined by a comma, `(x1,y1),(x2,y2)`, are a box; a pair with no comma on
+    either side is a point. Qwen2-VL's points lose their tokens under `skip_special_tokens=True`, leaving
+    `bird(16,21)(116,121)`: two points, where `(16,21),(116,121)` is a box. A pair joined by a comma to
+    something that opens or closes like a pair, `(nan,2),(3,4)`, is half of a malformed box: rejected."""
+    objects: list[DetectedObject] = []
+    rejected = 0
+    # The previous pair, not yet placed: (its values, whether a comma precedes it, where it ends).
+    pending: tuple[tuple[float | None, ...], bool, int] | None = None
+    previous_end, previous_start = 0, -1
+
+    def place_single(values: tuple[float | None, ...], comma: bool) -> None:
+        nonlocal rejected
+        if comma or None in values:
+            rejected += 1
+        else:
+            objects.append(DetectedObject(point=values))  # type: ignore[arg-type]
+
+    for match in _PAIR_RE.finditer(text):
+        if len(objects) >= MAX_OBJECTS:
+            break
+        values = (_finite(match.group(1)), _finite(match.group(2)))
+        gap = text[previous_end : match.start()].strip()  # each character is looked at once
+        previous_end = match.end()
+        if pending is not None:
+            first, first_comma, _ = pending
+            pending = None
+            if gap == ",":
+                previous_start = match.start()
+                coords = first + values
+                if None in coords:
+                    rejected += 1
+                else:
+                    objects.append(DetectedObject(bbox=coords))  # type: ignore[arg-type]
+                continue
+            place_single(first, first_comma or _comma_then_pair(gap))
+        pending = (values, _pair_then_comma(gap, after_pair=previous_start >= 0), match.end())
+        previous_start = match.start()
+    if pending is not None and len(objects) < MAX_OBJECTS:
+        place_single(pending[0], pending[1] or _comma_then_pair(text[pending[2] :].strip()))
+    return objects, rejected
+
+
+def _comma_then_pair(gap: str) -> bool:
+    # "(x,y), (" after a pair: it was meant to be joined to a pair that is malformed.
+    return gap.startswith(",") and gap[1:].lstrip().startswith("(")
+
+
+def _pair_then_comma(gap: str, after_pair: bool) -> bool:
+    # "), (x,y)" before a pair (the ")" closing the previous pair, or some malformed one): likewise.
+    if not gap.endswith(","):
+        return False
+    before = gap[:-1].rstrip()
+    return before.endswith(")") or (after_pair and not before)
+
+
 def _parse_plain(text: str) -> ParsedOutput | None:
-    """`(x1,y1),(x2,y2)` pairs, then `[x1, y1, x2, y2]` / `(x1, y1, x2, y2)` quadruples, in prose."""
-    for pattern in (_PAIR_BOX_RE, _QUAD_RE):
-        objects, rejected = [], 0
-        for match in pattern.finditer(text):
-            values = tuple(_finite(v) for v in match.groups())
-            if None in values:
-                rejected += 1
-            else:
-                objects.append(DetectedObject(bbox=values))  # type: ignore[arg-type]
-            if len(objects) >= MAX_OBJECTS:
-                break
-        if objects or rejected:
-            return ParsedOutput(objects, valid=bool(objects), rejected=rejected)
+    """In prose: `(x1,y1),(x2,y2)` boxes (and `(x,y)` points beside them), else `[x1, y1, x2, y2]` /
+    `(x1, y1, x2, y2)` quadruples, else `(x,y)(x,y)…` points alone."""
+    pairs, pair_rejected = _pair_objects(text)
+    if any(obj.bbox is not None for obj in pairs):
+        return ParsedOutput(pairs, valid=True, rejected=pair_rejected)
+    objects, rejected = [], 0
+    for match in _QUAD_RE.finditer(text):
+        values = tuple(_finite(v) for v in match.groups())
+        if None in values:
+            rejected += 1
+        else:
+            objects.append(DetectedObject(bbox=values))  # type: ignore[arg-type]
+        if len(objects) >= MAX_OBJECTS:
+            break
+    if objects or rejected:
+        return ParsedOutput(objects, valid=bool(objects), rejected=rejected)
+    if pairs or pair_rejected:
+        return ParsedOutput(pairs, valid=bool(pairs), rejected=pair_rejected)
     return None
 
 
@@ -437,28 +543,30 @@ def parse_objects(text: Any, family: str | None = None) -> ParsedOutput:
     if family is not None and family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     try:
-        raw = text if isinstance(text, str) else completion_text(text)
-        body = strip_wrappers(raw)
-        if "<|box_start|>" not in raw:
+        # Only the answer is read: boxes written while thinking (`<think>…</think><answer>…</answer>`) or
+        # after the answer do not count.
+        scope = answer_text(text if isinstance(text, str) else completion_text(text))
+        body = _strip_fences(scope)
+        if "<|box_start|>" not in scope:
             # Most answers of a trained model are exactly a JSON list: decode it in one call.
             fast = _parse_exact_json_list(body)
             if fast is not None:
                 return fast
-        return _parse_general(raw, body, family)
+        return _parse_general(scope, body, family)
     except Exception:  # noqa: BLE001 - a parser must never take a training run down
         return ParsedOutput()
 
 
-def _parse_general(raw: str, body: str, family: str | None) -> ParsedOutput:
-    """Every syntax, in the family's order of likelihood; the first valid reading wins."""
-    if family in ("qwen2_5_vl", "qwen3_vl") and "<|box_start|>" not in raw:
+def _parse_general(scope: str, body: str, family: str | None) -> ParsedOutput:
+    """Every syntax, in the family's order of likelihood; the first valid reading wins. `scope` is the
+    answer with its code fences (`answer_text`), `body` the same without them."""
+    if family in ("qwen2_5_vl", "qwen3_vl") and "<|box_start|>" not in scope:
         order = (_parse_json, _parse_special_tokens, _parse_plain)
     else:
         order = (_parse_special_tokens, _parse_json, _parse_plain)
     fallback: ParsedOutput | None = None
     for parser in order:
-        # Box tokens live outside any <answer> wrapper just as well; search the raw text for them.
-        result = parser(raw if parser is _parse_special_tokens else body)
+        result = parser(scope if parser is _parse_special_tokens else body)
         if result is None:
             continue
         if result.valid:
@@ -468,12 +576,14 @@ def _parse_general(raw: str, body: str, family: str | None) -> ParsedOutput:
 
 
 _COUNT_RE = re.compile(r"^\D{0,200}?(\d{1,6})\D{0,200}$")
+_MINUS_SIGNS = ("-", "\u2212", "\u2013", "\u2012", "\ufe63", "\uff0d")
 
 
 def parse_count(text: Any, family: str | None = None) -> int | None:
     """Number of objects a completion reports: the objects it lists, else a lone integer in the text.
 
-    Returns `None` when nothing countable is found; an explicit empty list counts as 0.
+    Returns `None` when nothing countable is found (a negative number such as `"-3"` included); an explicit
+    empty list counts as 0.
 
     Example:
     ```python
@@ -487,7 +597,9 @@ def parse_count(text: Any, family: str | None = None) -> int | None:
         return len(parsed.objects)
     body = strip_wrappers(text if isinstance(text, str) else completion_text(text))
     match = _COUNT_RE.match(body) if len(body) <= 400 else None
-    return int(match.group(1)) if match else None
+    if match is None or body[max(match.start(1) - 1, 0) : match.start(1)] in _MINUS_SIGNS:
+        return None  # "-3" is no count of objects; it must not score as 3
+    return int(match.group(1))
 
 
 def _object_fields(obj: Any) -> tuple[Sequence[float] | None, Sequence[float] | None, str | None]:
