@@ -202,25 +202,24 @@ def naive_detection(completions: list[str], solutions: list[list[dict]]) -> list
         boxes = [_naive_box(p["bbox_2d"]) for p in kept]
         labels = [" ".join(p["label"].split()).lower() for p in kept]
         gt_labels = [g["label"] for g in gt]
+        n_p, n_g = len(boxes), len(gt)
         iou = [[_naive_iou(b, g["bbox_2d"]) for g in gt] for b in boxes]
-        cost = [
-            [-(iou[i][j] if labels[i] == gt_labels[j] else 0.0) for j in range(len(gt))]
-            for i in range(len(boxes))
-        ]
-        rows, cols = linear_sum_assignment(cost)
-        matched = [-cost[i][j] for i, j in zip(rows, cols) if -cost[i][j] >= 0.5]
-        tp = len(matched)
-        f1 = 2 * tp / (len(boxes) + len(gt))
-        loc = sum(matched) / tp if tp else 0.0
-        localized = correct = 0
-        for i in range(len(boxes)):
-            hits = [j for j in range(len(gt)) if iou[i][j] >= 0.5]
-            if hits:
-                localized += 1
-                correct += any(labels[i] == gt_labels[j] for j in hits)
-        cls = correct / localized if localized else 0.0
-        pen = 0.5 * ((len(boxes) - tp) / len(boxes) + (len(gt) - tp) / len(gt))
-        rewards.append(min(max((0.25 * fmt + 0.75 * f1 + loc + cls - 0.5 * pen) / 3.0, 0.0), 1.0))
+        # Same-label overlapping pairs; the assignment first maximises the pairs at IoU >= 0.5, then the IoU.
+        bonus = min(n_p, n_g) + 1
+        weight = [
+            [(iou[i][j] + (bonus if iou[i][j] >= 0.5 else 0)) if labels[i] == gt_labels[j] and iou[i][j] > 0 else 0.0
+             for j in range(n_g)] for i in range(n_p)
+        ]  # fmt: skip
+        rows, cols = linear_sum_assignment(weight, maximize=True)
+        pairs = [(i, j) for i, j in zip(rows, cols) if weight[i][j] > 0]
+        tp = sum(iou[i][j] >= 0.5 for i, j in pairs)
+        correct = sum(
+            any(iou[i][j] >= 0.5 and labels[i] == gt_labels[j] for j in range(n_g)) for i in range(n_p)
+        )
+        f1 = 2 * tp / (n_p + n_g)
+        loc = 2 * sum(iou[i][j] for i, j in pairs) / (n_p + n_g)
+        cls = correct / max(n_p, n_g)
+        rewards.append(min(max((0.25 * fmt * min(1, n_g / n_p) + 0.75 * f1 + loc + cls) / 3.0, 0.0), 1.0))
     return rewards
 
 

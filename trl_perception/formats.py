@@ -28,11 +28,13 @@ __all__ = [
     "MAX_ABS_COORD",
     "MAX_OBJECTS",
     "DetectedObject",
+    "LabeledBoxes",
     "ParsedOutput",
     "answer_text",
     "completion_text",
     "format_instruction",
     "parse_count",
+    "parse_labeled_boxes",
     "parse_objects",
     "render_objects",
     "strip_wrappers",
@@ -264,11 +266,14 @@ def _nan_constant(name: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_nan_constant)
 
 
-def _parse_exact_json_list(body: str) -> ParsedOutput | None:
-    """The common case, decoded in one `json` call: the answer is exactly a JSON list of
-    `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items. `None` for
-    anything else, which the general parsers then handle; for inputs accepted here the result equals theirs
-    (a property test checks it)."""
+_PLAIN_NUMBERS = frozenset((int, float))
+
+
+def _exact_json_items(body: str) -> tuple[list[Any], list[float]] | None:
+    """The common case, decoded in one `json` call and checked in bulk: the answer is exactly a JSON list of
+    `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items (the label
+    optional). Returns the items and all their coordinates as floats, in order; `None` for anything else
+    (other keys, bools, strings, NaN, huge values), which the general parsers then handle."""
     if len(body) < 2 or body[0] != "[" or body[-1] != "]":
         return None
     try:
@@ -277,41 +282,123 @@ def _parse_exact_json_list(body: str) -> ParsedOutput | None:
         return None
     if type(items) is not list or len(items) >= MAX_OBJECTS:
         return None
-    objects = []
-    append = objects.append
+    flat: list[Any] = []
+    extend = flat.extend
     for item in items:
         if type(item) is not dict:
             return None
         coords = item.get("bbox_2d")
-        is_box = coords is not None
-        if not is_box:
+        if coords is None:
             coords = item.get("point_2d")
-        label = item.get("label")
-        # Only {"bbox_2d"|"point_2d", "label"?} items with a list of plain numbers; anything else (other
-        # keys, bools, strings, NaN, huge values) goes to the full parser.
-        if (
-            coords is None
-            or len(item) != (1 if label is None else 2)
-            or type(coords) is not list
-            or len(coords) != (4 if is_box else 2)
-            or (label is not None and type(label) is not str)
-        ):
+            if coords is None or type(coords) is not list or len(coords) != 2:
+                return None
+        elif type(coords) is not list or len(coords) != 4:
             return None
-        values = []
-        for v in coords:
-            if type(v) is not float and type(v) is not int:
-                return None
-            v = float(v)  # an int too large for a float raises: the full parser decides
-            if not -MAX_ABS_COORD <= v <= MAX_ABS_COORD:
-                return None
-            values.append(v)
+        size = len(item)
+        if size != 1 and (size != 2 or type(item.get("label")) is not str):
+            return None
+        extend(coords)
+    if not set(map(type, flat)) <= _PLAIN_NUMBERS:
+        return None
+    try:
+        values = list(map(float, flat))
+    except OverflowError:  # an int too large for a float: the full parser decides
+        return None
+    # The sum of in-range values is finite, so a non-finite sum reveals NaN or infinity.
+    if values and not (
+        math.isfinite(sum(values)) and -MAX_ABS_COORD <= min(values) and max(values) <= MAX_ABS_COORD
+    ):
+        return None
+    return items, values
+
+
+def _parse_exact_json_list(body: str) -> ParsedOutput | None:
+    """`_exact_json_items` as a `ParsedOutput`; for inputs accepted here the result equals the general
+    parsers' (a property test checks it)."""
+    exact = _exact_json_items(body)
+    if exact is None:
+        return None
+    items, values = exact
+    objects = []
+    append = objects.append
+    k = 0
+    for item in items:
+        label = item.get("label")
         if label is not None:
             label = label.strip()[:300] or None
-        if is_box:
-            append(DetectedObject(bbox=tuple(values), label=label))  # type: ignore[arg-type]
+        if "bbox_2d" in item:
+            append(DetectedObject(bbox=tuple(values[k : k + 4]), label=label))  # type: ignore[arg-type]
+            k += 4
         else:
-            append(DetectedObject(point=tuple(values), label=label))  # type: ignore[arg-type]
+            append(DetectedObject(point=tuple(values[k : k + 2]), label=label))  # type: ignore[arg-type]
+            k += 2
     return ParsedOutput(objects, valid=True)
+
+
+@dataclass
+class LabeledBoxes:
+    """What `parse_labeled_boxes` read: the boxes that carry a label, in order.
+
+    Attributes:
+        boxes: `(x1, y1, x2, y2)` per kept object, as written.
+        labels: the label of each, as `DetectedObject.label` holds it (stripped, at most 300 characters).
+        rejected: items that are not labelled boxes: malformed ones, points, boxes without a label.
+        valid, truncated: as in `ParsedOutput`.
+    """
+
+    boxes: list[Sequence[float]]
+    labels: list[str]
+    rejected: int = 0
+    valid: bool = False
+    truncated: bool = False
+
+
+def parse_labeled_boxes(text: Any, box_format: str | None = None) -> LabeledBoxes:
+    """The labelled boxes of a completion (what detection scores), with the count of items that are not.
+
+    Equal to filtering `parse_objects(text, box_format).objects` for objects with a box and a label, but a
+    well-formed JSON answer, the common case in training, is read without building an object per item.
+
+    Example:
+    ```python
+    >>> out = parse_labeled_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}]')
+    >>> out.boxes, out.labels, out.rejected, out.valid
+    ([(1.0, 2.0, 3.0, 4.0)], ['cat'], 1, True)
+
+    ```
+    """
+    if box_format is not None:
+        check_box_format(box_format)
+    try:
+        scope = answer_text(text if isinstance(text, str) else completion_text(text))
+        if "<|box_start|>" not in scope:
+            exact = _exact_json_items(_strip_fences(scope))
+            if exact is not None:
+                items, values = exact
+                boxes, labels = [], []
+                k = 0
+                for item in items:
+                    if "bbox_2d" in item:
+                        label = item.get("label")
+                        if label is not None:
+                            label = label.strip()[:300]
+                            if label:
+                                boxes.append(tuple(values[k : k + 4]))
+                                labels.append(label)
+                        k += 4
+                    else:
+                        k += 2
+                return LabeledBoxes(boxes, labels, len(items) - len(boxes), valid=True)
+    except Exception:  # noqa: BLE001 - a parser must never take a training run down
+        return LabeledBoxes([], [])
+    parsed = parse_objects(text, box_format)
+    boxes, labels = [], []
+    for obj in parsed.objects:
+        if obj.bbox is not None and obj.label is not None:
+            boxes.append(obj.bbox)
+            labels.append(obj.label)
+    rejected = parsed.rejected + len(parsed.objects) - len(boxes)
+    return LabeledBoxes(boxes, labels, rejected, parsed.valid, parsed.truncated)
 
 
 def _skip_ws(text: str, pos: int) -> int:

@@ -109,28 +109,6 @@ def decode_json(value: Any) -> Any:
     return value
 
 
-def to_native(value: Any) -> Any:
-    """`value` with numpy arrays and scalars (as `datasets` may hand columns over) turned into Python lists
-    and numbers, inside dicts, lists and tuples too.
-
-    Example:
-    ```python
-    >>> to_native({"count": np.int64(2), "points": np.array([[1, 2], [3, 4]])})
-    {'count': 2, 'points': [[1, 2], [3, 4]]}
-
-    ```
-    """
-    if isinstance(value, np.ndarray):
-        return to_native(value.tolist()) if value.dtype == object else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: to_native(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, np.generic, dict, list)) for v in value):
-        return [to_native(v) for v in value]
-    return value
-
-
 def finite_number(value: Any, what: str) -> float:
     """`value` as a finite float; booleans, strings and non-finite numbers are malformed."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

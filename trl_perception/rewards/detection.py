@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..boxes import paired_box_iou
-from ..formats import parse_objects
+from ..boxes import box_iou
+from ..formats import parse_labeled_boxes
 from ..frames import Frame
 from ..matching import check_matching
 from ._common import (
@@ -25,7 +25,6 @@ from ._common import (
     is_empty_answer,
     normalize_label,
     select_rows,
-    to_native,
 )
 
 __all__ = ["MAX_DETECTIONS", "detection_reward", "make_detection_reward"]
@@ -36,12 +35,15 @@ _COMPONENTS = ("format", "f1", "location", "classification", "penalty", "parse_f
 MAX_DETECTIONS = 300
 """Predicted boxes considered per completion (bounds the O(n³) matching); later ones are false positives."""
 
+_MISSING = object()
 _DEFAULT_WEIGHTS = {"format": 0.25, "number": 0.75, "location": 1.0, "classification": 1.0}
 
 
 def _detection_target(solution: Any) -> tuple[np.ndarray, list[str]]:
     """Ground-truth boxes `[M, 4]` and normalised labels."""
-    value = to_native(decode_json(solution))
+    value = decode_json(solution)
+    if isinstance(value, np.ndarray):  # `datasets` may hand a column of dicts over as an object array
+        value = value.tolist()
     if value is None:
         raise MalformedSolution("detection solution is missing")
     if not isinstance(value, (list, tuple)):
@@ -58,24 +60,40 @@ def _detection_target(solution: Any) -> tuple[np.ndarray, list[str]]:
     return gt_boxes(boxes, "detection object box"), labels
 
 
-class _Pending:
-    """The rows of one call that need box matching, gathered so that the IoU of every (prediction,
-    ground truth) pair of every row is computed in one vectorized pass."""
+class _Group:
+    """Pending rows that share one ground truth (the rollouts of a GRPO prompt): their predictions are
+    stacked and scored against it in one IoU matrix."""
 
-    def __init__(self) -> None:
-        self.rows: list[int] = []  # batch index per pending row
+    def __init__(self, gt: np.ndarray, gt_ids: np.ndarray):
+        self.gt, self.gt_ids = gt, gt_ids
+        self.rows: list[int] = []  # batch index per row
         self.fmt: list[float] = []
         self.n_pred: list[int] = []  # all kept predictions, including those beyond max_detections
         self.n_considered: list[int] = []
-        self.n_gt: list[int] = []
-        self.boxes: list[Any] = []  # considered predicted boxes, as written
-        self.frames: list[Frame] = []  # one per predicted box
+        self.boxes: list[Any] = []  # considered predicted boxes of every row, as written
         self.labels: list[int] = []
-        self.gt_boxes: list[np.ndarray] = []
-        self.gt_labels: list[np.ndarray] = []
+        self.frames: list[Frame] = []  # one per row
+
+
+class _Pending:
+    """The rows of one call that need box matching, grouped by ground truth."""
+
+    def __init__(self) -> None:
+        self.groups: list[_Group] = []
         self.label_ids: dict[str, int] = {}
         self._last_target: Any = None
-        self._last_gt_ids: np.ndarray | None = None
+        self._normalized: dict[str, str | None] = {}
+
+    def normalized(self, labels: list[str]) -> list[str | None]:
+        """`normalize_label` of each label, computed once per distinct label in a call."""
+        cache = self._normalized
+        out = []
+        for label in labels:
+            found = cache.get(label, _MISSING)
+            if found is _MISSING:
+                found = cache[label] = normalize_label(label)
+            out.append(found)
+        return out
 
     def label_id(self, label: str) -> int:
         ids = self.label_ids
@@ -88,24 +106,25 @@ class _Pending:
         self,
         index: int,
         frame: Frame,
-        considered: list[tuple[Any, str]],
+        boxes: list[Any],
+        labels: list[str],
         n_pred: int,
         fmt: float,
         target: tuple[np.ndarray, list[str]],
     ) -> None:
         if target is not self._last_target:  # the rows of a GRPO group share one decoded target
             self._last_target = target
-            self._last_gt_ids = np.array([self.label_id(label) for label in target[1]], dtype=np.int64)
-        self.rows.append(index)
-        self.fmt.append(fmt)
-        self.n_pred.append(n_pred)
-        self.n_considered.append(len(considered))
-        self.n_gt.append(len(target[1]))
-        self.boxes.extend(box for box, _ in considered)
-        self.frames.extend([frame] * len(considered))
-        self.labels.extend(self.label_id(label) for _, label in considered)
-        self.gt_boxes.append(target[0])
-        self.gt_labels.append(self._last_gt_ids)  # type: ignore[arg-type]
+            gt_ids = np.array([self.label_id(label) for label in target[1]], dtype=np.int64)
+            self.groups.append(_Group(target[0], gt_ids))
+        group = self.groups[-1]
+        group.rows.append(index)
+        group.fmt.append(fmt)
+        group.n_pred.append(n_pred)
+        group.n_considered.append(len(boxes))
+        group.boxes.extend(boxes)
+        label_id = self.label_id
+        group.labels.extend([label_id(label) for label in labels])
+        group.frames.append(frame)
 
 
 class _DetectionReward:
@@ -167,17 +186,17 @@ class _DetectionReward:
         self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending
     ) -> dict[str, float] | None:
         """Components of a row that needs no matching, or `None` after queueing the row in `pending`."""
-        parsed = parse_objects(row.text, row.frame.box_format)
-        kept = []
-        for obj in parsed.objects:
-            if obj.bbox is not None:
-                label = normalize_label(obj.label)
-                if label is not None:
-                    kept.append((obj.bbox, label))
-        rejected = parsed.rejected + len(parsed.objects) - len(kept)
-        if not kept or not target[1]:
-            empty = not kept and is_empty_answer(row.text)
-            failed = float(not kept and not empty and not parsed.valid)
+        parsed = parse_labeled_boxes(row.text, row.frame.box_format)
+        labels = pending.normalized(parsed.labels)
+        boxes = parsed.boxes
+        if None in labels:  # a label of nothing but whitespace: not a labelled box
+            keep = [k for k, label in enumerate(labels) if label is not None]
+            boxes, labels = [boxes[k] for k in keep], [labels[k] for k in keep]
+        n_kept = len(labels)
+        rejected = parsed.rejected + len(parsed.labels) - n_kept
+        if not n_kept or not target[1]:
+            empty = not n_kept and is_empty_answer(row.text)
+            failed = float(not n_kept and not empty and not parsed.valid)
             if not target[1]:
                 # A negative image: only the empty answer is right; anything else must not pay.
                 full = 1.0 if empty else 0.0
@@ -185,42 +204,34 @@ class _DetectionReward:
                         "penalty": 1 - full, "parse_failure": failed, "empty_gt": 1.0}  # fmt: skip
             return {"format": 0.0, "f1": 0.0, "location": 0.0, "classification": 0.0, "penalty": 1.0,
                     "parse_failure": failed}  # fmt: skip
-        fmt = 0.0 if (not parsed.valid or parsed.truncated) else len(kept) / (len(kept) + rejected)
-        pending.add(row.index, row.frame, kept[: self.max_detections], len(kept), fmt, target)
+        fmt = 0.0 if (not parsed.valid or parsed.truncated) else n_kept / (n_kept + rejected)
+        cap = self.max_detections
+        pending.add(row.index, row.frame, boxes[:cap], labels[:cap], n_kept, fmt, target)  # type: ignore[arg-type]
         return None
 
     # ---------------------------------------------------------------------------------------- batched
 
-    def _match_rows(self, pending: _Pending) -> list[dict[str, float]]:
-        """Components of every pending row, from one vectorized IoU pass over all their pairs."""
-        n_rows = len(pending.rows)
-        n_con = np.array(pending.n_considered, dtype=np.int64)
-        n_gt = np.array(pending.n_gt, dtype=np.int64)
-        pred_off = np.concatenate(([0], np.cumsum(n_con)[:-1]))
-        gt_off = np.concatenate(([0], np.cumsum(n_gt)[:-1]))
-        boxes = Frame.stack_to_pixels(np.asarray(pending.boxes, dtype=np.float64).reshape(-1, 4), pending.frames)
-        gt = np.concatenate(pending.gt_boxes).reshape(-1, 4)
-        pred_lab = np.asarray(pending.labels, dtype=np.int64)
-        gt_lab = np.concatenate(pending.gt_labels)
-
-        # Every (prediction, ground truth) pair of every row, row-major within a row.
-        n_pairs = n_con * n_gt
-        pair_off = np.concatenate(([0], np.cumsum(n_pairs)[:-1]))
-        pair_row = np.repeat(np.arange(n_rows), n_pairs)
-        within = np.arange(int(n_pairs.sum())) - pair_off[pair_row]
-        local_p, local_g = within // n_gt[pair_row], within % n_gt[pair_row]
-        pi, gj = pred_off[pair_row] + local_p, gt_off[pair_row] + local_g
-        ious = paired_box_iou(boxes[pi], gt[gj])
-        same = pred_lab[pi] == gt_lab[gj]
+    def _match_group(self, group: _Group) -> list[dict[str, float]]:
+        """Components of the rows of one group, from one IoU matrix of all their predictions against the
+        shared ground truth; rows are contiguous blocks of its rows."""
+        n_con = np.array(group.n_considered, dtype=np.int64)
+        starts = np.concatenate(([0], np.cumsum(n_con)[:-1]))
+        raw = np.asarray(group.boxes, dtype=np.float64).reshape(-1, 4)
+        frames = group.frames
+        if all(frame is frames[0] for frame in frames):
+            boxes = frames[0].to_pixels(raw)
+        else:
+            boxes = Frame.stack_to_pixels(raw, [f for f, n in zip(frames, group.n_considered) for _ in range(n)])
+        gt, n_g = group.gt, len(group.gt_ids)
+        ious = box_iou(boxes, gt)
+        same = np.asarray(group.labels, dtype=np.int64)[:, None] == group.gt_ids[None, :]
         hit = ious >= self.iou_threshold
-        pred_row = np.repeat(np.arange(n_rows), n_con)
 
         # Classification: a prediction that localises some object (IoU >= threshold, any class) is correct
         # when it carries the label of an object it localises.
-        localized = np.bincount(pi[hit], minlength=len(pred_lab)) > 0
-        correct = np.bincount(pi[hit & same], minlength=len(pred_lab)) > 0
-        n_localized = np.bincount(pred_row[localized], minlength=n_rows)
-        n_correct = np.bincount(pred_row[correct], minlength=n_rows)
+        localized = hit.any(axis=1)
+        n_localized = np.add.reduceat(localized, starts)
+        n_correct = np.add.reduceat((hit & same).any(axis=1), starts)
 
         if self.released_code:
             # The released code's pairs: IoU >= threshold; matching maximises their total IoU.
@@ -230,70 +241,34 @@ class _DetectionReward:
             # Every overlapping same-class pair can pay its IoU; matching first maximises the number of
             # pairs at IoU >= threshold (the F1 true positives), then the total IoU.
             eligible = same & (ious > 0)
-            bonus = np.minimum(n_con, n_gt)[pair_row] + 1.0
+            bonus = np.repeat(np.minimum(n_con, n_g) + 1.0, n_con)[:, None]
             weight = ious + np.where(hit, bonus, 0.0)
         if self.matching == "sequential":
-            chosen = eligible & (local_p == local_g)
+            local = np.arange(len(boxes)) - np.repeat(starts, n_con)
+            chosen = eligible & (local[:, None] == np.arange(n_g)[None, :])
         else:
-            chosen = self._hungarian(eligible, weight, pi, gj, pair_row, pair_off, n_con, n_gt, pred_row, gt_off)
-        tp = np.bincount(pair_row[chosen & hit], minlength=n_rows)
-        n_chosen = np.bincount(pair_row[chosen], minlength=n_rows)
-        iou_sum = np.bincount(pair_row[chosen], weights=ious[chosen], minlength=n_rows)
-        tp_iou_sum = np.bincount(pair_row[chosen & hit], weights=ious[chosen & hit], minlength=n_rows)
+            chosen = _assign(eligible, weight, starts, n_con)
+        chosen_hit = chosen & hit
+        tp = np.add.reduceat(chosen_hit.sum(axis=1), starts)
+        n_chosen = np.add.reduceat(chosen.sum(axis=1), starts)
+        iou_sum = np.add.reduceat(np.where(chosen, ious, 0.0).sum(axis=1), starts)
+        tp_iou_sum = np.add.reduceat(np.where(chosen_hit, ious, 0.0).sum(axis=1), starts)
 
         out = []
-        for r in range(n_rows):
-            n_p, n_g, t = pending.n_pred[r], pending.n_gt[r], int(tp[r])
+        for r in range(len(group.rows)):
+            n_p, t = group.n_pred[r], int(tp[r])
             penalty = 0.5 * ((n_p - t) / n_p + (n_g - t) / n_g)
             if self.released_code:
                 location = float(tp_iou_sum[r]) / t if t else 0.0
                 classification = float(n_correct[r]) / float(n_localized[r]) if n_localized[r] else 0.0
-                fmt = pending.fmt[r]
+                fmt = group.fmt[r]
             else:
                 location = 2.0 * float(iou_sum[r]) / (n_p + n_g) if n_chosen[r] else 0.0
                 classification = float(n_correct[r]) / max(n_p, n_g)
-                fmt = pending.fmt[r] * min(1.0, n_g / n_p)
+                fmt = group.fmt[r] * min(1.0, n_g / n_p)
             out.append({"format": fmt, "f1": 2.0 * t / (n_p + n_g), "location": location,
                         "classification": classification, "penalty": penalty, "parse_failure": 0.0})  # fmt: skip
         return out
-
-    @staticmethod
-    def _hungarian(
-        eligible: np.ndarray,
-        weight: np.ndarray,
-        pi: np.ndarray,
-        gj: np.ndarray,
-        pair_row: np.ndarray,
-        pair_off: np.ndarray,
-        n_con: np.ndarray,
-        n_gt: np.ndarray,
-        pred_row: np.ndarray,
-        gt_off: np.ndarray,
-    ) -> np.ndarray:
-        """The pairs a maximum-weight assignment over the eligible pairs keeps, row by row.
-
-        A row where no prediction and no ground-truth object has two eligible partners needs no solver:
-        its eligible pairs are disjoint, so they are the assignment. Only the other rows call scipy."""
-        chosen = eligible.copy()
-        n_rows = len(n_con)
-        pred_degree = np.bincount(pi[eligible], minlength=len(pred_row))
-        gt_row = np.repeat(np.arange(n_rows), n_gt)
-        gt_degree = np.bincount(gj[eligible], minlength=len(gt_row))
-        conflicted = (np.bincount(pred_row[pred_degree > 1], minlength=n_rows) > 0) | (
-            np.bincount(gt_row[gt_degree > 1], minlength=n_rows) > 0
-        )
-        for r in np.flatnonzero(conflicted).tolist():
-            start, p, g = int(pair_off[r]), int(n_con[r]), int(n_gt[r])
-            block = slice(start, start + p * g)
-            mask = eligible[block].reshape(p, g)
-            # Only predictions and objects with an eligible partner take part: a smaller problem.
-            rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            sub = np.where(mask, weight[block].reshape(p, g), 0.0)[np.ix_(rows_any, cols_any)]
-            rr, cc = linear_sum_assignment(sub, maximize=True)
-            keep = np.zeros((p, g), dtype=bool)
-            keep[rows_any[rr], cols_any[cc]] = True
-            chosen[block] = (keep & mask).ravel()
-        return chosen
 
     # ------------------------------------------------------------------------------------------- total
 
@@ -328,17 +303,41 @@ class _DetectionReward:
                 continue  # queued for matching, or a malformed solution (reward None)
             rewards[row.index] = 0.0 if result is failure else self.combine(result)
             log.set(row.index, **{k: v for k, v in result.items() if k in _COMPONENTS})
-        if pending.rows:
+        for group in pending.groups:
             try:
-                matched = self._match_rows(pending)
+                matched = self._match_group(group)
             except Exception as err:  # noqa: BLE001 - scoring must never raise on model output
-                call_safely(name, Row(pending.rows[0], "", None, Frame()), _raise(err), None)
-                matched = [failure] * len(pending.rows)
-            for index, components in zip(pending.rows, matched):
+                call_safely(name, Row(group.rows[0], "", None, Frame()), _raise(err), None)
+                matched = [failure] * len(group.rows)
+            for index, components in zip(group.rows, matched):
                 rewards[index] = 0.0 if components is failure else self.combine(components)
                 log.set(index, **components)
         log.emit(kwargs)
         return rewards
+
+
+def _assign(eligible: np.ndarray, weight: np.ndarray, starts: np.ndarray, n_con: np.ndarray) -> np.ndarray:
+    """The pairs a maximum-weight one-to-one assignment over the eligible pairs keeps, for each block of
+    rows `starts[r] : starts[r] + n_con[r]` (one completion each) of an `[N, M]` pair matrix.
+
+    A block where no prediction and no ground-truth object has two eligible partners needs no solver: its
+    eligible pairs are disjoint, so they are the assignment. Only the other blocks call scipy, on the
+    predictions and objects that have an eligible partner."""
+    chosen = eligible.copy()
+    conflicted = (np.add.reduceat(eligible.sum(axis=1) > 1, starts) > 0) | (
+        np.add.reduceat(eligible, starts, axis=0) > 1
+    ).any(axis=1)
+    for r in np.flatnonzero(conflicted).tolist():
+        start = int(starts[r])
+        block = slice(start, start + int(n_con[r]))
+        mask = eligible[block]
+        rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        sub = np.where(mask, weight[block], 0.0)[np.ix_(rows_any, cols_any)]
+        rr, cc = linear_sum_assignment(sub, maximize=True)
+        keep = np.zeros_like(mask)
+        keep[rows_any[rr], cols_any[cc]] = True
+        chosen[block] = keep & mask
+    return chosen
 
 
 def _raise(err: Exception) -> Any:
