@@ -15,6 +15,7 @@ original pixels with a `frames.Frame`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -267,13 +268,14 @@ _DECODER = json.JSONDecoder(parse_constant=_nan_constant)
 
 
 _PLAIN_NUMBERS = frozenset((int, float))
+_LABEL_TYPES = frozenset((str, type(None)))
 
-
-def _exact_json_items(body: str) -> tuple[list[Any], list[float]] | None:
-    """The common case, decoded in one `json` call and checked in bulk: the answer is exactly a JSON list of
+def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[str | None]] | None:
+    """The common case, checked in bulk: the answer is exactly a JSON list of
     `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items (the label
-    optional). Returns the items and all their coordinates as floats, in order; `None` for anything else
-    (other keys, bools, strings, NaN, huge values), which the general parsers then handle."""
+    optional). Returns which items are boxes (`None` when all are), all their coordinates as floats in
+    order, and their labels (`None` where absent); `None` for anything else (other keys, bools, strings,
+    NaN, huge values), which the general parsers then handle."""
     if len(body) < 2 or body[0] != "[" or body[-1] != "]":
         return None
     try:
@@ -282,22 +284,28 @@ def _exact_json_items(body: str) -> tuple[list[Any], list[float]] | None:
         return None
     if type(items) is not list or len(items) >= MAX_OBJECTS:
         return None
-    flat: list[Any] = []
-    extend = flat.extend
-    for item in items:
-        if type(item) is not dict:
-            return None
-        coords = item.get("bbox_2d")
-        if coords is None:
-            coords = item.get("point_2d")
-            if coords is None or type(coords) is not list or len(coords) != 2:
+    if items and set(map(type, items)) != {dict}:
+        return None
+    coords = [item.get("bbox_2d") for item in items]
+    labels = [item.get("label") for item in items]
+    is_box = None
+    if None in coords:  # points among the items: checked one by one
+        is_box = [c is not None for c in coords]
+        for k, item in enumerate(items):
+            if coords[k] is None:
+                coords[k] = item.get("point_2d")
+                if coords[k] is None or type(coords[k]) is not list or len(coords[k]) != 2:
+                    return None
+            elif type(coords[k]) is not list or len(coords[k]) != 4:
                 return None
-        elif type(coords) is not list or len(coords) != 4:
-            return None
-        size = len(item)
-        if size != 1 and (size != 2 or type(item.get("label")) is not str):
-            return None
-        extend(coords)
+    elif items and (set(map(type, coords)) != {list} or set(map(len, coords)) != {4}):
+        return None
+    # Each item holds its coordinates and an optional string label, nothing else.
+    if not set(map(type, labels)) <= _LABEL_TYPES or sum(map(len, items)) != 2 * len(items) - labels.count(
+        None
+    ):
+        return None
+    flat = list(itertools.chain.from_iterable(coords))
     if not set(map(type, flat)) <= _PLAIN_NUMBERS:
         return None
     try:
@@ -309,7 +317,7 @@ def _exact_json_items(body: str) -> tuple[list[Any], list[float]] | None:
         math.isfinite(sum(values)) and -MAX_ABS_COORD <= min(values) and max(values) <= MAX_ABS_COORD
     ):
         return None
-    return items, values
+    return is_box, values, labels
 
 
 def _parse_exact_json_list(body: str) -> ParsedOutput | None:
@@ -318,15 +326,14 @@ def _parse_exact_json_list(body: str) -> ParsedOutput | None:
     exact = _exact_json_items(body)
     if exact is None:
         return None
-    items, values = exact
+    is_box, values, labels = exact
     objects = []
     append = objects.append
     k = 0
-    for item in items:
-        label = item.get("label")
+    for n, label in enumerate(labels):
         if label is not None:
             label = label.strip()[:300] or None
-        if "bbox_2d" in item:
+        if is_box is None or is_box[n]:
             append(DetectedObject(bbox=tuple(values[k : k + 4]), label=label))  # type: ignore[arg-type]
             k += 4
         else:
@@ -340,7 +347,7 @@ class LabeledBoxes:
     """What `parse_labeled_boxes` read: the boxes that carry a label, in order.
 
     Attributes:
-        boxes: `(x1, y1, x2, y2)` per kept object, as written.
+        boxes: `[x1, y1, x2, y2]` per kept object, as written.
         labels: the label of each, as `DetectedObject.label` holds it (stripped, at most 300 characters).
         rejected: items that are not labelled boxes: malformed ones, points, boxes without a label.
         valid, truncated: as in `ParsedOutput`.
@@ -363,7 +370,7 @@ def parse_labeled_boxes(text: Any, box_format: str | None = None) -> LabeledBoxe
     ```python
     >>> out = parse_labeled_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}]')
     >>> out.boxes, out.labels, out.rejected, out.valid
-    ([(1.0, 2.0, 3.0, 4.0)], ['cat'], 1, True)
+    ([[1.0, 2.0, 3.0, 4.0]], ['cat'], 1, True)
 
     ```
     """
@@ -374,21 +381,20 @@ def parse_labeled_boxes(text: Any, box_format: str | None = None) -> LabeledBoxe
         if "<|box_start|>" not in scope:
             exact = _exact_json_items(_strip_fences(scope))
             if exact is not None:
-                items, values = exact
-                boxes, labels = [], []
-                k = 0
-                for item in items:
-                    if "bbox_2d" in item:
-                        label = item.get("label")
-                        if label is not None:
-                            label = label.strip()[:300]
-                            if label:
-                                boxes.append(tuple(values[k : k + 4]))
-                                labels.append(label)
-                        k += 4
-                    else:
-                        k += 2
-                return LabeledBoxes(boxes, labels, len(items) - len(boxes), valid=True)
+                is_box, values, labels = exact
+                n_items = len(labels)
+                if is_box is None:
+                    starts: Sequence[int] = range(0, len(values), 4)
+                else:  # boxes and points
+                    starts = list(itertools.accumulate((4 if box else 2 for box in is_box), initial=0))[:-1]
+                    pairs = [(start, label) for start, label, box in zip(starts, labels, is_box) if box]
+                    starts, labels = [start for start, _ in pairs], [label for _, label in pairs]
+                stripped = [label.strip()[:300] if label is not None else "" for label in labels]
+                if "" in stripped:  # boxes without a label are not kept
+                    pairs = [(start, label) for start, label in zip(starts, stripped) if label]
+                    starts, stripped = [start for start, _ in pairs], [label for _, label in pairs]
+                boxes = [values[start : start + 4] for start in starts]
+                return LabeledBoxes(boxes, stripped, n_items - len(boxes), valid=True)
     except Exception:  # noqa: BLE001 - a parser must never take a training run down
         return LabeledBoxes([], [])
     parsed = parse_objects(text, box_format)

@@ -35,7 +35,6 @@ _COMPONENTS = ("format", "f1", "location", "classification", "penalty", "parse_f
 MAX_DETECTIONS = 300
 """Predicted boxes considered per completion (bounds the O(n³) matching); later ones are false positives."""
 
-_MISSING = object()
 _DEFAULT_WEIGHTS = {"format": 0.25, "number": 0.75, "location": 1.0, "classification": 1.0}
 
 
@@ -82,20 +81,22 @@ class _Pending:
         self.groups: list[_Group] = []
         self.label_ids: dict[str, int] = {}
         self._last_target: Any = None
-        self._normalized: dict[str, str | None] = {}
+        self._raw_ids: dict[str, int] = {}
 
-    def normalized(self, labels: list[str]) -> list[str | None]:
-        """`normalize_label` of each label, computed once per distinct label in a call."""
-        cache = self._normalized
-        out = []
-        for label in labels:
-            found = cache.get(label, _MISSING)
-            if found is _MISSING:
-                found = cache[label] = normalize_label(label)
-            out.append(found)
-        return out
+    def label_ids_of(self, labels: list[str]) -> list[int]:
+        """An id per label, equal for labels equal after `normalize_label`; -1 for a label that normalises
+        to nothing. Each distinct label is normalised once per call."""
+        ids = self._raw_ids
+        return [ids[label] if label in ids else self._new_label(label) for label in labels]
+
+    def _new_label(self, label: str) -> int:
+        normalized = normalize_label(label)
+        found = -1 if normalized is None else self.label_id(normalized)
+        self._raw_ids[label] = found
+        return found
 
     def label_id(self, label: str) -> int:
+        """The id of a normalised label."""
         ids = self.label_ids
         found = ids.get(label)
         if found is None:
@@ -107,7 +108,7 @@ class _Pending:
         index: int,
         frame: Frame,
         boxes: list[Any],
-        labels: list[str],
+        label_ids: list[int],
         n_pred: int,
         fmt: float,
         target: tuple[np.ndarray, list[str]],
@@ -122,8 +123,7 @@ class _Pending:
         group.n_pred.append(n_pred)
         group.n_considered.append(len(boxes))
         group.boxes.extend(boxes)
-        label_id = self.label_id
-        group.labels.extend([label_id(label) for label in labels])
+        group.labels.extend(label_ids)
         group.frames.append(frame)
 
 
@@ -187,10 +187,10 @@ class _DetectionReward:
     ) -> dict[str, float] | None:
         """Components of a row that needs no matching, or `None` after queueing the row in `pending`."""
         parsed = parse_labeled_boxes(row.text, row.frame.box_format)
-        labels = pending.normalized(parsed.labels)
+        labels = pending.label_ids_of(parsed.labels)
         boxes = parsed.boxes
-        if None in labels:  # a label of nothing but whitespace: not a labelled box
-            keep = [k for k, label in enumerate(labels) if label is not None]
+        if -1 in labels:  # a label of nothing but whitespace: not a labelled box
+            keep = [k for k, label in enumerate(labels) if label >= 0]
             boxes, labels = [boxes[k] for k in keep], [labels[k] for k in keep]
         n_kept = len(labels)
         rejected = parsed.rejected + len(parsed.labels) - n_kept
@@ -206,7 +206,7 @@ class _DetectionReward:
                     "parse_failure": failed}  # fmt: skip
         fmt = 0.0 if (not parsed.valid or parsed.truncated) else n_kept / (n_kept + rejected)
         cap = self.max_detections
-        pending.add(row.index, row.frame, boxes[:cap], labels[:cap], n_kept, fmt, target)  # type: ignore[arg-type]
+        pending.add(row.index, row.frame, boxes[:cap], labels[:cap], n_kept, fmt, target)
         return None
 
     # ---------------------------------------------------------------------------------------- batched
@@ -321,22 +321,22 @@ def _assign(eligible: np.ndarray, weight: np.ndarray, starts: np.ndarray, n_con:
     rows `starts[r] : starts[r] + n_con[r]` (one completion each) of an `[N, M]` pair matrix.
 
     A block where no prediction and no ground-truth object has two eligible partners needs no solver: its
-    eligible pairs are disjoint, so they are the assignment. Only the other blocks call scipy, on the
-    predictions and objects that have an eligible partner."""
+    eligible pairs are disjoint, so they are the assignment. Only the other blocks call scipy."""
     chosen = eligible.copy()
     conflicted = (np.add.reduceat(eligible.sum(axis=1) > 1, starts) > 0) | (
         np.add.reduceat(eligible, starts, axis=0) > 1
     ).any(axis=1)
+    if not conflicted.any():
+        return chosen
+    gains = np.where(eligible, weight, 0.0)
     for r in np.flatnonzero(conflicted).tolist():
         start = int(starts[r])
-        block = slice(start, start + int(n_con[r]))
-        mask = eligible[block]
-        rows_any, cols_any = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        sub = np.where(mask, weight[block], 0.0)[np.ix_(rows_any, cols_any)]
-        rr, cc = linear_sum_assignment(sub, maximize=True)
-        keep = np.zeros_like(mask)
-        keep[rows_any[rr], cols_any[cc]] = True
-        chosen[block] = keep & mask
+        stop = start + int(n_con[r])
+        rr, cc = linear_sum_assignment(gains[start:stop], maximize=True)
+        rr += start
+        keep = eligible[rr, cc]
+        chosen[start:stop] = False
+        chosen[rr[keep], cc[keep]] = True
     return chosen
 
 
