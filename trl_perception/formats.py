@@ -29,13 +29,13 @@ __all__ = [
     "MAX_ABS_COORD",
     "MAX_OBJECTS",
     "DetectedObject",
-    "LabeledBoxes",
+    "ParsedBoxes",
     "ParsedOutput",
     "answer_text",
     "completion_text",
     "format_instruction",
     "parse_count",
-    "parse_labeled_boxes",
+    "parse_boxes",
     "parse_objects",
     "render_objects",
     "strip_wrappers",
@@ -270,6 +270,17 @@ _DECODER = json.JSONDecoder(parse_constant=_nan_constant)
 _PLAIN_NUMBERS = frozenset((int, float))
 _LABEL_TYPES = frozenset((str, type(None)))
 
+# The most common grounding answer, `[{"bbox_2d": [x1, y1, x2, y2], "label": "name"}]`, read with one short
+# regex instead of a JSON decode: JSON's own number and whitespace grammar, a label without escapes (what
+# the decoder returns for such text, so both readings agree; a property test checks it).
+_JWS = r"[ \t\n\r]*"
+_JNUM = r"(-?(?:0|[1-9]\d{0,20})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,4})?)"
+_ONE_BOX_RE = re.compile(
+    rf'\[{_JWS}\{{{_JWS}"bbox_2d"{_JWS}:{_JWS}\[{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},'
+    rf'{_JWS}{_JNUM}{_JWS}\]{_JWS},{_JWS}"label"{_JWS}:{_JWS}"([^"\\\x00-\x1f]{{0,300}})"{_JWS}\}}{_JWS}\]'
+)
+
+
 def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[str | None]] | None:
     """The common case, checked in bulk: the answer is exactly a JSON list of
     `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items (the label
@@ -277,6 +288,12 @@ def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[s
     order, and their labels (`None` where absent); `None` for anything else (other keys, bools, strings,
     NaN, huge values), which the general parsers then handle."""
     if len(body) < 2 or body[0] != "[" or body[-1] != "]":
+        return None
+    one = _ONE_BOX_RE.fullmatch(body) if len(body) < 500 else None
+    if one is not None:
+        values = [float(v) for v in one.groups()[:4]]
+        if all(-MAX_ABS_COORD <= v <= MAX_ABS_COORD for v in values):
+            return None, values, [one.group(5)]
         return None
     try:
         items = _DECODER.decode(body)
@@ -343,34 +360,39 @@ def _parse_exact_json_list(body: str) -> ParsedOutput | None:
 
 
 @dataclass
-class LabeledBoxes:
-    """What `parse_labeled_boxes` read: the boxes that carry a label, in order.
+class ParsedBoxes:
+    """What `parse_boxes` read: the boxes of a completion, in order.
 
     Attributes:
         boxes: `[x1, y1, x2, y2]` per kept object, as written.
-        labels: the label of each, as `DetectedObject.label` holds it (stripped, at most 300 characters).
-        rejected: items that are not labelled boxes: malformed ones, points, boxes without a label.
+        labels: the label of each, as `DetectedObject.label` holds it (stripped, at most 300 characters;
+            `None` for an unlabelled box, which only `require_label=False` keeps).
+        rejected: items that are not kept: malformed ones, points, and boxes without a label when one is
+            required.
         valid, truncated: as in `ParsedOutput`.
     """
 
     boxes: list[Sequence[float]]
-    labels: list[str]
+    labels: list[str | None]
     rejected: int = 0
     valid: bool = False
     truncated: bool = False
 
 
-def parse_labeled_boxes(text: Any, box_format: str | None = None) -> LabeledBoxes:
-    """The labelled boxes of a completion (what detection scores), with the count of items that are not.
+def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = True) -> ParsedBoxes:
+    """The boxes of a completion (with their labels), and the count of items that are not kept.
 
-    Equal to filtering `parse_objects(text, box_format).objects` for objects with a box and a label, but a
-    well-formed JSON answer, the common case in training, is read without building an object per item.
+    Equal to filtering `parse_objects(text, box_format).objects` for objects with a box (and a label, by
+    default), but a well-formed JSON answer, the common case in training, is read without building an object
+    per item: what detection and grounding score.
 
     Example:
     ```python
-    >>> out = parse_labeled_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}]')
+    >>> out = parse_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}, {"bbox_2d": [0, 0, 1, 1]}]')
     >>> out.boxes, out.labels, out.rejected, out.valid
-    ([[1.0, 2.0, 3.0, 4.0]], ['cat'], 1, True)
+    ([[1.0, 2.0, 3.0, 4.0]], ['cat'], 2, True)
+    >>> parse_boxes("<|box_start|>(1,2),(3,4)<|box_end|>", require_label=False).boxes
+    [(1.0, 2.0, 3.0, 4.0)]
 
     ```
     """
@@ -383,28 +405,31 @@ def parse_labeled_boxes(text: Any, box_format: str | None = None) -> LabeledBoxe
             if exact is not None:
                 is_box, values, labels = exact
                 n_items = len(labels)
+                starts: Sequence[int]
                 if is_box is None:
-                    starts: Sequence[int] = range(0, len(values), 4)
+                    starts = range(0, len(values), 4)
                 else:  # boxes and points
                     starts = list(itertools.accumulate((4 if box else 2 for box in is_box), initial=0))[:-1]
                     pairs = [(start, label) for start, label, box in zip(starts, labels, is_box) if box]
                     starts, labels = [start for start, _ in pairs], [label for _, label in pairs]
-                stripped = [label.strip()[:300] if label is not None else "" for label in labels]
-                if "" in stripped:  # boxes without a label are not kept
-                    pairs = [(start, label) for start, label in zip(starts, stripped) if label]
-                    starts, stripped = [start for start, _ in pairs], [label for _, label in pairs]
+                kept: list[str | None] = [
+                    (label.strip()[:300] or None) if label is not None else None for label in labels
+                ]
+                if require_label and None in kept:  # boxes without a label are not kept
+                    pairs = [(start, label) for start, label in zip(starts, kept) if label is not None]
+                    starts, kept = [start for start, _ in pairs], [label for _, label in pairs]
                 boxes = [values[start : start + 4] for start in starts]
-                return LabeledBoxes(boxes, stripped, n_items - len(boxes), valid=True)
+                return ParsedBoxes(boxes, kept, n_items - len(boxes), valid=True)
     except Exception:  # noqa: BLE001 - a parser must never take a training run down
-        return LabeledBoxes([], [])
+        return ParsedBoxes([], [])
     parsed = parse_objects(text, box_format)
-    boxes, labels = [], []
+    boxes, kept = [], []
     for obj in parsed.objects:
-        if obj.bbox is not None and obj.label is not None:
+        if obj.bbox is not None and (obj.label is not None or not require_label):
             boxes.append(obj.bbox)
-            labels.append(obj.label)
+            kept.append(obj.label)
     rejected = parsed.rejected + len(parsed.objects) - len(boxes)
-    return LabeledBoxes(boxes, labels, rejected, parsed.valid, parsed.truncated)
+    return ParsedBoxes(boxes, kept, rejected, parsed.valid, parsed.truncated)
 
 
 def _skip_ws(text: str, pos: int) -> int:

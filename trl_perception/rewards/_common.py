@@ -312,17 +312,39 @@ def select_rows(
     size_col = _column(kwargs, "image_size", n)
     input_col = _column(kwargs, "input_size", n)
     rows = []
+    frames: dict[tuple, Frame] = {}  # the rows of a GRPO group (and of one image) share their frame
     for i in range(n):
         task = task_col[i]
         if isinstance(task, str) and task.strip() and task.strip().lower() not in tasks:
             continue
-        try:
-            frame = frame_for(format_col[i], size_col[i], input_col[i])
-        except MalformedSolution as err:
-            warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
-            continue
+        key = (_cell_key(format_col[i]), _cell_key(size_col[i]), _cell_key(input_col[i]))
+        frame = frames.get(key) if _UNHASHABLE not in key else None
+        if frame is None:
+            try:
+                frame = frame_for(format_col[i], size_col[i], input_col[i])
+            except MalformedSolution as err:
+                warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
+                continue
+            if _UNHASHABLE not in key:
+                frames[key] = frame
         rows.append(Row(i, text_of(completions[i]), solution[i], frame))
     return rows, n
+
+
+_UNHASHABLE = object()
+
+
+def _cell_key(value: Any) -> Any:
+    """A frame column's cell as a dictionary key: `None`, a string, or a pair of plain numbers; anything
+    else is not memoised."""
+    if value is None or type(value) is str:
+        return value
+    if type(value) in (list, tuple) and len(value) == 2 and type(value[0]) in (int, float) and type(value[1]) in (
+        int,
+        float,
+    ):
+        return (type(value[0]), value[0], type(value[1]), value[1])
+    return _UNHASHABLE
 
 
 def call_safely(reward_name: str, row: Row, score: Callable[[Row], Any], failure: Any) -> Any:

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..boxes import box_iou
-from ..formats import parse_labeled_boxes
+from ..formats import parse_boxes
 from ..frames import Frame
 from ..matching import check_matching
 from ._common import (
@@ -186,7 +186,7 @@ class _DetectionReward:
         self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending
     ) -> dict[str, float] | None:
         """Components of a row that needs no matching, or `None` after queueing the row in `pending`."""
-        parsed = parse_labeled_boxes(row.text, row.frame.box_format)
+        parsed = parse_boxes(row.text, row.frame.box_format)
         labels = pending.label_ids_of(parsed.labels)
         boxes = parsed.boxes
         if -1 in labels:  # a label of nothing but whitespace: not a labelled box

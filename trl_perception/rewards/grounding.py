@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import paired_box_iou
-from ..formats import parse_objects
+from ..formats import parse_boxes, parse_objects
 from ..frames import Frame
 from ._common import (
     ComponentLog,
@@ -50,13 +50,11 @@ def _prepare(
     if gt is None:
         if is_empty_answer(row.text):
             return 1.0, None, None, False
-        parsed = parse_objects(row.text, row.frame.box_format)
-        return 0.0, None, None, not parsed.objects
-    parsed = parse_objects(row.text, row.frame.box_format)
-    box = next((obj.bbox for obj in parsed.objects if obj.bbox is not None), None)
-    if box is None:
+        return 0.0, None, None, not parse_objects(row.text, row.frame.box_format).objects
+    boxes = parse_boxes(row.text, row.frame.box_format, require_label=False).boxes
+    if not boxes:
         return 0.0, None, gt, True
-    return None, list(box), gt, False
+    return None, list(boxes[0]), gt, False
 
 
 def _iou_rewards(
