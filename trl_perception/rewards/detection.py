@@ -418,10 +418,12 @@ def make_detection_reward(
     )
 
 
-_DEFAULT_REWARD = _DetectionReward()
+_DEFAULT_REWARDS = {matching: _DetectionReward(matching=matching) for matching in ("hungarian", "sequential")}
 
 
-def detection_reward(completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+def detection_reward(
+    completions: list, solution: list, matching: str = "hungarian", **kwargs: Any
+) -> list[float | None]:
     r"""
     Reward for object detection: Perception-R1's multi-subject reward, made precision-aware (spraying boxes
     earns nearly nothing) and normalised to [0, 1].
@@ -459,6 +461,8 @@ def detection_reward(completions: list, solution: list, **kwargs: Any) -> list[f
         completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
         solution (`list`): per completion, `[{"bbox_2d": [x1, y1, x2, y2], "label": name}, ...]` in absolute
             pixels of the image (native, numpy arrays as `datasets` may hand them over, or JSON strings).
+        matching (`str`): `"hungarian"` (default), or `"sequential"` to pair the i-th predicted box with the
+            i-th ground-truth object, Perception-R1's Table 5 ablation "w/o reward matching".
         **kwargs: `task`, `box_format`, `image_size`, `input_size` columns; `log_metric` / `log_extra`
             receive `detection_reward/{format,f1,location,classification,penalty,parse_failure}`.
 
@@ -476,4 +480,4 @@ def detection_reward(completions: list, solution: list, **kwargs: Any) -> list[f
 
     ```
     """
-    return _DEFAULT_REWARD(completions, solution, **kwargs)
+    return _DEFAULT_REWARDS[check_matching(matching)](completions, solution, **kwargs)
