@@ -272,10 +272,29 @@ class Row:
     frame: Frame
 
 
+def _is_flat_size(value: Any) -> bool:
+    """`[640, 480]`: one size, not a column of sizes."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.shape[0] == 2 and value.dtype.kind in "iuf"
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value)
+    )
+
+
 def _column(kwargs: dict[str, Any], name: str, n: int) -> list[Any]:
     value = kwargs.get(name)
     if value is None:
         return [None] * n
+    if name in ("image_size", "input_size") and _is_flat_size(value):
+        # One behaviour whatever the batch size (a flat pair used to raise for 1 completion and to skip
+        # every row for 2): a column holds one [width, height] per completion.
+        size = np.asarray(value).tolist()
+        raise ValueError(
+            f"keyword {name!r} must hold one [width, height] per completion, got the single size {size} "
+            f"for {n} completion(s); pass {name}=[{size}] * {n}"
+        )
     if isinstance(value, str):  # one value for every row, convenient outside a trainer
         return [value] * n
     try:
