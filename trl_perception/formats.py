@@ -303,8 +303,8 @@ def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[s
         return None
     if items and set(map(type, items)) != {dict}:
         return None
-    coords = [item.get("bbox_2d") for item in items]
-    labels = [item.get("label") for item in items]
+    coords = list(map(dict.get, items, itertools.repeat("bbox_2d")))
+    labels = list(map(dict.get, items, itertools.repeat("label")))
     is_box = None
     if None in coords:  # points among the items: checked one by one
         is_box = [c is not None for c in coords]
@@ -364,7 +364,7 @@ class ParsedBoxes:
     """What `parse_boxes` read: the boxes of a completion, in order.
 
     Attributes:
-        boxes: `[x1, y1, x2, y2]` per kept object, as written.
+        boxes: `(x1, y1, x2, y2)` per kept object, as written.
         labels: the label of each, as `DetectedObject.label` holds it (stripped, at most 300 characters;
             `None` for an unlabelled box, which only `require_label=False` keeps).
         rejected: items that are not kept: malformed ones, points, and boxes without a label when one is
@@ -390,7 +390,7 @@ def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = 
     ```python
     >>> out = parse_boxes('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"point_2d": [5, 6]}, {"bbox_2d": [0, 0, 1, 1]}]')
     >>> out.boxes, out.labels, out.rejected, out.valid
-    ([[1.0, 2.0, 3.0, 4.0]], ['cat'], 2, True)
+    ([(1.0, 2.0, 3.0, 4.0)], ['cat'], 2, True)
     >>> parse_boxes("<|box_start|>(1,2),(3,4)<|box_end|>", require_label=False).boxes
     [(1.0, 2.0, 3.0, 4.0)]
 
@@ -412,13 +412,21 @@ def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = 
                     starts = list(itertools.accumulate((4 if box else 2 for box in is_box), initial=0))[:-1]
                     pairs = [(start, label) for start, label, box in zip(starts, labels, is_box) if box]
                     starts, labels = [start for start, _ in pairs], [label for _, label in pairs]
-                kept: list[str | None] = [
-                    (label.strip()[:300] or None) if label is not None else None for label in labels
-                ]
+                if None in labels:
+                    kept: list[str | None] = [label.strip() if label is not None else None for label in labels]
+                else:
+                    kept = list(map(str.strip, labels))  # type: ignore[arg-type]
+                if kept and max(map(len, filter(None, kept)), default=0) > 300:
+                    kept = [label[:300] if label else label for label in kept]
+                if "" in kept:
+                    kept = [label or None for label in kept]
                 if require_label and None in kept:  # boxes without a label are not kept
                     pairs = [(start, label) for start, label in zip(starts, kept) if label is not None]
                     starts, kept = [start for start, _ in pairs], [label for _, label in pairs]
-                boxes = [values[start : start + 4] for start in starts]
+                if is_box is None and len(kept) == n_items:
+                    boxes = list(zip(*[iter(values)] * 4))  # every item is a kept box
+                else:
+                    boxes = [tuple(values[start : start + 4]) for start in starts]
                 return ParsedBoxes(boxes, kept, n_items - len(boxes), valid=True)
     except Exception:  # noqa: BLE001 - a parser must never take a training run down
         return ParsedBoxes([], [])

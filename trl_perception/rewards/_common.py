@@ -4,6 +4,7 @@ frames, rate-limited warnings and the trainer's `log_metric` / `log_extra` hooks
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import re
@@ -58,6 +59,12 @@ def warn_row(key: str, message: str) -> None:
 
 def text_of(completion: Any) -> str:
     """Plain text of one completion (string or TRL conversational); never raises."""
+    if type(completion) is list and len(completion) == 1:  # TRL's usual [{"role": "assistant", "content": str}]
+        message = completion[0]
+        if type(message) is dict and message.get("role", "assistant") == "assistant":
+            content = message.get("content")
+            if type(content) is str:
+                return content
     try:
         text = completion_text(completion)
     except Exception:  # noqa: BLE001 - an odd completion object must not stop the run
@@ -144,10 +151,23 @@ def _plain_numbers(values: Any, count: int) -> bool:
     )
 
 
+_SEQUENCES = frozenset((list, tuple))
+_NUMBERS = frozenset((int, float))
+
+
+def _all_plain_numbers(values: Sequence[Any], count: int) -> bool:
+    """`_plain_numbers(v, count)` for every `v`, checked in bulk."""
+    return not values or (
+        set(map(type, values)) <= _SEQUENCES
+        and set(map(len, values)) == {count}
+        and set(map(type, itertools.chain.from_iterable(values))) <= _NUMBERS
+    )
+
+
 def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
     """Ground-truth boxes `[M, 4]`, each 4 finite numbers with ordered corners, checked in one vectorized
     pass (per-box checks only to word the error)."""
-    if all(_plain_numbers(v, 4) for v in values):
+    if _all_plain_numbers(values, 4):
         boxes = np.asarray(values, dtype=np.float64).reshape(-1, 4)
         if (
             np.isfinite(boxes).all()
@@ -162,7 +182,7 @@ def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
 
 def gt_points(values: Sequence[Any], what: str = "point") -> np.ndarray:
     """Ground-truth points `[N, 2]` of finite numbers, checked in one vectorized pass."""
-    if all(_plain_numbers(v, 2) for v in values):
+    if _all_plain_numbers(values, 2):
         points = np.asarray(values, dtype=np.float64).reshape(-1, 2)
         if np.isfinite(points).all():
             return points

@@ -47,15 +47,15 @@ def _detection_target(solution: Any) -> tuple[np.ndarray, list[str]]:
         raise MalformedSolution("detection solution is missing")
     if not isinstance(value, (list, tuple)):
         raise MalformedSolution(f"detection solution must be a list of objects, got {type(value).__name__}")
-    boxes, labels = [], []
-    for k, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise MalformedSolution(f"detection object {k} must be a dict, got {item!r}")
-        label = normalize_label(item.get("label", item.get("name", item.get("category"))))
-        if label is None:
-            raise MalformedSolution(f"detection object {k} has no label: {item!r}")
-        boxes.append(item.get("bbox_2d", item.get("bbox")))
-        labels.append(label)
+    if not all(isinstance(item, dict) for item in value):
+        k, item = next((k, item) for k, item in enumerate(value) if not isinstance(item, dict))
+        raise MalformedSolution(f"detection object {k} must be a dict, got {item!r}")
+    raw_labels = [item.get("label", item.get("name", item.get("category"))) for item in value]
+    labels = [normalize_label(label) for label in raw_labels]
+    if None in labels:
+        k = labels.index(None)
+        raise MalformedSolution(f"detection object {k} has no label: {value[k]!r}")
+    boxes = [item.get("bbox_2d", item.get("bbox")) for item in value]
     return gt_boxes(boxes, "detection object box"), labels
 
 
@@ -227,44 +227,47 @@ class _DetectionReward:
         same = np.asarray(group.labels, dtype=np.int64)[:, None] == group.gt_ids[None, :]
         hit = ious >= self.iou_threshold
 
-        # Classification: a prediction that localises some object (IoU >= threshold, any class) is correct
-        # when it carries the label of an object it localises.
-        localized = hit.any(axis=1)
-        n_localized = np.add.reduceat(localized, starts)
-        n_correct = np.add.reduceat((hit & same).any(axis=1), starts)
-
         if self.released_code:
             # The released code's pairs: IoU >= threshold; matching maximises their total IoU.
             eligible = hit & same & (ious > 0)
-            weight = ious
+            bonus = None
         else:
             # Every overlapping same-class pair can pay its IoU; matching first maximises the number of
             # pairs at IoU >= threshold (the F1 true positives), then the total IoU.
             eligible = same & (ious > 0)
-            bonus = np.repeat(np.minimum(n_con, n_g) + 1.0, n_con)[:, None]
-            weight = ious + np.where(hit, bonus, 0.0)
+            bonus = np.minimum(n_con, n_g) + 1.0
         if self.matching == "sequential":
             local = np.arange(len(boxes)) - np.repeat(starts, n_con)
             chosen = eligible & (local[:, None] == np.arange(n_g)[None, :])
         else:
-            chosen = _assign(eligible, weight, starts, n_con)
+            chosen = _assign(eligible, ious, hit, bonus, starts, n_con)
         chosen_hit = chosen & hit
-        tp = np.add.reduceat(chosen_hit.sum(axis=1), starts)
-        n_chosen = np.add.reduceat(chosen.sum(axis=1), starts)
-        iou_sum = np.add.reduceat(np.where(chosen, ious, 0.0).sum(axis=1), starts)
-        tp_iou_sum = np.add.reduceat(np.where(chosen_hit, ious, 0.0).sum(axis=1), starts)
+        chosen_ious = np.where(chosen, ious, 0.0)
+        # Per prediction, then summed per row in one pass. Classification: a prediction that localises some
+        # object (IoU >= threshold, any class) is correct when it carries the label of an object it localises.
+        per_prediction = np.column_stack(
+            (
+                hit.any(axis=1),
+                (hit & same).any(axis=1),
+                chosen_hit.sum(axis=1),
+                chosen.sum(axis=1),
+                chosen_ious.sum(axis=1),
+                np.where(chosen_hit, chosen_ious, 0.0).sum(axis=1),
+            )
+        ).astype(np.float64)
+        per_row = np.add.reduceat(per_prediction, starts, axis=0).tolist()
 
         out = []
-        for r in range(len(group.rows)):
-            n_p, t = group.n_pred[r], int(tp[r])
+        for r, (n_localized, n_correct, tp, n_chosen, iou_sum, tp_iou_sum) in enumerate(per_row):
+            n_p, t = group.n_pred[r], int(tp)
             penalty = 0.5 * ((n_p - t) / n_p + (n_g - t) / n_g)
             if self.released_code:
-                location = float(tp_iou_sum[r]) / t if t else 0.0
-                classification = float(n_correct[r]) / float(n_localized[r]) if n_localized[r] else 0.0
+                location = tp_iou_sum / t if t else 0.0
+                classification = n_correct / n_localized if n_localized else 0.0
                 fmt = group.fmt[r]
             else:
-                location = 2.0 * float(iou_sum[r]) / (n_p + n_g) if n_chosen[r] else 0.0
-                classification = float(n_correct[r]) / max(n_p, n_g)
+                location = 2.0 * iou_sum / (n_p + n_g) if n_chosen else 0.0
+                classification = n_correct / max(n_p, n_g)
                 fmt = group.fmt[r] * min(1.0, n_g / n_p)
             out.append({"format": fmt, "f1": 2.0 * t / (n_p + n_g), "location": location,
                         "classification": classification, "penalty": penalty, "parse_failure": 0.0})  # fmt: skip
@@ -316,9 +319,17 @@ class _DetectionReward:
         return rewards
 
 
-def _assign(eligible: np.ndarray, weight: np.ndarray, starts: np.ndarray, n_con: np.ndarray) -> np.ndarray:
+def _assign(
+    eligible: np.ndarray,
+    ious: np.ndarray,
+    hit: np.ndarray,
+    bonus: np.ndarray | None,
+    starts: np.ndarray,
+    n_con: np.ndarray,
+) -> np.ndarray:
     """The pairs a maximum-weight one-to-one assignment over the eligible pairs keeps, for each block of
-    rows `starts[r] : starts[r] + n_con[r]` (one completion each) of an `[N, M]` pair matrix.
+    rows `starts[r] : starts[r] + n_con[r]` (one completion each) of an `[N, M]` pair matrix. A pair weighs
+    its IoU, plus `bonus[r]` when it is a hit (so that the number of hits comes first).
 
     A block where no prediction and no ground-truth object has two eligible partners needs no solver: its
     eligible pairs are disjoint, so they are the assignment. Only the other blocks call scipy."""
@@ -328,11 +339,14 @@ def _assign(eligible: np.ndarray, weight: np.ndarray, starts: np.ndarray, n_con:
     ).any(axis=1)
     if not conflicted.any():
         return chosen
-    gains = np.where(eligible, weight, 0.0)
     for r in np.flatnonzero(conflicted).tolist():
         start = int(starts[r])
         stop = start + int(n_con[r])
-        rr, cc = linear_sum_assignment(gains[start:stop], maximize=True)
+        mask = eligible[start:stop]
+        gains = np.where(mask, ious[start:stop], 0.0)
+        if bonus is not None:
+            gains += np.where(mask & hit[start:stop], bonus[r], 0.0)
+        rr, cc = linear_sum_assignment(gains, maximize=True)
         rr += start
         keep = eligible[rr, cc]
         chosen[start:stop] = False
