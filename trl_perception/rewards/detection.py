@@ -4,6 +4,7 @@ that spraying boxes does not pay; the released code's weighting as an option."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -69,7 +70,7 @@ class _Group:
         self.fmt: list[float] = []
         self.n_pred: list[int] = []  # all kept predictions, including those beyond max_detections
         self.n_considered: list[int] = []
-        self.boxes: list[Any] = []  # considered predicted boxes of every row, as written
+        self.coords: list[float] = []  # considered predicted boxes of every row, as written, flattened
         self.labels: list[int] = []
         self.frames: list[Frame] = []  # one per row
 
@@ -86,8 +87,10 @@ class _Pending:
     def label_ids_of(self, labels: list[str]) -> list[int]:
         """An id per label, equal for labels equal after `normalize_label`; -1 for a label that normalises
         to nothing. Each distinct label is normalised once per call."""
-        ids = self._raw_ids
-        return [ids[label] if label in ids else self._new_label(label) for label in labels]
+        found = list(map(self._raw_ids.get, labels))
+        if None in found:
+            found = [self._new_label(label) if k is None else k for k, label in zip(found, labels)]
+        return found  # type: ignore[return-value]
 
     def _new_label(self, label: str) -> int:
         normalized = normalize_label(label)
@@ -122,7 +125,7 @@ class _Pending:
         group.fmt.append(fmt)
         group.n_pred.append(n_pred)
         group.n_considered.append(len(boxes))
-        group.boxes.extend(boxes)
+        group.coords.extend(itertools.chain.from_iterable(boxes))
         group.labels.extend(label_ids)
         group.frames.append(frame)
 
@@ -216,7 +219,7 @@ class _DetectionReward:
         shared ground truth; rows are contiguous blocks of its rows."""
         n_con = np.array(group.n_considered, dtype=np.int64)
         starts = np.concatenate(([0], np.cumsum(n_con)[:-1]))
-        raw = np.asarray(group.boxes, dtype=np.float64).reshape(-1, 4)
+        raw = np.array(group.coords, dtype=np.float64).reshape(-1, 4)
         frames = group.frames
         if all(frame is frames[0] for frame in frames):
             boxes = frames[0].to_pixels(raw)
