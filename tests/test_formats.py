@@ -939,7 +939,9 @@ def test_a_lone_non_negative_integer_is_the_count(k, template):
     assert parse_count(template.format(f"-{k}")) is None
 
 
-_PHRASES = st.sampled_from(["[see left]", "[1]", "[a b]", "[the red car]", "[2, 3, 4]", "[x]", "{a}", "[1, 2, 3, 4, 5]"])
+_PHRASES = st.sampled_from(
+    ["[see left]", "[1]", "[a b]", "[the red car]", "[2, 3, 4]", "[x]", "{a}", "[1, 2, 3, 4, 5]"]
+)
 
 
 @settings(deadline=None)
@@ -959,7 +961,9 @@ def test_a_json_answer_after_sixteen_bracketed_phrases_is_found():
 def test_only_the_answer_is_read_after_thinking():
     thinking = "<think>" + qwen2_box(1, 2, 3, 4, ref="x") + " maybe (9,9),(8,8) or [1, 1, 2, 2]</think>"
     assert_parsed(thinking + "<answer>[5, 6, 7, 8]</answer>", [box(5, 6, 7, 8)])
-    assert_parsed(thinking + "<answer>" + qwen2_box(5, 6, 7, 8, ref="y") + "</answer>", [box(5, 6, 7, 8, "y")])
+    assert_parsed(
+        thinking + "<answer>" + qwen2_box(5, 6, 7, 8, ref="y") + "</answer>", [box(5, 6, 7, 8, "y")]
+    )
     assert_invalid(thinking + "<answer>I do not know.</answer>")
     assert answer_text(thinking + "<answer> [] </answer><|im_end|>") == " [] "
 

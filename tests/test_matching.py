@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from trl_perception.boxes import box_iou
-from trl_perception.matching import check_matching, hungarian_match, match_boxes, match_points, sequential_match
+from trl_perception.matching import (
+    check_matching,
+    hungarian_match,
+    match_boxes,
+    match_points,
+    sequential_match,
+)
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -324,7 +330,9 @@ def test_match_points_drops_pairs_with_non_finite_distances():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n_pred", "n_gt", "pairs"), [(3, 2, [0, 1]), (2, 3, [0, 1]), (0, 4, []), (4, 0, [])])
+@pytest.mark.parametrize(
+    ("n_pred", "n_gt", "pairs"), [(3, 2, [0, 1]), (2, 3, [0, 1]), (0, 4, []), (4, 0, [])]
+)
 def test_sequential_match_pairs_the_i_th_with_the_i_th(n_pred, n_gt, pairs):
     rows, cols = sequential_match(n_pred, n_gt)
     assert rows.tolist() == pairs and cols.tolist() == pairs
@@ -340,7 +348,9 @@ def test_sequential_box_matching_follows_the_order_written():
     p, g, iou = match_boxes(pred, gt, matching="sequential")
     assert (p.tolist(), g.tolist(), iou.tolist()) == ([], [], [])
     # In order, both are kept; with labels, a pair of different labels is dropped.
-    p, g, iou = match_boxes(pred[::-1], gt, matching="sequential", pred_labels=["a", "b"], gt_labels=["a", "c"])
+    p, g, iou = match_boxes(
+        pred[::-1], gt, matching="sequential", pred_labels=["a", "b"], gt_labels=["a", "c"]
+    )
     assert (p.tolist(), g.tolist(), iou.tolist()) == ([0], [0], [1.0])
 
 

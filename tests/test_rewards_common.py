@@ -1,7 +1,6 @@
 """Specification of the row handling the rewards share: frames,
 ground-truth caching within a GRPO group, empty answers and label normalisation."""
 
-
 import numpy as np
 import pytest
 
@@ -135,7 +134,9 @@ def test_label_normalisation():
 def test_a_flat_image_size_is_refused_the_same_way_for_any_batch(n, size):
     # It used to raise for 1 completion and silently give None for 2.
     for reward, solution in ((iou_reward, [0, 0, 1, 1]), (count_reward, 1), (detection_reward, [])):
-        with pytest.raises(ValueError, match=r"one \[width, height\] per completion.*image_size=\[\[640, 480\]\]"):
+        with pytest.raises(
+            ValueError, match=r"one \[width, height\] per completion.*image_size=\[\[640, 480\]\]"
+        ):
             reward(["[]"] * n, [solution] * n, image_size=size)
     with pytest.raises(ValueError, match="input_size"):
         iou_reward(["[]"] * n, [[0, 0, 1, 1]] * n, input_size=size)

@@ -21,12 +21,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, token_soup
-from trl_perception.formats import render_objects
-from trl_perception.frames import model_input_size
 from trl_perception.boxes import box_iou
-from trl_perception.formats import parse_objects
-from trl_perception.frames import Frame
-from trl_perception.rewards import MAX_DETECTIONS, _common, detection_reward, get_reward, make_detection_reward
+from trl_perception.formats import parse_objects, render_objects
+from trl_perception.frames import Frame, model_input_size
+from trl_perception.rewards import (
+    MAX_DETECTIONS,
+    _common,
+    detection_reward,
+    get_reward,
+    make_detection_reward,
+)
 
 CAT = {"bbox_2d": [0, 0, 10, 10], "label": "cat"}
 DOG = {"bbox_2d": [20, 20, 30, 30], "label": "dog"}
@@ -472,7 +476,9 @@ def reference_reward(text, gt, *, released=False, matching="hungarian", box_form
                      penalty_weight=None, max_detections=MAX_DETECTIONS):  # fmt: skip
     """Row by row, the formulas of the module docstring, with matching by exhaustive search."""
     parsed = parse_objects(text, box_format)
-    kept = [(o.bbox, " ".join(o.label.split()).lower()) for o in parsed.objects if o.bbox is not None and o.label]
+    kept = [
+        (o.bbox, " ".join(o.label.split()).lower()) for o in parsed.objects if o.bbox is not None and o.label
+    ]
     kept = [(b, lab) for b, lab in kept if lab]
     rejected = parsed.rejected + len(parsed.objects) - len(kept)
     top = 3.0 if released else 1.0
@@ -574,7 +580,10 @@ def test_released_mode_is_the_previous_default_times_three():
     # The previous default was (0.25 fmt + 0.75 F1 + loc + cls - 0.5 pen) / 3 on the released components.
     texts, gts, _ = _random_batch(3, 60)
     released = make_detection_reward(released_code=True, penalty_weight=0.5)(texts, gts)
-    previous = [min(max(reference_reward(t, g, released=True, penalty_weight=0.5), 0), 3) / 3 for t, g in zip(texts, gts)]
+    previous = [
+        min(max(reference_reward(t, g, released=True, penalty_weight=0.5), 0), 3) / 3
+        for t, g in zip(texts, gts)
+    ]
     assert [r / 3 for r in released] == pytest.approx(previous, abs=1e-12, rel=0)
 
 
@@ -618,7 +627,10 @@ def test_ground_truth_as_numpy_arrays_is_read():
     # `datasets` may hand a list-of-dicts column over as an object array, and boxes as float arrays.
     gt = np.array([{"bbox_2d": np.array([0.0, 0.0, 10.0, 10.0]), "label": "cat"},
                    {"bbox_2d": np.array([20, 20, 30, 30]), "label": np.str_("dog")}], dtype=object)  # fmt: skip
-    assert detection_reward([answer(CAT, DOG), answer(CAT)], [gt, gt]) == [1.0, pytest.approx(score(answer(CAT)))]
+    assert detection_reward([answer(CAT, DOG), answer(CAT)], [gt, gt]) == [
+        1.0,
+        pytest.approx(score(answer(CAT))),
+    ]
 
 
 # -------------------------------------------------------------------------------------- thinking (#14)

@@ -339,7 +339,9 @@ def test_grounding_format_golden(text, ok):
 
 def test_grounding_format_reads_the_answer_after_thinking():
     answer = "<|object_ref_start|>man<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
-    assert grounding_format_reward([f"<think>the left one</think><answer>{answer}</answer><|im_end|>"]) == [1.0]
+    assert grounding_format_reward([f"<think>the left one</think><answer>{answer}</answer><|im_end|>"]) == [
+        1.0
+    ]
     assert grounding_format_reward([f"<think>{answer}</think><answer>no idea</answer>"]) == [0.0]
 
 
@@ -351,7 +353,9 @@ def test_iou_reads_the_answer_not_the_thinking():
     gt = [[0, 0, 10, 10]]
     assert iou_reward([thinking + "<answer>[0, 0, 10, 5]</answer>"], gt) == [pytest.approx(0.5)]
     assert iou_reward([thinking + "<answer>I cannot tell.</answer>"], gt) == [0.0]
-    assert iou_reward([conv(thinking + '<answer>[{"bbox_2d": [0, 0, 10, 10], "label": "x"}]</answer>')], gt) == [1.0]
+    assert iou_reward(
+        [conv(thinking + '<answer>[{"bbox_2d": [0, 0, 10, 10], "label": "x"}]</answer>')], gt
+    ) == [1.0]
     assert iou_reward([thinking + "<answer>[]</answer>"], [[]]) == [1.0]
 
 

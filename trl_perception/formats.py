@@ -124,7 +124,9 @@ class ParsedOutput:
             bbox = tuple(frame.to_pixels(obj.bbox, clip).tolist()) if obj.bbox is not None else None
             point = tuple(frame.to_pixels(obj.point, clip).tolist()) if obj.point is not None else None
             objects.append(DetectedObject(bbox=bbox, point=point, label=obj.label))
-        return ParsedOutput(objects=objects, valid=self.valid, truncated=self.truncated, rejected=self.rejected)
+        return ParsedOutput(
+            objects=objects, valid=self.valid, truncated=self.truncated, rejected=self.rejected
+        )
 
 
 def completion_text(completion: Any) -> str:
@@ -413,7 +415,9 @@ def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = 
                     pairs = [(start, label) for start, label, box in zip(starts, labels, is_box) if box]
                     starts, labels = [start for start, _ in pairs], [label for _, label in pairs]
                 if None in labels:
-                    kept: list[str | None] = [label.strip() if label is not None else None for label in labels]
+                    kept: list[str | None] = [
+                        label.strip() if label is not None else None for label in labels
+                    ]
                 else:
                     kept = list(map(str.strip, labels))  # type: ignore[arg-type]
                 if kept and max(map(len, filter(None, kept)), default=0) > 300:
@@ -795,7 +799,9 @@ def render_objects(
     """
     frame = frame_of(box_format)
     if frame == "input" and input_size is None:
-        raise ValueError(f"rendering for {box_format!r} needs input_size, the processor-resized [width, height]")
+        raise ValueError(
+            f"rendering for {box_format!r} needs input_size, the processor-resized [width, height]"
+        )
     items = []
     for obj in objects:
         box, point, label = _object_fields(obj)
@@ -810,7 +816,11 @@ def render_objects(
             if label is not None and label != previous:
                 parts.append(f"<|object_ref_start|>{label}<|object_ref_end|>")
             previous = label
-            body = f"({values[0]},{values[1]}),({values[2]},{values[3]})" if is_box else f"({values[0]},{values[1]})"
+            body = (
+                f"({values[0]},{values[1]}),({values[2]},{values[3]})"
+                if is_box
+                else f"({values[0]},{values[1]})"
+            )
             parts.append(f"<|box_start|>{body}<|box_end|>")
         return "".join(parts)
     entries = []

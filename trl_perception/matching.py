@@ -10,7 +10,14 @@ from scipy.optimize import linear_sum_assignment
 
 from .boxes import box_iou
 
-__all__ = ["MATCHINGS", "check_matching", "hungarian_match", "match_boxes", "match_points", "sequential_match"]
+__all__ = [
+    "MATCHINGS",
+    "check_matching",
+    "hungarian_match",
+    "match_boxes",
+    "match_points",
+    "sequential_match",
+]
 
 MATCHINGS: tuple[str, ...] = ("hungarian", "sequential")
 """How predictions are paired with ground truth: the assignment that maximises the reward (Hungarian), or in
@@ -20,7 +27,9 @@ _EMPTY = np.zeros(0, dtype=np.int64)
 _MAX_SAFE_COST = 1e100
 
 
-def hungarian_match(cost: Sequence | np.ndarray, max_cost: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def hungarian_match(
+    cost: Sequence | np.ndarray, max_cost: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimum-cost one-to-one assignment of rows to columns of a (possibly rectangular) cost matrix.
 
     Non-finite costs are treated as "cannot match": they are replaced by a large finite cost before

@@ -59,7 +59,9 @@ def warn_row(key: str, message: str) -> None:
 
 def text_of(completion: Any) -> str:
     """Plain text of one completion (string or TRL conversational); never raises."""
-    if type(completion) is list and len(completion) == 1:  # TRL's usual [{"role": "assistant", "content": str}]
+    if (
+        type(completion) is list and len(completion) == 1
+    ):  # TRL's usual [{"role": "assistant", "content": str}]
         message = completion[0]
         if type(message) is dict and message.get("role", "assistant") == "assistant":
             content = message.get("content")
@@ -299,7 +301,9 @@ def _is_flat_size(value: Any) -> bool:
     return (
         isinstance(value, (list, tuple))
         and len(value) == 2
-        and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value)
+        and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
+        )
     )
 
 
@@ -378,9 +382,15 @@ def _cell_key(value: Any) -> Any:
     else is not memoised."""
     if value is None or type(value) is str:
         return value
-    if type(value) in (list, tuple) and len(value) == 2 and type(value[0]) in (int, float) and type(value[1]) in (
-        int,
-        float,
+    if (
+        type(value) in (list, tuple)
+        and len(value) == 2
+        and type(value[0]) in (int, float)
+        and type(value[1])
+        in (
+            int,
+            float,
+        )
     ):
         return (type(value[0]), value[0], type(value[1]), value[1])
     return _UNHASHABLE

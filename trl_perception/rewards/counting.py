@@ -161,7 +161,10 @@ def count_reward(
     targets = SolutionCache(_counting_target)
     for row in rows:
         result = call_safely(
-            _NAME, row, lambda r: _score(r, targets(r.solution), matching), failure=(0.0, {"parse_failure": 1.0})
+            _NAME,
+            row,
+            lambda r: _score(r, targets(r.solution), matching),
+            failure=(0.0, {"parse_failure": 1.0}),
         )
         if result is None:
             continue

@@ -224,7 +224,9 @@ class _DetectionReward:
         if all(frame is frames[0] for frame in frames):
             boxes = frames[0].to_pixels(raw)
         else:
-            boxes = Frame.stack_to_pixels(raw, [f for f, n in zip(frames, group.n_considered) for _ in range(n)])
+            boxes = Frame.stack_to_pixels(
+                raw, [f for f, n in zip(frames, group.n_considered) for _ in range(n)]
+            )
         gt, n_g = group.gt, len(group.gt_ids)
         ious = box_iou(boxes, gt)
         same = np.asarray(group.labels, dtype=np.int64)[:, None] == group.gt_ids[None, :]
