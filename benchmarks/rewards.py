@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -328,6 +329,7 @@ def load_pr1_rewards(repo: str | None):
         return None, f"cannot import PR1's rewards: {type(err).__name__}: {err}"
     finally:
         sys.path.remove(str(package.parent))
+        shutil.rmtree(package.parent, ignore_errors=True)  # the code is loaded; the copy is not needed
     module.log = lambda *args, **kwargs: None  # a file write per call upstream; raises without LOG_DIR
     return module, ""
 
@@ -363,7 +365,8 @@ def pr1_comparison(pr1, repeat: int, rng: random.Random) -> None:
     conversational = [[{"role": "assistant", "content": text}] for text in completions]
     ids = pr1.get_cate_to_id() if pr1 is not None else {}
     pr1_solutions = [
-        {"target_id": [ids[o["label"]] for o in gt], "target_box": [o["bbox_2d"] for o in gt]} for gt in solutions
+        {"target_id": [ids.get(o["label"]) for o in gt], "target_box": [o["bbox_2d"] for o in gt]}
+        for gt in solutions
     ]
     released = make_detection_reward(released_code=True, penalty_weight=1.0)
     candidates = {
