@@ -642,3 +642,15 @@ def test_only_the_answer_counts_when_the_model_thinks_first():
     assert score(thinking + "<answer>[]</answer>") == 0.0
     assert score(thinking + "<answer>" + answer(CAT) + "</answer>") == pytest.approx(score(answer(CAT)))
     assert detection_reward([thinking + "<answer>[]</answer>"], [[]]) == [1.0]
+
+
+def test_an_unexpected_error_in_matching_scores_zero_with_a_warning(monkeypatch, caplog):
+    from trl_perception.rewards import detection as detection_module
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("boom")
+
+    monkeypatch.setattr(detection_module, "box_iou", broken)
+    with caplog.at_level(logging.WARNING, logger="trl_perception.rewards"):
+        assert detection_reward([answer(CAT), "[]", answer(CAT)], [GT, [], GT]) == [0.0, 1.0, 0.0]
+    assert any("FloatingPointError" in r.getMessage() for r in caplog.records)

@@ -26,6 +26,7 @@ from ._common import (
     is_empty_answer,
     normalize_label,
     select_rows,
+    warn_row,
 )
 
 __all__ = ["MAX_DETECTIONS", "detection_reward", "make_detection_reward"]
@@ -315,7 +316,10 @@ class _DetectionReward:
             try:
                 matched = self._match_group(group)
             except Exception as err:  # noqa: BLE001 - scoring must never raise on model output
-                call_safely(name, Row(group.rows[0], "", None, Frame()), _raise(err), None)
+                warn_row(
+                    f"{name}-error",
+                    f"{name}: rows {group.rows} scored 0.0 after an unexpected {type(err).__name__}: {err}",
+                )
                 matched = [failure] * len(group.rows)
             for index, components in zip(group.rows, matched):
                 rewards[index] = 0.0 if components is failure else self.combine(components)
@@ -357,13 +361,6 @@ def _assign(
         chosen[start:stop] = False
         chosen[rr[keep], cc[keep]] = True
     return chosen
-
-
-def _raise(err: Exception) -> Any:
-    def score(row: Row) -> Any:
-        raise err
-
-    return score
 
 
 def make_detection_reward(
