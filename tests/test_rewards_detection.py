@@ -31,6 +31,7 @@ from trl_perception.rewards import (
     get_reward,
     make_detection_reward,
 )
+from trl_perception.rewards import detection as detection_module
 
 CAT = {"bbox_2d": [0, 0, 10, 10], "label": "cat"}
 DOG = {"bbox_2d": [20, 20, 30, 30], "label": "dog"}
@@ -645,8 +646,6 @@ def test_only_the_answer_counts_when_the_model_thinks_first():
 
 
 def test_an_unexpected_error_in_matching_scores_zero_with_a_warning(monkeypatch, caplog):
-    from trl_perception.rewards import detection as detection_module
-
     def broken(*args, **kwargs):
         raise FloatingPointError("boom")
 
