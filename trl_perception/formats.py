@@ -8,9 +8,11 @@ each model family's text (its `box_format`).
 | `qwen3_vl` | the same JSON | 0–1000 |
 
 Parsing never evaluates text, rejects NaN/inf/huge numbers, and runs in time linear in the input: every
-regular expression here is free of nested quantifiers, and JSON decoding is attempted at a bounded number
-of positions. Parsed coordinates are returned as written; `ParsedOutput.to_pixels` maps them to
-original pixels with a `frames.Frame`.
+regular expression here is free of nested quantifiers and ambiguous repetitions, brackets that cannot open
+JSON are skipped, complete non-answer lists are stepped over, and the JSON decodes that fail (which may scan
+far) are bounded in number. Only the text inside the last `<answer>…</answer>` is read (`answer_text`), so
+boxes written while thinking do not count. Parsed coordinates are returned as written;
+`ParsedOutput.to_pixels` maps them to original pixels with a `frames.Frame`.
 """
 
 from __future__ import annotations
