@@ -194,16 +194,16 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
     if script_args.eval_source:
         eval_dataset = PerceptionDatasetConfig(
             script_args.task, script_args.eval_source, script_args.eval_split, script_args.eval_image_dir,
-            script_args.eval_num_samples, script_args.dataset_seed + 1, script_args.dataset_kwargs,
+            script_args.eval_num_samples, script_args.dataset_seed + 1000, script_args.dataset_kwargs,
         ).build(**frame)  # fmt: skip
 
     # -------------------------------------------------------------------------------------------------- rewards
     reward_funcs = []
+    sys.path.insert(0, os.getcwd())  # import paths may name a module in the working directory
     for name in script_args.reward_funcs:
         params = script_args.reward_kwargs.get(name, {})
         if "." in name:  # an import path: `my_package.rewards.my_reward`
             module, attr = name.rsplit(".", 1)
-            sys.path.insert(0, os.getcwd())
             func = getattr(importlib.import_module(module), attr)
             reward_funcs.append(functools.update_wrapper(functools.partial(func, **params), func) if params else func)
         else:
@@ -251,7 +251,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
     card = {
         "dataset_name": [entry.source for entry in script_args.train_datasets()],
         "eval_metrics": eval_metrics,
-        "eval_dataset": script_args.eval_source and f"{script_args.eval_source} ({script_args.eval_split or 'all'})",
+        "eval_dataset": " ".join(filter(None, [script_args.eval_source, script_args.eval_split])) or None,
     }
     trainer.create_model_card(**card)  # README.md: the perception card, with the evaluation when there is one
     if training_args.push_to_hub:
