@@ -26,11 +26,12 @@ from transformers import AutoConfig, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
-from trl_perception import PerceptionGRPOConfig, PerceptionGRPOTrainer, evaluate
 from trl_perception.data import BUILDERS, build_dataset
+from trl_perception.evaluation import evaluate
 from trl_perception.frames import resolve_box_format
 from trl_perception.rewards import get_reward, list_rewards
 from trl_perception.testing import tiny_vlm
+from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +52,16 @@ class PerceptionDatasetConfig:
 
     def build(self, **options: Any) -> datasets.Dataset:
         """The rows, from `trl_perception.data.build_dataset` (`options` add the box format and pixel limits)."""
-        given = {"split": self.split, "image_dir": self.image_dir}
-        given = {k: v for k, v in given.items() if v is not None}
-        return build_dataset(
-            self.task, self.source, num_samples=self.num_samples, seed=self.seed, **given, **self.kwargs, **options
-        )
+        return build_dataset(self.task, self.source, split=self.split, image_dir=self.image_dir,
+                             num_samples=self.num_samples, seed=self.seed, **self.kwargs, **options)  # fmt: skip
 
 
-def _json(value: Any) -> Any:
+def _json(name: str, value: Any) -> Any:
     """YAML gives mappings and lists; the command line gives them as JSON strings."""
-    return json.loads(value) if isinstance(value, str) else value
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not valid JSON ({err}): {value!r}") from None
 
 
 @dataclass
@@ -104,14 +105,14 @@ class PerceptionScriptArguments:
     eval_max_new_tokens: int = field(default=512, metadata={"help": "Generation length of the final evaluation."})
 
     def __post_init__(self):
-        self.dataset_kwargs = _json(self.dataset_kwargs) or {}
-        self.reward_kwargs = _json(self.reward_kwargs) or {}
+        self.dataset_kwargs = _json("dataset_kwargs", self.dataset_kwargs) or {}
+        self.reward_kwargs = _json("reward_kwargs", self.reward_kwargs) or {}
         for name in ("dataset_kwargs", "reward_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         tasks = sorted(BUILDERS)
         if self.task == "mixed":
-            entries = _json(self.dataset_mixture)
+            entries = _json("dataset_mixture", self.dataset_mixture)
             if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
                 raise ValueError("task 'mixed' needs dataset_mixture: a non-empty list of {task, source, ...}")
             try:  # unknown keys are a TypeError naming the key
@@ -166,11 +167,8 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
         model_args.model_name_or_path = tiny_vlm(model_args.model_name_or_path.removeprefix("tiny:"))
     box_format = training_args.box_format
     if box_format == "auto":  # the checkpoint's model_type says how it writes boxes (prompts depend on it)
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=training_args.trust_remote_code,
-        )
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                            trust_remote_code=training_args.trust_remote_code)  # fmt: skip
         box_format = resolve_box_format("auto", config)
     training_args.model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -180,9 +178,9 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
     }
 
     # ------------------------------------------------------------------------------------------------- datasets
-    # Builders resize each image once to the model's grid within the pixel limits, as the trainer would.
-    frame = {"box_format": box_format, "min_pixels": training_args.min_pixels, "max_pixels": training_args.max_pixels}
-    parts = [entry.build(**frame) for entry in script_args.train_datasets()]
+    # Prompts in the box format's syntax; each image resized once to the model's grid within the pixel limits.
+    grid = {"box_format": box_format, "min_pixels": training_args.min_pixels, "max_pixels": training_args.max_pixels}
+    parts = [entry.build(**grid) for entry in script_args.train_datasets()]
     if len(parts) == 1:
         train_dataset = parts[0]
     else:  # one `solution` column for every task's type: JSON strings, which every reward reads
@@ -195,7 +193,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
         eval_dataset = PerceptionDatasetConfig(
             script_args.task, script_args.eval_source, script_args.eval_split, script_args.eval_image_dir,
             script_args.eval_num_samples, script_args.dataset_seed + 1000, script_args.dataset_kwargs,
-        ).build(**frame)  # fmt: skip
+        ).build(**grid)  # fmt: skip
 
     # -------------------------------------------------------------------------------------------------- rewards
     reward_funcs = []
@@ -224,7 +222,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
     trainer.save_metrics("train", train_result.metrics)
 
     # ----------------------------------------------------------------------------------------------------- save
-    trainer.save_model(training_args.output_dir)  # with push_to_hub, transformers also uploads it here
+    trainer.save_model(training_args.output_dir)  # with push_to_hub, transformers uploads it here already
     logger.info("Model saved to %s", training_args.output_dir)
 
     # ------------------------------------------------------------------------------------------------- evaluate
@@ -253,9 +251,9 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
         "eval_metrics": eval_metrics,
         "eval_dataset": " ".join(filter(None, [script_args.eval_source, script_args.eval_split])) or None,
     }
-    trainer.create_model_card(**card)  # README.md: the perception card, with the evaluation when there is one
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)  # weights, card and eval/ in one commit
+    trainer.create_model_card(**card)  # README.md, with the evaluation when there is one
+    if training_args.push_to_hub:  # one commit: the folder (weights, this card, eval/), as the card describes it
+        trainer.push_to_hub(**card)
         logger.info("Model pushed to https://huggingface.co/%s", trainer.hub_model_id)
     trainer.accelerator.end_training()
     return {"output_dir": training_args.output_dir, "train": train_result.metrics, "eval": eval_metrics}
