@@ -252,7 +252,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
         "eval_dataset": " ".join(filter(None, [script_args.eval_source, script_args.eval_split])) or None,
     }
     trainer.create_model_card(**card)  # README.md, with the evaluation when there is one
-    if training_args.push_to_hub:  # one commit: the folder (weights, this card, eval/), as the card describes it
+    if training_args.push_to_hub:  # the weights with this card and eval/ (save_model pushed them without eval)
         trainer.push_to_hub(**card)
         logger.info("Model pushed to https://huggingface.co/%s", trainer.hub_model_id)
     trainer.accelerator.end_training()
