@@ -4,6 +4,7 @@
 #   accelerate launch --config_file recipes/accelerate_configs/zero3.yaml trl_perception/scripts/grpo.py \
 #       --config recipes/Qwen2.5-VL-3B-Instruct/grpo/config_grounding.yaml
 #   trl-perception train --config recipes/Qwen2.5-VL-3B-Instruct/grpo/config_grounding.yaml
+#   accelerate launch --config_file zero3.yaml -m trl_perception.scripts.grpo --config my.yaml  # pip install
 #
 # Every YAML key is a field of PerceptionScriptArguments (below: data, rewards, final evaluation),
 # PerceptionGRPOConfig (TRL's GRPOConfig plus box_format, min_pixels, max_pixels, ...) or trl.ModelConfig
@@ -163,7 +164,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
     set_seed(training_args.seed)
 
     # ------------------------------------------------------------------------------------ model and box format
-    if model_args.model_name_or_path.startswith("tiny:"):  # smoke runs: a tiny random checkpoint, built offline
+    if model_args.model_name_or_path.startswith("tiny:"):  # one-process smoke runs: a tiny random model, offline
         model_args.model_name_or_path = tiny_vlm(model_args.model_name_or_path.removeprefix("tiny:"))
     box_format = training_args.box_format
     if box_format == "auto":  # the checkpoint's model_type says how it writes boxes (prompts depend on it)
