@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 class PerceptionDatasetConfig:
     """One dataset of a mixture: a task, its source (a file or folder the task's builder reads, or
     `"synthetic"`) and the builder's options (`split`, `image_dir`, `num_samples`, `seed`, and `kwargs` for the
-    builder's own)."""
+    builder's own). TRL's `DatasetConfig` plays this part for `datasets.load_dataset`; these rows come from
+    `trl_perception.data.build_dataset` instead."""
 
     task: str
     source: str = "synthetic"
