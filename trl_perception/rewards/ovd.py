@@ -96,35 +96,57 @@ def _category_precision_sums(
     npig = n_gt - sum(gt_ignored)
     if npig == 0:
         return None
-    n_det = len(ious)
+    any_ignored = npig != n_gt
+    lowest = min(min(thresholds), 1 - 1e-10)
+    # Per detection, the ground truth it may match at some threshold, best first. COCOeval's scan keeps the
+    # *last* of equal IoUs, hence the ties by descending index.
+    candidates = [sorted(((v, g) for g, v in enumerate(row) if v >= lowest), reverse=True) for row in ious]
+    values = sorted(v for cands in candidates for v, _ in cands)
     total = 0.0
-    cache: dict[tuple, float] = {}
+    cache: dict[Any, float] = {}
     for t in thresholds:
+        floor = min(t, 1 - 1e-10)
+        # The matching depends on the threshold only through which candidate IoUs reach it.
+        reach = len(values) - bisect.bisect_left(values, floor)
+        if not any_ignored and reach in cache:
+            total += cache[reach]
+            continue
         taken = [False] * n_gt
         outcome = []  # per detection: 1 true positive, 0 false positive, -1 ignored
-        for d in range(n_det):
-            row = ious[d]
-            best = min(t, 1 - 1e-10)
+        for d, cands in enumerate(candidates):
             m = -1
-            for g in range(n_gt):
-                if taken[g]:
-                    continue
-                if m > -1 and not gt_ignored[m] and gt_ignored[g]:
-                    break
-                if row[g] < best:
-                    continue
-                best = row[g]
-                m = g
+            if any_ignored:
+                m = _scan(ious[d], taken, gt_ignored, floor)
+            else:
+                for v, g in cands:
+                    if v < floor:
+                        break
+                    if not taken[g]:
+                        m = g
+                        break
             if m == -1:
                 outcome.append(-1 if pred_area_ignored[d] else 0)
                 continue
             taken[m] = True
             outcome.append(-1 if gt_ignored[m] else 1)
-        key = tuple(outcome)
-        if key not in cache:
-            cache[key] = _interpolated_precision_sum(outcome, npig)
-        total += cache[key]
+        value = _interpolated_precision_sum(outcome, npig)
+        cache[reach] = value
+        total += value
     return total
+
+
+def _scan(row: list[float], taken: list[bool], gt_ignored: list[bool], floor: float) -> int:
+    """COCOeval's match of one detection (`evaluateImg`), for categories with ignored ground truth."""
+    best, m = floor, -1
+    for g in range(len(row)):
+        if taken[g]:
+            continue
+        if m > -1 and not gt_ignored[m] and gt_ignored[g]:
+            break
+        if row[g] < best:
+            continue
+        best, m = row[g], g
+    return m
 
 
 def _interpolated_precision_sum(outcome: list[int], npig: int) -> float:
@@ -172,31 +194,28 @@ def _coco_ap(
     gt_ignored_all = ((gt_areas < _AREA_RANGE[0]) | (gt_areas > _AREA_RANGE[1])).tolist()
     pred_areas = pred_xywh[:, 2] * pred_xywh[:, 3]
     pred_ignored_all = ((pred_areas < _AREA_RANGE[0]) | (pred_areas > _AREA_RANGE[1])).tolist()
-    iou = _iou_xywh(pred_xywh, gt_xywh) if len(pred_xywh) and len(gt_xywh) else np.zeros((len(pred_xywh), len(gt_xywh)))
+    iou = _iou_xywh(pred_xywh, gt_xywh).tolist() if len(pred_xywh) and len(gt_xywh) else [[] for _ in pred_cats]
     by_cat_gt: dict[Any, list[int]] = {}
     for g, c in enumerate(gt_cats):
         by_cat_gt.setdefault(c, []).append(g)
     by_cat_pred: dict[Any, list[int]] = {}
     for d, c in enumerate(pred_cats):
         by_cat_pred.setdefault(c, []).append(d)
+    pred_list = pred_xywh.tolist() if rank == "iou" else None
     total, counted = 0.0, 0
     for cat, g_idx in by_cat_gt.items():
         d_idx = by_cat_pred.get(cat, [])
-        # COCOeval sorts the ground truth non-ignored first (stable).
-        g_idx = [g for g in g_idx if not gt_ignored_all[g]] + [g for g in g_idx if gt_ignored_all[g]]
-        sub = iou[np.ix_(d_idx, g_idx)] if d_idx else np.zeros((0, len(g_idx)))
+        if any(gt_ignored_all[g] for g in g_idx):  # COCOeval sorts the ground truth non-ignored first
+            g_idx = [g for g in g_idx if not gt_ignored_all[g]] + [g for g in g_idx if gt_ignored_all[g]]
+        sub = [[iou[d][g] for g in g_idx] for d in d_idx]
         if rank == "iou" and len(d_idx) > 1:
-            best = sub.max(axis=1) if sub.shape[1] else np.zeros(len(d_idx))
-            order = sorted(
-                range(len(d_idx)), key=lambda k: (-best[k], *pred_xywh[d_idx[k]].tolist())
-            )
+            order = sorted(range(len(d_idx)), key=lambda k: (-max(sub[k]), *pred_list[d_idx[k]]))
             d_idx = [d_idx[k] for k in order]
-            sub = sub[order]
-        d_idx, sub = d_idx[:MAX_DETS], sub[:MAX_DETS]
+            sub = [sub[k] for k in order]
         sums = _category_precision_sums(
-            sub.tolist(),
+            sub[:MAX_DETS],
             [gt_ignored_all[g] for g in g_idx],
-            [pred_ignored_all[d] for d in d_idx],
+            [pred_ignored_all[d] for d in d_idx[:MAX_DETS]],
             thresholds,
         )
         if sums is None:
