@@ -11,8 +11,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_perception.boxes import box_area, box_convert, box_iou, clip_boxes, generalized_box_iou, paired_box_iou
-from trl_perception.frames import BOX_FORMATS, FRAMES, convert_frame, default_pixel_limits, frame_of, model_input_size, patch_factor, smart_resize
+from trl_perception.boxes import (
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes,
+    generalized_box_iou,
+    paired_box_iou,
+)
+from trl_perception.frames import (
+    BOX_FORMATS,
+    FRAMES,
+    convert_frame,
+    default_pixel_limits,
+    frame_of,
+    model_input_size,
+    patch_factor,
+    smart_resize,
+)
 
 # --------------------------------------------------------------------------------------------------
 # strategies

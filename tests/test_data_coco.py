@@ -14,8 +14,8 @@ from PIL import Image as PILImage
 
 from trl_perception.data.coco import _parse_without_segmentation, build_coco_detection
 from trl_perception.data.common import DataError, DataWarning
-from trl_perception.frames import grid_size
 from trl_perception.data.prompts import COCO_CATEGORIES
+from trl_perception.frames import grid_size
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 VAL2014_100 = FIXTURES / "coco" / "instances_val2014_100.json"

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.frames import BOX_FORMATS, fit_to_grid, grid_size, model_input_size
 from trl_perception.data.common import (
     DataError,
     DataWarning,
@@ -34,6 +33,7 @@ from trl_perception.data.common import (
     select_rows,
 )
 from trl_perception.data.prompts import build_prompt
+from trl_perception.frames import BOX_FORMATS, fit_to_grid, grid_size, model_input_size
 
 # ------------------------------------------------------------------------------------------------
 # Error policy

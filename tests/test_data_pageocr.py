@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.common import DataError, DataWarning
-from trl_perception.frames import grid_size
 from trl_perception.data.pageocr import build_pageocr
+from trl_perception.frames import grid_size
 
 EN_TEXT = "FREEDOM OF INFORMATION ACT\nThe request was received on 12 May."
 CN_TEXT = "中华人民共和国\n第一章 总则"

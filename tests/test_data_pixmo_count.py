@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.common import DataError, DataWarning, RecordError
-from trl_perception.frames import grid_size
 from trl_perception.data.pixmo_count import _points, build_pixmo_count
 from trl_perception.formats import format_instruction
+from trl_perception.frames import grid_size
 
 FEATURES = Features(
     {

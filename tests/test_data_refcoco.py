@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.common import DataError, DataWarning
-from trl_perception.frames import grid_size
 from trl_perception.data.refcoco import build_refcoco, detect_refcoco_layout
+from trl_perception.frames import grid_size
 
 # Three COCO train2014 images, their annotations (COCO xywh) and refs across splits.
 IMAGES = [

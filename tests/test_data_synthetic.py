@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_perception.frames import BOX_FORMATS, model_input_size
 from trl_perception.data import synthetic
 from trl_perception.data.synthetic import (
     COLORS,
@@ -25,6 +24,7 @@ from trl_perception.data.synthetic import (
     shape_vocabulary,
 )
 from trl_perception.formats import format_instruction
+from trl_perception.frames import BOX_FORMATS, model_input_size
 
 SHAPE_TASKS = ("grounding", "counting", "detection")
 ROW_COLUMNS = ["prompt", "image", "task", "solution", "image_size"]

@@ -15,7 +15,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trl_perception.frames import box_format_of, model_input_size, resolve_box_format
 from trl_perception.callbacks import PerceptionEvalCallback
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
@@ -32,6 +31,7 @@ from trl_perception.evaluation import (
     vllm_sampling_kwargs,
 )
 from trl_perception.formats import parse_objects, render_objects
+from trl_perception.frames import box_format_of, model_input_size, resolve_box_format
 from trl_perception.metrics import coco_metrics, grounding_metrics, objects_to_coco_results
 from trl_perception.testing import tiny_vlm
 

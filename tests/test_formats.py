@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trl_perception
-from trl_perception.frames import BOX_FORMATS, convert_frame, frame_of, model_input_size
 from trl_perception.formats import (
     MAX_ABS_COORD,
     MAX_OBJECTS,
@@ -34,6 +33,7 @@ from trl_perception.formats import (
     render_objects,
     strip_wrappers,
 )
+from trl_perception.frames import BOX_FORMATS, convert_frame, frame_of, model_input_size
 
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trl_perception.frames import BOX_FORMATS, TASKS
 from trl_perception.data.prompts import (
     COCO_CATEGORIES,
     DEFAULT_SYSTEM_PROMPT,
@@ -15,6 +14,7 @@ from trl_perception.data.prompts import (
     build_prompt,
 )
 from trl_perception.formats import format_instruction
+from trl_perception.frames import BOX_FORMATS, TASKS
 
 BOX_TASKS = ("grounding", "counting", "detection")
 FIELDS = {

@@ -16,8 +16,8 @@ from trl_perception.data.common import fit_dataset_to_grid, rows_to_dataset
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
 from trl_perception.formats import parse_objects, render_objects
-from trl_perception.rewards import count_reward, detection_reward, iou_reward, ocr_reward
 from trl_perception.frames import BOX_FORMATS
+from trl_perception.rewards import count_reward, detection_reward, iou_reward, ocr_reward
 from trl_perception.testing import tiny_vlm
 from trl_perception.trainer import (
     PerceptionGRPOConfig,

@@ -8,8 +8,8 @@ import torch
 
 from tests._helpers import cpu_run_args
 from trl_perception.data.synthetic import make_synthetic
-from trl_perception.rewards import iou_reward
 from trl_perception.frames import BOX_FORMATS
+from trl_perception.rewards import iou_reward
 from trl_perception.testing import tiny_vlm
 from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 

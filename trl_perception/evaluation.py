@@ -17,7 +17,15 @@ from typing import Any
 from ._json import unquote_text
 from .boxes import paired_box_iou
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
-from .frames import BOX_FORMATS, TASKS, Frame, box_format_of, check_box_format, default_pixel_limits, model_input_size
+from .frames import (
+    BOX_FORMATS,
+    TASKS,
+    Frame,
+    box_format_of,
+    check_box_format,
+    default_pixel_limits,
+    model_input_size,
+)
 
 __all__ = [
     "BACKENDS",

@@ -13,7 +13,6 @@ from typing import Any
 
 from .frames import BOX_FORMATS, check_box_format
 
-
 # Qwen's special tokens in Qwen's own order; training puts them at ids 0..13.
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",

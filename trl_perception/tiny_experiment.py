@@ -193,9 +193,9 @@ def make_setting_data(
 
     ```
     """
-    from .frames import model_input_size
     from .data.synthetic import make_synthetic
     from .formats import render_objects
+    from .frames import model_input_size
 
     spec = _setting(setting)
     size = IMAGE_SIZE if family != "qwen3_vl" else 128

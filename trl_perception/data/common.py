@@ -3,7 +3,6 @@ JSON/JSONL/parquet/pickle sources, image lookup, the row features, and the resiz
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -18,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..frames import BOX_FORMATS, TASKS, fit_to_grid, grid_size, model_input_size, pixel_limits
+from ..frames import BOX_FORMATS, TASKS, fit_to_grid, grid_size, pixel_limits
 from .prompts import build_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import pyarrow as pa
-    from PIL import Image as PILImage
 
 __all__ = [
     "DataError",
