@@ -547,7 +547,7 @@ def solution_feature(task: str) -> Any:
         return {"count": Value("int64"), "points": List(List(Value("float64")))}
     if task == "ocr":
         return Value("string")
-    if task == "detection":
+    if task in ("detection", "ovd"):  # OVD: the boxes of the phrases asked ([] when none is present)
         return List({"bbox_2d": List(Value("float64")), "label": Value("string")})
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
@@ -770,7 +770,7 @@ def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
                 out["points"] = [_scale_xy(p, sx, sy, "a point") for p in out["points"]]
             return out
         return solution
-    if task == "detection":
+    if task in ("detection", "ovd"):
         scaled = []
         for obj in solution:
             obj = dict(obj)
@@ -1126,7 +1126,7 @@ def require_keys(record: Any, keys: Sequence[str], what: str = "record") -> Mapp
 
 def _guess_image_dir(task: str, source: Path) -> Path | None:
     """Where the images usually are, relative to the annotation file of each source."""
-    if task == "detection":
+    if task in ("detection", "ovd"):
         # annotations/instances_val2017.json -> ../val2017 (or ./val2017)
         name = source.stem.split("_", 1)[-1]
         for candidate in (source.parent.parent / name, source.parent / name):
@@ -1191,6 +1191,10 @@ def build_from_source(task: str, source: str | os.PathLike, **kwargs: Any) -> da
         from .pageocr import build_pageocr
 
         return build_pageocr(path, image_dir, **kwargs)
+    if task == "ovd":
+        from .ovd import build_ovd
+
+        return build_ovd(path, image_dir, **kwargs)
     from .coco import build_coco_detection
 
     if image_dir is None:
