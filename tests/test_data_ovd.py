@@ -268,3 +268,39 @@ def test_mixed_task_datasets_concatenate_and_route(tmp_path):
 def test_build_from_source_dispatches_ovd(tmp_path):
     ds = build_from_source("ovd", coco_file(tmp_path), image_dir=tmp_path, num_samples=2, seed=0)
     assert len(ds) == 2 and set(ds["task"]) == {"ovd"}
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+
+
+def test_synthetic_ovd_rows_ask_present_and_absent_shapes():
+    from trl_perception.data.synthetic import _Options, _sample, _sample_rng, make_synthetic
+
+    ds = make_synthetic("ovd", 40, seed=0, box_format="qwen2_5_vl")
+    rows = meta(ds)
+    assert set(rows["task"]) == {"ovd"}
+    negative_only = 0
+    for prompt, solution in zip(rows["prompt"], rows["solution"]):
+        phrases = phrases_of(prompt)
+        assert {o["label"] for o in solution} <= set(phrases)
+        negative_only += solution == []
+    assert 0 < negative_only < 40
+    # the absent phrases are absent from the picture: every drawn shape's label is either asked with its box
+    # or not asked at all
+    opts = _Options((112, 112), None, None, None, None, None, 0.0, ("square", "circle", "triangle"),
+                    ("red", "green", "blue", "yellow"), "mixed", "en", None, True)  # fmt: skip
+    for i in range(20):
+        _, solution, fields, objects = _sample("ovd", _sample_rng(0, "ovd", i), opts)
+        drawn = {o["label"] for o in objects}
+        asked = set(fields["phrases"].split(", "))
+        solved = {o["label"] for o in solution}
+        assert solved == (asked & drawn) or (solved == set() and not asked & drawn)
+        assert len(asked - drawn) == 2
+    assert meta(make_synthetic("ovd", 5, seed=3)) == meta(make_synthetic("ovd", 5, seed=3))
+
+
+def test_synthetic_mixed_stays_the_four_paper_tasks():
+    from trl_perception.data.synthetic import make_synthetic
+
+    assert set(make_synthetic("mixed", 30, seed=0)["task"]) == {"grounding", "counting", "ocr", "detection"}
+    assert set(make_synthetic(["ovd", "detection"], 10, seed=0)["task"]) == {"ovd", "detection"}
