@@ -560,3 +560,10 @@ def test_a_huge_answer_is_scored_quickly():
     text = answer(*([CAT] * 5000))
     assert one(od_length_reward, text, [CAT]) <= 1 / 900
     assert one(make_od_reward("length", vlm_r1=True), "<answer>" + "<answer>" * 100_000, [CAT]) == 0.0
+
+
+def test_format_reward_accepts_none_on_ovd_rows_only():
+    from trl_perception.rewards import format_reward
+
+    rewards = format_reward(["None", "[]", "garbage", "None"], task=["ovd", "ovd", "ovd", "detection"])
+    assert rewards == [1.0, 1.0, 0.0, 0.0]

@@ -28,6 +28,7 @@ DEFAULT_REWARDS: dict[str, list[str]] = {
     "counting": ["count", "format"],
     "ocr": ["ocr"],
     "detection": ["detection"],
+    "ovd": ["od_length"],  # VLM-R1's odLength: AP with a length penalty
 }
 """Rewards used when a recipe names none: the paper's answer reward plus a format reward for box tasks."""
 
@@ -124,12 +125,14 @@ _SOURCE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "counting": ("", ".parquet", ".json", ".jsonl"),  # HF parquet (file or folder), PR1 jsonl
     "ocr": (".json",),  # Fox page-OCR JSON
     "detection": (".json",),  # COCO instances JSON
+    "ovd": (".json", ".jsonl"),  # COCO-style annotations (COCO, LVIS, Objects365, OVDEval) or VLM-R1 jsonl
 }
 _BUILDERS: dict[str, tuple[str, str]] = {
     "grounding": ("refcoco", "build_refcoco"),
     "counting": ("pixmo_count", "build_pixmo_count"),
     "ocr": ("pageocr", "build_pageocr"),
     "detection": ("coco", "build_coco_detection"),
+    "ovd": ("ovd", "build_ovd"),
     "synthetic": ("synthetic", "make_synthetic"),
 }
 # Passed by the recipe itself (or by `build_from_source`), never through `dataset_kwargs`.
@@ -187,7 +190,7 @@ def _entry_problems(where: str, task: Any, source: Any, kwargs: Any, split: Any 
             problems.append(f"{where}: the builder takes no option(s) {unknown}; it accepts {sorted(accepted)}")
     if source == "synthetic" and (split is not None or image_dir is not None):
         problems.append(f"{where}: the synthetic source takes no split or image_dir")
-    if task in ("ocr", "detection") and split is not None:
+    if task in ("ocr", "detection", "ovd") and split is not None:
         problems.append(f"{where}: a {task} source is one file; it takes no split")
     return problems
 
