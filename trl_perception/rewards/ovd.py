@@ -11,6 +11,7 @@ single-image problem (tests check 1e-12) at a fraction of the cost.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import re
@@ -129,7 +130,7 @@ def _category_precision_sums(
                 continue
             taken[m] = True
             outcome.append(-1 if gt_ignored[m] else 1)
-        value = _interpolated_precision_sum(outcome, npig)
+        value = _interpolated_precision_sum(tuple(outcome), npig)
         cache[reach] = value
         total += value
     return total
@@ -149,8 +150,10 @@ def _scan(row: list[float], taken: list[bool], gt_ignored: list[bool], floor: fl
     return m
 
 
-def _interpolated_precision_sum(outcome: list[int], npig: int) -> float:
-    """Σ over the 101 recall thresholds of COCOeval's interpolated precision (`accumulate`)."""
+@functools.lru_cache(maxsize=1 << 14)
+def _interpolated_precision_sum(outcome: tuple[int, ...], npig: int) -> float:
+    """Σ over the 101 recall thresholds of COCOeval's interpolated precision (`accumulate`) for detections
+    with these outcomes in rank order. Cached: a few short outcome patterns make up most answers."""
     tp = fp = 0
     recall, precision = [], []
     for o in outcome:
@@ -409,8 +412,7 @@ class _OVDReward:
 
     # --- VLM-R1's released code
 
-    def _score_vlm_r1(self, row: Row) -> float:
-        sol_text = _vlm_r1_solution_text(row.solution)
+    def _score_vlm_r1(self, row: Row, sol_text: str) -> float:
         if self.kind == "weighted":
             return _vlm_r1_weighted(row.text, sol_text)
         return _vlm_r1_map(row.text, sol_text, self.kind)
@@ -420,8 +422,11 @@ class _OVDReward:
         rows, n = select_rows(name, self.tasks, completions, solution, kwargs)
         rewards: list[float | None] = [None] * n
         if self.vlm_r1:
+            texts = SolutionCache(_vlm_r1_solution_text)
             for row in rows:
-                rewards[row.index] = call_safely(name, row, self._score_vlm_r1, failure=0.0)
+                rewards[row.index] = call_safely(
+                    name, row, lambda r: self._score_vlm_r1(r, texts(r.solution)), failure=0.0
+                )
             return rewards
         log = ComponentLog(name, n, _COMPONENTS)
         targets = SolutionCache(_ovd_target)
@@ -529,21 +534,13 @@ def _iterate(value: Any) -> list[Any]:
 
 def _vlm_r1_map(content: str, sol_text: str, kind: str) -> float:
     """VLM-R1's `od_reward` / `odLength_reward` (→ `map_reward` → `calculate_map`)."""
-    gt_answers = _between(sol_text, "<answer>", "</answer>")
-    ground_truth = gt_answers[0].strip() if gt_answers else None
+    ground_truth, n_gt, prepared = _vlm_r1_ground_truth(sol_text)
     answers = _between(content, "<answer>", "</answer>")
     if not answers:
         return 0.0
     student = answers[-1].strip()
     if ground_truth == "None" and student == "None":
         return 1.0
-    gt_blocks = _between(ground_truth or "", "```json", "```")
-    gt_list: list[Any] = []
-    if gt_blocks and gt_blocks[-1].strip():
-        try:
-            gt_list = _iterate(json.loads(gt_blocks[-1].strip()))
-        except (ValueError, TypeError, RecursionError) as err:
-            raise MalformedSolution(f"VLM-R1 solution JSON does not load ({err})") from err
     pred_list: list[Any] = []
     blocks = _between(student, "```json", "```")
     if blocks:
@@ -551,16 +548,50 @@ def _vlm_r1_map(content: str, sol_text: str, kind: str) -> float:
             pred_list = _iterate(json.loads(blocks[-1].strip()))
         except (ValueError, TypeError, RecursionError):
             pred_list = []
-    if pred_list and gt_list:
-        reward = _vlm_r1_calculate_map(pred_list, gt_list, kind)
-    elif not pred_list and not gt_list:
+    if pred_list and n_gt:
+        if isinstance(prepared, MalformedSolution):
+            raise prepared
+        reward = _vlm_r1_calculate_map(pred_list, prepared, kind)
+    elif not pred_list and not n_gt:
         reward = 1.0
     else:
         reward = 0.0
     if kind == "length":
-        n_gt, n_pred = len(gt_list), len(pred_list)
+        n_pred = len(pred_list)
         reward *= 1.0 if n_gt >= n_pred else n_gt / n_pred
     return reward
+
+
+@functools.lru_cache(maxsize=1024)
+def _vlm_r1_ground_truth(sol_text: str) -> tuple[str | None, int, Any]:
+    """`(ground truth text, |G|, prepared ground truth or the MalformedSolution to raise)` of a solution
+    string; cached, since the rollouts of a GRPO group share their solution."""
+    gt_answers = _between(sol_text, "<answer>", "</answer>")
+    ground_truth = gt_answers[0].strip() if gt_answers else None
+    gt_blocks = _between(ground_truth or "", "```json", "```")
+    gt_list: list[Any] = []
+    if gt_blocks and gt_blocks[-1].strip():
+        try:
+            gt_list = _iterate(json.loads(gt_blocks[-1].strip()))
+        except (ValueError, TypeError, RecursionError) as err:
+            raise MalformedSolution(f"VLM-R1 solution JSON does not load ({err})") from err
+    cats: dict[Any, int] = {}
+    gt_xywh, gt_area, gt_cat = [], [], []
+    for k, item in enumerate(gt_list):
+        try:
+            label = item["label"]
+            b = item["bbox_2d"]
+            x1, y1, x2, y2 = _four(b)
+            cat = cats.setdefault(label, len(cats))
+        except (KeyError, TypeError, IndexError, OverflowError):
+            # their code raises only once a prediction is scored against it
+            return ground_truth, len(gt_list), MalformedSolution(f"VLM-R1 solution object {k} is not a labelled box: {item!r:.80}")
+        w, h = x2 - x1, y2 - y1
+        gt_xywh.append((x1, y1, w, h))
+        gt_area.append(w * h)
+        gt_cat.append(cat)
+    prepared = (cats, np.asarray(gt_xywh, dtype=np.float64).reshape(-1, 4), np.asarray(gt_area, dtype=np.float64), gt_cat)
+    return ground_truth, len(gt_list), prepared
 
 
 def _real(value: Any) -> float:
@@ -573,30 +604,24 @@ def _real(value: Any) -> float:
     raise TypeError("not a number")
 
 
-def _vlm_r1_calculate_map(pred_list: list[Any], gt_list: list[Any], kind: str) -> float:
-    cats: dict[Any, int] = {}
-    gt_xywh, gt_area, gt_cat = [], [], []
-    for k, item in enumerate(gt_list):
-        try:
-            label = item["label"]
-            b = item["bbox_2d"]
-            x1, y1, x2, y2 = (_real(b[i]) for i in range(4))
-            cat = cats.setdefault(label, len(cats))
-        except (KeyError, TypeError, IndexError, OverflowError) as err:
-            raise MalformedSolution(f"VLM-R1 solution object {k} is not a labelled box: {item!r:.80}") from err
-        w, h = x2 - x1, y2 - y1
-        gt_xywh.append((x1, y1, w, h))
-        gt_area.append(w * h)
-        gt_cat.append(cat)
+def _four(b: Any) -> tuple[float, float, float, float]:
+    """The first four coordinates as floats, with VLM-R1's failures (IndexError, TypeError, ...) raised."""
+    values = (b[0], b[1], b[2], b[3])
+    if all(type(v) is int or type(v) is float for v in values):
+        return tuple(float(v) for v in values)  # type: ignore[return-value]
+    return tuple(_real(v) for v in values)  # type: ignore[return-value]
+
+
+def _vlm_r1_calculate_map(pred_list: list[Any], prepared: tuple, kind: str) -> float:
+    cats, gt_xywh, gt_area, gt_cat = prepared
     pred_xywh, pred_cat = [], []
     for item in pred_list:
         try:
             cat = cats[item["label"]]  # a label outside the ground truth raises: silently dropped (their bug)
-            b = item["bbox_2d"]
-            x1, y1, x2, y2 = (_real(b[i]) for i in range(4))
+            x1, y1, x2, y2 = _four(item["bbox_2d"])
         except (KeyError, TypeError, IndexError, OverflowError):
             continue
-        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
             continue  # pycocotools' C code treats NaN inconsistently; such items are dropped here
         pred_xywh.append((x1, y1, x2 - x1, y2 - y1))
         pred_cat.append(cat)
@@ -604,14 +629,7 @@ def _vlm_r1_calculate_map(pred_list: list[Any], gt_list: list[Any], kind: str) -
         return 0.0
     thresholds = (IOU_THRESHOLDS[0],) if kind == "ap50" else IOU_THRESHOLDS
     return _coco_ap(
-        np.asarray(gt_xywh, dtype=np.float64),
-        gt_cat,
-        np.asarray(pred_xywh, dtype=np.float64),
-        pred_cat,
-        thresholds,
-        "list",
-        "skip",
-        gt_areas=np.asarray(gt_area, dtype=np.float64),
+        gt_xywh, gt_cat, np.asarray(pred_xywh, dtype=np.float64), pred_cat, thresholds, "list", "skip", gt_areas=gt_area
     )
 
 
