@@ -675,7 +675,6 @@ def _vlm_r1_weighted(content: str, sol_text: str) -> float:
         return 1.0 if not pred else 0.0
     if not pred:
         return 0.0
-    pred = pred[:MAX_OBJECTS]
     ious = []
     for p in pred:
         row = []
@@ -685,17 +684,16 @@ def _vlm_r1_weighted(content: str, sol_text: str) -> float:
             except Exception:  # noqa: BLE001 - their bare except: any failure is IoU 0
                 row.append(0.0)
         ious.append(row)
-    free_pred, free_gt = list(range(len(pred))), list(range(len(gt)))
+    # Their loop takes, again and again, the free pair of highest IoU (first in prediction-then-truth order on
+    # ties) until it falls below 0.5: the same pairs, in the same order, as one pass over the pairs >= 0.5
+    # sorted by (-IoU, prediction, truth).
+    pairs = sorted((-v, i, j) for i, row in enumerate(ious) for j, v in enumerate(row) if v >= 0.5)
+    used_pred, used_gt = set(), set()
     matched_iou = []
     pred_label: Any = _UnboundLabel
-    while free_pred and free_gt:
-        best, bp, bg = -1, -1, -1
-        for i in free_pred:
-            for j in free_gt:
-                if ious[i][j] > best:
-                    best, bp, bg = ious[i][j], i, j
-        if best < 0.5:
-            break
+    for negative_iou, bp, bg in pairs:
+        if bp in used_pred or bg in used_gt:
+            continue
         try:
             pred_label = pred[bp]["label"].lower()
         except Exception:  # noqa: BLE001 - their code assigns `pred_box` here and keeps the old label
@@ -705,12 +703,14 @@ def _vlm_r1_weighted(content: str, sol_text: str) -> float:
             gt_label = gt[bg]["label"].lower()
         except Exception:  # noqa: BLE001
             gt_label = ""
-        matched_iou.append(best if pred_label == gt_label else 0)
-        free_pred.remove(bp)
-        free_gt.remove(bg)
+        matched_iou.append(-negative_iou if pred_label == gt_label else 0)
+        used_pred.add(bp)
+        used_gt.add(bg)
+    free_pred = len(pred) - len(used_pred)
+    free_gt = len(gt) - len(used_gt)
     position = sum(matched_iou) / len(gt) if matched_iou else 0.0
-    miss_rate = len(free_gt) / len(gt)
-    false_alarm_rate = len(free_pred) / len(pred)
+    miss_rate = free_gt / len(gt)
+    false_alarm_rate = free_pred / len(pred)
     completeness = 1.0 - (miss_rate + false_alarm_rate) / 2.0
     return (0.7 * position + 0.0 * 0.0 + 0.3 * completeness) / (0.7 + 0.0 + 0.3)
 
@@ -737,8 +737,8 @@ def make_od_reward(
     order; `weighted_sum` matches greedily without regard to labels with VLM-R1's +1-pixel IoU, and a
     completion whose first matched item has no string label scores 0 here where their code raises. The
     solution is our list of objects (rendered as their ```` ```json ```` text, `None` when empty) or their
-    own solution string. Items with non-finite coordinates are dropped, and `weighted_sum` considers the
-    first 1,000 items (both beyond anything pycocotools or a real answer defines).
+    own solution string. Items with non-finite coordinates are dropped from AP (pycocotools' C code treats NaN
+    inconsistently).
 
     Args:
         kind (`str`): which reward.
