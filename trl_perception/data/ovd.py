@@ -24,13 +24,13 @@ from .common import (
     check_image_size,
     check_xyxy,
     contract_dataset,
+    finite_numbers,
     image_struct,
     load_json_records,
     positive_size,
     read_image_size,
     round_box,
     select_rows,
-    xywh_to_xyxy,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,8 +163,16 @@ def build_ovd(
     def accept(i: int) -> bool:
         row = rows[i]
         try:
+            if row.get("error") is False:
+                return False
             if row.get("error") is not None:
                 raise row["error"]
+            if "lazy" in row:
+                drawn = _coco_phrases(row)
+                if drawn is None:
+                    row["error"] = False  # nothing to ask of this image: not a bad record, not a row
+                    return False
+                row.update(drawn)
             if row["path"] is None:
                 found = folder.find(*row["candidates"]) if check_images else None
                 if check_images and found is None:
@@ -270,69 +278,145 @@ def _coco_rows(
     for cat in data["categories"]:
         supercategory[cat_index[cat["id"]]] = str(cat.get("supercategory") or "")
     images = data["images"]
+    n_images = len(images)
     id_to_row: dict[Any, int] = {}
     for i, im in enumerate(images):
-        if isinstance(im, dict) and "id" in im and im["id"] not in id_to_row:
-            id_to_row[im["id"]] = i
-    # Annotations grouped by image: (category index, xyxy, crowd); bad ones marked against their image.
-    boxes: list[list[tuple[int, list[float], bool]]] = [[] for _ in images]
-    present: list[set[int]] = [set() for _ in images]
-    bad: dict[int, RecordError] = {}
+        try:
+            if isinstance(im, dict) and "id" in im and im["id"] not in id_to_row:
+                id_to_row[im["id"]] = i
+        except TypeError:  # an unhashable id: reported with the image below
+            pass
+    sizes = np.zeros((n_images, 2), dtype=np.float64)
+    image_error: dict[int, RecordError] = {}
+    for i, im in enumerate(images):
+        try:
+            if not isinstance(im, dict) or id_to_row.get(im.get("id")) != i:
+                raise RecordError("bad record", f"an image needs a unique id, got {im!r:.120}")
+            sizes[i] = positive_size(im.get("width"), im.get("height"))
+        except (RecordError, TypeError) as err:
+            image_error[i] = err if isinstance(err, RecordError) else RecordError("bad record", f"unusable image {im!r:.80}")
+
+    # Annotations: one light pass to gather the fields, then the boxes are checked column-wise.
+    anns = data["annotations"]
+    n = len(anns)
+    ann_row = np.full(n, -1, dtype=np.int64)
+    ann_cat = np.full(n, -1, dtype=np.int64)
+    crowd = np.zeros(n, dtype=bool)
+    raw: list[Any] = [None] * n
     orphans = 0
-    for k, ann in enumerate(data["annotations"]):
-        row = id_to_row.get(ann.get("image_id"), -1) if isinstance(ann, dict) else -1
+    for k, ann in enumerate(anns):
+        try:
+            row = id_to_row.get(ann["image_id"], -1)
+        except (TypeError, KeyError):
+            row = -1
         if row < 0:
             orphans += 1
+            detail = (
+                f"image_id {ann.get('image_id')!r:.80} is not among the images"
+                if isinstance(ann, dict) else f"not an annotation object: {ann!r:.80}"
+            )  # fmt: skip
             policy.failed(
                 f"annotation {k} (id {ann.get('id') if isinstance(ann, dict) else None})",
-                RecordError("unknown image", f"image_id {ann.get('image_id') if isinstance(ann, dict) else ann!r:.80} is not among the images"),
+                RecordError("unknown image", detail),
                 key=("ann", k),
-            )  # fmt: skip
+            )
             continue
+        ann_row[k] = row
         try:
-            cat = cat_index.get(ann.get("category_id"), -1)
-            if cat < 0:
-                raise RecordError("unknown category", f"category_id {ann.get('category_id')!r} is not among the categories")
-            crowd = bool(ann.get("iscrowd", 0))
-            present[row].add(cat)
-            try:
-                box = xywh_to_xyxy(ann.get("bbox"), f"annotation {k} bbox")
-            except RecordError as err:
-                if "non-positive" in err.detail and isinstance(ann.get("bbox"), list):
-                    continue  # a zero-size box: dropped, as COCO's own builder does
-                raise
-            boxes[row].append((cat, box, crowd))
-        except RecordError as err:
-            bad.setdefault(row, RecordError(err.reason, f"annotation {k} (id {ann.get('id')}): {err.detail}"))
+            ann_cat[k] = cat_index.get(ann.get("category_id"), -1)
+        except TypeError:
+            ann_cat[k] = -1
+        crowd[k] = bool(ann.get("iscrowd", 0))
+        raw[k] = ann.get("bbox")
+    xywh, well_formed = _box_columns(raw, ann_row >= 0)
+    placed = ann_row >= 0
+    known = placed & (ann_cat >= 0)
+    bad_box = known & (~well_formed | (xywh[:, 2] < 0) | (xywh[:, 3] < 0))
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    bounds = np.tile(np.where(placed[:, None], sizes[np.maximum(ann_row, 0)], 0.0), 2)
+    clipped = np.round(np.clip(xyxy, 0.0, bounds), 3) + 0.0
+    zero = known & ~bad_box & ((xywh[:, 2] == 0) | (xywh[:, 3] == 0))
+    outside = known & ~bad_box & ~zero & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    ok = known & ~bad_box & ~zero & ~outside
+    # The first bad annotation of an image fails the image, naming the annotation.
+    for k in np.flatnonzero(placed & (~known | bad_box | outside)).tolist():
+        row = int(ann_row[k])
+        if row in image_error:
+            continue
+        what = f"annotation {k} (id {anns[k].get('id')})"
+        if ann_cat[k] < 0:
+            err = RecordError("unknown category", f"{what}: category_id {anns[k].get('category_id')!r:.40} is not among the categories")
+        elif bad_box[k]:
+            err = RecordError("bad bbox", f"{what}: bbox [x, y, w, h] = {raw[k]!r:.80} is not 4 finite numbers with w, h >= 0")
+        else:
+            w, h = sizes[row]
+            err = RecordError("bad bbox", f"{what}: bbox [x, y, w, h] = {raw[k]!r:.80} lies outside the {w:g}x{h:g} image")
+        image_error[row] = err
+    order = np.argsort(ann_row, kind="stable")
+    starts = np.searchsorted(ann_row[order], np.arange(n_images + 1))
+    context = (names, supercategory, cat_index, seed, num_negatives, negatives, negative_only_rate, max_positives)
 
     rows: list[dict[str, Any]] = []
     for i, im in enumerate(images):
         where = f"image {i} (id {im.get('id') if isinstance(im, dict) else None})"
         try:
-            if not isinstance(im, dict) or "id" not in im or id_to_row.get(im["id"]) != i:
-                raise RecordError("bad record", f"an image needs a unique id, got {im!r:.120}")
-            size = positive_size(im.get("width"), im.get("height"))
+            if i in image_error:
+                raise image_error[i]
             candidates = _file_candidates(im)
-            if i in bad:
-                raise bad[i]
-            row = _phrase_row(
-                i, im, size, boxes[i], present[i], names, supercategory, cat_index, seed, num_negatives,
-                negatives, negative_only_rate, max_positives, include_crowd,
-            )  # fmt: skip
         except RecordError as err:
             rows.append({"where": where, "error": err})
             continue
-        if row is None or (not keep_empty and not present[i]):
+        members = order[starts[i] : starts[i + 1]]
+        members = members[known[members]]
+        if not keep_empty and len(members) == 0:
             continue
-        rows.append({"where": f"{where}, {candidates[0]}", "candidates": candidates, "path": None, "size": size, **row})
-    return rows, len(images) + orphans
+        targets = members[ok[members] & (include_crowd | ~crowd[members])]
+        rows.append({
+            "where": f"{where}, {candidates[0]}", "candidates": candidates, "path": None,
+            "size": [int(sizes[i][0]), int(sizes[i][1])],
+            # phrases and solution are drawn when the row is picked (`_coco_phrases`)
+            "lazy": (i, im, set(ann_cat[members].tolist()), ann_cat[targets].tolist(), clipped[targets].tolist(), context),
+        })  # fmt: skip
+    return rows, n_images + orphans
+
+
+def _box_columns(raw: list[Any], placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`[N, 4]` float64 boxes and whether each is 4 finite numbers; one numpy conversion for the usual file,
+    item by item when some box is malformed."""
+    blank = (0.0, 0.0, 0.0, 0.0)
+    try:
+        arr = np.array([b if p else blank for b, p in zip(raw, placed)], dtype=np.float64).reshape(len(raw), 4)
+        plain = all(type(v) is not bool for b, p in zip(raw, placed) if p for v in b)
+        if plain:
+            return np.where(np.isfinite(arr), arr, 0.0), np.isfinite(arr).all(axis=1)
+    except (ValueError, TypeError):
+        pass
+    arr = np.zeros((len(raw), 4), dtype=np.float64)
+    good = np.zeros(len(raw), dtype=bool)
+    for k in np.flatnonzero(placed).tolist():
+        try:
+            arr[k] = finite_numbers(raw[k], 4, "bbox")
+            good[k] = True
+        except RecordError:
+            pass
+    return arr, good
+
+
+def _coco_phrases(row: dict[str, Any]) -> dict[str, Any] | None:
+    """Draw the phrases and the solution of a picked COCO-style row (`None`: nothing to ask)."""
+    i, im, present, target_cats, target_boxes, context = row.pop("lazy")
+    names, supercategory, cat_index, seed, num_negatives, negatives, negative_only_rate, max_positives = context
+    boxes = list(zip(target_cats, target_boxes))
+    return _phrase_row(
+        i, im, boxes, present, names, supercategory, cat_index, seed, num_negatives, negatives,
+        negative_only_rate, max_positives,
+    )  # fmt: skip
 
 
 def _phrase_row(
     index: int,
     image: dict[str, Any],
-    size: list[int],
-    boxes: list[tuple[int, list[float], bool]],
+    boxes: list[tuple[int, list[float]]],
     present: set[int],
     names: list[str],
     supercategory: list[str],
@@ -342,7 +426,6 @@ def _phrase_row(
     negatives: str,
     negative_only_rate: float,
     max_positives: int | None,
-    include_crowd: bool,
 ) -> dict[str, Any] | None:
     """The phrases asked and the solution of one image; `None` when there is nothing to ask."""
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 15, index])
@@ -350,7 +433,7 @@ def _phrase_row(
     verified = _id_list(image, "neg_category_ids", cat_index)
     neg_text = _text_list(image, "neg_text")
     pos_text = _text_list(image, "text")
-    targets = [(c, b) for c, b, crowd in boxes if (include_crowd or not crowd) and c not in not_exhaustive]
+    targets = [(c, b) for c, b in boxes if c not in not_exhaustive]
     positives = list(dict.fromkeys(c for c, _ in targets))  # first-annotation order
     if max_positives is not None and len(positives) > max_positives:
         positives = [positives[int(k)] for k in np.sort(rng.permutation(len(positives))[: int(max_positives)])]
@@ -382,7 +465,7 @@ def _phrase_row(
     phrases = [phrases[int(k)] for k in rng.permutation(len(phrases))]
     asked = set(positive_names)
     solution = [{"bbox_2d": b, "label": names[c]} for c, b in targets if names[c] in asked]
-    return {"phrases": phrases, "solution": _clip_objects(solution, size)}
+    return {"phrases": phrases, "solution": solution}
 
 
 def _clip_objects(objects: list[dict[str, Any]], size: list[int]) -> list[dict[str, Any]]:
