@@ -304,3 +304,32 @@ def test_synthetic_mixed_stays_the_four_paper_tasks():
 
     assert set(make_synthetic("mixed", 30, seed=0)["task"]) == {"grounding", "counting", "ocr", "detection"}
     assert set(make_synthetic(["ovd", "detection"], 10, seed=0)["task"]) == {"ovd", "detection"}
+
+
+hostile = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 100), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+    st.lists(st.one_of(st.integers(-5, 80), st.floats(allow_nan=True), st.text(max_size=2)), max_size=5),
+)  # fmt: skip
+
+
+@given(st.lists(st.fixed_dictionaries({"id": hostile, "image_id": st.one_of(st.sampled_from([1, 2]), hostile),
+                                       "category_id": st.one_of(st.sampled_from([1, 2, 3]), hostile),
+                                       "bbox": st.one_of(st.lists(st.integers(-5, 80), min_size=4, max_size=4), hostile),
+                                       "iscrowd": st.sampled_from([0, 1])}), max_size=6))  # fmt: skip
+@settings(max_examples=60)
+def test_hostile_annotations_raise_data_error_or_build(tmp_path_factory, annotations):
+    root = tmp_path_factory.mktemp("hostile")
+    images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}, {"id": 2, "file_name": "b.png", "width": 64, "height": 48}]
+    path = coco_file(root, images, annotations)
+    try:
+        ds = build_ovd(path, root, num_negatives=2)
+    except DataError as err:
+        assert "instances.json" in str(err)
+        return
+    for solution, size in zip(meta(ds)["solution"], meta(ds)["image_size"]):
+        for obj in solution:
+            x1, y1, x2, y2 = obj["bbox_2d"]
+            assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_ovd(path, root, num_negatives=2, on_error="skip")
