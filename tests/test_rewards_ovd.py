@@ -567,3 +567,9 @@ def test_format_reward_accepts_none_on_ovd_rows_only():
 
     rewards = format_reward(["None", "[]", "garbage", "None"], task=["ovd", "ovd", "ovd", "detection"])
     assert rewards == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_our_rewards_read_vlm_r1_solution_strings_too():
+    sol = "<answer> ```json\n" + answer(CAT, CAT2) + "\n``` </answer>"
+    assert one(od_ap_reward, answer(CAT, CAT2), sol) == 1.0
+    assert one(od_ap_reward, "None", "<answer> None </answer>") == 1.0

@@ -23,6 +23,7 @@ __all__ = [
     "make_synthetic",
     "add_completions",
     "render_completion",
+    "build_ovd",
 ]
 
 # Builders import datasets/PIL; load them on first use so `import trl_perception.data` stays light.
@@ -38,6 +39,7 @@ _LAZY = {
     "render_preview": "preview",
     "add_completions": "completions",
     "render_completion": "completions",
+    "build_ovd": "ovd",
 }
 
 
