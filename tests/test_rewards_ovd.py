@@ -573,3 +573,9 @@ def test_our_rewards_read_vlm_r1_solution_strings_too():
     sol = "<answer> ```json\n" + answer(CAT, CAT2) + "\n``` </answer>"
     assert one(od_ap_reward, answer(CAT, CAT2), sol) == 1.0
     assert one(od_ap_reward, "None", "<answer> None </answer>") == 1.0
+
+
+def test_hallucination_component_is_the_share_of_boxes_for_absent_phrases():
+    logged = {}
+    od_ap_reward([answer(CAT, obj([40, 0, 50, 10], "zebra"), DOG)], [[CAT]], log_metric=logged.__setitem__)
+    assert logged["od_ap_reward/hallucination"] == pytest.approx(2 / 3)

@@ -345,7 +345,7 @@ def _ovd_target(solution: Any) -> tuple[np.ndarray, list[str]]:
 # -------------------------------------------------------------------------------------- our rewards
 
 
-_COMPONENTS = ("ap", "length_factor", "predicted", "parse_failure")
+_COMPONENTS = ("ap", "length_factor", "predicted", "hallucination", "parse_failure")
 
 
 class _OVDReward:
@@ -393,7 +393,10 @@ class _OVDReward:
         n_pred = len(parsed.objects) + parsed.rejected  # every item the answer lists
         empty = n_pred == 0 and (parsed.valid or is_empty_answer(row.text))
         failed = float(n_pred == 0 and not empty)
-        info = {"predicted": float(n_pred), "parse_failure": failed}
+        # Share of the boxes whose phrase is absent from the image (asked and absent, or never asked).
+        present = set(gt_labels)
+        absent = sum(label not in present for _, label in kept)
+        info = {"predicted": float(n_pred), "parse_failure": failed, "hallucination": absent / len(kept) if kept else 0.0}
         if len(gt_labels) == 0:
             value = 1.0 if empty else 0.0  # a negative image: only "nothing here" is right
             return value, {**info, "ap": value, "length_factor": 1.0 if n_pred == 0 else 0.0}
@@ -791,7 +794,8 @@ def od_ap_reward(completions: list, solution: list, **kwargs: Any) -> list[float
         solution (`list`): per completion, `[{"bbox_2d": [x1, y1, x2, y2], "label": phrase}, ...]` in pixels of
             the image (only the phrases asked for), `None` / `[]` when none of them is present; native or JSON.
         **kwargs: `task` (rows whose task is not `"ovd"` get `None`), `box_format`, `image_size`,
-            `input_size`; `log_metric` / `log_extra` receive `od_ap_reward/{ap,length_factor,predicted,parse_failure}`.
+            `input_size`; `log_metric` / `log_extra` receive `od_ap_reward/{ap,length_factor,predicted,hallucination,
+            parse_failure}` (`hallucination`: the share of boxes whose phrase is absent from the image).
 
     Returns:
         `list[float | None]`: one reward in [0, 1] per completion.
