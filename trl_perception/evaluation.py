@@ -44,7 +44,7 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "ovd": 2048}
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
 _VLLM_MIN_CHUNK = 256
@@ -672,6 +672,8 @@ def _task_metrics(
         result = m.counting_metrics(preds, [_gt_count(sol) for sol in solutions])
     elif task == "ocr":
         result = m.ocr_metrics(preds, [None if sol is None else str(sol) for sol in solutions])
+    elif task == "ovd":  # COCO AP/AR over the phrases asked, and hallucination rates
+        result = m.ovd_metrics(preds, solutions, [s.record["image_size"] for s in scored])
     else:
         coco_gt, label_to_id = ground_truth
         results: list[dict[str, Any]] = []
@@ -706,8 +708,8 @@ def _summary(record: dict[str, Any]) -> str:
         return f"#{record['index']} grounding: IoU {record.get('iou', 0.0):.2f}"
     if task == "counting":
         return f"#{record['index']} counting: pred {pred} / gt {_gt_count(sol):g}"
-    if task == "detection":
-        return f"#{record['index']} detection: {pred} pred / {len(_detection_objects(sol))} gt"
+    if task in ("detection", "ovd"):
+        return f"#{record['index']} {task}: {pred} pred / {len(_detection_objects(sol))} gt"
     return f"#{record['index']} ocr: {str(pred or '')[:60]!r} (gt {str(sol or '')[:40]!r})"
 
 
@@ -718,7 +720,7 @@ def _visual(record: dict[str, Any], image: Any) -> Any:
     gt: Any = None
     if task == "grounding":
         gt = [_gt_box(sol)] if _gt_box(sol) else None
-    elif task in ("counting", "detection"):
+    elif task in ("counting", "detection", "ovd"):
         gt = sol
     scale = min(4.0, max(1.0, 256 / max(image.size)))
     return draw_objects(image, record.get("objects") or None, gt, scale=scale)
