@@ -302,7 +302,6 @@ def run_demo(
         processing_class=processor,
         callbacks=[callback],
     )
-    callback.trainer = trainer
     train_start = time.perf_counter()
     trainer.train()
     train_time = time.perf_counter() - train_start
