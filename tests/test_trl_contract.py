@@ -46,12 +46,16 @@ def test_overridden_grpo_trainer_methods_keep_their_signature(name):
     assert params == OVERRIDDEN[name], (
         f"GRPOTrainer.{name} now takes {params}, PerceptionGRPOTrainer.{name} forwards {OVERRIDDEN[name]}"
     )
-    assert name in vars(PerceptionGRPOTrainer), f"update OVERRIDDEN: PerceptionGRPOTrainer no longer overrides {name}"
+    assert name in vars(PerceptionGRPOTrainer), (
+        f"update OVERRIDDEN: PerceptionGRPOTrainer no longer overrides {name}"
+    )
 
 
 def test_trainer_state_we_write_into_exists():
     source = _source(GRPOTrainer.__init__)
-    assert "self._metrics = " in source, "GRPOTrainer._metrics (per-task reward metrics are appended to it) is gone"
+    assert "self._metrics = " in source, (
+        "GRPOTrainer._metrics (per-task reward metrics are appended to it) is gone"
+    )
     assert '"images"' in _source(GRPOTrainer.__init__).split("self._logs = ", 1)[-1][:400], (
         'GRPOTrainer._logs["images"] (log_box_images writes drawings into it) is gone'
     )
@@ -94,4 +98,6 @@ def test_vllm_generate_signature_and_discarded_prompt_ids():
 @pytest.mark.parametrize("field", ["use_vllm", "vllm_mode", "vllm_max_model_length", "max_completion_length",
                                    "max_tool_calling_iterations"])  # fmt: skip
 def test_grpo_config_fields_we_read(field):
-    assert field in GRPOConfig.__dataclass_fields__, f"GRPOConfig.{field} is gone; PerceptionGRPOTrainer reads it"
+    assert field in GRPOConfig.__dataclass_fields__, (
+        f"GRPOConfig.{field} is gone; PerceptionGRPOTrainer reads it"
+    )
