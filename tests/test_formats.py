@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trl_perception
-from trl_perception.boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from trl_perception.formats import (
     MAX_ABS_COORD,
     MAX_OBJECTS,
@@ -27,13 +26,16 @@ from trl_perception.formats import (
     ParsedOutput,
     _parse_exact_json_list,
     _parse_general,
+    answer_text,
     completion_text,
     format_instruction,
+    parse_boxes,
     parse_count,
     parse_objects,
     render_objects,
     strip_wrappers,
 )
+from trl_perception.frames import BOX_FORMATS, convert_frame, frame_of, model_input_size
 
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
@@ -125,7 +127,7 @@ def test_qwen2_vl_truncated_after_a_complete_box():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", [None, *FAMILIES])
+@pytest.mark.parametrize("family", [None, *BOX_FORMATS])
 def test_json_list_of_bbox_2d_in_a_fence(family):
     text = (
         "```json\n[\n"
@@ -200,7 +202,6 @@ def test_json_list_where_every_item_is_malformed_is_not_an_answer():
         "[10,20,30,40]",
         "(10, 20, 30, 40)",
         "The answer is (10,20),(30,40).",
-        "(10, 20) (30, 40)",
         "(10,20) , (30,40)",
         "<answer>[10, 20, 30, 40]</answer>",
         "<answer>(10,20),(30,40)</answer>",
@@ -490,8 +491,8 @@ def test_one_megabyte_adversarial_completions_parse_in_linear_time():
 
 def test_the_pair_regex_does_not_backtrack_quadratically_on_spaces():
     # (1,2) followed by many spaces used to take O(k^2): ~20 minutes for 1 MB.
-    out = parse_objects("(1,2)" + " " * 200_000 + "(3,4)")
-    assert out.objects == [box(1, 2, 3, 4)]
+    assert parse_objects("(1,2)" + " " * 200_000 + "(3,4)").objects == [point(1, 2), point(3, 4)]
+    assert parse_objects("(1,2)" + " " * 200_000 + "," + " " * 200_000 + "(3,4)").objects == [box(1, 2, 3, 4)]
 
 
 # Pieces that reach every parser branch, mixed with arbitrary text.
@@ -530,7 +531,7 @@ def _assert_well_formed(out):
         assert obj.label is None or (isinstance(obj.label, str) and obj.label and len(obj.label) <= 300)
 
 
-@given(text=hostile_text, family=st.sampled_from([None, *FAMILIES]))
+@given(text=hostile_text, family=st.sampled_from([None, *BOX_FORMATS]))
 @settings(max_examples=400)
 def test_any_text_parses_to_a_well_formed_output(text, family):
     _assert_well_formed(parse_objects(text, family))
@@ -564,8 +565,8 @@ def test_non_string_completions_never_raise(value):
 
 
 def test_unknown_family_is_a_value_error():
-    with pytest.raises(ValueError, match="unknown model family"):
-        parse_objects("[1, 2, 3, 4]", family="llava")
+    with pytest.raises(ValueError, match="unknown box_format"):
+        parse_objects("[1, 2, 3, 4]", box_format="llava")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,7 +628,7 @@ _LABEL = (
 
 @st.composite
 def scenes(draw):
-    family = draw(st.sampled_from(FAMILIES))
+    family = draw(st.sampled_from(BOX_FORMATS))
     height = draw(st.integers(1, 3000))
     width = draw(st.integers(max(1, math.ceil(height / 150)), min(3000, height * 150)))
     input_size = model_input_size((width, height), family)
@@ -654,7 +655,7 @@ def test_render_parse_convert_round_trips_within_quantization(scene, fence, hint
     assert out.valid is (bool(objects) or family != "qwen2_vl")
     assert not out.truncated and out.rejected == 0
     assert len(out.objects) == len(objects)
-    frame = family_frame(family)
+    frame = frame_of(family)
     frame_size = {"norm1000": (1000, 1000), "input": input_size}[frame]
     # Rounding to integers in the family's frame moves a coordinate by at most half a frame unit.
     tol = 0.5 * np.array([image_size[0] / frame_size[0], image_size[1] / frame_size[1]]) + 1e-6
@@ -673,18 +674,18 @@ def test_render_parse_convert_round_trips_within_quantization(scene, fence, hint
 def test_rendered_text_parses_the_same_under_every_family_hint(scene):
     family, image_size, input_size, objects = scene
     text = render_objects(objects, family, image_size, input_size)
-    results = [parse_objects(text, hint) for hint in (None, *FAMILIES)]
+    results = [parse_objects(text, hint) for hint in (None, *BOX_FORMATS)]
     assert all(r == results[0] for r in results)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_coco_box_round_trip_golden(family):
     image_size = (640, 480)
     input_size = model_input_size(image_size, family)
     gt = [64.3, 24.7, 192.2, 71.9]
     text = render_objects([{"bbox_2d": gt, "label": "cat"}], family, image_size, input_size)
     parsed = parse_objects(text, family).objects[0]
-    back = convert_frame(parsed.bbox, family_frame(family), "pixels", image_size, input_size)
+    back = convert_frame(parsed.bbox, frame_of(family), "pixels", image_size, input_size)
     frame_w, frame_h = input_size if family == "qwen2_5_vl" else (1000, 1000)
     error = np.abs(back - gt)
     assert (error[0::2] <= 0.5 * 640 / frame_w + 1e-9).all() and (
@@ -807,7 +808,7 @@ def test_format_instruction_describes_each_familys_syntax_and_frame(task):
     assert '"bbox_2d": [x1, y1, x2, y2]' in qwen25 and "absolute pixel" in qwen25 and "0-1000" not in qwen25
     qwen3 = format_instruction("qwen3_vl", task)
     assert '"bbox_2d": [x1, y1, x2, y2]' in qwen3 and "0-1000" in qwen3
-    for family in FAMILIES:
+    for family in BOX_FORMATS:
         text = format_instruction(family, task)
         assert text.startswith("Answer with") and text.endswith(".") and "{" not in text.replace('{"', "")
 
@@ -819,14 +820,14 @@ def test_format_instruction_golden():
     )
 
 
-@pytest.mark.parametrize("family", [None, *FAMILIES])
+@pytest.mark.parametrize("family", [None, *BOX_FORMATS])
 def test_format_instruction_is_empty_for_ocr_and_without_a_family(family):
     assert format_instruction(family, "ocr") == ""
     assert format_instruction(None, "grounding") == ""
 
 
 def test_format_instruction_rejects_unknown_families_for_box_tasks():
-    with pytest.raises(ValueError, match="unknown model family"):
+    with pytest.raises(ValueError, match="unknown box_format"):
         format_instruction("llava", "grounding")
 
 
@@ -885,3 +886,116 @@ def test_fast_path_equals_the_general_parsers_on_well_formed_lists(boxes, label)
 def test_fast_path_leaves_box_tokens_to_the_full_parser():
     text = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
     assert parse_objects(text, "qwen2_vl") == _general(text, "qwen2_vl")
+
+
+# --------------------------------------------------------------------------------------------------
+# hardening (#12): points without tokens, negative counts, answers after many brackets, thinking
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "objects"),
+    [
+        # skip_special_tokens=True leaves Qwen2-VL points as consecutive pairs: each is a point.
+        ("bird(16,21)(116,121)(216,221)(316,321)", [point(16, 21), point(116, 121), point(216, 221), point(316, 321)]),
+        ("(1,2) (3,4)", [point(1, 2), point(3, 4)]),
+        ("bird(16,21),(116,121)", [box(16, 21, 116, 121)]),
+        ("(1,2),(3,4)(5,6),(7,8)", [box(1, 2, 3, 4), box(5, 6, 7, 8)]),
+        ("(1,2)(3,4),(5,6)(7,8)", [point(1, 2), box(3, 4, 5, 6), point(7, 8)]),
+        ("At (1,2), and (3,4).", [point(1, 2), point(3, 4)]),
+        ("Sure, (1,2)(3,4)", [point(1, 2), point(3, 4)]),
+    ],
+)  # fmt: skip
+def test_pairs_in_prose_are_boxes_when_joined_by_a_comma_else_points(text, objects):
+    assert_parsed(text, objects)
+
+
+@pytest.mark.parametrize(
+    ("text", "objects", "rejected"),
+    [
+        ("(nan,2),(3,4)", [], 1),  # half of a malformed box is not a point
+        ("(1,2),(nan,3)(5,6)", [point(5, 6)], 1),
+        ("(1,2), (3,4), (5,6)", [box(1, 2, 3, 4)], 1),
+    ],
+)
+def test_a_pair_joined_to_a_malformed_one_is_rejected(text, objects, rejected):
+    out = parse_objects(text)
+    assert out.objects == objects and out.rejected == rejected
+
+
+def test_a_lone_box_beside_points_keeps_quadruples_first():
+    # Quadruples are read before bare points, as before points were read at all.
+    assert_parsed("[10, 20, 30, 40] near (1,2)", [box(10, 20, 30, 40)])
+
+
+@pytest.mark.parametrize("text", ["-3", "\u22123", "There are -3 birds.", "-0", "count: \u20133"])
+def test_a_negative_number_is_not_a_count(text):
+    assert parse_count(text) is None
+
+
+@given(st.integers(0, 999_999), st.sampled_from(["{}", "There are {} birds.", "<answer>{}</answer>", "{} "]))
+def test_a_lone_non_negative_integer_is_the_count(k, template):
+    assert parse_count(template.format(k)) == k
+    assert parse_count(template.format(f"-{k}")) is None
+
+
+_PHRASES = st.sampled_from(
+    ["[see left]", "[1]", "[a b]", "[the red car]", "[2, 3, 4]", "[x]", "{a}", "[1, 2, 3, 4, 5]"]
+)
+
+
+@settings(deadline=None)
+@given(phrases=st.lists(_PHRASES, min_size=0, max_size=120), family=st.sampled_from([None, "qwen2_5_vl"]))
+def test_a_json_answer_after_any_number_of_bracketed_phrases_is_found(phrases, family):
+    text = " ".join(phrases) + ' so the answer is [{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]'
+    assert parse_objects(text, family).objects == [box(1, 2, 3, 4, "cat")]
+
+
+def test_a_json_answer_after_sixteen_bracketed_phrases_is_found():
+    text = " ".join(f"[phrase {i}]" for i in range(16)) + ' [{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]'
+    assert_parsed(text, [box(1, 2, 3, 4, "cat")])
+    text = " ".join(f"[{i}]" for i in range(40)) + ' {"bbox_2d": [5, 6, 7, 8]}'
+    assert_parsed(text, [box(5, 6, 7, 8)])
+
+
+def test_only_the_answer_is_read_after_thinking():
+    thinking = "<think>" + qwen2_box(1, 2, 3, 4, ref="x") + " maybe (9,9),(8,8) or [1, 1, 2, 2]</think>"
+    assert_parsed(thinking + "<answer>[5, 6, 7, 8]</answer>", [box(5, 6, 7, 8)])
+    assert_parsed(
+        thinking + "<answer>" + qwen2_box(5, 6, 7, 8, ref="y") + "</answer>", [box(5, 6, 7, 8, "y")]
+    )
+    assert_invalid(thinking + "<answer>I do not know.</answer>")
+    assert answer_text(thinking + "<answer> [] </answer><|im_end|>") == " [] "
+
+
+# Answers the lean path reads: JSON lists of boxes and points, with or without labels, in any layout, plus
+# near misses (extra keys, bools, strings, NaN, huge numbers) that must fall through to the general parsers.
+_ITEM = st.one_of(
+    st.builds(lambda b, lab: {"bbox_2d": b, "label": lab},
+              st.lists(st.integers(-10, 10**6), min_size=4, max_size=4), st.text(max_size=8)),
+    st.builds(lambda b: {"bbox_2d": b}, st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4)),
+    st.builds(lambda p, lab: {"point_2d": p, "label": lab},
+              st.lists(st.integers(-5, 50), min_size=2, max_size=2), st.sampled_from(["bird", "  ", ""])),
+    st.builds(lambda b: {"bbox_2d": b, "label": "x", "score": 1}, st.lists(st.integers(0, 9), min_size=4, max_size=4)),
+    st.builds(lambda b: {"bbox_2d": b, "label": True}, st.lists(st.integers(0, 9), min_size=4, max_size=4)),
+    st.builds(lambda b: {"bbox_2d": b, "label": "x"}, st.lists(st.sampled_from([1, True, "2", None, 1e400, 10**400]),
+                                                                 min_size=4, max_size=4)),
+)  # fmt: skip
+
+
+@given(
+    items=st.lists(_ITEM, max_size=6),
+    indent=st.sampled_from([None, 1]),
+    wrapper=st.sampled_from(["{}", "```json\n{}\n```", "<answer>{}</answer>"]),
+    require_label=st.booleans(),
+)
+def test_parse_boxes_equals_filtering_the_general_parse(items, indent, wrapper, require_label):
+    text = wrapper.format(json.dumps(items, indent=indent))
+    scope = answer_text(text)
+    general = _parse_general(scope, scope.replace("```json", "").replace("```", "").strip(), None)
+    kept = [o for o in general.objects if o.bbox is not None and (o.label is not None or not require_label)]
+    out = parse_boxes(text, require_label=require_label)
+    assert [tuple(b) for b in out.boxes] == [o.bbox for o in kept]
+    assert out.labels == [o.label for o in kept]
+    assert out.rejected == general.rejected + len(general.objects) - len(kept)
+    assert out.valid == general.valid and out.truncated == general.truncated

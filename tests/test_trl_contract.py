@@ -22,8 +22,12 @@ OVERRIDDEN = {
     "_generate": ["self", "prompts"],
     "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
     "_generate_and_score_completions": ["self", "inputs"],
+    "_generate_single_turn": [
+        "self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"
+    ],
     "log": ["self", "logs", "start_time"],
-}
+    "create_model_card": ["self", "model_name", "dataset_name", "tags"],
+}  # fmt: skip
 
 
 def _source(obj) -> str:
@@ -59,6 +63,27 @@ def test_trainer_state_we_write_into_exists():
     assert '"images"' in _source(GRPOTrainer.__init__).split("self._logs = ", 1)[-1][:400], (
         'GRPOTrainer._logs["images"] (log_box_images writes drawings into it) is gone'
     )
+
+
+def test_state_the_answer_injection_reads_exists():
+    assert "self.eos_token_ids = " in _source(GRPOTrainer.__init__), (
+        "GRPOTrainer.eos_token_ids is gone; PerceptionGRPOTrainer._answer_ids ends injected answers with it"
+    )
+    assert "return completion_ids, logprobs" in _source(GRPOTrainer._generate_single_turn), (
+        "GRPOTrainer._generate_single_turn no longer returns (completion_ids, logprobs); "
+        "PerceptionGRPOTrainer._generate_single_turn unpacks and returns that pair"
+    )
+    source = _source(GRPOTrainer._generate_and_score_completions)
+    for key in (
+        "sampling_per_token_logps",
+        "old_per_token_logps",
+        "importance_sampling_ratio",
+        "completion_ids",
+    ):
+        assert f'"{key}"' in source, (
+            f"GRPOTrainer._generate_and_score_completions no longer outputs {key!r}; "
+            "PerceptionGRPOTrainer._finish_injection reads it"
+        )
 
 
 def test_completions_are_decoded_through_processing_class_batch_decode():

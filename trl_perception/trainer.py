@@ -18,35 +18,35 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from .boxes import FAMILIES, convert_frame, default_pixel_limits, family_frame, patch_factor
+from .callbacks import PerceptionEvalCallback
+from .data.errors import RecordError
+from .data.images import read_image_size
+from .data.resize import scale_solution
 from .formats import completion_text, parse_objects, strip_wrappers
+from .frames import (
+    BOX_FORMATS,
+    BOX_TASKS,
+    TASKS,
+    Frame,
+    box_format_of,
+    check_box_format,
+    default_pixel_limits,
+    fit_to_grid,
+    grid_size,
+    patch_factor,
+    resolve_box_format,
+)
+from .hub import CARD_HYPERPARAMETERS, CARD_INPUTS_FILE, adapter_summary, build_model_card
 from .vllm import colocate_llm, limit_mm_per_prompt, mm_processor_kwargs, serve_args
 
 __all__ = [
-    "BOX_TASKS",
-    "MODEL_TYPE_FAMILIES",
-    "TASKS",
     "PerceptionGRPOConfig",
     "PerceptionGRPOTrainer",
-    "resolve_box_format",
     "vllm_serve_args",
 ]
 
 logger = logging.getLogger("trl_perception.trainer")
 
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
-"""The `task` values the row contract allows."""
-
-BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection")
-"""Tasks whose answers are boxes or points (parsed for the observability metrics)."""
-
-MODEL_TYPE_FAMILIES: dict[str, str] = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
-}
-"""`config.model_type` → box-format family, for `box_format="auto"`."""
 
 # Qwen2-VL writes grounding answers with these tokens; TRL decodes with `skip_special_tokens=True`.
 _BOX_TOKENS = (
@@ -100,6 +100,16 @@ class PerceptionGRPOConfig(GRPOConfig):
             `skip_special_tokens=True`, which deletes them, so rewards would never see a box). `None` keeps
             them for the `qwen2_vl` box format only. Other special tokens are still removed.
 
+        > Parameters that control the rollout group
+
+        solution_in_group (`int`, *optional*, defaults to `0`):
+            Replace this many rollouts of every GRPO group (the last ones) with the row's ground-truth answer, its
+            `completion` column (builders add it with `completion=True`), after ViSurf. The answer is scored by
+            the rewards and enters the loss like any rollout, with log-probabilities computed under the current
+            policy; with vLLM it has no sampling log-probabilities, so its importance-sampling ratio is exactly 1
+            and the off-policy mask compares it with the current policy. Groups whose own samples never earn a
+            reward then still have a non-zero advantage. Must be smaller than `num_generations`.
+
         > Parameters that control logging
 
         log_box_images (`bool`, *optional*, defaults to `False`):
@@ -114,7 +124,7 @@ class PerceptionGRPOConfig(GRPOConfig):
         metadata={
             "help": "Model family whose output syntax and coordinate frame the rewards use: 'qwen2_vl', "
             "'qwen2_5_vl' or 'qwen3_vl'. 'auto' reads it from the model config's model_type.",
-            "choices": ["auto", *FAMILIES],
+            "choices": ["auto", *BOX_FORMATS],
         },
     )
     min_pixels: int | None = field(
@@ -161,6 +171,13 @@ class PerceptionGRPOConfig(GRPOConfig):
             "for the qwen2_vl box format only."
         },
     )
+    solution_in_group: int = field(
+        default=0,
+        metadata={
+            "help": "Replace this many rollouts of every GRPO group with the row's ground-truth answer (its "
+            "'completion' column), after ViSurf. Must be smaller than num_generations."
+        },
+    )
     log_box_images: bool = field(
         default=False,
         metadata={
@@ -170,8 +187,7 @@ class PerceptionGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        if self.box_format != "auto" and self.box_format not in FAMILIES:
-            raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {self.box_format!r}")
+        check_box_format(self.box_format, allow_auto=True)
         for name in ("min_pixels", "max_pixels", "max_image_tokens", "vllm_max_num_batched_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
@@ -183,80 +199,38 @@ class PerceptionGRPOConfig(GRPOConfig):
                 raise ValueError("log_box_images draws on the logged images: it needs log_multimodal=True")
             self.log_completions = True
         super().__post_init__()
+        k = self.solution_in_group
+        if isinstance(k, bool) or int(k) != k or not 0 <= k < self.num_generations:
+            raise ValueError(
+                f"solution_in_group must be an integer in [0, num_generations) = [0, {self.num_generations}), "
+                f"got {k!r}: at least one rollout of each group must be the model's own"
+            )
 
 
-def resolve_box_format(box_format: str, model_or_config: Any) -> str:
-    """The box-format family for a model: `box_format` itself when it names a family, else (`"auto"`) the
-    family of the model config's `model_type`.
-
-    Args:
-        box_format (`str`): `"auto"` or a family name.
-        model_or_config: a model (also a PEFT model), its config, or anything with a `model_type`; only read
-            for `"auto"`.
-
-    Returns:
-        `str`: one of `"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`.
-
-    Example:
-    ```python
-    >>> from types import SimpleNamespace
-    >>> resolve_box_format("auto", SimpleNamespace(model_type="qwen2_5_vl"))
-    'qwen2_5_vl'
-    >>> resolve_box_format("qwen3_vl", None)
-    'qwen3_vl'
-    >>> resolve_box_format("auto", SimpleNamespace(model_type="llava"))
-    Traceback (most recent call last):
-    ...
-    ValueError: box_format='auto' cannot tell the output format of model_type 'llava'; known: ['qwen2_5_vl', 'qwen2_vl', 'qwen3_vl', 'qwen3_vl_moe']. Set PerceptionGRPOConfig.box_format to one of ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl').
-
-    ```
-    """
-    if box_format in FAMILIES:
-        return box_format
-    if box_format != "auto":
-        raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {box_format!r}")
-    model_type = _model_type(model_or_config)
-    if model_type in MODEL_TYPE_FAMILIES:
-        return MODEL_TYPE_FAMILIES[model_type]
-    raise ValueError(
-        f"box_format='auto' cannot tell the output format of model_type {model_type!r}; known: "
-        f"{sorted(MODEL_TYPE_FAMILIES)}. Set PerceptionGRPOConfig.box_format to one of {FAMILIES}."
-    )
-
-
-def _model_type(model_or_config: Any) -> str | None:
-    model_type = getattr(model_or_config, "model_type", None)
-    if isinstance(model_type, str):
-        return model_type
-    config = getattr(model_or_config, "config", None)
-    model_type = getattr(config, "model_type", None)
-    return model_type if isinstance(model_type, str) else None
-
-
-def vllm_serve_args(args: PerceptionGRPOConfig, family: str | None = None) -> list[str]:
+def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -> list[str]:
     """Extra arguments for `trl vllm-serve` (or `vllm serve`) so that a vLLM server preprocesses images with
     the trainer's pixel limits (`--mm-processor-kwargs '{"size": {"shortest_edge": ..., "longest_edge": ...}}'`),
     one image per prompt and no video (`--limit-mm-per-prompt`), plus `--max-num-batched-tokens` when
     `vllm_max_num_batched_tokens` is set.
 
-    Limits come from `args`; a limit left `None` there is the checkpoint default of `family` (or of
+    Limits come from `args`; a limit left `None` there is the checkpoint default of `box_format` (or of
     `args.box_format`). [`PerceptionGRPOTrainer.vllm_serve_args`] gives the arguments for the limits the
     trainer actually resolved from its processor.
 
     Example:
     ```python
     >>> args = PerceptionGRPOConfig("out", max_pixels=1003520, use_cpu=True, report_to="none")
-    >>> vllm_serve_args(args, family="qwen2_5_vl")[:2]
+    >>> vllm_serve_args(args, box_format="qwen2_5_vl")[:2]
     ['--mm-processor-kwargs', '{"size": {"shortest_edge": 3136, "longest_edge": 1003520}}']
 
     ```
     """
-    family = family if family is not None else (args.box_format if args.box_format in FAMILIES else None)
+    family = box_format if box_format is not None else (args.box_format if args.box_format in BOX_FORMATS else None)
     lo, hi = args.min_pixels, args.max_pixels
     if lo is None or hi is None:
         if family is None:
             raise ValueError(
-                "vllm_serve_args needs min_pixels and max_pixels in the config, or a family whose checkpoint "
+                "vllm_serve_args needs min_pixels and max_pixels in the config, or a box_format whose checkpoint "
                 "defaults fill the missing ones"
             )
         default_lo, default_hi = default_pixel_limits(family)
@@ -327,14 +301,14 @@ class PerceptionRowTransform:
     def __init__(
         self,
         box_format: str,
-        grid_family: str,
+        model_box_format: str,
         min_pixels: int,
         max_pixels: int,
         resize: bool = True,
         inner: Callable[[dict], dict] | None = None,
     ):
         self.box_format = box_format
-        self.grid_family = grid_family
+        self.model_box_format = model_box_format  # the model's own family: its processor's grid
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
         self.resize = bool(resize)
@@ -342,14 +316,10 @@ class PerceptionRowTransform:
 
     def grid_size(self, image_size: Sequence[int]) -> tuple[int, int]:
         """`(width, height)` the processor feeds an image of `image_size` at."""
-        from .data.common import grid_size_for
-
-        return grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+        return grid_size(image_size, self.model_box_format, self.min_pixels, self.max_pixels)
 
     def _fit(self, image: Any) -> Any:
-        from .data.common import fit_to_grid
-
-        return fit_to_grid(image, self.grid_family, self.min_pixels, self.max_pixels)
+        return fit_to_grid(image, self.model_box_format, self.min_pixels, self.max_pixels)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self.inner is not None:
@@ -394,8 +364,6 @@ class PerceptionRowTransform:
 
     @staticmethod
     def _scale(task: Any, solution: Any, frame: tuple[int, int], target: tuple[int, int]) -> Any:
-        from .data.common import scale_solution
-
         if solution is None or task == "ocr":
             return solution
         if task not in TASKS:
@@ -407,7 +375,7 @@ class PerceptionRowTransform:
 
     def __repr__(self) -> str:
         return (
-            f"PerceptionRowTransform({self.box_format!r}, grid={self.grid_family!r}, min_pixels="
+            f"PerceptionRowTransform({self.box_format!r}, model_box_format={self.model_box_format!r}, min_pixels="
             f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize})"
         )
 
@@ -491,7 +459,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
         model_config = self._model_config(model, args)
         self.box_format = resolve_box_format(args.box_format, model_config)
-        self.grid_family = MODEL_TYPE_FAMILIES.get(_model_type(model_config) or "", self.box_format)
+        self.model_box_format = box_format_of(model_config) or self.box_format
         processing_class = self._prepare_processor(model, model_config, processing_class, args)
         self.min_pixels, self.max_pixels = self._pixel_limits(processing_class)
         self.patch_factor = self._check_patch_factor(processing_class)
@@ -506,6 +474,11 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs] if reward_funcs else []
         needs_solution = [getattr(f, "__name__", type(f).__name__) for f in funcs if _takes_solution(f)]
+        self._solution_in_group = int(args.solution_in_group)
+        self._injected_answers: list[str] | None = None  # this generation batch's answers to inject
+        self._injected_rows: list[int] = []
+        if self._solution_in_group:
+            _require_completion_column(train_dataset)
         train_dataset = self._prepare_dataset(train_dataset, "train_dataset", needs_solution)
         if isinstance(eval_dataset, Mapping):
             eval_dataset = {
@@ -543,6 +516,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
+        self._bind_eval_callbacks()
         if args.use_vllm and args.vllm_mode == "server" and self.accelerator.is_main_process:
             logger.info(
                 "vLLM server mode: start the server with these extra arguments so that rollouts see the "
@@ -618,11 +592,11 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         factor = int(getattr(image_processor, "patch_size", 0) or 0) * int(
             getattr(image_processor, "merge_size", 0) or 0
         )
-        expected = patch_factor(self.grid_family)
+        expected = patch_factor(self.model_box_format)
         if factor and factor != expected:
             raise ValueError(
                 f"the image processor works on a grid of {factor} pixels (patch_size × merge_size) but a "
-                f"{self.grid_family} model uses {expected}; the model and processor do not match"
+                f"{self.model_box_format} model uses {expected}; the model and processor do not match"
             )
         return expected
 
@@ -689,7 +663,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             inner = fmt["format_kwargs"].get("transform") if fmt.get("type") == "custom" else None
             transform = PerceptionRowTransform(
                 self.box_format,
-                self.grid_family,
+                self.model_box_format,
                 self.min_pixels,
                 self.max_pixels,
                 self._resize_images,
@@ -698,7 +672,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             return dataset.with_transform(transform)
         if isinstance(dataset, IterableDataset):
             transform = PerceptionRowTransform(
-                self.box_format, self.grid_family, self.min_pixels, self.max_pixels, self._resize_images
+                self.box_format, self.model_box_format, self.min_pixels, self.max_pixels, self._resize_images
             )
             return dataset.map(transform, batched=True, batch_size=16)
         raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
@@ -821,9 +795,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
     def _check_tokens(self, name: str, row: int, image_size: tuple[int, int] | None) -> None:
         if image_size is None or self.max_image_tokens is None or image_size in self._sizes_within_budget:
             return
-        from .data.common import grid_size_for
-
-        w, h = grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+        w, h = grid_size(image_size, self.model_box_format, self.min_pixels, self.max_pixels)
         tokens = (w // self.patch_factor) * (h // self.patch_factor)
         if tokens > self.max_image_tokens:
             hint = self.max_image_tokens * self.patch_factor**2
@@ -845,6 +817,45 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         self._sizes_within_budget.add(image_size)
 
     # ------------------------------------------------------------------------------------- generation
+
+    # ------------------------------------------------------------------------------ ground truth in group
+
+    def _injection_rows(self, n_local: int) -> list[int]:
+        """Local rows whose rollout becomes the ground-truth answer: the last `solution_in_group` positions of
+        every group. Groups are contiguous runs of `num_generations` in the process-major global order that
+        GRPO's advantage computation uses, so a group split across processes is handled like any other."""
+        start = self.accelerator.process_index * n_local
+        first_injected = self.num_generations - self._solution_in_group
+        return [i for i in range(n_local) if (start + i) % self.num_generations >= first_injected]
+
+    def _answer_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as the assistant would write it: the text, then the end-of-turn token
+        (unless cut at `max_completion_length`)."""
+        tokenizer = self._tokenizer
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if not isinstance(end, int) or end == tokenizer.unk_token_id:
+            end = self.eos_token_ids[0]
+        limit = self.args.max_completion_length
+        return (ids + [end])[:limit] if limit else ids + [end]
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
+        answers, self._injected_answers = self._injected_answers, None  # first turn only, never a tool turn
+        if answers is None or has_tool_images or len(answers) != len(completion_ids):
+            return completion_ids, logprobs
+        completion_ids = list(completion_ids)
+        logprobs = list(logprobs) if logprobs is not None else None
+        self._injected_rows = self._injection_rows(len(completion_ids))
+        for i in self._injected_rows:
+            completion_ids[i] = self._answer_ids(answers[i])
+            if logprobs is not None:
+                # The answer was never sampled: no sampling log-probability exists. TRL turns None into NaN,
+                # and a NaN sampling log-probability gives an importance-sampling ratio of exactly 1.
+                logprobs[i] = [None] * len(completion_ids[i])
+        return completion_ids, logprobs
 
     def _generate(self, prompts: list) -> Any:
         if not self._decode_drop_ids:
@@ -929,19 +940,15 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         size = row.get("image_size") or list(image.size)
         objects = []
         if parsed is not None:
-            frame = family_frame(self.box_format)
-            for obj in parsed.objects:
-                try:
-                    if obj.bbox is not None:
-                        box = convert_frame(obj.bbox, frame, "pixels", size, row.get("input_size")).tolist()
-                        objects.append({"bbox_2d": box, "label": obj.label})
-                    elif obj.point is not None:
-                        point = convert_frame(
-                            obj.point, frame, "pixels", size, row.get("input_size")
-                        ).tolist()
-                        objects.append({"point_2d": point, "label": obj.label})
-                except ValueError:
-                    continue
+            try:
+                frame = Frame.of(self.box_format, size, row.get("input_size"))
+            except ValueError:
+                frame = Frame()  # a malformed size column: draw the coordinates as written
+            for obj in parsed.to_pixels(frame, clip=False).objects:
+                if obj.bbox is not None:
+                    objects.append({"bbox_2d": list(obj.bbox), "label": obj.label})
+                elif obj.point is not None:
+                    objects.append({"point_2d": list(obj.point), "label": obj.label})
         gt = row.get("solution") if row.get("task") in BOX_TASKS else None
         scale = max(1.0, 256.0 / max(image.size))
         try:
@@ -951,7 +958,13 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._pending_box_images = None
+        self._injected_rows = []
+        if self._solution_in_group and self.model.training:
+            self._injected_answers = [completion_text(row.get("completion") or "") for row in inputs]
         output = super()._generate_and_score_completions(inputs)
+        if self._solution_in_group and self.model.training:
+            self._injected_answers = None
+            self._finish_injection(output)  # on every process: it gathers
         if self._pending_box_images is not None:
             drawings = gather_object(self._pending_box_images)
             logged = self._logs["images"]
@@ -961,6 +974,22 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                     logged[start + k] = [drawing]
             self._pending_box_images = None
         return output
+
+    def _finish_injection(self, output: dict[str, Any]) -> None:
+        """Injected rows have no sampling log-probabilities (NaN): use the current policy's instead, so the
+        off-policy mask and any later use see an on-policy rollout rather than NaN."""
+        device = self.accelerator.device
+        rows = torch.tensor(self._injected_rows, dtype=torch.long, device=device)
+        sampled, old = output.get("sampling_per_token_logps"), output.get("old_per_token_logps")
+        if len(rows) and sampled is not None:
+            sampled[rows] = old[rows] if old is not None else torch.nan_to_num(sampled[rows], nan=0.0)
+        ratio = output.get("importance_sampling_ratio")
+        if len(rows) and ratio is not None:
+            ratio[rows] = 1.0
+        mode = "train" if self.model.training else "eval"
+        counts = torch.tensor([float(len(rows)), float(len(output["completion_ids"]))], device=device)
+        injected, total = self.accelerator.gather(counts).view(-1, 2).sum(0).tolist()
+        self._metrics[mode]["perception/solution_in_group_fraction"].append(injected / max(1.0, total))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
@@ -972,6 +1001,88 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             for i, images in enumerate(self._logs["images"]):
                 if images:
                     images[0].save(os.path.join(folder, f"{i:04d}.png"))
+
+    # ------------------------------------------------------------------------- callbacks and model card
+
+    def _bind_eval_callbacks(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PerceptionEvalCallback):
+                callback.bind(self)
+
+    def add_callback(self, callback: Any) -> None:
+        """`Trainer.add_callback`; a `PerceptionEvalCallback` is also handed this trainer to log through."""
+        super().add_callback(callback)
+        self._bind_eval_callbacks()
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | Sequence[str] | None = None,
+        tags: str | Sequence[str] | None = None,
+        *,
+        eval_metrics: Mapping[str, Any] | None = None,
+        eval_dataset: str | None = None,
+        license: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the perception model card to `args.output_dir`: `README.md` and its inputs,
+        `trl_perception_card.json` (which `trl-perception push` reads to rebuild it for another repository).
+
+        Replaces TRL's generic card. `push_to_hub(**kwargs)` passes its keyword arguments here, so
+        `trainer.push_to_hub(dataset_name=..., eval_metrics=...)` uploads the weights and this card in one
+        commit. The card (`hub.build_model_card`) names the base model, the tasks (the training rows' `task`
+        values), `dataset_name`, the rewards and their weights, the box format, key hyperparameters, the
+        LoRA / QLoRA set-up (`hub.adapter_summary`) and, when given, `eval_metrics` measured on `eval_dataset`.
+        The model is named by the Hub repository id when there is one, else `model_name`, else the output
+        folder's name. Only the main process writes; other keyword arguments (TRL's and transformers') are
+        accepted and ignored.
+
+        Example:
+        ```python
+        >>> import tempfile, pathlib
+        >>> from trl_perception.data import make_synthetic
+        >>> from trl_perception.rewards import get_reward
+        >>> from trl_perception.testing import tiny_vlm
+        >>> args = PerceptionGRPOConfig(tempfile.mkdtemp(), use_cpu=True, report_to="none", num_generations=2,
+        ...     per_device_train_batch_size=2, max_completion_length=4, max_pixels=56 * 56)
+        >>> trainer = PerceptionGRPOTrainer(tiny_vlm("qwen2_5_vl"), [get_reward("iou"), get_reward("format")],
+        ...     args, train_dataset=make_synthetic("grounding", 2))
+        >>> trainer.create_model_card(dataset_name="synthetic", eval_metrics={"grounding": {"acc@0.5": 0.5}})
+        >>> card = (pathlib.Path(args.output_dir) / "README.md").read_text()
+        >>> "- **Task:** grounding" in card, "| iou_reward | 1.0 |" in card, "| grounding/acc@0.5 | 0.5000 |" in card
+        (True, True, True)
+
+        ```
+        """
+        if not self.is_world_process_zero():
+            return
+        tasks: list[str] = []
+        if hasattr(self.train_dataset, "unique") and "task" in (self.train_dataset.column_names or []):
+            tasks = sorted(str(t) for t in self.train_dataset.unique("task"))
+        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+        card_args = {
+            "model_name": self.hub_model_id
+            or self.args.hub_model_id
+            or model_name
+            or os.path.basename(os.path.abspath(self.args.output_dir)),
+            "base_model": getattr(self.model.config, "_name_or_path", None) or None,
+            "task": tasks,
+            "dataset": [str(d) for d in datasets],
+            "reward_funcs": list(self.reward_func_names),
+            "reward_weights": [float(w) for w in self.reward_weights.tolist()],
+            "box_format": self.box_format,
+            "training_args": {k: getattr(self.args, k, None) for k in CARD_HYPERPARAMETERS},
+            "eval_metrics": dict(eval_metrics) if eval_metrics is not None else None,
+            "eval_dataset": eval_dataset,
+            "peft": adapter_summary(self.model),
+            "license": license,
+            "tags": [tags] if isinstance(tags, str) else list(tags or []),
+        }
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, CARD_INPUTS_FILE), "w", encoding="utf-8") as f:
+            json.dump(card_args, f, indent=2, default=str)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(build_model_card(**card_args))
 
 
 def _processor_limits(image_processor: Any) -> tuple[int | None, int | None]:
@@ -1012,6 +1123,18 @@ def _missing_images(column: Any) -> list[int]:
     return pc.indices_nonzero(missing_cells(column)).to_pylist()
 
 
+def _require_completion_column(dataset: Any) -> None:
+    """`solution_in_group` injects each row's `completion`: the train dataset must have one."""
+    if dataset is None:
+        raise ValueError("solution_in_group > 0 needs a train_dataset with a 'completion' column")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if "completion" not in columns:
+        raise ValueError(
+            "solution_in_group > 0 injects each row's ground-truth answer, its 'completion' column, into the "
+            f"rollout group, but the train_dataset has none (columns: {columns}); build it with completion=True"
+        )
+
+
 def _takes_solution(func: Any) -> bool:
     """Whether a reward function requires a `solution` argument."""
     if isinstance(func, (str, torch.nn.Module)) or not callable(func):
@@ -1034,8 +1157,6 @@ def _is_conversational(prompt: Any) -> bool:
 
 def _header_sizes(value: Any, image_key: str) -> list[tuple[int, int] | None]:
     """`(width, height)` of undecoded image cells (`{"bytes", "path"}`), read from the file headers."""
-    from .data.common import RecordError, read_image_size
-
     cells = list(value or []) if image_key == "images" else [value]
     sizes = []
     for cell in cells:

@@ -9,12 +9,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import build_from_source
-
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["build_from_source", "caption_for", "render_preview"]
+__all__ = ["caption_for", "render_preview"]
 
 _MAX_CELL = 384
 
@@ -95,7 +93,8 @@ def render_preview(
     ```python
     >>> import tempfile, pathlib
     >>> from PIL import Image
-    >>> ds = build_from_source("detection", "synthetic", num_samples=4, seed=0)
+    >>> from trl_perception.data.registry import build_dataset
+    >>> ds = build_dataset("detection", "synthetic", num_samples=4, seed=0)
     >>> out = render_preview(ds, pathlib.Path(tempfile.mkdtemp()) / "preview.png", n=4, ncols=2)
     >>> Image.open(out).size[0] > 0
     True

@@ -4,6 +4,7 @@ frames, rate-limited warnings and the trainer's `log_metric` / `log_extra` hooks
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import re
@@ -15,15 +16,13 @@ from typing import Any
 import numpy as np
 
 from .._json import loads_strict
-from ..boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from ..formats import (
     completion_text,
     strip_wrappers,
 )
+from ..frames import BOX_FORMATS, Frame
 
 logger = logging.getLogger("trl_perception.rewards")
-
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
 
 PAD_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
 """Padding / end-of-turn tokens that may trail a completion decoded with `skip_special_tokens=False`."""
@@ -60,6 +59,14 @@ def warn_row(key: str, message: str) -> None:
 
 def text_of(completion: Any) -> str:
     """Plain text of one completion (string or TRL conversational); never raises."""
+    if (
+        type(completion) is list and len(completion) == 1
+    ):  # TRL's usual [{"role": "assistant", "content": str}]
+        message = completion[0]
+        if type(message) is dict and message.get("role", "assistant") == "assistant":
+            content = message.get("content")
+            if type(content) is str:
+                return content
     try:
         text = completion_text(completion)
     except Exception:  # noqa: BLE001 - an odd completion object must not stop the run
@@ -99,15 +106,16 @@ def is_empty_answer(text: str) -> bool:
 # ----------------------------------------------------------------------------------------- ground truth
 
 
-def decode_json(value: Any) -> Any:
-    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`)."""
+def decode_json(value: Any, what: str = "solution") -> Any:
+    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`). `what` names
+    the column in the error."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         try:
             return loads_strict(value.strip())
         except (ValueError, RecursionError) as err:
-            raise MalformedSolution(f"solution is not valid JSON ({err}): {value[:80]!r}") from err
+            raise MalformedSolution(f"{what} is not valid JSON ({err}): {value[:80]!r}") from err
     return value
 
 
@@ -146,10 +154,23 @@ def _plain_numbers(values: Any, count: int) -> bool:
     )
 
 
+_SEQUENCES = frozenset((list, tuple))
+_NUMBERS = frozenset((int, float))
+
+
+def _all_plain_numbers(values: Sequence[Any], count: int) -> bool:
+    """`_plain_numbers(v, count)` for every `v`, checked in bulk."""
+    return not values or (
+        set(map(type, values)) <= _SEQUENCES
+        and set(map(len, values)) == {count}
+        and set(map(type, itertools.chain.from_iterable(values))) <= _NUMBERS
+    )
+
+
 def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
     """Ground-truth boxes `[M, 4]`, each 4 finite numbers with ordered corners, checked in one vectorized
     pass (per-box checks only to word the error)."""
-    if all(_plain_numbers(v, 4) for v in values):
+    if _all_plain_numbers(values, 4):
         boxes = np.asarray(values, dtype=np.float64).reshape(-1, 4)
         if (
             np.isfinite(boxes).all()
@@ -164,7 +185,7 @@ def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
 
 def gt_points(values: Sequence[Any], what: str = "point") -> np.ndarray:
     """Ground-truth points `[N, 2]` of finite numbers, checked in one vectorized pass."""
-    if all(_plain_numbers(v, 2) for v in values):
+    if _all_plain_numbers(values, 2):
         points = np.asarray(values, dtype=np.float64).reshape(-1, 2)
         if np.isfinite(points).all():
             return points
@@ -189,8 +210,13 @@ class SolutionCache:
     def __call__(self, raw: Any) -> Any:
         if self._raw is not _MISSING and type(raw) is type(self._raw):
             try:
-                same = raw is self._raw or bool(raw == self._raw)
-            except Exception:  # noqa: BLE001 - e.g. arrays of different shapes
+                if raw is self._raw:
+                    same = True
+                elif isinstance(raw, np.ndarray):
+                    same = raw.dtype != object and np.array_equal(raw, self._raw)
+                else:
+                    same = bool(raw == self._raw)
+            except Exception:  # noqa: BLE001 - e.g. containers holding arrays
                 same = False
             if same:
                 if self._error is not None:
@@ -228,100 +254,32 @@ def normalize_label(label: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ frames
 
 
-def _size(value: Any, what: str) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = decode_json(value)
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise MalformedSolution(f"{what} must be [width, height], got {value!r}")
-    w, h = (finite_number(v, what) for v in value)
-    if w <= 0 or h <= 0:
-        raise MalformedSolution(f"{what} must be positive, got {value!r}")
-    return w, h
+def _size_value(value: Any, what: str) -> Any:
+    """A size column's cell: JSON text (mixed-task datasets store it so) decoded, anything else as is."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return decode_json(value, what)
+    return value
 
 
-@dataclass(frozen=True)
-class Frame:
-    """How to bring a row's predicted coordinates into the ground truth's frame (original-image pixels).
-
-    `family` is the row's `box_format`; `scale` maps the family's frame (0–1000 or resized-input pixels)
-    to original pixels per axis; `image_size` clips to the image. With no family, coordinates are taken as
-    written; with no image size they are neither converted nor clipped.
-    """
-
-    family: str | None = None
-    image_size: tuple[float, float] | None = None
-    scale: tuple[float, float] = (1.0, 1.0)
-
-    def to_image(self, coords: np.ndarray) -> np.ndarray:
-        """Coordinates `[..., 2k]` (x at even, y at odd positions) in the ground-truth frame, clipped."""
-        out = np.asarray(coords, dtype=np.float64)
-        if out.size == 0 or (self.scale == (1.0, 1.0) and self.image_size is None):
-            return out
-        pairs = out.reshape(*out.shape[:-1], -1, 2)  # (x, y) pairs broadcast against per-axis factors
-        if self.scale != (1.0, 1.0):
-            pairs = pairs * self.scale
-        if self.image_size is not None:
-            pairs = np.clip(pairs, 0.0, self.image_size)
-        return pairs.reshape(out.shape)
-
-    def to_norm1000(self, coords: np.ndarray) -> np.ndarray:
-        """Original-pixel coordinates in the 0–1000 frame of the image; as given without an image size."""
-        out = np.asarray(coords, dtype=np.float64)
-        if self.image_size is None or out.size == 0:
-            return out
-        w, h = self.image_size
-        return (out.reshape(*out.shape[:-1], -1, 2) * (1000.0 / w, 1000.0 / h)).reshape(out.shape)
-
-
-def _hashable_size(value: Any, what: str) -> tuple[float, float] | None:
-    if type(value) in (list, tuple) and len(value) == 2 and all(type(v) in (int, float) for v in value):
-        return (float(value[0]), float(value[1]))  # the usual case, validated by the cached builder
-    return _size(value, what)
-
-
-def frame_for(family: Any, image_size: Any, input_size: Any) -> Frame:
-    """Build a row's `Frame` from its `box_format`, `image_size` and `input_size` values.
+def frame_for(box_format: Any, image_size: Any, input_size: Any) -> Frame:
+    """A row's `frames.Frame` from its `box_format`, `image_size` and `input_size` cells; a malformed cell is
+    a `MalformedSolution` (the row is skipped with a warning).
 
     For Qwen2.5-VL (absolute pixels of the resized input) without `input_size`, the input size is computed
-    with `boxes.model_input_size` and the family's default pixel limits (those of the released checkpoints).
+    with `frames.model_input_size` and the family's default pixel limits (those of the released checkpoints).
     """
-    if isinstance(family, str) and not family.strip():
-        family = None  # an empty cell means "no family"
-    if family is not None and not isinstance(family, str):
-        raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
-    size = _hashable_size(image_size, "image_size")
-    in_size = _hashable_size(input_size, "input_size")
-    if family is not None and size is None:
+    if box_format is not None and not isinstance(box_format, str):
+        raise MalformedSolution(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+    try:
+        frame = Frame.of(box_format, _size_value(image_size, "image_size"), _size_value(input_size, "input_size"))
+    except ValueError as err:
+        raise MalformedSolution(str(err)) from None
+    if frame.box_format is not None and frame.image_size is None:
         warn_row(
             "frame-no-image-size",
-            f"box_format={family!r} given without image_size: coordinates are compared as written",
+            f"box_format={frame.box_format!r} given without image_size: coordinates are compared as written",
         )
-    return _build_frame(family, size, in_size)
-
-
-@functools.lru_cache(maxsize=4096)
-def _build_frame(family: str | None, size: tuple | None, in_size: tuple | None) -> Frame:
-    # Rows of one GRPO group (and of one image) share their frame: build each distinct one once.
-    if family is not None:
-        if family.strip().lower() not in FAMILIES:
-            raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
-        family = family.strip().lower()
-    size = _size(size, "image_size")
-    in_size = _size(in_size, "input_size")
-    if family is None or size is None:
-        return Frame(family=family, image_size=size)
-    src = family_frame(family)
-    if src == "input" and in_size is None:
-        try:
-            in_size = model_input_size((int(round(size[0])), int(round(size[1]))), family)
-        except ValueError as err:
-            raise MalformedSolution(f"cannot compute the input size of image_size={size}: {err}") from err
-    sx, sy = convert_frame([1.0, 1.0], src, "pixels", size, in_size).tolist()
-    return Frame(family=family, image_size=size, scale=(float(sx), float(sy)))
+    return frame
 
 
 # -------------------------------------------------------------------------------------------------- rows
@@ -337,10 +295,31 @@ class Row:
     frame: Frame
 
 
+def _is_flat_size(value: Any) -> bool:
+    """`[640, 480]`: one size, not a column of sizes."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.shape[0] == 2 and value.dtype.kind in "iuf"
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
+        )
+    )
+
+
 def _column(kwargs: dict[str, Any], name: str, n: int) -> list[Any]:
     value = kwargs.get(name)
     if value is None:
         return [None] * n
+    if name in ("image_size", "input_size") and _is_flat_size(value):
+        # One behaviour whatever the batch size (a flat pair used to raise for 1 completion and to skip
+        # every row for 2): a column holds one [width, height] per completion.
+        size = np.asarray(value).tolist()
+        raise ValueError(
+            f"keyword {name!r} must hold one [width, height] per completion, got the single size {size} "
+            f"for {n} completion(s); pass {name}=[{size}] * {n}"
+        )
     if isinstance(value, str):  # one value for every row, convenient outside a trainer
         return [value] * n
     try:
@@ -373,21 +352,49 @@ def select_rows(
             f"of length {len(solution)}; pass one solution per completion"
         )
     task_col = _column(kwargs, "task", n)
-    family_col = _column(kwargs, "box_format", n)
+    format_col = _column(kwargs, "box_format", n)
     size_col = _column(kwargs, "image_size", n)
     input_col = _column(kwargs, "input_size", n)
     rows = []
+    frames: dict[tuple, Frame] = {}  # the rows of a GRPO group (and of one image) share their frame
     for i in range(n):
         task = task_col[i]
         if isinstance(task, str) and task.strip() and task.strip().lower() not in tasks:
             continue
-        try:
-            frame = frame_for(family_col[i], size_col[i], input_col[i])
-        except MalformedSolution as err:
-            warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
-            continue
+        key = (_cell_key(format_col[i]), _cell_key(size_col[i]), _cell_key(input_col[i]))
+        frame = frames.get(key) if _UNHASHABLE not in key else None
+        if frame is None:
+            try:
+                frame = frame_for(format_col[i], size_col[i], input_col[i])
+            except MalformedSolution as err:
+                warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
+                continue
+            if _UNHASHABLE not in key:
+                frames[key] = frame
         rows.append(Row(i, text_of(completions[i]), solution[i], frame))
     return rows, n
+
+
+_UNHASHABLE = object()
+
+
+def _cell_key(value: Any) -> Any:
+    """A frame column's cell as a dictionary key: `None`, a string, or a pair of plain numbers; anything
+    else is not memoised."""
+    if value is None or type(value) is str:
+        return value
+    if (
+        type(value) in (list, tuple)
+        and len(value) == 2
+        and type(value[0]) in (int, float)
+        and type(value[1])
+        in (
+            int,
+            float,
+        )
+    ):
+        return (type(value[0]), value[0], type(value[1]), value[1])
+    return _UNHASHABLE
 
 
 def call_safely(reward_name: str, row: Row, score: Callable[[Row], Any], failure: Any) -> Any:
@@ -435,18 +442,3 @@ class ComponentLog:
         if callable(log_extra):
             for key, values in self.columns.items():
                 log_extra(f"{self.reward_name}/{key}", list(values))
-
-
-def frames_to_image(coords: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
-    """`Frame.to_image` for one row of coordinates `[N, 2k]` per frame, vectorized over the rows."""
-    out = np.asarray(coords, dtype=np.float64)
-    if out.size == 0:
-        return out
-    reps = out.shape[-1] // 2
-    scale = np.array([f.scale for f in frames], dtype=np.float64)
-    upper = np.array([f.image_size if f.image_size is not None else (np.inf, np.inf) for f in frames])
-    out = out * np.tile(scale, reps)
-    if not np.isfinite(upper).any():
-        return out
-    lower = np.where(np.isfinite(upper), 0.0, -np.inf)  # rows without an image size are not clipped
-    return np.clip(out, np.tile(lower, reps), np.tile(upper, reps))
