@@ -2,12 +2,12 @@
 vLLM's prompt-update rule for Qwen-VL token prompts, and every image must come out as exactly one run of its
 own length.
 
-vLLM is not installable on this CPU machine's shared venv, so the rule is re-implemented from vLLM's source
-(wheel commit db9527a46, as read for issue 13):
-- `vllm/model_executor/models/qwen2_vl.py` (`Qwen2VLMultiModalProcessor._get_prompt_updates`, ~line 1153) and
+The rule is re-implemented from vLLM 0.31.0's source (wheel commit db9527a46), so this runs without vLLM;
+where vLLM is importable, `test_rule_matches_vllms_own_function` checks it against vLLM's `apply_token_matches`:
+- `vllm/model_executor/models/qwen2_vl.py` (`Qwen2VLMultiModalProcessor._get_prompt_updates`, lines 1150-1157) and
   `qwen3_vl.py` (~line 1613): one `PromptReplacement` per image, target `[image_token_id]` (a single token),
   replacement `[image_token_id] * (image_grid_thw.prod() // merge_size**2)`; Qwen2.5-VL reuses Qwen2-VL's.
-- `vllm/multimodal/processing/processor.py` (~lines 850-895): a token prompt is not run through the HF
+- `vllm/multimodal/processing/processor.py` (`apply_token_matches`, line 835, and `_apply_matches`): a token prompt is not run through the HF
   processor's text path, so the updates are applied (`is_update_applied` is False): images are taken in
   order, each replacing the next match of its target left to right.
 """
@@ -166,3 +166,18 @@ def test_text_only_and_already_collapsed_prompts_pass_through_unchanged():
     llm.generate([text, collapsed])
     assert engine.seen == [[1, 9, 9, 2], [1, 9, 9, 2]]
     assert llm.image_token_id == 9 and llm.tokens_per_image == [[], [2]]  # attributes are delegated
+
+
+@pytest.mark.parametrize(("family", "num_images", "tool_image"), CASES)
+def test_rule_matches_vllms_own_function(family, num_images, tool_image):
+    processing = pytest.importorskip("vllm.multimodal.processing.processor")
+    image_token_id, ids, _, counts = _encode(family, num_images, tool_image)
+    updates = {
+        "image": [
+            [processing.PromptReplacement("image", [image_token_id], [image_token_id] * n).resolve(i)]
+            for i, n in enumerate(counts)
+        ]
+    }
+    for prompt in (ids, collapse_image_runs(ids, image_token_id)):
+        expected, _ = processing.apply_token_matches(list(prompt), updates)
+        assert vllm_prompt_update(prompt, image_token_id, counts) == expected
