@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
-from trl_perception.boxes import model_input_size  # noqa: E402
 from trl_perception.data.prompts import COCO_CATEGORIES  # noqa: E402
+from trl_perception.frames import model_input_size  # noqa: E402
 from trl_perception.rewards import count_reward, detection_reward, iou_reward, ocr_reward  # noqa: E402
 
 FAMILY = "qwen2_5_vl"

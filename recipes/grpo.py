@@ -11,7 +11,6 @@
 
 from trl_perception.recipe import main, make_parser
 
-
 if __name__ == "__main__":
     parser = make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config()

@@ -12,18 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trl_perception.boxes import (
-    FAMILIES,
-    FRAMES,
     box_area,
     box_convert,
     box_iou,
     clip_boxes,
+    generalized_box_iou,
+    paired_box_iou,
+)
+from trl_perception.frames import (
+    BOX_FORMATS,
+    FRAMES,
     convert_frame,
     default_pixel_limits,
-    family_frame,
-    generalized_box_iou,
+    frame_of,
     model_input_size,
-    paired_box_iou,
     patch_factor,
     smart_resize,
 )
@@ -361,17 +363,17 @@ def test_smart_resize_rejects_empty_images(height, width):
 
 
 def test_family_constants():
-    assert FAMILIES == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-    assert [patch_factor(f) for f in FAMILIES] == [28, 28, 32]
-    assert [family_frame(f) for f in FAMILIES] == ["norm1000", "input", "norm1000"]
+    assert BOX_FORMATS == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    assert [patch_factor(f) for f in BOX_FORMATS] == [28, 28, 32]
+    assert [frame_of(f) for f in BOX_FORMATS] == ["norm1000", "input", "norm1000"]
     assert default_pixel_limits("qwen2_vl") == (3136, 12845056)
     assert default_pixel_limits("qwen2_5_vl") == (3136, 12845056)
     assert default_pixel_limits("qwen3_vl") == (65536, 16777216)
 
 
-@pytest.mark.parametrize("function", [patch_factor, default_pixel_limits, family_frame])
+@pytest.mark.parametrize("function", [patch_factor, default_pixel_limits, frame_of])
 def test_unknown_family_is_a_value_error(function):
-    with pytest.raises(ValueError, match="unknown model family"):
+    with pytest.raises(ValueError, match="unknown box_format"):
         function("llava")
 
 
@@ -383,7 +385,7 @@ def test_model_input_size_golden_values():
     assert model_input_size((100, 50), "qwen3_vl") == (384, 192)  # below Qwen3-VL's 65536 minimum
 
 
-@given(size=image_sizes(hi=3000), family=st.sampled_from(FAMILIES))
+@given(size=image_sizes(hi=3000), family=st.sampled_from(BOX_FORMATS))
 @settings(max_examples=100)
 def test_model_input_size_is_smart_resize_with_width_first(size, family):
     height, width = size
@@ -421,7 +423,7 @@ def _processor_input_size(family: str, image_size: tuple[int, int], min_pixels: 
     return grid_w * patch, grid_h * patch
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_real_image_processor_agrees_with_model_input_size_on_a_coco_image(family):
     lo, hi = default_pixel_limits(family)
     expected = {"qwen2_vl": (644, 476), "qwen2_5_vl": (644, 476), "qwen3_vl": (640, 480)}[family]
@@ -429,7 +431,7 @@ def test_real_image_processor_agrees_with_model_input_size_on_a_coco_image(famil
     assert _processor_input_size(family, (640, 480), lo, hi) == expected
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 @pytest.mark.parametrize("image_size", [(3, 3), (1, 200), (200, 1), (13, 2600), (641, 479), (999, 37)])
 def test_real_image_processor_agrees_with_model_input_size_on_odd_sizes(family, image_size):
     for lo, hi in _PROCESSOR_LIMITS:
@@ -439,7 +441,7 @@ def test_real_image_processor_agrees_with_model_input_size_on_odd_sizes(family, 
 
 @given(
     size=image_sizes(hi=1500),
-    family=st.sampled_from(FAMILIES),
+    family=st.sampled_from(BOX_FORMATS),
     limits=st.sampled_from(_PROCESSOR_LIMITS),
 )
 @settings(max_examples=40)

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.coco import _parse_without_segmentation, build_coco_detection
-from trl_perception.data.common import DataError, DataWarning, grid_size_for
+from trl_perception.data.common import DataError, DataWarning
 from trl_perception.data.prompts import COCO_CATEGORIES
+from trl_perception.frames import grid_size
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 VAL2014_100 = FIXTURES / "coco" / "instances_val2014_100.json"
@@ -163,7 +164,7 @@ def test_family_columns_and_resizing_scale_boxes(tmp_path):
 
     fitted = build_coco_detection(path, folder, box_format="qwen2_vl", max_pixels=100_000)
     row = fitted.select_columns(["solution", "image_size", "input_size"])[0]
-    w, h = grid_size_for((640, 480), "qwen2_vl", max_pixels=100_000)
+    w, h = grid_size((640, 480), "qwen2_vl", max_pixels=100_000)
     assert row["image_size"] == row["input_size"] == [w, h]
     for got, want in zip(row["solution"], plain[0]["solution"]):
         back = [v * s for v, s in zip(got["bbox_2d"], (640 / w, 480 / h) * 2)]
@@ -179,7 +180,7 @@ def test_resized_images_are_fitted_on_access(tmp_path):
     assert (
         row["image"].size
         == tuple(row["image_size"])
-        == grid_size_for((640, 480), "qwen3_vl", max_pixels=300_000)
+        == grid_size((640, 480), "qwen3_vl", max_pixels=300_000)
     )
 
 

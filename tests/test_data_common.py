@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.boxes import FAMILIES, model_input_size
 from trl_perception.data.common import (
     DataError,
     DataWarning,
@@ -23,8 +22,6 @@ from trl_perception.data.common import (
     ImageFolder,
     RecordError,
     fit_dataset_to_grid,
-    fit_to_grid,
-    grid_size_for,
     iter_jsonl,
     load_json,
     load_json_records,
@@ -36,6 +33,7 @@ from trl_perception.data.common import (
     select_rows,
 )
 from trl_perception.data.prompts import build_prompt
+from trl_perception.frames import BOX_FORMATS, fit_to_grid, grid_size, model_input_size
 
 # ------------------------------------------------------------------------------------------------
 # Error policy
@@ -266,10 +264,10 @@ sizes = st.tuples(st.integers(8, 3000), st.integers(8, 3000)).filter(lambda s: m
 limits = st.one_of(st.none(), st.integers(4_000, 4_000_000))
 
 
-@given(sizes, st.sampled_from(FAMILIES), limits, limits)
+@given(sizes, st.sampled_from(BOX_FORMATS), limits, limits)
 def test_grid_size_is_left_unchanged_by_the_processor(size, family, min_pixels, max_pixels):
     try:
-        grid = grid_size_for(size, family, min_pixels=min_pixels, max_pixels=max_pixels)
+        grid = grid_size(size, family, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as err:
         assert "exceeds max_pixels" in str(err) or "grid size lies within" in str(err)
         return
@@ -279,25 +277,25 @@ def test_grid_size_is_left_unchanged_by_the_processor(size, family, min_pixels, 
 
 
 def test_grid_size_is_the_processors_size_when_that_is_stable():
-    assert grid_size_for((640, 480), "qwen2_5_vl") == model_input_size((640, 480), "qwen2_5_vl") == (644, 476)
+    assert grid_size((640, 480), "qwen2_5_vl") == model_input_size((640, 480), "qwen2_5_vl") == (644, 476)
 
 
 def test_tiny_image_under_tight_limits_gets_a_stable_grid_size():
     # smart_resize upsizes 8x9 to 56x84 (4704 px), which max_pixels=4000 would shrink again.
     assert model_input_size((8, 9), "qwen2_vl", max_pixels=4000) == (56, 84)
-    assert grid_size_for((8, 9), "qwen2_vl", max_pixels=4000) == (56, 56)
+    assert grid_size((8, 9), "qwen2_vl", max_pixels=4000) == (56, 56)
 
 
 def test_conflicting_effective_limits_are_rejected():
     with pytest.raises(ValueError, match="exceeds max_pixels"):
-        grid_size_for((640, 480), "qwen3_vl", max_pixels=50_000)  # qwen3_vl's default min is 65536
+        grid_size((640, 480), "qwen3_vl", max_pixels=50_000)  # qwen3_vl's default min is 65536
 
 
-@given(sizes, st.sampled_from(FAMILIES))
+@given(sizes, st.sampled_from(BOX_FORMATS))
 def test_fit_to_grid_resizes_to_the_grid_size(size, family):
     image = PILImage.new("RGB", (size[0] // 4 + 2, size[1] // 4 + 2))
     fitted = fit_to_grid(image, family, max_pixels=100_000)
-    assert fitted.size == grid_size_for(image.size, family, max_pixels=100_000)
+    assert fitted.size == grid_size(image.size, family, max_pixels=100_000)
     assert fit_to_grid(fitted, family, max_pixels=100_000) is fitted
 
 
@@ -355,7 +353,7 @@ def test_fit_dataset_to_grid_round_trips_within_one_pixel():
         row["image"].size
         == (w, h)
         == tuple(row["input_size"])
-        == grid_size_for((640, 480), "qwen2_vl", max_pixels=100_000)
+        == grid_size((640, 480), "qwen2_vl", max_pixels=100_000)
     )
     back = scale_solution("grounding", row["solution"], 640 / w, 480 / h)
     assert np.allclose(back, box, atol=1.0)
@@ -366,7 +364,7 @@ def test_fit_dataset_to_grid_round_trips_within_one_pixel():
 def test_reading_other_columns_of_a_fitted_dataset_decodes_no_image(tmp_path):
     ds = rows_to_dataset([_rows(str(tmp_path / "missing.jpg"), [1.0, 2.0, 30.0, 40.0])])
     fitted = fit_dataset_to_grid(ds, "qwen2_5_vl", max_pixels=100_000)
-    w, h = grid_size_for((640, 480), "qwen2_5_vl", max_pixels=100_000)
+    w, h = grid_size((640, 480), "qwen2_5_vl", max_pixels=100_000)
     assert fitted.select_columns(["solution"])["solution"] == [
         scale_solution("grounding", [1.0, 2.0, 30.0, 40.0], w / 640, h / 480)
     ]

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning, grid_size_for
+from trl_perception.data.common import DataError, DataWarning
 from trl_perception.data.pageocr import build_pageocr
+from trl_perception.frames import grid_size
 
 EN_TEXT = "FREEDOM OF INFORMATION ACT\nThe request was received on 12 May."
 CN_TEXT = "中华人民共和国\n第一章 总则"
@@ -104,7 +105,7 @@ def test_family_adds_columns_but_no_instruction_and_resizing_keeps_text(fox):
     assert (
         row["image"].size
         == tuple(row["image_size"])
-        == grid_size_for((60, 80), "qwen2_vl", min_pixels=784, max_pixels=2000)
+        == grid_size((60, 80), "qwen2_vl", min_pixels=784, max_pixels=2000)
     )
 
 

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning, RecordError, grid_size_for
+from trl_perception.data.common import DataError, DataWarning, RecordError
 from trl_perception.data.pixmo_count import _points, build_pixmo_count
 from trl_perception.formats import format_instruction
+from trl_perception.frames import grid_size
 
 FEATURES = Features(
     {
@@ -162,7 +163,7 @@ def test_family_instruction_and_resized_points_round_trip(pixmo):
     )
     for i, row in enumerate(fitted):
         size = plain[i]["image_size"]
-        w, h = grid_size_for(size, "qwen2_5_vl", min_pixels=784, max_pixels=5000)
+        w, h = grid_size(size, "qwen2_5_vl", min_pixels=784, max_pixels=5000)
         assert row["image"].size == (w, h) == tuple(row["image_size"]) == tuple(row["input_size"])
         back = [[x * size[0] / w, y * size[1] / h] for x, y in row["solution"]["points"]]
         assert np.allclose(back, plain[i]["solution"]["points"], atol=1.0)

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning, grid_size_for
+from trl_perception.data.common import DataError, DataWarning
 from trl_perception.data.refcoco import build_refcoco, detect_refcoco_layout
+from trl_perception.frames import grid_size
 
 # Three COCO train2014 images, their annotations (COCO xywh) and refs across splits.
 IMAGES = [
@@ -436,7 +437,7 @@ def test_pixel_limits_resize_images_and_scale_boxes(layouts):
         max_pixels=2000,
     )
     row = fitted[0]
-    target = grid_size_for((64, 48), "qwen2_vl", min_pixels=784, max_pixels=2000)
+    target = grid_size((64, 48), "qwen2_vl", min_pixels=784, max_pixels=2000)
     assert target == (28, 28)
     assert row["image"].size == tuple(row["image_size"]) == tuple(row["input_size"]) == target
     sx, sy = 28 / 64, 28 / 48

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_perception.boxes import FAMILIES, model_input_size
 from trl_perception.data import synthetic
 from trl_perception.data.synthetic import (
     COLORS,
@@ -25,6 +24,7 @@ from trl_perception.data.synthetic import (
     shape_vocabulary,
 )
 from trl_perception.formats import format_instruction
+from trl_perception.frames import BOX_FORMATS, model_input_size
 
 SHAPE_TASKS = ("grounding", "counting", "detection")
 ROW_COLUMNS = ["prompt", "image", "task", "solution", "image_size"]
@@ -317,7 +317,7 @@ def test_chinese_without_a_cjk_font_names_what_to_install(monkeypatch):
 # ------------------------------------------------------------------------------------------ model families
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 @pytest.mark.parametrize("task", SHAPE_TASKS)
 def test_prompts_carry_the_family_format_instruction(family, task):
     row = make_synthetic(task, 1, box_format=family, max_pixels=112 * 112, min_pixels=28 * 28)[0]
@@ -325,7 +325,7 @@ def test_prompts_carry_the_family_format_instruction(family, task):
     assert row["box_format"] == family
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 @pytest.mark.parametrize("image_size", [(112, 112), (100, 70), (640, 480)])
 def test_images_are_on_the_family_grid(family, image_size):
     row = make_synthetic("grounding", 1, image_size=image_size, box_format=family)[0]

@@ -15,7 +15,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trl_perception.boxes import model_input_size
 from trl_perception.callbacks import PerceptionEvalCallback
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
@@ -27,12 +26,12 @@ from trl_perception.evaluation import (
     add_eval_arguments,
     build_coco_ground_truth,
     evaluate,
-    resolve_family,
     run_eval_from_args,
     vllm_engine_kwargs,
     vllm_sampling_kwargs,
 )
 from trl_perception.formats import parse_objects, render_objects
+from trl_perception.frames import box_format_of, model_input_size, resolve_box_format
 from trl_perception.metrics import coco_metrics, grounding_metrics, objects_to_coco_results
 from trl_perception.testing import tiny_vlm
 
@@ -42,7 +41,7 @@ TASK_FAMILY = {
     "ocr": "qwen2_5_vl",
     "detection": "qwen2_5_vl",
 }
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+BOX_FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def _finite_numbers(metrics: dict) -> list[float]:
@@ -126,11 +125,11 @@ def test_tiny_model_evaluation_writes_all_outputs_and_finite_metrics(task, tmp_p
     assert Image.open(tmp_path / "report.png").size[0] > 0
 
 
-def test_family_is_read_from_the_model_config():
-    assert resolve_family(tiny_vlm("qwen3_vl")) == "qwen3_vl"
-    assert resolve_family(tiny_vlm("qwen2_vl"), box_format="qwen2_5_vl") == "qwen2_5_vl"
+def test_box_format_is_read_from_the_model_config():
+    assert box_format_of(tiny_vlm("qwen3_vl")) == "qwen3_vl"
+    assert resolve_box_format("qwen2_5_vl", tiny_vlm("qwen2_vl")) == "qwen2_5_vl"
     with pytest.raises(ValueError, match="box_format"):
-        resolve_family(None, box_format="llava")
+        resolve_box_format("llava")
 
 
 def test_image_is_fed_at_its_grid_size_within_the_processor_limits():
@@ -286,7 +285,7 @@ def test_ocr_solution_of_a_mixed_dataset_is_unquoted():
 # Frames: answers in the model's frame are mapped back to original pixels
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_perfect_answers_in_the_model_frame_score_full_marks_after_mapping_back(family):
     detection, grounding = _scene_rows("detection"), _scene_rows("grounding")
     limits = {"max_pixels": 200 * 200} if family != "qwen3_vl" else {"min_pixels": 256 * 256}
@@ -303,7 +302,7 @@ def test_perfect_answers_in_the_model_frame_score_full_marks_after_mapping_back(
     assert ground.metrics["grounding"]["acc@0.95"] == 1.0
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_the_same_answers_left_unmapped_would_not_score_full_marks(family):
     detection, grounding = _scene_rows("detection"), _scene_rows("grounding")
     limits = {"max_pixels": 200 * 200} if family != "qwen3_vl" else {"min_pixels": 256 * 256}
@@ -507,7 +506,7 @@ def test_peft_wrapped_model_is_evaluated_with_its_base_family():
     result = evaluate(model, make_synthetic("counting", 2, box_format="qwen3_vl"),
                       processor=AutoProcessor.from_pretrained(path), max_new_tokens=2, progress=False)  # fmt: skip
 
-    assert resolve_family(model) == "qwen3_vl"
+    assert box_format_of(model) == "qwen3_vl"
     assert result.config["box_format"] == "qwen3_vl" and result.metrics["counting"]["num_samples"] == 2
 
 

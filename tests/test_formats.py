@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trl_perception
-from trl_perception.boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from trl_perception.formats import (
     MAX_ABS_COORD,
     MAX_OBJECTS,
@@ -34,6 +33,7 @@ from trl_perception.formats import (
     render_objects,
     strip_wrappers,
 )
+from trl_perception.frames import BOX_FORMATS, convert_frame, frame_of, model_input_size
 
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
@@ -125,7 +125,7 @@ def test_qwen2_vl_truncated_after_a_complete_box():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", [None, *FAMILIES])
+@pytest.mark.parametrize("family", [None, *BOX_FORMATS])
 def test_json_list_of_bbox_2d_in_a_fence(family):
     text = (
         "```json\n[\n"
@@ -530,7 +530,7 @@ def _assert_well_formed(out):
         assert obj.label is None or (isinstance(obj.label, str) and obj.label and len(obj.label) <= 300)
 
 
-@given(text=hostile_text, family=st.sampled_from([None, *FAMILIES]))
+@given(text=hostile_text, family=st.sampled_from([None, *BOX_FORMATS]))
 @settings(max_examples=400)
 def test_any_text_parses_to_a_well_formed_output(text, family):
     _assert_well_formed(parse_objects(text, family))
@@ -564,8 +564,8 @@ def test_non_string_completions_never_raise(value):
 
 
 def test_unknown_family_is_a_value_error():
-    with pytest.raises(ValueError, match="unknown model family"):
-        parse_objects("[1, 2, 3, 4]", family="llava")
+    with pytest.raises(ValueError, match="unknown box_format"):
+        parse_objects("[1, 2, 3, 4]", box_format="llava")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -627,7 +627,7 @@ _LABEL = (
 
 @st.composite
 def scenes(draw):
-    family = draw(st.sampled_from(FAMILIES))
+    family = draw(st.sampled_from(BOX_FORMATS))
     height = draw(st.integers(1, 3000))
     width = draw(st.integers(max(1, math.ceil(height / 150)), min(3000, height * 150)))
     input_size = model_input_size((width, height), family)
@@ -654,7 +654,7 @@ def test_render_parse_convert_round_trips_within_quantization(scene, fence, hint
     assert out.valid is (bool(objects) or family != "qwen2_vl")
     assert not out.truncated and out.rejected == 0
     assert len(out.objects) == len(objects)
-    frame = family_frame(family)
+    frame = frame_of(family)
     frame_size = {"norm1000": (1000, 1000), "input": input_size}[frame]
     # Rounding to integers in the family's frame moves a coordinate by at most half a frame unit.
     tol = 0.5 * np.array([image_size[0] / frame_size[0], image_size[1] / frame_size[1]]) + 1e-6
@@ -673,18 +673,18 @@ def test_render_parse_convert_round_trips_within_quantization(scene, fence, hint
 def test_rendered_text_parses_the_same_under_every_family_hint(scene):
     family, image_size, input_size, objects = scene
     text = render_objects(objects, family, image_size, input_size)
-    results = [parse_objects(text, hint) for hint in (None, *FAMILIES)]
+    results = [parse_objects(text, hint) for hint in (None, *BOX_FORMATS)]
     assert all(r == results[0] for r in results)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_coco_box_round_trip_golden(family):
     image_size = (640, 480)
     input_size = model_input_size(image_size, family)
     gt = [64.3, 24.7, 192.2, 71.9]
     text = render_objects([{"bbox_2d": gt, "label": "cat"}], family, image_size, input_size)
     parsed = parse_objects(text, family).objects[0]
-    back = convert_frame(parsed.bbox, family_frame(family), "pixels", image_size, input_size)
+    back = convert_frame(parsed.bbox, frame_of(family), "pixels", image_size, input_size)
     frame_w, frame_h = input_size if family == "qwen2_5_vl" else (1000, 1000)
     error = np.abs(back - gt)
     assert (error[0::2] <= 0.5 * 640 / frame_w + 1e-9).all() and (
@@ -807,7 +807,7 @@ def test_format_instruction_describes_each_familys_syntax_and_frame(task):
     assert '"bbox_2d": [x1, y1, x2, y2]' in qwen25 and "absolute pixel" in qwen25 and "0-1000" not in qwen25
     qwen3 = format_instruction("qwen3_vl", task)
     assert '"bbox_2d": [x1, y1, x2, y2]' in qwen3 and "0-1000" in qwen3
-    for family in FAMILIES:
+    for family in BOX_FORMATS:
         text = format_instruction(family, task)
         assert text.startswith("Answer with") and text.endswith(".") and "{" not in text.replace('{"', "")
 
@@ -819,14 +819,14 @@ def test_format_instruction_golden():
     )
 
 
-@pytest.mark.parametrize("family", [None, *FAMILIES])
+@pytest.mark.parametrize("family", [None, *BOX_FORMATS])
 def test_format_instruction_is_empty_for_ocr_and_without_a_family(family):
     assert format_instruction(family, "ocr") == ""
     assert format_instruction(None, "grounding") == ""
 
 
 def test_format_instruction_rejects_unknown_families_for_box_tasks():
-    with pytest.raises(ValueError, match="unknown model family"):
+    with pytest.raises(ValueError, match="unknown box_format"):
         format_instruction("llava", "grounding")
 
 

@@ -175,7 +175,7 @@ def test_usage_snippet_loads_the_model_with_transformers_and_parses_boxes():
     assert "Output the bounding box of" in usage  # the grounding prompt of Table 8
     assert "skip_special_tokens=False" in usage  # Qwen2-VL's box tokens must survive decoding
     assert 'parse_objects(answer, "qwen2_vl")' in usage
-    assert 'convert_frame(o.bbox, family_frame("qwen2_vl"), "pixels"' in usage
+    assert 'Frame.of("qwen2_vl", image.size, input_size)' in usage and ".to_pixels(frame)" in usage
 
 
 @pytest.mark.parametrize("task", ["grounding", "counting", "ocr", "detection"])

@@ -7,15 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trl_perception.boxes import FAMILIES
 from trl_perception.data.prompts import (
     COCO_CATEGORIES,
     DEFAULT_SYSTEM_PROMPT,
     TASK_TEMPLATES,
-    TASKS,
     build_prompt,
 )
 from trl_perception.formats import format_instruction
+from trl_perception.frames import BOX_FORMATS, TASKS
 
 BOX_TASKS = ("grounding", "counting", "detection")
 FIELDS = {
@@ -110,7 +109,7 @@ def test_coco_categories_are_the_80_names_in_id_order():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 @pytest.mark.parametrize("task", BOX_TASKS)
 def test_box_format_appends_the_familys_instruction(family, task):
     base = prompt_text(build_prompt(task, **FIELDS[task]))
@@ -136,7 +135,7 @@ def test_box_format_golden_for_qwen2_5_vl_detection():
     )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_ocr_gets_no_format_instruction(family):
     assert prompt_text(build_prompt("ocr", box_format=family)) == "OCR this image."
 
@@ -148,7 +147,7 @@ def test_no_box_format_means_no_instruction():
 
 
 def test_unknown_box_format_is_a_value_error():
-    with pytest.raises(ValueError, match="unknown model family"):
+    with pytest.raises(ValueError, match="unknown box_format"):
         build_prompt("grounding", box_format="llava", question="dog")
 
 
@@ -220,7 +219,7 @@ def test_extra_fields_are_ignored():
     assert prompt_text(build_prompt("ocr", question="unused")) == "OCR this image."
 
 
-@given(question=st.text(max_size=50), family=st.sampled_from([None, *FAMILIES]))
+@given(question=st.text(max_size=50), family=st.sampled_from([None, *BOX_FORMATS]))
 def test_field_values_are_inserted_verbatim_even_with_braces(question, family):
     text = prompt_text(build_prompt("grounding", box_format=family, question=question))
     assert text.startswith(f"Output the bounding box of the {question} in the image.")

@@ -28,7 +28,7 @@ ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 DEMO = RECIPES / "demo" / "config_demo.yaml"
 
 TASKS = ("grounding", "counting", "ocr", "detection")
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+BOX_FORMATS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 # The folder a recipe lives in names its base model, whose family fixes the box format.
 MODEL_FAMILY = {
     "Qwen2-VL-2B-Instruct": "qwen2_vl",
@@ -95,7 +95,7 @@ def test_recipe_parses_and_names_only_existing_things(path):
 
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
-    assert training_args.box_format in ("auto", *FAMILIES)
+    assert training_args.box_format in ("auto", *BOX_FORMATS)
     assert script_args.task in (*TASKS, "mixed")
 
     if script_args.task == "mixed":

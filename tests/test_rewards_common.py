@@ -5,12 +5,11 @@ ground-truth caching within a GRPO group, empty answers and label normalisation.
 import numpy as np
 import pytest
 
-from trl_perception.boxes import convert_frame, model_input_size
+from trl_perception.frames import Frame, convert_frame, model_input_size
 from trl_perception.rewards._common import (
     MalformedSolution,
     SolutionCache,
     frame_for,
-    frames_to_image,
     is_empty_answer,
     normalize_label,
 )
@@ -20,7 +19,7 @@ from trl_perception.rewards._common import (
 
 def test_frame_maps_qwen2_vl_0_1000_to_pixels_and_clips():
     frame = frame_for("qwen2_vl", [640, 480], None)
-    assert frame.to_image(np.array([[0, 0, 500, 500], [-10, -10, 2000, 2000]])).tolist() == [
+    assert frame.to_pixels(np.array([[0, 0, 500, 500], [-10, -10, 2000, 2000]])).tolist() == [
         [0, 0, 320, 240],
         [0, 0, 640, 480],
     ]
@@ -31,23 +30,23 @@ def test_frame_for_qwen2_5_vl_defaults_to_the_released_pixel_limits():
     expected = convert_frame(
         [644, 476], "input", "pixels", (640, 480), model_input_size((640, 480), "qwen2_5_vl")
     )
-    assert frame.to_image(np.array([644.0, 476.0])).tolist() == pytest.approx(expected.tolist())
+    assert frame.to_pixels(np.array([644.0, 476.0])).tolist() == pytest.approx(expected.tolist())
 
 
 def test_frame_without_columns_keeps_coordinates_as_written():
     frame = frame_for(None, None, None)
-    assert frame.to_image(np.array([[-5.0, 1, 5000, 2]])).tolist() == [[-5.0, 1, 5000, 2]]
+    assert frame.to_pixels(np.array([[-5.0, 1, 5000, 2]])).tolist() == [[-5.0, 1, 5000, 2]]
 
 
-def test_frames_to_image_matches_rowwise_conversion():
+def test_stack_to_pixels_matches_rowwise_conversion():
     frames = [
         frame_for("qwen2_vl", [640, 480], None),
         frame_for(None, None, None),
         frame_for(None, [10, 10], None),
     ]
     coords = np.array([[100.0, 100, 2000, 900], [-5, -5, 50, 50], [-5, -5, 50, 50]])
-    expected = [f.to_image(c).tolist() for f, c in zip(frames, coords)]
-    assert frames_to_image(coords, frames).tolist() == expected
+    expected = [f.to_pixels(c).tolist() for f, c in zip(frames, coords)]
+    assert Frame.stack_to_pixels(coords, frames).tolist() == expected
 
 
 def test_norm1000_of_pixels():

@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, token_soup
-from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
+from trl_perception.frames import model_input_size
 from trl_perception.rewards import _common, detection_reward, get_reward, make_detection_reward
 
 CAT = {"bbox_2d": [0, 0, 10, 10], "label": "cat"}

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests._helpers import QWEN2_VL_TOKENS, token_soup
-from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
+from trl_perception.frames import model_input_size
 from trl_perception.rewards import format_reward, json_format_reward, qwen2_vl_format_reward
 from trl_perception.rewards.format import is_json_answer, is_qwen2_vl_answer
 

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
-from trl_perception.boxes import model_input_size
 from trl_perception.formats import render_objects
+from trl_perception.frames import model_input_size
 from trl_perception.rewards import _common, get_reward, grounding_format_reward, iou_reward, make_iou_reward
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests._helpers import cpu_run_args
-from trl_perception.testing import FAMILIES, QWEN_SPECIAL_TOKENS, build_tiny_vlm, tiny_vlm
+from trl_perception.frames import BOX_FORMATS
+from trl_perception.testing import QWEN_SPECIAL_TOKENS, build_tiny_vlm, tiny_vlm
 
 MODEL_CLASS = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -26,7 +27,7 @@ PROCESSOR_CLASS = {
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Find the red circle."}]}]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=BOX_FORMATS)
 def family(request):
     return request.param
 
@@ -44,7 +45,7 @@ def off_grid_image(width=150, height=97):
 
 
 def test_families_are_the_three_qwen_vl_generations():
-    assert FAMILIES == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+    assert BOX_FORMATS == ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def test_build_saves_a_checkpoint_that_auto_classes_reload(family, tmp_path):

@@ -16,8 +16,9 @@ from trl_perception.data.common import fit_dataset_to_grid, rows_to_dataset
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
 from trl_perception.formats import parse_objects, render_objects
+from trl_perception.frames import BOX_FORMATS
 from trl_perception.rewards import count_reward, detection_reward, iou_reward, ocr_reward
-from trl_perception.testing import FAMILIES, tiny_vlm
+from trl_perception.testing import tiny_vlm
 from trl_perception.trainer import (
     PerceptionGRPOConfig,
     PerceptionGRPOTrainer,
@@ -136,7 +137,7 @@ def test_a_plain_grpo_config_is_refused_with_a_hint(tmp_path):
 # --------------------------------------------------------------------------------------------- frames
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_family_is_detected_from_the_model_path_and_from_the_model_object(family, tmp_path):
     from transformers import AutoModelForImageTextToText
 
@@ -164,7 +165,7 @@ def test_explicit_box_format_overrides_detection(tmp_path):
     assert trainer.patch_factor == 28  # the grid is still the Qwen2.5-VL processor's
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 def test_ground_truth_in_the_model_frame_scores_iou_one_and_in_another_frame_low(family, tmp_path):
     # off the patch grid and far above max_pixels, so the processor must resize
     dataset = grounding_dataset([(1000, 600), (990, 610)], [(200, 120, 800, 480), (100, 50, 700, 500)])
@@ -354,7 +355,7 @@ def test_vllm_serve_args_carry_the_resolved_limits(tmp_path):
 
 def test_vllm_serve_args_fill_missing_limits_from_the_family_defaults(tmp_path):
     args = make_args(tmp_path, max_pixels=None)
-    assert json.loads(vllm_serve_args(args, family="qwen3_vl")[1]) == {
+    assert json.loads(vllm_serve_args(args, box_format="qwen3_vl")[1]) == {
         "min_pixels": 65536,
         "max_pixels": 16777216,
     }

@@ -8,8 +8,9 @@ import torch
 
 from tests._helpers import cpu_run_args
 from trl_perception.data.synthetic import make_synthetic
+from trl_perception.frames import BOX_FORMATS
 from trl_perception.rewards import iou_reward
-from trl_perception.testing import FAMILIES, tiny_vlm
+from trl_perception.testing import tiny_vlm
 from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def trainable(model):
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", BOX_FORMATS)
 @pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
 def test_a_few_steps_move_the_trainable_weights(family, mode, dataset, tmp_path):
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig

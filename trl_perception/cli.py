@@ -8,10 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .frames import BOX_FORMATS
+
 __all__ = ["build_parser", "main"]
 
 _OFFLINE_HINT = "Set HF_HUB_OFFLINE=1 to stay offline; every subcommand works on local files."
-_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # trl_perception.testing.FAMILIES, without its imports
 
 
 def _positive_int(text: str) -> int:
@@ -137,7 +138,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     prev.add_argument(
         "--box-format",
         default=None,
-        choices=_FAMILIES,
+        choices=BOX_FORMATS,
         help="Model family: its prompt format, and images resized to its patch grid as training sees them.",
     )
     prev.add_argument("--min-pixels", type=_positive_int, default=None, help="Smallest image area (with --box-format).")

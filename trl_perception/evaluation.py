@@ -15,46 +15,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._json import unquote_text
-from .boxes import (
-    FAMILIES,
-    convert_frame,
+from .boxes import paired_box_iou
+from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
+from .frames import (
+    BOX_FORMATS,
+    TASKS,
+    Frame,
+    box_format_of,
+    check_box_format,
     default_pixel_limits,
-    family_frame,
     model_input_size,
-    paired_box_iou,
 )
-from .formats import DetectedObject, parse_count, parse_objects, strip_wrappers
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_NEW_TOKENS",
-    "TASKS",
     "EvaluationResult",
     "GenerationRequest",
     "add_eval_arguments",
     "build_coco_ground_truth",
     "evaluate",
     "flatten_metrics",
-    "resolve_family",
     "run_eval_from_args",
     "unwrap_model",
     "vllm_engine_kwargs",
     "vllm_sampling_kwargs",
 ]
 
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096}
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
-# config.model_type -> family
-_MODEL_TYPES = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
-}
 _VLLM_MIN_CHUNK = 256
 
 
@@ -134,48 +126,18 @@ def flatten_metrics(metrics: Mapping[str, Mapping[str, Any]], prefix: str = "") 
 # Families, pixel limits, models
 
 
-def resolve_family(model: Any = None, box_format: str | None = "auto") -> str | None:
-    """The model family whose output format and coordinate frame an evaluation uses.
-
-    An explicit `box_format` wins; with `"auto"` (or `None`) it is read from the model: a checkpoint
-    path, a model (or its `config`), a PEFT-wrapped model. Returns `None` when the family cannot be told
-    (rows' own `box_format` column is then used by `evaluate`).
-
-    Example:
-    ```python
-    >>> resolve_family(box_format="qwen3_vl")
-    'qwen3_vl'
-    >>> from types import SimpleNamespace
-    >>> resolve_family(SimpleNamespace(config=SimpleNamespace(model_type="qwen2_5_vl")))
-    'qwen2_5_vl'
-    >>> resolve_family(None) is None
-    True
-
-    ```
-    """
-    if box_format not in (None, "auto"):
-        if box_format not in FAMILIES:
-            raise ValueError(f"unknown box_format {box_format!r}; expected 'auto' or one of {FAMILIES}")
-        return box_format
+def _model_box_format(model: Any) -> str | None:
+    """The box format of a model object, a local checkpoint or a Hub id; `None` when it cannot be told."""
     if model is None:
         return None
-    config = None
-    if isinstance(model, (str, os.PathLike)):
+    if isinstance(model, (str, os.PathLike)) and not os.path.isdir(model):
         try:
-            from transformers import AutoConfig
+            from transformers import AutoConfig  # a Hub id: its config.json is fetched (or read from cache)
 
-            config = AutoConfig.from_pretrained(os.fspath(model))
-        except Exception:  # noqa: BLE001 - an unreadable config only means "family unknown"
+            model = AutoConfig.from_pretrained(os.fspath(model))
+        except Exception:  # noqa: BLE001 - an unreadable config only means "box format unknown"
             return None
-    else:
-        model = unwrap_model(model)
-        if hasattr(model, "get_base_model"):  # PEFT
-            model = model.get_base_model()
-        config = getattr(model, "config", None)
-        if config is None and hasattr(model, "model_type"):
-            config = model
-    model_type = getattr(config, "model_type", None)
-    return _MODEL_TYPES.get(model_type) if isinstance(model_type, str) else None
+    return box_format_of(model if isinstance(model, (str, os.PathLike)) else unwrap_model(model))
 
 
 def unwrap_model(model: Any) -> Any:
@@ -636,21 +598,14 @@ def _choose_backend(backend: str, model: Any) -> str:
 # Scoring
 
 
-def _objects_to_pixels(
-    objects: Sequence[DetectedObject],
-    family: str | None,
-    image_size: Sequence[int],
-    input_size: Sequence[int],
-) -> list[dict[str, Any]]:
-    """Parsed objects in the family's frame -> dicts in original-image pixels (unrounded)."""
-    frame = family_frame(family) if family else "pixels"
+def _objects_to_pixels(parsed: ParsedOutput, frame: Frame) -> list[dict[str, Any]]:
+    """Parsed objects in the frame's box format -> dicts in original-image pixels (unrounded, unclipped)."""
     out = []
-    for obj in objects:
+    for obj in parsed.to_pixels(frame, clip=False).objects:
         key, coords = ("bbox_2d", obj.bbox) if obj.bbox is not None else ("point_2d", obj.point)
         if coords is None:
             continue
-        mapped = convert_frame(list(coords), frame, "pixels", image_size, input_size).tolist()
-        item: dict[str, Any] = {key: mapped}
+        item: dict[str, Any] = {key: list(coords)}
         if obj.label is not None:
             item["label"] = obj.label
         out.append(item)
@@ -685,7 +640,7 @@ def _score_row(request: GenerationRequest, solution: Any, text: str) -> _Scored:
         record.update(prediction=prediction, valid=bool(prediction), truncated=False, solution=solution)
         return _Scored(record, prediction)
     parsed = parse_objects(text, family)
-    objects = _objects_to_pixels(parsed.objects, family, request.image_size, request.input_size)
+    objects = _objects_to_pixels(parsed, Frame.of(family, request.image_size, request.input_size))
     record.update(
         objects=_rounded(objects), valid=parsed.valid, truncated=parsed.truncated, solution=solution
     )
@@ -925,7 +880,7 @@ def evaluate(
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
     as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when
     decoding), boxes and points are mapped from the family's frame (0–1000 for Qwen2-VL / Qwen3-VL, input
-    pixels for Qwen2.5-VL) to original pixels (`boxes.convert_frame`), and scored per task:
+    pixels for Qwen2.5-VL) to original pixels (`frames.Frame`), and scored per task:
 
     * grounding: `metrics.grounding_metrics` on the first predicted box (none → IoU 0);
     * counting: `metrics.counting_metrics` on `formats.parse_count` (number of objects listed);
@@ -985,7 +940,9 @@ def evaluate(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model_family = resolve_family(model, box_format)
+    if box_format not in (None, "auto"):
+        check_box_format(box_format)
+    model_family = box_format if box_format not in (None, "auto") else _model_box_format(model)
     if generate_fn is None and model is None:
         raise ValueError("evaluate() needs a model (a path or a loaded model) or a generate_fn")
 
@@ -1050,7 +1007,7 @@ def evaluate(
     with tqdm(total=total, disable=not progress, desc="evaluate", unit="row") as bar:
         for index, row in enumerate(dataset):
             row_family = row.get("box_format") if isinstance(row.get("box_format"), str) else None
-            family = model_family or (row_family if row_family in FAMILIES else None)
+            family = model_family or (row_family if row_family in BOX_FORMATS else None)
             if model_family and row_family and row_family != model_family and not mismatch_warned:
                 mismatch_warned = True
                 warnings.warn(
@@ -1153,7 +1110,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         metavar="KEY=VALUE",
         help="extra builder argument (repeatable); VALUE is read as JSON when it parses, else as text",
     )
-    parser.add_argument("--box-format", default="auto", choices=["auto", *FAMILIES], help="model family")
+    parser.add_argument("--box-format", default="auto", choices=["auto", *BOX_FORMATS], help="box format (model family)")
     parser.add_argument("--min-pixels", type=int, default=None)
     parser.add_argument("--max-pixels", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -1221,7 +1178,7 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
 
     ```
     """
-    family = resolve_family(args.model, args.box_format)
+    family = args.box_format if args.box_format != "auto" else _model_box_format(args.model)
     dataset = _build_dataset(args.task, args.source, family, args)
     generation_kwargs = json.loads(args.generation_kwargs) if args.generation_kwargs else None
     result = evaluate(

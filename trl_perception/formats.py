@@ -1,7 +1,7 @@
 """Model output formats: parse completions into boxes, points and labels, and render ground truth into
-each model family's text.
+each model family's text (its `box_format`).
 
-| family | syntax | frame |
+| `box_format` | syntax | frame |
 |---|---|---|
 | `qwen2_vl` | `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>` | 0–1000 |
 | `qwen2_5_vl` | JSON `[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]` or `"point_2d": [x, y]` | resized-input pixels |
@@ -9,7 +9,8 @@ each model family's text.
 
 Parsing never evaluates text, rejects NaN/inf/huge numbers, and runs in time linear in the input: every
 regular expression here is free of nested quantifiers, and JSON decoding is attempted at a bounded number
-of positions. Parsed coordinates are returned as written; frame conversion is `boxes.convert_frame`.
+of positions. Parsed coordinates are returned as written; `ParsedOutput.to_pixels` maps them to
+original pixels with a `frames.Frame`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .boxes import FAMILIES, convert_frame, family_frame
+from .frames import Frame, check_box_format, convert_frame, frame_of
 
 __all__ = [
     "MAX_ABS_COORD",
@@ -100,6 +101,26 @@ class ParsedOutput:
     def empty(self) -> bool:
         """No object was read."""
         return not self.objects
+
+    def to_pixels(self, frame: Frame, clip: bool = True) -> ParsedOutput:
+        """The same objects with boxes and points mapped from `frame`'s box format into original-image
+        pixels (clipped to the image unless `clip=False`).
+
+        Example:
+        ```python
+        >>> from trl_perception.frames import Frame
+        >>> parsed = parse_objects('[{"bbox_2d": [100, 50, 300, 150], "label": "dog"}]', "qwen3_vl")
+        >>> parsed.to_pixels(Frame.of("qwen3_vl", image_size=(640, 480))).objects[0].bbox
+        (64.0, 24.0, 192.0, 72.0)
+
+        ```
+        """
+        objects = []
+        for obj in self.objects:
+            bbox = tuple(frame.to_pixels(obj.bbox, clip).tolist()) if obj.bbox is not None else None
+            point = tuple(frame.to_pixels(obj.point, clip).tolist()) if obj.point is not None else None
+            objects.append(DetectedObject(bbox=bbox, point=point, label=obj.label))
+        return ParsedOutput(objects=objects, valid=self.valid, truncated=self.truncated, rejected=self.rejected)
 
 
 def completion_text(completion: Any) -> str:
@@ -402,7 +423,7 @@ def _parse_plain(text: str) -> ParsedOutput | None:
     return None
 
 
-def parse_objects(text: Any, family: str | None = None) -> ParsedOutput:
+def parse_objects(text: Any, box_format: str | None = None) -> ParsedOutput:
     """Parse a completion into objects (boxes or points, with labels), never raising.
 
     Understood, in this order: Qwen2-VL box tokens; JSON (a list of `{"bbox_2d": …, "label": …}` /
@@ -413,7 +434,7 @@ def parse_objects(text: Any, family: str | None = None) -> ParsedOutput:
 
     Args:
         text (`str` or TRL conversational completion): the model output.
-        family (`str`, *optional*): a family name; `"qwen2_vl"` tries box tokens first, the others JSON
+        box_format (`str`, *optional*): one of `frames.BOX_FORMATS`; `"qwen2_vl"` tries box tokens first, the others JSON
             first. Coordinates are returned as written either way.
 
     Returns:
@@ -434,8 +455,8 @@ def parse_objects(text: Any, family: str | None = None) -> ParsedOutput:
 
     ```
     """
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    if box_format is not None:
+        check_box_format(box_format)
     try:
         raw = text if isinstance(text, str) else completion_text(text)
         body = strip_wrappers(raw)
@@ -444,14 +465,14 @@ def parse_objects(text: Any, family: str | None = None) -> ParsedOutput:
             fast = _parse_exact_json_list(body)
             if fast is not None:
                 return fast
-        return _parse_general(raw, body, family)
+        return _parse_general(raw, body, box_format)
     except Exception:  # noqa: BLE001 - a parser must never take a training run down
         return ParsedOutput()
 
 
-def _parse_general(raw: str, body: str, family: str | None) -> ParsedOutput:
-    """Every syntax, in the family's order of likelihood; the first valid reading wins."""
-    if family in ("qwen2_5_vl", "qwen3_vl") and "<|box_start|>" not in raw:
+def _parse_general(raw: str, body: str, box_format: str | None) -> ParsedOutput:
+    """Every syntax, in the box format's order of likelihood; the first valid reading wins."""
+    if box_format in ("qwen2_5_vl", "qwen3_vl") and "<|box_start|>" not in raw:
         order = (_parse_json, _parse_special_tokens, _parse_plain)
     else:
         order = (_parse_special_tokens, _parse_json, _parse_plain)
@@ -470,7 +491,7 @@ def _parse_general(raw: str, body: str, family: str | None) -> ParsedOutput:
 _COUNT_RE = re.compile(r"^\D{0,200}?(\d{1,6})\D{0,200}$")
 
 
-def parse_count(text: Any, family: str | None = None) -> int | None:
+def parse_count(text: Any, box_format: str | None = None) -> int | None:
     """Number of objects a completion reports: the objects it lists, else a lone integer in the text.
 
     Returns `None` when nothing countable is found; an explicit empty list counts as 0.
@@ -482,7 +503,7 @@ def parse_count(text: Any, family: str | None = None) -> int | None:
 
     ```
     """
-    parsed = parse_objects(text, family)
+    parsed = parse_objects(text, box_format)
     if parsed.objects or parsed.valid:
         return len(parsed.objects)
     body = strip_wrappers(text if isinstance(text, str) else completion_text(text))
@@ -505,7 +526,7 @@ def _fmt_number(value: float) -> str:
 
 def render_objects(
     objects: Iterable[Any],
-    family: str,
+    box_format: str,
     image_size: Sequence[float],
     input_size: Sequence[float] | None = None,
     *,
@@ -515,13 +536,13 @@ def render_objects(
     prompts and tests).
 
     Objects are `{"bbox_2d": [...], "label": ...}` / `{"point_2d": [...], "label": ...}` dicts,
-    `DetectedObject`s, or bare `[x1, y1, x2, y2]` lists. Coordinates are converted into the family's frame
+    `DetectedObject`s, or bare `[x1, y1, x2, y2]` lists. Coordinates are converted into the box format's frame
     and rounded to integers; consecutive objects with the same label share one Qwen2-VL object reference,
     as in Perception-R1's counting format.
 
     Args:
         objects: the objects, in original pixels of an image of `image_size = [width, height]`.
-        family (`str`): `"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`.
+        box_format (`str`): `"qwen2_vl"`, `"qwen2_5_vl"` or `"qwen3_vl"`.
         input_size (`[width, height]`, *optional*): the processor-resized size; required for `"qwen2_5_vl"`.
         fence (`bool`): wrap JSON in a ```` ```json ```` fence, as the Qwen chat models do.
 
@@ -534,9 +555,9 @@ def render_objects(
 
     ```
     """
-    frame = family_frame(family)
+    frame = frame_of(box_format)
     if frame == "input" and input_size is None:
-        raise ValueError(f"rendering for {family!r} needs input_size, the processor-resized [width, height]")
+        raise ValueError(f"rendering for {box_format!r} needs input_size, the processor-resized [width, height]")
     items = []
     for obj in objects:
         box, point, label = _object_fields(obj)
@@ -545,7 +566,7 @@ def render_objects(
             continue
         converted = convert_frame(list(coords), "pixels", frame, image_size, input_size)
         items.append(([_fmt_number(v) for v in converted], box is not None, label))
-    if family == "qwen2_vl":
+    if box_format == "qwen2_vl":
         parts, previous = [], object()
         for values, is_box, label in items:
             if label is not None and label != previous:
@@ -581,9 +602,9 @@ _INSTRUCTIONS = {
 _WHAT = {"grounding": "object", "counting": "object", "detection": "object"}
 
 
-def format_instruction(family: str | None, task: str) -> str:
-    """The sentence that tells a family's model which output format the rewards parse; `""` for OCR (plain
-    text) or when no family is given.
+def format_instruction(box_format: str | None, task: str) -> str:
+    """The sentence that tells a model which output format the rewards parse; `""` for OCR (plain
+    text) or when no box_format is given.
 
     Example:
     ```python
@@ -594,8 +615,7 @@ def format_instruction(family: str | None, task: str) -> str:
 
     ```
     """
-    if family is None or task not in _WHAT:
+    if box_format is None or task not in _WHAT:
         return ""
-    if family not in _INSTRUCTIONS:
-        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
-    return _INSTRUCTIONS[family].format(what=_WHAT[task])
+    check_box_format(box_format)
+    return _INSTRUCTIONS[box_format].format(what=_WHAT[task])

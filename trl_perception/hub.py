@@ -231,12 +231,12 @@ def build_model_card(
             "Parse the answer and map boxes back to original image pixels with trl-perception:",
             "",
             "```python",
-            "from trl_perception.boxes import convert_frame, family_frame, model_input_size",
             "from trl_perception.formats import parse_objects",
+            "from trl_perception.frames import Frame, model_input_size",
             "",
-            f'objects = parse_objects(answer, "{box_format}").objects',
             f'input_size = model_input_size(image.size, "{box_format}")  # pass your min/max_pixels',
-            f'boxes = [convert_frame(o.bbox, family_frame("{box_format}"), "pixels", image.size, input_size) for o in objects if o.bbox]',
+            f'frame = Frame.of("{box_format}", image.size, input_size)',
+            f'boxes = [o.bbox for o in parse_objects(answer, "{box_format}").to_pixels(frame).objects if o.bbox]',
             "```",
         ]
     if extra_text:

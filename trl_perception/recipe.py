@@ -167,7 +167,7 @@ def _builder_options(task: str, source: str) -> set[str] | None:
 
 
 def _entry_problems(where: str, task: Any, source: Any, kwargs: Any, split: Any = None, image_dir: Any = None) -> list:
-    from .data.prompts import TASKS
+    from .frames import TASKS
 
     if task not in TASKS:
         return [f"{where}: unknown task {task!r}; expected one of {', '.join(TASKS)}"]
@@ -231,7 +231,7 @@ def check_script_args(script_args: PerceptionScriptArguments) -> None:
 
     ```
     """
-    from .data.prompts import TASKS
+    from .frames import TASKS
     from .rewards import get_reward, list_rewards
 
     problems: list[str] = []

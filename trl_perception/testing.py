@@ -11,7 +11,7 @@ import random
 import tempfile
 from typing import Any
 
-FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from .frames import BOX_FORMATS, check_box_format
 
 # Qwen's special tokens in Qwen's own order; training puts them at ids 0..13.
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -244,7 +244,7 @@ def _resolve_overrides(family: str, overrides: dict[str, Any]) -> dict[str, Any]
         del overrides["dtype"]
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        other_families = [f for f in FAMILIES if f != family and set(unknown) <= set(_FAMILY_DEFAULTS[f])]
+        other_families = [f for f in BOX_FORMATS if f != family and set(unknown) <= set(_FAMILY_DEFAULTS[f])]
         hint = f" (only valid for {', '.join(other_families)})" if other_families else ""
         raise TypeError(
             f"build_tiny_vlm() got unexpected override(s) {unknown} for family {family!r}{hint}; "
@@ -436,7 +436,7 @@ def _build_processor(family: str, cfg: dict[str, Any], tokenizer):
     )
 
 
-def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0, **overrides: Any) -> str:
+def build_tiny_vlm(box_format: str, output_dir: str | os.PathLike, *, seed: int = 0, **overrides: Any) -> str:
     r"""Builds and saves a tiny random Qwen-VL checkpoint with its processor, entirely offline.
 
     The default model has a 2-layer text decoder (hidden 64, 4 heads, 2 KV heads, M-RoPE ``[4, 2, 2]``), a
@@ -447,8 +447,8 @@ def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0,
     ``qwen3_vl`` whose patch is 16). The weights depend only on ``seed``; the global torch RNG is untouched.
 
     Args:
-        family (`str`):
-            One of `FAMILIES`: ``"qwen2_vl"``, ``"qwen2_5_vl"`` or ``"qwen3_vl"``.
+        box_format (`str`):
+            The model family, one of `frames.BOX_FORMATS`: ``"qwen2_vl"``, ``"qwen2_5_vl"`` or ``"qwen3_vl"``.
         output_dir (`str` or `os.PathLike`):
             Directory to write into (created if needed). Reload with
             ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained``.
@@ -487,8 +487,7 @@ def build_tiny_vlm(family: str, output_dir: str | os.PathLike, *, seed: int = 0,
 
     ```
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    family = check_box_format(box_format)
     cfg = _resolve_overrides(family, overrides)
     dtype = _torch_dtype(cfg["torch_dtype"])
 
@@ -516,14 +515,14 @@ _KEEP_ALIVE: list[tempfile.TemporaryDirectory] = []
 
 
 @functools.cache
-def tiny_vlm(family: str, seed: int = 0) -> str:
+def tiny_vlm(box_format: str, seed: int = 0) -> str:
     """Path of a default `build_tiny_vlm` checkpoint, built once per process into a temporary directory.
 
     Use it wherever many tests or a demo need the same tiny model; do not write into the returned directory.
 
     Args:
-        family (`str`):
-            One of `FAMILIES`.
+        box_format (`str`):
+            The model family, one of `frames.BOX_FORMATS`.
         seed (`int`, *optional*, defaults to ``0``):
             Seed of the weight initialisation.
 
@@ -540,8 +539,7 @@ def tiny_vlm(family: str, seed: int = 0) -> str:
 
     ```
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    family = check_box_format(box_format)
     # Lives until interpreter exit; TemporaryDirectory's finalizer removes it then.
     tmp = tempfile.TemporaryDirectory(prefix=f"tiny-{family}-")
     _KEEP_ALIVE.append(tmp)

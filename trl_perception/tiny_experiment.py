@@ -193,9 +193,9 @@ def make_setting_data(
 
     ```
     """
-    from .boxes import model_input_size
     from .data.synthetic import make_synthetic
     from .formats import render_objects
+    from .frames import model_input_size
 
     spec = _setting(setting)
     size = IMAGE_SIZE if family != "qwen3_vl" else 128
@@ -571,10 +571,10 @@ def generate(
 
 
 def _to_pixels(box: Sequence[float], row: dict[str, Any]) -> list[float]:
-    from .boxes import convert_frame, family_frame
+    from .frames import Frame
 
-    frame = family_frame(row["box_format"])
-    return [float(v) for v in convert_frame(list(box), frame, "pixels", row["image_size"], row["input_size"])]
+    frame = Frame.of(row["box_format"], row["image_size"], row["input_size"])
+    return [float(v) for v in frame.to_pixels(list(box), clip=False)]
 
 
 def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence[str]) -> dict[str, float]:

@@ -18,35 +18,30 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from .boxes import FAMILIES, convert_frame, default_pixel_limits, family_frame, patch_factor
+from .data.common import RecordError, read_image_size, scale_solution
 from .formats import completion_text, parse_objects, strip_wrappers
+from .frames import (
+    BOX_FORMATS,
+    BOX_TASKS,
+    TASKS,
+    Frame,
+    box_format_of,
+    check_box_format,
+    default_pixel_limits,
+    fit_to_grid,
+    grid_size,
+    patch_factor,
+    resolve_box_format,
+)
 
 __all__ = [
-    "BOX_TASKS",
-    "MODEL_TYPE_FAMILIES",
-    "TASKS",
     "VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS",
     "PerceptionGRPOConfig",
     "PerceptionGRPOTrainer",
-    "resolve_box_format",
     "vllm_serve_args",
 ]
 
 logger = logging.getLogger("trl_perception.trainer")
-
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
-"""The `task` values the row contract allows."""
-
-BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection")
-"""Tasks whose answers are boxes or points (parsed for the observability metrics)."""
-
-MODEL_TYPE_FAMILIES: dict[str, str] = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "qwen3_vl_moe": "qwen3_vl",
-}
-"""`config.model_type` → box-format family, for `box_format="auto"`."""
 
 VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS = 4096
 """The `max_num_batched_tokens` TRL 1.16 hard-codes when it builds `vllm.LLM` in colocate mode. One image
@@ -116,7 +111,7 @@ class PerceptionGRPOConfig(GRPOConfig):
         metadata={
             "help": "Model family whose output syntax and coordinate frame the rewards use: 'qwen2_vl', "
             "'qwen2_5_vl' or 'qwen3_vl'. 'auto' reads it from the model config's model_type.",
-            "choices": ["auto", *FAMILIES],
+            "choices": ["auto", *BOX_FORMATS],
         },
     )
     min_pixels: int | None = field(
@@ -170,8 +165,7 @@ class PerceptionGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        if self.box_format != "auto" and self.box_format not in FAMILIES:
-            raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {self.box_format!r}")
+        check_box_format(self.box_format, allow_auto=True)
         for name in ("min_pixels", "max_pixels", "max_image_tokens", "vllm_max_num_batched_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
@@ -185,77 +179,29 @@ class PerceptionGRPOConfig(GRPOConfig):
         super().__post_init__()
 
 
-def resolve_box_format(box_format: str, model_or_config: Any) -> str:
-    """The box-format family for a model: `box_format` itself when it names a family, else (`"auto"`) the
-    family of the model config's `model_type`.
-
-    Args:
-        box_format (`str`): `"auto"` or a family name.
-        model_or_config: a model (also a PEFT model), its config, or anything with a `model_type`; only read
-            for `"auto"`.
-
-    Returns:
-        `str`: one of `"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`.
-
-    Example:
-    ```python
-    >>> from types import SimpleNamespace
-    >>> resolve_box_format("auto", SimpleNamespace(model_type="qwen2_5_vl"))
-    'qwen2_5_vl'
-    >>> resolve_box_format("qwen3_vl", None)
-    'qwen3_vl'
-    >>> resolve_box_format("auto", SimpleNamespace(model_type="llava"))
-    Traceback (most recent call last):
-    ...
-    ValueError: box_format='auto' cannot tell the output format of model_type 'llava'; known: ['qwen2_5_vl', 'qwen2_vl', 'qwen3_vl', 'qwen3_vl_moe']. Set PerceptionGRPOConfig.box_format to one of ('qwen2_vl', 'qwen2_5_vl', 'qwen3_vl').
-
-    ```
-    """
-    if box_format in FAMILIES:
-        return box_format
-    if box_format != "auto":
-        raise ValueError(f"box_format must be 'auto' or one of {FAMILIES}, got {box_format!r}")
-    model_type = _model_type(model_or_config)
-    if model_type in MODEL_TYPE_FAMILIES:
-        return MODEL_TYPE_FAMILIES[model_type]
-    raise ValueError(
-        f"box_format='auto' cannot tell the output format of model_type {model_type!r}; known: "
-        f"{sorted(MODEL_TYPE_FAMILIES)}. Set PerceptionGRPOConfig.box_format to one of {FAMILIES}."
-    )
-
-
-def _model_type(model_or_config: Any) -> str | None:
-    model_type = getattr(model_or_config, "model_type", None)
-    if isinstance(model_type, str):
-        return model_type
-    config = getattr(model_or_config, "config", None)
-    model_type = getattr(config, "model_type", None)
-    return model_type if isinstance(model_type, str) else None
-
-
-def vllm_serve_args(args: PerceptionGRPOConfig, family: str | None = None) -> list[str]:
+def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -> list[str]:
     """Extra arguments for `trl vllm-serve` (or `vllm serve`) so that a vLLM server preprocesses images with
     the trainer's pixel limits: `--mm-processor-kwargs '{"min_pixels": ..., "max_pixels": ...}'`, plus
     `--max-num-batched-tokens` when `vllm_max_num_batched_tokens` is set.
 
-    Limits come from `args`; a limit left `None` there is the checkpoint default of `family` (or of
+    Limits come from `args`; a limit left `None` there is the checkpoint default of `box_format` (or of
     `args.box_format`). [`PerceptionGRPOTrainer.vllm_serve_args`] gives the arguments for the limits the
     trainer actually resolved from its processor.
 
     Example:
     ```python
     >>> args = PerceptionGRPOConfig("out", max_pixels=1003520, use_cpu=True, report_to="none")
-    >>> vllm_serve_args(args, family="qwen2_5_vl")
+    >>> vllm_serve_args(args, box_format="qwen2_5_vl")
     ['--mm-processor-kwargs', '{"min_pixels": 3136, "max_pixels": 1003520}']
 
     ```
     """
-    family = family if family is not None else (args.box_format if args.box_format in FAMILIES else None)
+    family = box_format if box_format is not None else (args.box_format if args.box_format in BOX_FORMATS else None)
     lo, hi = args.min_pixels, args.max_pixels
     if lo is None or hi is None:
         if family is None:
             raise ValueError(
-                "vllm_serve_args needs min_pixels and max_pixels in the config, or a family whose checkpoint "
+                "vllm_serve_args needs min_pixels and max_pixels in the config, or a box_format whose checkpoint "
                 "defaults fill the missing ones"
             )
         default_lo, default_hi = default_pixel_limits(family)
@@ -363,14 +309,14 @@ class PerceptionRowTransform:
     def __init__(
         self,
         box_format: str,
-        grid_family: str,
+        model_box_format: str,
         min_pixels: int,
         max_pixels: int,
         resize: bool = True,
         inner: Callable[[dict], dict] | None = None,
     ):
         self.box_format = box_format
-        self.grid_family = grid_family
+        self.model_box_format = model_box_format  # the model's own family: its processor's grid
         self.min_pixels = int(min_pixels)
         self.max_pixels = int(max_pixels)
         self.resize = bool(resize)
@@ -378,14 +324,10 @@ class PerceptionRowTransform:
 
     def grid_size(self, image_size: Sequence[int]) -> tuple[int, int]:
         """`(width, height)` the processor feeds an image of `image_size` at."""
-        from .data.common import grid_size_for
-
-        return grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+        return grid_size(image_size, self.model_box_format, self.min_pixels, self.max_pixels)
 
     def _fit(self, image: Any) -> Any:
-        from .data.common import fit_to_grid
-
-        return fit_to_grid(image, self.grid_family, self.min_pixels, self.max_pixels)
+        return fit_to_grid(image, self.model_box_format, self.min_pixels, self.max_pixels)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self.inner is not None:
@@ -430,8 +372,6 @@ class PerceptionRowTransform:
 
     @staticmethod
     def _scale(task: Any, solution: Any, frame: tuple[int, int], target: tuple[int, int]) -> Any:
-        from .data.common import scale_solution
-
         if solution is None or task == "ocr":
             return solution
         if task not in TASKS:
@@ -443,7 +383,7 @@ class PerceptionRowTransform:
 
     def __repr__(self) -> str:
         return (
-            f"PerceptionRowTransform({self.box_format!r}, grid={self.grid_family!r}, min_pixels="
+            f"PerceptionRowTransform({self.box_format!r}, model_box_format={self.model_box_format!r}, min_pixels="
             f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize})"
         )
 
@@ -527,7 +467,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
         model_config = self._model_config(model, args)
         self.box_format = resolve_box_format(args.box_format, model_config)
-        self.grid_family = MODEL_TYPE_FAMILIES.get(_model_type(model_config) or "", self.box_format)
+        self.model_box_format = box_format_of(model_config) or self.box_format
         processing_class = self._prepare_processor(model, model_config, processing_class, args)
         self.min_pixels, self.max_pixels = self._pixel_limits(processing_class)
         self.patch_factor = self._check_patch_factor(processing_class)
@@ -648,11 +588,11 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         factor = int(getattr(image_processor, "patch_size", 0) or 0) * int(
             getattr(image_processor, "merge_size", 0) or 0
         )
-        expected = patch_factor(self.grid_family)
+        expected = patch_factor(self.model_box_format)
         if factor and factor != expected:
             raise ValueError(
                 f"the image processor works on a grid of {factor} pixels (patch_size × merge_size) but a "
-                f"{self.grid_family} model uses {expected}; the model and processor do not match"
+                f"{self.model_box_format} model uses {expected}; the model and processor do not match"
             )
         return expected
 
@@ -702,7 +642,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             inner = fmt["format_kwargs"].get("transform") if fmt.get("type") == "custom" else None
             transform = PerceptionRowTransform(
                 self.box_format,
-                self.grid_family,
+                self.model_box_format,
                 self.min_pixels,
                 self.max_pixels,
                 self._resize_images,
@@ -711,7 +651,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             return dataset.with_transform(transform)
         if isinstance(dataset, IterableDataset):
             transform = PerceptionRowTransform(
-                self.box_format, self.grid_family, self.min_pixels, self.max_pixels, self._resize_images
+                self.box_format, self.model_box_format, self.min_pixels, self.max_pixels, self._resize_images
             )
             return dataset.map(transform, batched=True, batch_size=16)
         raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
@@ -828,9 +768,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
     def _check_tokens(self, name: str, row: int, image_size: tuple[int, int] | None) -> None:
         if image_size is None or self.max_image_tokens is None or image_size in self._sizes_within_budget:
             return
-        from .data.common import grid_size_for
-
-        w, h = grid_size_for(image_size, self.grid_family, self.min_pixels, self.max_pixels)
+        w, h = grid_size(image_size, self.model_box_format, self.min_pixels, self.max_pixels)
         tokens = (w // self.patch_factor) * (h // self.patch_factor)
         if tokens > self.max_image_tokens:
             hint = self.max_image_tokens * self.patch_factor**2
@@ -936,19 +874,15 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         size = row.get("image_size") or list(image.size)
         objects = []
         if parsed is not None:
-            frame = family_frame(self.box_format)
-            for obj in parsed.objects:
-                try:
-                    if obj.bbox is not None:
-                        box = convert_frame(obj.bbox, frame, "pixels", size, row.get("input_size")).tolist()
-                        objects.append({"bbox_2d": box, "label": obj.label})
-                    elif obj.point is not None:
-                        point = convert_frame(
-                            obj.point, frame, "pixels", size, row.get("input_size")
-                        ).tolist()
-                        objects.append({"point_2d": point, "label": obj.label})
-                except ValueError:
-                    continue
+            try:
+                frame = Frame.of(self.box_format, size, row.get("input_size"))
+            except ValueError:
+                frame = Frame()  # a malformed size column: draw the coordinates as written
+            for obj in parsed.to_pixels(frame, clip=False).objects:
+                if obj.bbox is not None:
+                    objects.append({"bbox_2d": list(obj.bbox), "label": obj.label})
+                elif obj.point is not None:
+                    objects.append({"point_2d": list(obj.point), "label": obj.label})
         gt = row.get("solution") if row.get("task") in BOX_TASKS else None
         scale = max(1.0, 256.0 / max(image.size))
         try:
@@ -1041,8 +975,6 @@ def _is_conversational(prompt: Any) -> bool:
 
 def _header_sizes(value: Any, image_key: str) -> list[tuple[int, int] | None]:
     """`(width, height)` of undecoded image cells (`{"bytes", "path"}`), read from the file headers."""
-    from .data.common import RecordError, read_image_size
-
     cells = list(value or []) if image_key == "images" else [value]
     sizes = []
     for cell in cells:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, TASKS, build_prompt
+from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, build_prompt
 
 __all__ = [
     "COCO_CATEGORIES",
@@ -14,7 +14,6 @@ __all__ = [
     "build_from_source",
     "fit_dataset_to_grid",
     "render_preview",
-    "TASKS",
     "TASK_TEMPLATES",
     "build_coco_detection",
     "build_pageocr",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..frames import grid_size
 from .common import (
     DataError,
     ErrorPolicy,
@@ -21,7 +22,6 @@ from .common import (
     check_image_size,
     finalize,
     finite_numbers,
-    grid_size_for,
     image_struct,
     positive_size,
     prompt_feature,
@@ -429,7 +429,7 @@ def _assemble(
     extra: dict[str, Any] = {}
     if box_format is not None:
         grid = np.array(
-            [grid_size_for(s, box_format, min_pixels, max_pixels) for s in image_sizes.tolist()],
+            [grid_size(s, box_format, min_pixels, max_pixels) for s in image_sizes.tolist()],
             dtype=np.int64,
         ).reshape(-1, 2)
         if min_pixels is not None or max_pixels is not None:

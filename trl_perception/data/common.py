@@ -3,7 +3,6 @@ JSON/JSONL/parquet/pickle sources, image lookup, the row features, and the resiz
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import logging
@@ -18,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..boxes import model_input_size
-from .prompts import TASKS, build_prompt
+from ..frames import BOX_FORMATS, TASKS, fit_to_grid, grid_size, pixel_limits
+from .prompts import build_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
     import pyarrow as pa
-    from PIL import Image as PILImage
 
 __all__ = [
     "DataError",
@@ -35,8 +33,6 @@ __all__ = [
     "ImageFolder",
     "RecordError",
     "fit_dataset_to_grid",
-    "fit_to_grid",
-    "grid_size_for",
     "iter_jsonl",
     "load_json",
     "load_pickle",
@@ -707,80 +703,6 @@ class PromptCache:
 # Resizing to the processor's grid
 
 
-def _effective_limits(family: str, min_pixels: int | None, max_pixels: int | None) -> tuple[int, int]:
-    from ..boxes import default_pixel_limits
-
-    lo, hi = default_pixel_limits(family)
-    lo = lo if min_pixels is None else int(min_pixels)
-    hi = hi if max_pixels is None else int(max_pixels)
-    if lo > hi:
-        raise ValueError(
-            f"min_pixels ({lo}) exceeds max_pixels ({hi}) for {family} (a limit left as None takes the "
-            "family's default); pass both"
-        )
-    return lo, hi
-
-
-def _stable_grid_size(image_size: Sequence[int], factor: int, lo: int, hi: int) -> tuple[int, int]:
-    """The on-grid size within `[lo, hi]` pixels closest in aspect ratio to `image_size` (then in area):
-    a size the processor keeps as is. Used where `smart_resize`'s own answer is not such a size (its
-    upscale to `min_pixels` can overshoot `max_pixels` for tiny images and tight limits)."""
-    width, height = float(image_size[0]), float(image_size[1])
-    aspect, area = math.log(width / height), min(max(width * height, lo), hi)
-    best: tuple[float, float, int, int] | None = None
-    for m in range(1, hi // (factor * factor) + 1):
-        h = m * factor
-        k_lo, k_hi = max(1, -(-lo // (h * factor))), hi // (h * factor)
-        if k_lo > k_hi:
-            continue
-        k = min(max(round(h * width / height / factor), k_lo), k_hi)
-        w = k * factor
-        if max(w, h) / min(w, h) > 200:
-            continue
-        score = (abs(math.log(w / h) - aspect), abs(w * h - area), w, h)
-        if best is None or score < best:
-            best = score
-    if best is None:
-        raise ValueError(f"no {factor}-pixel grid size lies within [{lo}, {hi}] pixels")
-    return best[2], best[3]
-
-
-def grid_size_for(
-    image_size: Sequence[int], family: str, min_pixels: int | None = None, max_pixels: int | None = None
-) -> tuple[int, int]:
-    """`(width, height)` that `family`'s processor leaves unchanged for an image of `image_size`: on the
-    patch grid and within the pixel limits (the family's defaults where a limit is `None`).
-
-    This is the processor's own `smart_resize` size (`boxes.model_input_size`), except in the corner
-    case where that size is not itself kept by the processor (tiny images under tight limits); then the
-    closest stable size is used, so that an image resized to it is never resized again.
-
-    Example:
-    ```python
-    >>> grid_size_for((640, 480), "qwen2_5_vl")
-    (644, 476)
-    >>> grid_size_for((640, 480), "qwen2_vl", max_pixels=200_000)
-    (504, 364)
-
-    ```
-    """
-    return _grid_size(int(image_size[0]), int(image_size[1]), family, min_pixels, max_pixels)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _grid_size(
-    width: int, height: int, family: str, min_pixels: int | None, max_pixels: int | None
-) -> tuple[int, int]:
-    # Cached: datasets repeat a few image sizes (COCO has ~3k distinct sizes for 118k images).
-    lo, hi = _effective_limits(family, min_pixels, max_pixels)
-    size = model_input_size((width, height), family, min_pixels=lo, max_pixels=hi)
-    if model_input_size(size, family, min_pixels=lo, max_pixels=hi) == size:
-        return size
-    from ..boxes import patch_factor
-
-    return _stable_grid_size((width, height), patch_factor(family), lo, hi)
-
-
 def check_image_size(
     image_size: Sequence[int],
     family: str | None,
@@ -803,36 +725,11 @@ def check_image_size(
     if family is None:
         return
     try:
-        grid_size_for(image_size, family, min_pixels, max_pixels)
+        grid_size(image_size, family, min_pixels, max_pixels)
     except ValueError as err:
         raise RecordError(
             "bad image size", f"image of size {list(image_size)} cannot be fed to {family}: {err}"
         ) from None
-
-
-def fit_to_grid(
-    image: PILImage.Image, family: str, min_pixels: int | None = None, max_pixels: int | None = None
-) -> PILImage.Image:
-    """Resize `image` (bicubic, as the Qwen processors do) to `grid_size_for(image.size, ...)`, so that
-    the family's processor (in training and in vLLM rollouts) feeds it to the model unchanged.
-    An image already at that size is returned as is.
-
-    Example:
-    ```python
-    >>> from PIL import Image
-    >>> fit_to_grid(Image.new("RGB", (640, 480)), "qwen2_5_vl").size
-    (644, 476)
-
-    ```
-    """
-    from PIL import Image
-
-    target = grid_size_for(image.size, family, min_pixels, max_pixels)
-    if tuple(image.size) == target:
-        return image
-    if image.mode not in ("RGB", "RGBA", "L", "F", "I"):
-        image = image.convert("RGB")
-    return image.resize(target, Image.Resampling.BICUBIC)
 
 
 def _scale_xy(values: Any, sx: float, sy: float, what: str) -> list[float]:
@@ -934,11 +831,8 @@ def check_family_options(box_format: str | None, min_pixels: int | None, max_pix
 
     ```
     """
-    if box_format is not None:
-        from ..boxes import FAMILIES
-
-        if box_format not in FAMILIES:
-            raise ValueError(f"unknown box_format {box_format!r}; expected one of {FAMILIES}")
+    if box_format is not None and box_format not in BOX_FORMATS:
+        raise ValueError(f"unknown box_format {box_format!r}; expected one of {BOX_FORMATS}")
     resize = min_pixels is not None or max_pixels is not None
     if resize and box_format is None:
         raise ValueError("min_pixels/max_pixels resize images to a model family's grid: pass box_format= too")
@@ -946,7 +840,7 @@ def check_family_options(box_format: str | None, min_pixels: int | None, max_pix
         if value is not None and value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if box_format is not None:
-        _effective_limits(box_format, min_pixels, max_pixels)
+        pixel_limits(box_format, min_pixels, max_pixels)
     return resize
 
 
@@ -974,7 +868,7 @@ def family_columns(
     if box_format is None:
         return solutions, image_sizes, {}
     resize = min_pixels is not None or max_pixels is not None
-    input_sizes = [list(grid_size_for(size, box_format, min_pixels, max_pixels)) for size in image_sizes]
+    input_sizes = [list(grid_size(size, box_format, min_pixels, max_pixels)) for size in image_sizes]
     if resize:
         solutions = [
             scale_solution(task, sol, new[0] / size[0], new[1] / size[1])
@@ -1074,7 +968,7 @@ def fit_dataset_to_grid(
     columns = base.select_columns(["task", "solution", "image_size"])[:]
     sizes, solutions = [], []
     for task, sol, size in zip(columns["task"], columns["solution"], columns["image_size"]):
-        new = list(grid_size_for(size, family, min_pixels, max_pixels))
+        new = list(grid_size(size, family, min_pixels, max_pixels))
         solutions.append(scale_solution(task, sol, new[0] / size[0], new[1] / size[1]))
         sizes.append(new)
     replaced = [c for c in ("solution", "image_size", "box_format", "input_size") if c in fields]

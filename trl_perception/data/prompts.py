@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..formats import format_instruction
+from ..frames import TASKS
 
-__all__ = ["COCO_CATEGORIES", "DEFAULT_SYSTEM_PROMPT", "TASKS", "TASK_TEMPLATES", "build_prompt"]
-
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+__all__ = ["COCO_CATEGORIES", "DEFAULT_SYSTEM_PROMPT", "TASK_TEMPLATES", "build_prompt"]
 
 TASK_TEMPLATES: dict[str, str] = {
     "grounding": "Output the bounding box of the {question} in the image.",

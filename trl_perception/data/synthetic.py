@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..frames import TASKS, grid_size, model_input_size
+
 if TYPE_CHECKING:
     import datasets
 
@@ -39,8 +41,6 @@ __all__ = [
     "render_text_scene",
     "shape_vocabulary",
 ]
-
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -905,13 +905,11 @@ def make_sample(
 
 
 def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
-    from .common import grid_size_for
-
     size = image_size
     # smart_resize maps an on-grid size within the limits to itself; a second pass settles the rare sizes
     # that one rounding step leaves just outside the limits.
     for _ in range(4):
-        resized = tuple(grid_size_for(size, family, min_pixels, max_pixels))
+        resized = tuple(grid_size(size, family, min_pixels, max_pixels))
         if resized == tuple(size):
             break
         size = resized
@@ -1037,8 +1035,6 @@ def make_synthetic(
     if box_format is not None:
         if fit_to_grid:
             size = _grid_size(size, box_format, min_pixels, max_pixels)
-        from ..boxes import model_input_size
-
         input_size = list(model_input_size(size, box_format, min_pixels=min_pixels, max_pixels=max_pixels))
     opts = _options(
         size, min_objects, max_objects, max_distractors, min_size, max_size, max_overlap,

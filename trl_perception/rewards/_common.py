@@ -15,15 +15,13 @@ from typing import Any
 import numpy as np
 
 from .._json import loads_strict
-from ..boxes import FAMILIES, convert_frame, family_frame, model_input_size
 from ..formats import (
     completion_text,
     strip_wrappers,
 )
+from ..frames import BOX_FORMATS, Frame
 
 logger = logging.getLogger("trl_perception.rewards")
-
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
 
 PAD_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
 """Padding / end-of-turn tokens that may trail a completion decoded with `skip_special_tokens=False`."""
@@ -228,100 +226,32 @@ def normalize_label(label: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ frames
 
 
-def _size(value: Any, what: str) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = decode_json(value)
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise MalformedSolution(f"{what} must be [width, height], got {value!r}")
-    w, h = (finite_number(v, what) for v in value)
-    if w <= 0 or h <= 0:
-        raise MalformedSolution(f"{what} must be positive, got {value!r}")
-    return w, h
+def _size_value(value: Any) -> Any:
+    """A size column's cell: JSON text (mixed-task datasets store it so) decoded, anything else as is."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return decode_json(value)
+    return value
 
 
-@dataclass(frozen=True)
-class Frame:
-    """How to bring a row's predicted coordinates into the ground truth's frame (original-image pixels).
-
-    `family` is the row's `box_format`; `scale` maps the family's frame (0–1000 or resized-input pixels)
-    to original pixels per axis; `image_size` clips to the image. With no family, coordinates are taken as
-    written; with no image size they are neither converted nor clipped.
-    """
-
-    family: str | None = None
-    image_size: tuple[float, float] | None = None
-    scale: tuple[float, float] = (1.0, 1.0)
-
-    def to_image(self, coords: np.ndarray) -> np.ndarray:
-        """Coordinates `[..., 2k]` (x at even, y at odd positions) in the ground-truth frame, clipped."""
-        out = np.asarray(coords, dtype=np.float64)
-        if out.size == 0 or (self.scale == (1.0, 1.0) and self.image_size is None):
-            return out
-        pairs = out.reshape(*out.shape[:-1], -1, 2)  # (x, y) pairs broadcast against per-axis factors
-        if self.scale != (1.0, 1.0):
-            pairs = pairs * self.scale
-        if self.image_size is not None:
-            pairs = np.clip(pairs, 0.0, self.image_size)
-        return pairs.reshape(out.shape)
-
-    def to_norm1000(self, coords: np.ndarray) -> np.ndarray:
-        """Original-pixel coordinates in the 0–1000 frame of the image; as given without an image size."""
-        out = np.asarray(coords, dtype=np.float64)
-        if self.image_size is None or out.size == 0:
-            return out
-        w, h = self.image_size
-        return (out.reshape(*out.shape[:-1], -1, 2) * (1000.0 / w, 1000.0 / h)).reshape(out.shape)
-
-
-def _hashable_size(value: Any, what: str) -> tuple[float, float] | None:
-    if type(value) in (list, tuple) and len(value) == 2 and all(type(v) in (int, float) for v in value):
-        return (float(value[0]), float(value[1]))  # the usual case, validated by the cached builder
-    return _size(value, what)
-
-
-def frame_for(family: Any, image_size: Any, input_size: Any) -> Frame:
-    """Build a row's `Frame` from its `box_format`, `image_size` and `input_size` values.
+def frame_for(box_format: Any, image_size: Any, input_size: Any) -> Frame:
+    """A row's `frames.Frame` from its `box_format`, `image_size` and `input_size` cells; a malformed cell is
+    a `MalformedSolution` (the row is skipped with a warning).
 
     For Qwen2.5-VL (absolute pixels of the resized input) without `input_size`, the input size is computed
-    with `boxes.model_input_size` and the family's default pixel limits (those of the released checkpoints).
+    with `frames.model_input_size` and the family's default pixel limits (those of the released checkpoints).
     """
-    if isinstance(family, str) and not family.strip():
-        family = None  # an empty cell means "no family"
-    if family is not None and not isinstance(family, str):
-        raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
-    size = _hashable_size(image_size, "image_size")
-    in_size = _hashable_size(input_size, "input_size")
-    if family is not None and size is None:
+    if box_format is not None and not isinstance(box_format, str):
+        raise MalformedSolution(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
+    try:
+        frame = Frame.of(box_format, _size_value(image_size), _size_value(input_size))
+    except ValueError as err:
+        raise MalformedSolution(str(err)) from None
+    if frame.box_format is not None and frame.image_size is None:
         warn_row(
             "frame-no-image-size",
-            f"box_format={family!r} given without image_size: coordinates are compared as written",
+            f"box_format={frame.box_format!r} given without image_size: coordinates are compared as written",
         )
-    return _build_frame(family, size, in_size)
-
-
-@functools.lru_cache(maxsize=4096)
-def _build_frame(family: str | None, size: tuple | None, in_size: tuple | None) -> Frame:
-    # Rows of one GRPO group (and of one image) share their frame: build each distinct one once.
-    if family is not None:
-        if family.strip().lower() not in FAMILIES:
-            raise MalformedSolution(f"box_format must be one of {FAMILIES}, got {family!r}")
-        family = family.strip().lower()
-    size = _size(size, "image_size")
-    in_size = _size(in_size, "input_size")
-    if family is None or size is None:
-        return Frame(family=family, image_size=size)
-    src = family_frame(family)
-    if src == "input" and in_size is None:
-        try:
-            in_size = model_input_size((int(round(size[0])), int(round(size[1]))), family)
-        except ValueError as err:
-            raise MalformedSolution(f"cannot compute the input size of image_size={size}: {err}") from err
-    sx, sy = convert_frame([1.0, 1.0], src, "pixels", size, in_size).tolist()
-    return Frame(family=family, image_size=size, scale=(float(sx), float(sy)))
+    return frame
 
 
 # -------------------------------------------------------------------------------------------------- rows
@@ -373,7 +303,7 @@ def select_rows(
             f"of length {len(solution)}; pass one solution per completion"
         )
     task_col = _column(kwargs, "task", n)
-    family_col = _column(kwargs, "box_format", n)
+    format_col = _column(kwargs, "box_format", n)
     size_col = _column(kwargs, "image_size", n)
     input_col = _column(kwargs, "input_size", n)
     rows = []
@@ -382,7 +312,7 @@ def select_rows(
         if isinstance(task, str) and task.strip() and task.strip().lower() not in tasks:
             continue
         try:
-            frame = frame_for(family_col[i], size_col[i], input_col[i])
+            frame = frame_for(format_col[i], size_col[i], input_col[i])
         except MalformedSolution as err:
             warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
             continue
@@ -435,18 +365,3 @@ class ComponentLog:
         if callable(log_extra):
             for key, values in self.columns.items():
                 log_extra(f"{self.reward_name}/{key}", list(values))
-
-
-def frames_to_image(coords: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
-    """`Frame.to_image` for one row of coordinates `[N, 2k]` per frame, vectorized over the rows."""
-    out = np.asarray(coords, dtype=np.float64)
-    if out.size == 0:
-        return out
-    reps = out.shape[-1] // 2
-    scale = np.array([f.scale for f in frames], dtype=np.float64)
-    upper = np.array([f.image_size if f.image_size is not None else (np.inf, np.inf) for f in frames])
-    out = out * np.tile(scale, reps)
-    if not np.isfinite(upper).any():
-        return out
-    lower = np.where(np.isfinite(upper), 0.0, -np.inf)  # rows without an image size are not clipped
-    return np.clip(out, np.tile(lower, reps), np.tile(upper, reps))

@@ -54,11 +54,11 @@ def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
 
 def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict[str, float | None]]:
     n_gt, gt_points = target
-    parsed = parse_objects(row.text, row.frame.family)
+    parsed = parse_objects(row.text, row.frame.box_format)
     centres = [obj.center for obj in parsed.objects if obj.center is not None]
     if gt_points is None:
         # Count only: the number of objects listed, else a lone integer ("There are 7.").
-        n_pred = len(centres) if (centres or parsed.valid) else parse_count(row.text, row.frame.family)
+        n_pred = len(centres) if (centres or parsed.valid) else parse_count(row.text, row.frame.box_format)
         if n_pred is None and is_empty_answer(row.text):
             n_pred = 0
         failed = float(n_pred is None)
@@ -78,7 +78,7 @@ def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict
         failed = float(not parsed.valid and not is_empty_answer(row.text))
         return 0.0, {"count_exact": 0.0, "count_ratio": 0.0, "mean_distance": None, "parse_failure": failed}
     frame = row.frame
-    pred = frame.to_norm1000(frame.to_image(np.asarray(centres, dtype=np.float64)))
+    pred = frame.to_norm1000(frame.to_pixels(np.asarray(centres, dtype=np.float64)))
     gt = frame.to_norm1000(gt_points)
     _, _, distances = match_points(pred, gt)
     # Each distance is capped at the canvas diagonal so that one far-off point (possible only when no

@@ -109,7 +109,7 @@ class _DetectionReward:
     def components(self, row: Row, target: tuple[np.ndarray, list[str]] | None = None) -> dict[str, float]:
         """Reward components of one row (before weighting); raises `MalformedSolution` for a bad solution."""
         gt, gt_labels = _detection_target(row.solution) if target is None else target
-        parsed = parse_objects(row.text, row.frame.family)
+        parsed = parse_objects(row.text, row.frame.box_format)
         kept = [(obj.bbox, normalize_label(obj.label)) for obj in parsed.objects if obj.bbox is not None]
         kept = [(box, label) for box, label in kept if label is not None]
         rejected = parsed.rejected + len(parsed.objects) - len(kept)
@@ -138,7 +138,7 @@ class _DetectionReward:
             }
         fmt = 0.0 if (not parsed.valid or parsed.truncated) else len(kept) / (len(kept) + rejected)
         considered = kept[: self.max_detections]
-        boxes = row.frame.to_image(np.asarray([box for box, _ in considered], dtype=np.float64))
+        boxes = row.frame.to_pixels(np.asarray([box for box, _ in considered], dtype=np.float64))
         labels = [label for _, label in considered]
         overlaps = box_iou(boxes, gt) >= self.iou_threshold
         same = np.asarray(labels, dtype=object)[:, None] == np.asarray(gt_labels, dtype=object)[None, :]

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from .._json import loads_strict
+from ..frames import BOX_TASKS
 from ._common import remove_padding, select_rows
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "qwen2_vl_format_reward",
 ]
 
-_TASKS = ("grounding", "counting", "detection")
 _MAX_CHARS = 200_000
 
 _NUM = r"\s*\d{1,7}(?:\.\d{1,8})?\s*"
@@ -121,10 +121,10 @@ _ANY = (is_qwen2_vl_answer, is_json_answer)
 
 
 def _format_rewards(completions: list, kwargs: dict, name: str, fixed: tuple | None) -> list[float | None]:
-    rows, n = select_rows(name, _TASKS, completions, None, kwargs)
+    rows, n = select_rows(name, BOX_TASKS, completions, None, kwargs)
     rewards: list[float | None] = [None] * n
     for row in rows:
-        checks = fixed or _CHECKS.get(row.frame.family or "", _ANY)
+        checks = fixed or _CHECKS.get(row.frame.box_format or "", _ANY)
         try:
             ok = any(check(row.text) for check in checks)
         except Exception:  # noqa: BLE001 - a format check must never raise on model output

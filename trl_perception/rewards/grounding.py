@@ -10,6 +10,7 @@ import numpy as np
 
 from ..boxes import paired_box_iou
 from ..formats import parse_objects
+from ..frames import Frame
 from ._common import (
     ComponentLog,
     MalformedSolution,
@@ -17,7 +18,6 @@ from ._common import (
     SolutionCache,
     call_safely,
     decode_json,
-    frames_to_image,
     gt_box,
     is_empty_answer,
     select_rows,
@@ -50,9 +50,9 @@ def _prepare(
     if gt is None:
         if is_empty_answer(row.text):
             return 1.0, None, None, False
-        parsed = parse_objects(row.text, row.frame.family)
+        parsed = parse_objects(row.text, row.frame.box_format)
         return 0.0, None, None, not parsed.objects
-    parsed = parse_objects(row.text, row.frame.family)
+    parsed = parse_objects(row.text, row.frame.box_format)
     box = next((obj.bbox for obj in parsed.objects if obj.bbox is not None), None)
     if box is None:
         return 0.0, None, gt, True
@@ -81,7 +81,7 @@ def _iou_rewards(
             pending.append((row, pred, gt))
     if pending:
         # One vectorized pass: frame conversion, clipping and IoU for every row with a box.
-        pred = frames_to_image(np.array([p for _, p, _ in pending]), [r.frame for r, _, _ in pending])
+        pred = Frame.stack_to_pixels(np.array([p for _, p, _ in pending]), [r.frame for r, _, _ in pending])
         ious = paired_box_iou(pred, np.array([g for _, _, g in pending]))
         ious = np.nan_to_num(np.clip(ious, 0.0, 1.0))
         for (row, _, _), iou in zip(pending, ious.tolist()):
