@@ -549,6 +549,8 @@ def solution_feature(task: str) -> Any:
         return Value("string")
     if task == "detection":
         return List({"bbox_2d": List(Value("float64")), "label": Value("string")})
+    if task == "jigsaw":
+        return Value("string")  # JSON: {"question", "grid", "answer", "think"[, "options"]}
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 

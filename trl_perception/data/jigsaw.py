@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..formats import JIGSAW_QUESTIONS
 from .common import (
     DataError,
     ErrorPolicy,
@@ -41,10 +42,6 @@ __all__ = [
     "reassemble",
     "shuffle_patches",
 ]
-
-JIGSAW_QUESTIONS: tuple[str, ...] = ("full", "pair", "single", "multiple")
-"""Question types: the whole grid of original positions, the relation of two patches (a letter), one
-patch's original position (a number), or the right grid among candidates (a letter)."""
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 

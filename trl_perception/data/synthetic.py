@@ -70,6 +70,8 @@ BOX_JITTERS: tuple[str, ...] = ("loose", "shift", "random")
 """Imperfect-supervision modes for training boxes (`jitter_box`)."""
 
 _TASK_IDS = {task: i for i, task in enumerate(TASKS)}
+SCENE_TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+"""The tasks a synthetic scene is drawn for (jigsaw puzzles are cut from any images by `make_jigsaw`)."""
 _PLURALS = {"cross": "crosses"}
 _DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5)}
 _DEFAULT_WORDS = {"en": (1, 6), "zh": (1, 4)}
@@ -1018,11 +1020,11 @@ def make_synthetic(
     from .common import PromptCache, row_features, rows_to_dataset
 
     if isinstance(task, str):
-        tasks = TASKS if task == "mixed" else (task,)
+        tasks = SCENE_TASKS if task == "mixed" else (task,)
     else:
         tasks = tuple(task)
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
+    if not tasks or any(t not in SCENE_TASKS for t in tasks):
+        raise ValueError(f"unknown task {task!r}; expected one of {SCENE_TASKS}, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
     if int(n) < 0:
         raise ValueError(f"n must be >= 0, got {n}")

@@ -13,6 +13,7 @@ from .counting import count_reward
 from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
 from .format import format_reward, json_format_reward, qwen2_vl_format_reward
 from .grounding import grounding_format_reward, iou_reward, make_iou_reward
+from .jigsaw import jigsaw_format_reward, jigsaw_reward, make_jigsaw_reward
 from .ocr import ocr_reward
 
 __all__ = [
@@ -23,10 +24,13 @@ __all__ = [
     "get_reward",
     "grounding_format_reward",
     "iou_reward",
+    "jigsaw_format_reward",
+    "jigsaw_reward",
     "json_format_reward",
     "list_rewards",
     "make_detection_reward",
     "make_iou_reward",
+    "make_jigsaw_reward",
     "ocr_reward",
     "qwen2_vl_format_reward",
     "register_reward",
@@ -130,7 +134,7 @@ def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]
 
     Built-in names: `iou`, `iou_squared` (IoU², as Perception-R1's released code), `grounding_format`,
     `count` (alias `counting`), `ocr`, `detection`, `detection_released` (released weighting, range [0, 3]),
-    `format`, `qwen2_vl_format`, `json_format`; plus anything added with `register_reward`. Names ignore case
+    `format`, `qwen2_vl_format`, `json_format`, `jigsaw` (`metric="connections"` or `jigsaw_connections`), `jigsaw_format`; plus anything added with `register_reward`. Names ignore case
     and a trailing `_reward`. Parameters go to the reward's factory (`make_iou_reward`,
     `make_detection_reward`); for a plain function they are bound with `functools.partial` and must be named
     parameters of it. The result is picklable whenever the registered object is.
@@ -208,3 +212,12 @@ _register("detection_released", make_detection_reward(released_code=True), _dete
 _register("format", format_reward, None, False)
 _register("qwen2_vl_format", qwen2_vl_format_reward, None, False)
 _register("json_format", json_format_reward, None, False)
+
+
+def _jigsaw_connections_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_jigsaw_reward(**{"metric": "connections", **params})
+
+
+_register("jigsaw", jigsaw_reward, make_jigsaw_reward, False)
+_register("jigsaw_connections", make_jigsaw_reward("connections"), _jigsaw_connections_factory, False)
+_register("jigsaw_format", jigsaw_format_reward, None, False)
