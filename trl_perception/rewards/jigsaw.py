@@ -257,7 +257,7 @@ def make_jigsaw_reward(metric: str = "positions") -> JigsawReward:
     ```python
     >>> reward = make_jigsaw_reward("connections")
     >>> solution = {"question": "full", "grid": [2, 2], "answer": [2, 1, 4, 3]}
-    >>> reward(["2 1\\n4 3", "1 2\\n3 4", "1 1 1 1"], [solution] * 3)
+    >>> reward(["2 1\n4 3", "1 2\n3 4", "1 1 1 1"], [solution] * 3)
     [1.0, 0.5, 0.0]
 
     ```
