@@ -226,7 +226,7 @@ def jigsaw_spec(
     ([1, 2, 3, 4], True)
     >>> jigsaw_spec(0, 7, 2, 2) == spec
     True
-    >>> jigsaw_spec(0, 7, 1, 2, "pair")["choices"]
+    >>> sorted(jigsaw_spec(0, 7, 1, 2, "pair")["choices"])
     ['directly to the left of', 'directly to the right of']
 
     ```
