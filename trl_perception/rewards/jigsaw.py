@@ -179,7 +179,14 @@ def jigsaw_scores(text: Any, target: JigsawTarget) -> dict[str, Any]:
             "connections": connection_accuracy(prediction, target.answer, target.rows, target.cols),
         }
     choice = parse_jigsaw_choice(text)
-    return {"prediction": choice, "exact": float(choice == target.answer), "positions": None, "connections": None}
+    if target.question == "single":
+        exact = choice is not None and choice.isdigit() and int(choice) == int(target.answer)
+    else:
+        exact = choice == target.answer
+    return {"prediction": choice, "exact": float(exact), "positions": None, "connections": None}
+
+
+_FAILED: dict[str, Any] = {"prediction": None, "exact": 0.0, "positions": 0.0, "connections": 0.0}
 
 
 def _cached_targets() -> SolutionCache:
@@ -217,10 +224,9 @@ class JigsawReward:
         targets = _cached_targets()
         for row in rows:
             result = call_safely(
-                self.__name__, row, lambda r: jigsaw_scores(r.text, targets(r.solution)), failure=None
+                self.__name__, row, lambda r: jigsaw_scores(r.text, targets(r.solution)), failure=_FAILED
             )
-            if result is None:
-                rewards[row.index] = None if row.solution is None else 0.0
+            if result is None:  # malformed solution: skipped with a warning
                 continue
             score = result[self.metric] if result[self.metric] is not None else result["exact"]
             rewards[row.index] = float(score)
