@@ -34,6 +34,7 @@ __all__ = [
     "JIGSAW_QUESTIONS",
     "GridCurriculum",
     "JigsawTransform",
+    "concatenate_jigsaw",
     "crop_to_grid",
     "jigsaw_prompt_text",
     "jigsaw_spec",
@@ -447,10 +448,11 @@ class JigsawTransform:
         num_options: int,
         system_prompt: str | None,
         curriculum: GridCurriculum | None = None,
+        template: str | None = None,
     ):
         self.seed, self.question, self.think = seed, question, think
         self.mask_ratio, self.swap_prob, self.num_options = mask_ratio, swap_prob, num_options
-        self.system_prompt, self.curriculum = system_prompt, curriculum
+        self.system_prompt, self.curriculum, self.template = system_prompt, curriculum, template
 
     def spec(self, index: int, rows: int, cols: int) -> dict[str, Any]:
         return jigsaw_spec(
@@ -460,7 +462,12 @@ class JigsawTransform:
     def columns(self, spec: dict[str, Any], source_size: Sequence[int]) -> dict[str, Any]:
         """The row's spec-dependent columns."""
         rows, cols = spec["rows"], spec["cols"]
-        text = jigsaw_prompt_text(spec, think=self.think, masked=self.mask_ratio > 0)
+        if self.template is not None:
+            text = self.template.format(
+                rows=rows, cols=cols, n=rows * cols, k=spec.get("k"), l=spec.get("l"), choices=spec.get("choices")
+            )
+        else:
+            text = jigsaw_prompt_text(spec, think=self.think, masked=self.mask_ratio > 0)
         prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
         if self.system_prompt:
             prompt.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
@@ -557,6 +564,7 @@ def make_jigsaw(
     num_options: int = 4,
     curriculum: GridCurriculum | None = None,
     image_dir: str | os.PathLike | None = None,
+    template: str | None = None,
     system_prompt: str | None = None,
     on_error: str = "raise",
 ) -> datasets.Dataset:
@@ -591,6 +599,8 @@ def make_jigsaw(
         curriculum: a `GridCurriculum`: rows are rendered at its current stage's grid (then `rows`/`cols`
             are ignored); pair it with `callbacks.JigsawCurriculumCallback`.
         image_dir: folder that relative paths in a list are resolved against.
+        template: a `str.format` template replacing the Jigsaw-R1 prompt, with fields `rows`, `cols`, `n`
+            (patches), `k`, `l` and `choices` (short prompts for tiny models, other wordings).
         system_prompt: adds a system turn.
         on_error: `"raise"` (a `DataError` naming the file) or `"skip"` unreadable or too small images with
             a counted warning.
@@ -618,7 +628,13 @@ def make_jigsaw(
         if not isinstance(curriculum, GridCurriculum):
             raise TypeError(f"curriculum must be a GridCurriculum, got {curriculum!r}")
         rows, cols = curriculum.grid
-    jigsaw_spec(seed, 0, rows, cols, question, swap_prob=swap_prob)  # validates the grid and options
+    spec = jigsaw_spec(seed, 0, rows, cols, question, swap_prob=swap_prob)  # validates the grid and options
+    if template is not None:
+        try:
+            template.format(rows=rows, cols=cols, n=rows * cols, k=1, l=2, choices=[])
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"jigsaw template {template!r} has an unknown field or bad syntax: {err}") from None
+    del spec
     source, entries, sizes = _source_images(images, image_dir)
     policy = ErrorPolicy(source, on_error)
     transform = JigsawTransform(
@@ -630,6 +646,7 @@ def make_jigsaw(
         num_options=num_options,
         system_prompt=system_prompt,
         curriculum=curriculum,
+        template=template,
     )
     max_side = max(rows, cols)  # a swap may exchange them
     columns: dict[str, list[Any]] = {
@@ -677,3 +694,31 @@ def make_jigsaw(
     )
     dataset = rows_to_dataset(columns, features)
     return dataset.with_transform(transform)
+
+
+def concatenate_jigsaw(parts: Sequence[datasets.Dataset]) -> datasets.Dataset:
+    """One dataset of the rows of several `make_jigsaw` datasets (e.g. several grid sizes), still rendered
+    lazily. The parts must share `mask_ratio` and have no curriculum; rows keep their own grid, question,
+    prompt and permutation.
+
+    Example:
+    ```python
+    >>> from trl_perception.data import make_synthetic
+    >>> scenes = make_synthetic("grounding", 2, seed=0)
+    >>> mixed = concatenate_jigsaw([make_jigsaw(scenes, 2, 1), make_jigsaw(scenes, 2, 2)])
+    >>> [row["grid"] for row in mixed], mixed[3]["image"].size
+    ([[2, 1], [2, 1], [2, 2], [2, 2]], (112, 112))
+
+    ```
+    """
+    import datasets
+
+    transforms = [part.format.get("format_kwargs", {}).get("transform") for part in parts]
+    if not parts or not all(isinstance(t, JigsawTransform) for t in transforms):
+        raise ValueError("concatenate_jigsaw takes datasets built by make_jigsaw")
+    if any(t.curriculum is not None for t in transforms):
+        raise ValueError("concatenate_jigsaw cannot mix datasets that follow a curriculum")
+    if len({t.mask_ratio for t in transforms}) > 1:
+        raise ValueError(f"the parts have different mask_ratio values: {sorted({t.mask_ratio for t in transforms})}")
+    plain = datasets.concatenate_datasets([part.with_format(None) for part in parts])
+    return plain.with_transform(transforms[0])
