@@ -97,6 +97,16 @@ class PerceptionGRPOConfig(GRPOConfig):
             `skip_special_tokens=True`, which deletes them, so rewards would never see a box). `None` keeps
             them for the `qwen2_vl` box format only. Other special tokens are still removed.
 
+        > Parameters that control the rollout group
+
+        solution_in_group (`int`, *optional*, defaults to `0`):
+            Replace this many rollouts of every GRPO group (the last ones) with the row's ground-truth answer, its
+            `completion` column (builders add it with `completion=True`), after ViSurf. The answer is scored by
+            the rewards and enters the loss like any rollout, with log-probabilities computed under the current
+            policy; with vLLM it has no sampling log-probabilities, so its importance-sampling ratio is exactly 1
+            and the off-policy mask compares it with the current policy. Groups whose own samples never earn a
+            reward then still have a non-zero advantage. Must be smaller than `num_generations`.
+
         > Parameters that control logging
 
         log_box_images (`bool`, *optional*, defaults to `False`):
@@ -156,6 +166,13 @@ class PerceptionGRPOConfig(GRPOConfig):
             "for the qwen2_vl box format only."
         },
     )
+    solution_in_group: int = field(
+        default=0,
+        metadata={
+            "help": "Replace this many rollouts of every GRPO group with the row's ground-truth answer (its "
+            "'completion' column), after ViSurf. Must be smaller than num_generations."
+        },
+    )
     log_box_images: bool = field(
         default=False,
         metadata={
@@ -177,6 +194,12 @@ class PerceptionGRPOConfig(GRPOConfig):
                 raise ValueError("log_box_images draws on the logged images: it needs log_multimodal=True")
             self.log_completions = True
         super().__post_init__()
+        k = self.solution_in_group
+        if isinstance(k, bool) or int(k) != k or not 0 <= k < self.num_generations:
+            raise ValueError(
+                f"solution_in_group must be an integer in [0, num_generations) = [0, {self.num_generations}), "
+                f"got {k!r}: at least one rollout of each group must be the model's own"
+            )
 
 
 def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -> list[str]:
@@ -480,6 +503,11 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
         funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs] if reward_funcs else []
         needs_solution = [getattr(f, "__name__", type(f).__name__) for f in funcs if _takes_solution(f)]
+        self._solution_in_group = int(args.solution_in_group)
+        self._injected_answers: list[str] | None = None  # this generation batch's answers to inject
+        self._injected_rows: list[int] = []
+        if self._solution_in_group:
+            _require_completion_column(train_dataset)
         train_dataset = self._prepare_dataset(train_dataset, "train_dataset", needs_solution)
         if isinstance(eval_dataset, Mapping):
             eval_dataset = {
@@ -791,6 +819,45 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------------- generation
 
+    # ------------------------------------------------------------------------------ ground truth in group
+
+    def _injection_rows(self, n_local: int) -> list[int]:
+        """Local rows whose rollout becomes the ground-truth answer: the last `solution_in_group` positions of
+        every group. Groups are contiguous runs of `num_generations` in the process-major global order that
+        GRPO's advantage computation uses, so a group split across processes is handled like any other."""
+        start = self.accelerator.process_index * n_local
+        first_injected = self.num_generations - self._solution_in_group
+        return [i for i in range(n_local) if (start + i) % self.num_generations >= first_injected]
+
+    def _answer_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as the assistant would write it: the text, then the end-of-turn token
+        (unless cut at `max_completion_length`)."""
+        tokenizer = self._tokenizer
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if not isinstance(end, int) or end == tokenizer.unk_token_id:
+            end = self.eos_token_ids[0]
+        limit = self.args.max_completion_length
+        return (ids + [end])[:limit] if limit else ids + [end]
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        completion_ids, logprobs = super()._generate_single_turn(
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
+        answers, self._injected_answers = self._injected_answers, None  # first turn only, never a tool turn
+        if answers is None or has_tool_images or len(answers) != len(completion_ids):
+            return completion_ids, logprobs
+        completion_ids = list(completion_ids)
+        logprobs = list(logprobs) if logprobs is not None else None
+        self._injected_rows = self._injection_rows(len(completion_ids))
+        for i in self._injected_rows:
+            completion_ids[i] = self._answer_ids(answers[i])
+            if logprobs is not None:
+                # The answer was never sampled: no sampling log-probability exists. TRL turns None into NaN,
+                # and a NaN sampling log-probability gives an importance-sampling ratio of exactly 1.
+                logprobs[i] = [None] * len(completion_ids[i])
+        return completion_ids, logprobs
+
     def _generate(self, prompts: list) -> Any:
         if not self._decode_drop_ids:
             return super()._generate(prompts)
@@ -892,7 +959,13 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._pending_box_images = None
+        self._injected_rows = []
+        if self._solution_in_group and self.model.training:
+            self._injected_answers = [completion_text(row.get("completion") or "") for row in inputs]
         output = super()._generate_and_score_completions(inputs)
+        if self._solution_in_group and self.model.training:
+            self._injected_answers = None
+            self._finish_injection(output)  # on every process: it gathers
         if self._pending_box_images is not None:
             drawings = gather_object(self._pending_box_images)
             logged = self._logs["images"]
@@ -902,6 +975,22 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                     logged[start + k] = [drawing]
             self._pending_box_images = None
         return output
+
+    def _finish_injection(self, output: dict[str, Any]) -> None:
+        """Injected rows have no sampling log-probabilities (NaN): use the current policy's instead, so the
+        off-policy mask and any later use see an on-policy rollout rather than NaN."""
+        device = self.accelerator.device
+        rows = torch.tensor(self._injected_rows, dtype=torch.long, device=device)
+        sampled, old = output.get("sampling_per_token_logps"), output.get("old_per_token_logps")
+        if len(rows) and sampled is not None:
+            sampled[rows] = old[rows] if old is not None else torch.nan_to_num(sampled[rows], nan=0.0)
+        ratio = output.get("importance_sampling_ratio")
+        if len(rows) and ratio is not None:
+            ratio[rows] = 1.0
+        mode = "train" if self.model.training else "eval"
+        counts = torch.tensor([float(len(rows)), float(len(output["completion_ids"]))], device=device)
+        injected, total = self.accelerator.gather(counts).view(-1, 2).sum(0).tolist()
+        self._metrics[mode]["perception/solution_in_group_fraction"].append(injected / max(1.0, total))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         super().log(logs, start_time)
@@ -951,6 +1040,18 @@ def _missing_images(column: Any) -> list[int]:
         rows |= set(pc.filter(parents, child).to_pylist())
         return sorted(rows)
     return pc.indices_nonzero(missing_cells(column)).to_pylist()
+
+
+def _require_completion_column(dataset: Any) -> None:
+    """`solution_in_group` injects each row's `completion`: the train dataset must have one."""
+    if dataset is None:
+        raise ValueError("solution_in_group > 0 needs a train_dataset with a 'completion' column")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if "completion" not in columns:
+        raise ValueError(
+            "solution_in_group > 0 injects each row's ground-truth answer, its 'completion' column, into the "
+            f"rollout group, but the train_dataset has none (columns: {columns}); build it with completion=True"
+        )
 
 
 def _takes_solution(func: Any) -> bool:

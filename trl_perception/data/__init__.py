@@ -21,6 +21,8 @@ __all__ = [
     "build_prompt",
     "build_refcoco",
     "make_synthetic",
+    "add_completions",
+    "render_completion",
 ]
 
 # Builders import datasets/PIL; load them on first use so `import trl_perception.data` stays light.
@@ -34,6 +36,8 @@ _LAZY = {
     "build_from_source": "common",
     "fit_dataset_to_grid": "common",
     "render_preview": "preview",
+    "add_completions": "completions",
+    "render_completion": "completions",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from ..formats import format_instruction
 from ..frames import TASKS
 
-__all__ = ["COCO_CATEGORIES", "DEFAULT_SYSTEM_PROMPT", "TASK_TEMPLATES", "build_prompt"]
+__all__ = ["COCO_CATEGORIES", "DEFAULT_SYSTEM_PROMPT", "TASK_TEMPLATES", "THINK_INSTRUCTION", "build_prompt"]
 
 TASK_TEMPLATES: dict[str, str] = {
     "grounding": "Output the bounding box of the {question} in the image.",
@@ -34,12 +34,21 @@ COCO_CATEGORIES: tuple[str, ...] = (
 """The 80 COCO category names in category-id order, as the Perception-R1 detection prompt lists them."""
 
 
+THINK_INSTRUCTION = (
+    "First think about the question inside <think> </think> tags, then give the final answer inside "
+    "<answer> </answer> tags."
+)
+"""Appended by `build_prompt(..., think=True)`: R1-style reasoning before the answer (Table 5's "w/ thinking").
+Every reward reads the answer inside `<answer>`; `think_format_reward` checks the structure."""
+
+
 def build_prompt(
     task: str,
     *,
     box_format: str | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     **fields: Any,
 ) -> list[dict[str, Any]]:
     """A conversational prompt with one image, in TRL's format.
@@ -53,6 +62,7 @@ def build_prompt(
         box_format (`str`, *optional*): model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
         template (`str`, *optional*): a `str.format` template overriding the task's default.
         system_prompt (`str`, *optional*): adds a system turn first.
+        think (`bool`): ask for reasoning in `<think>` and the answer in `<answer>` (`THINK_INSTRUCTION`).
         **fields: template fields (`question` for grounding, `label` for counting, `categories` for detection);
             lists and tuples are joined with ", ".
 
@@ -65,6 +75,8 @@ def build_prompt(
     'Output the bounding box of the man in red in the image.'
     >>> len(build_prompt("ocr", system_prompt="You are a helpful assistant."))
     2
+    >>> build_prompt("ocr", think=True)[0]["content"][1]["text"]
+    'OCR this image. First think about the question inside <think> </think> tags, then give the final answer inside <answer> </answer> tags.'
 
     ```
     """
@@ -77,12 +89,12 @@ def build_prompt(
         text = text_template.format(**fields)
     except (KeyError, IndexError) as err:
         raise ValueError(f"prompt template {text_template!r} needs field {err}; got fields {sorted(fields)}") from err
-    instruction = format_instruction(box_format, task)
-    if instruction:
-        body = text.rstrip()
-        if body and body[-1] not in ".?!:":
-            body += "."  # Table 8's counting template has no final period
-        text = f"{body} {instruction}" if body else instruction
+    for sentence in (format_instruction(box_format, task), THINK_INSTRUCTION if think else ""):
+        if sentence:
+            body = text.rstrip()
+            if body and body[-1] not in ".?!:":
+                body += "."  # Table 8's counting template has no final period
+            text = f"{body} {sentence}" if body else sentence
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
