@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..formats import render_objects
+from ..formats import render_jigsaw_answer, render_objects
 from ..frames import TASKS, check_box_format
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,6 +109,8 @@ def render_completion(
         if task == "counting":
             count = solution.get("count") if isinstance(solution, dict) else solution
             answer = str(int(count))
+        elif task == "jigsaw":  # {"question", "grid": [rows, cols], "answer", ...} as make_jigsaw writes it
+            answer = render_jigsaw_answer(solution["answer"], cols=solution["grid"][1])
         else:
             answer = "" if solution is None else str(solution)
     else:
