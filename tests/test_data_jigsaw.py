@@ -314,3 +314,11 @@ def test_a_curriculum_dataset_renders_rows_at_the_current_stage(scenes):
     curriculum.step = 25
     assert ds.shuffle(seed=0)[0]["grid"] == [3, 3]  # copies of the dataset share the curriculum
     assert copy.deepcopy(curriculum) is curriculum
+
+
+def test_box_format_fits_large_images_to_the_grid_before_cutting(folder):
+    ds = make_jigsaw(folder, 2, 2, box_format="qwen2_5_vl", max_pixels=28 * 28 * 4)
+    row = ds[0]  # 64x48 is fitted to 56x56 (on the 28-px grid, within 3136 pixels)
+    assert row["image_size"] == [56, 56] and row["image"].size == (56, 56)
+    with pytest.raises(ValueError, match="pass box_format"):
+        make_jigsaw(folder, 2, 2, max_pixels=10_000)

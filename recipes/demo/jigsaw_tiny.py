@@ -190,6 +190,8 @@ def sft(
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        if step % 50 == 0:
+            print(f"  sft step {step}: loss {sum(losses[-50:]) / 50:.3f} ({time.time() - start_time:.0f} s)", flush=True)
     model.eval()
     model.save_pretrained(output_dir)
     tok.padding_side = "left"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..formats import JIGSAW_QUESTIONS
+from ..frames import check_box_format, fit_to_grid, grid_size
 from .common import (
     DataError,
     ErrorPolicy,
@@ -449,10 +450,20 @@ class JigsawTransform:
         system_prompt: str | None,
         curriculum: GridCurriculum | None = None,
         template: str | None = None,
+        box_format: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
     ):
         self.seed, self.question, self.think = seed, question, think
         self.mask_ratio, self.swap_prob, self.num_options = mask_ratio, swap_prob, num_options
         self.system_prompt, self.curriculum, self.template = system_prompt, curriculum, template
+        self.box_format, self.min_pixels, self.max_pixels = box_format, min_pixels, max_pixels
+
+    def fitted_size(self, source_size: Sequence[int]) -> tuple[int, int]:
+        """The source image's size after fitting it to the box format's grid (unchanged without one)."""
+        if self.box_format is None:
+            return int(source_size[0]), int(source_size[1])
+        return grid_size(source_size, self.box_format, self.min_pixels, self.max_pixels)
 
     def spec(self, index: int, rows: int, cols: int) -> dict[str, Any]:
         return jigsaw_spec(
@@ -471,7 +482,7 @@ class JigsawTransform:
         prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
         if self.system_prompt:
             prompt.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        w, h = int(source_size[0]), int(source_size[1])
+        w, h = self.fitted_size(source_size)
         return {
             "prompt": prompt,
             "solution": _solution(spec, self.think),
@@ -497,10 +508,15 @@ class JigsawTransform:
             batch["image"] = [
                 None
                 if image is None
-                else mask_borders(shuffle_patches(image, g[0], g[1], p), g[0], g[1], self.mask_ratio)
+                else mask_borders(shuffle_patches(self._fit(image), g[0], g[1], p), g[0], g[1], self.mask_ratio)
                 for image, g, p in zip(batch["image"], batch["grid"], batch["permutation"])
             ]
         return batch
+
+    def _fit(self, image: Image.Image) -> Image.Image:
+        if self.box_format is None:
+            return image
+        return fit_to_grid(image.convert("RGB"), self.box_format, self.min_pixels, self.max_pixels)
 
     def __repr__(self) -> str:
         return (
@@ -566,6 +582,9 @@ def make_jigsaw(
     image_dir: str | os.PathLike | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    box_format: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     on_error: str = "raise",
 ) -> datasets.Dataset:
     """Jigsaw puzzles from any images, in the row contract (`task="jigsaw"`), after Jigsaw-R1.
@@ -602,6 +621,10 @@ def make_jigsaw(
         template: a `str.format` template replacing the Jigsaw-R1 prompt, with fields `rows`, `cols`, `n`
             (patches), `k`, `l` and `choices` (short prompts for tiny models, other wordings).
         system_prompt: adds a system turn.
+        box_format, min_pixels, max_pixels: fit each source image to this model family's grid within the pixel
+            limits before cutting it (`frames.fit_to_grid`), so that large images (COCO) stay within the
+            processor's budget; the puzzle is then cropped to a multiple of the grid. Jigsaw answers have no
+            coordinates, so no `box_format` column is added.
         on_error: `"raise"` (a `DataError` naming the file) or `"skip"` unreadable or too small images with
             a counted warning.
 
@@ -622,6 +645,10 @@ def make_jigsaw(
 
     if question not in _QUESTION_IDS:
         raise ValueError(f"unknown question {question!r}; expected one of {JIGSAW_QUESTIONS}")
+    if box_format is not None:
+        check_box_format(box_format)
+    elif min_pixels is not None or max_pixels is not None:
+        raise ValueError("min_pixels/max_pixels fit images to a model family's grid: pass box_format= too")
     if not 0.0 <= float(mask_ratio) < 0.5:
         raise ValueError(f"mask_ratio must be in [0, 0.5), got {mask_ratio}")
     if curriculum is not None:
@@ -647,6 +674,9 @@ def make_jigsaw(
         system_prompt=system_prompt,
         curriculum=curriculum,
         template=template,
+        box_format=box_format,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
     )
     max_side = max(rows, cols)  # a swap may exchange them
     columns: dict[str, list[Any]] = {
@@ -664,8 +694,9 @@ def make_jigsaw(
                 size = [int(v) for v in sizes[index]]
             else:
                 size = list(read_image_size(entry["bytes"] if entry.get("bytes") is not None else entry["path"]))
-            if min(size) < max_side:
-                raise RecordError("image too small", f"{size[0]}x{size[1]} pixels cannot be cut into {rows}x{cols}")
+            fitted = transform.fitted_size(size)
+            if min(fitted) < max_side:
+                raise RecordError("image too small", f"{fitted[0]}x{fitted[1]} pixels cannot be cut into {rows}x{cols}")
         except RecordError as err:
             policy.failed(where, err)
             continue
