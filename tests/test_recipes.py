@@ -41,6 +41,7 @@ SOURCE_FORMS = {
     "counting": {"", ".parquet", ".json", ".jsonl"},
     "ocr": {".json"},
     "detection": {".json"},
+    "jigsaw": {""},  # any image folder
 }
 PAPER_CONFIGS = {
     # Perception-R1's four released settings (docs: perception-r1.md §2): config -> task, subset size,
@@ -96,7 +97,7 @@ def test_recipe_parses_and_names_only_existing_things(path):
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
     assert training_args.box_format in ("auto", *BOX_FORMATS)
-    assert script_args.task in (*TASKS, "mixed")
+    assert script_args.task in (*TASKS, "jigsaw", "mixed")
 
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture
@@ -485,3 +486,27 @@ def test_recipe_script_trains_a_qlora_adapter(tmp_path):
     # The adapter was evaluated on top of the 4-bit model.
     assert json.loads((out / "eval" / "metrics.json").read_text())["metrics"]["detection"]["num_samples"] == 2
     assert "4-bit nf4" in (out / "README.md").read_text()
+
+
+def test_the_jigsaw_recipes_exist_and_follow_jigsaw_r1():
+    names = {rel(p) for p in CONFIGS}
+    assert {"Qwen2.5-VL-3B-Instruct/grpo/config_jigsaw.yaml", "Qwen2.5-VL-3B-Instruct/grpo/config_jigsaw_lora.yaml",
+            "demo/config_jigsaw_demo.yaml"} <= names  # fmt: skip
+    script_args, training_args, _ = parse(RECIPES / "Qwen2.5-VL-3B-Instruct" / "grpo" / "config_jigsaw.yaml")
+    assert (training_args.learning_rate, training_args.beta, training_args.num_generations) == (1e-6, 0.04, 8)
+    assert training_args.per_device_train_batch_size * 8 * training_args.gradient_accumulation_steps == 64 * 8
+    assert training_args.max_steps == 2000 and training_args.reward_weights == [1.0, 0.5]
+    assert reward_names(script_args) == ["jigsaw", "jigsaw_format"]
+
+
+def test_the_jigsaw_demo_builds_a_curriculum_dataset_and_its_callback():
+    from types import SimpleNamespace
+
+    from trl_perception.callbacks import JigsawCurriculumCallback
+    from trl_perception.recipe import _curriculum_callbacks, build_datasets
+
+    script_args, _, _ = parse(DEMO.parent / "config_jigsaw_demo.yaml")
+    train, _ = build_datasets(script_args, SimpleNamespace(min_pixels=None, max_pixels=None), None)
+    assert len(train) == 16 and train[0]["task"] == "jigsaw" and train[0]["grid"] == [2, 1]
+    (callback,) = _curriculum_callbacks(train)
+    assert isinstance(callback, JigsawCurriculumCallback) and callback.curriculum.grid_at(2) == (2, 2)

@@ -28,6 +28,7 @@ DEFAULT_REWARDS: dict[str, list[str]] = {
     "counting": ["count", "format"],
     "ocr": ["ocr"],
     "detection": ["detection"],
+    "jigsaw": ["jigsaw", "jigsaw_format"],
 }
 """Rewards used when a recipe names none: the paper's answer reward plus a format reward for box tasks."""
 
@@ -124,6 +125,7 @@ _SOURCE_SUFFIXES: dict[str, tuple[str, ...]] = {
     "counting": ("", ".parquet", ".json", ".jsonl"),  # HF parquet (file or folder), PR1 jsonl
     "ocr": (".json",),  # Fox page-OCR JSON
     "detection": (".json",),  # COCO instances JSON
+    "jigsaw": ("",),  # any image folder
 }
 _BUILDERS: dict[str, tuple[str, str]] = {
     "grounding": ("refcoco", "build_refcoco"),
@@ -131,6 +133,7 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "ocr": ("pageocr", "build_pageocr"),
     "detection": ("coco", "build_coco_detection"),
     "synthetic": ("synthetic", "make_synthetic"),
+    "jigsaw": ("jigsaw", "make_jigsaw"),  # synthetic scenes are a jigsaw source like any images
 }
 # Passed by the recipe itself (or by `build_from_source`), never through `dataset_kwargs`.
 _SET_BY_RECIPE = frozenset({"task", "n", "path", "json_file", "annotation_file", "num_samples", "seed"})
@@ -155,12 +158,12 @@ def _builder_options(task: str, source: str) -> set[str] | None:
     import importlib
     import inspect
 
-    module, name = _BUILDERS["synthetic" if source == "synthetic" else task]
+    module, name = _BUILDERS["synthetic" if source == "synthetic" and task != "jigsaw" else task]
     builder = getattr(importlib.import_module(f".data.{module}", __package__), name)
     params = inspect.signature(builder).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
-    names = {p.name for p in params} - _SET_BY_RECIPE
+    names = {p.name for p in params} - _SET_BY_RECIPE - {"images"}
     if source == "synthetic":
         names -= {"split", "image_dir"}
     return names
@@ -314,6 +317,9 @@ def check_script_args(script_args: PerceptionScriptArguments) -> None:
 def _build_one(task: str, source: str, *, split, image_dir, num_samples, seed, box_format, training_args, kwargs):
     from .data.common import build_from_source
 
+    if task == "jigsaw":
+        return _build_jigsaw(source, image_dir=image_dir, num_samples=num_samples, seed=seed, box_format=box_format,
+                             training_args=training_args, kwargs=kwargs)  # fmt: skip
     extra = dict(kwargs)
     for key, value in (("split", split), ("image_dir", image_dir)):
         if value is not None:
@@ -325,6 +331,31 @@ def _build_one(task: str, source: str, *, split, image_dir, num_samples, seed, b
     if getattr(training_args, "min_pixels", None) is not None:
         extra.setdefault("min_pixels", training_args.min_pixels)
     return build_from_source(task, source, num_samples=num_samples, seed=seed, **extra)
+
+
+def _curriculum_callbacks(dataset: Any) -> list[Any]:
+    """A `JigsawCurriculumCallback` when the training set is a jigsaw dataset that follows a curriculum."""
+    from .callbacks import JigsawCurriculumCallback
+
+    transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    curriculum = getattr(transform, "curriculum", None)
+    return [JigsawCurriculumCallback(curriculum)] if curriculum is not None else []
+
+
+def _build_jigsaw(source: str, *, image_dir, num_samples, seed, box_format, training_args, kwargs):
+    """Jigsaw puzzles from an image folder, or from `num_samples` synthetic scenes (default 16)."""
+    from .data.jigsaw import make_jigsaw
+    from .data.synthetic import make_synthetic
+
+    extra = dict(kwargs)
+    if box_format not in (None, "auto"):
+        extra.setdefault("box_format", box_format)
+        for key in ("min_pixels", "max_pixels"):
+            if getattr(training_args, key, None) is not None:
+                extra.setdefault(key, getattr(training_args, key))
+    if source == "synthetic":
+        return make_jigsaw(make_synthetic("detection", num_samples or 16, seed=seed), seed=seed, **extra)
+    return make_jigsaw(image_dir or source, num_samples=num_samples, seed=seed, **extra)
 
 
 def _eval_image_dir(script_args: PerceptionScriptArguments) -> str | None:
@@ -554,6 +585,7 @@ def main(script_args: PerceptionScriptArguments, training_args: Any, model_args:
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         peft_config=peft_config,
         quantization_config=quantization_config,
+        callbacks=_curriculum_callbacks(train_dataset),
     )
     checkpoint = training_args.resume_from_checkpoint
     train_result = trainer.train(resume_from_checkpoint=checkpoint)

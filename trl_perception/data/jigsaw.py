@@ -578,7 +578,7 @@ def make_jigsaw(
     swap_prob: float = 0.0,
     think: bool = False,
     num_options: int = 4,
-    curriculum: GridCurriculum | None = None,
+    curriculum: GridCurriculum | Sequence[tuple[int, Sequence[int]]] | None = None,
     image_dir: str | os.PathLike | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
@@ -615,8 +615,9 @@ def make_jigsaw(
         swap_prob: with this probability a row's grid is `cols × rows` instead (Jigsaw-R1's random swap).
         think: ask for `<think>…</think><answer>…</answer>` instead of a direct answer.
         num_options: candidate grids of a `multiple` question (capped by the number of permutations).
-        curriculum: a `GridCurriculum`: rows are rendered at its current stage's grid (then `rows`/`cols`
-            are ignored); pair it with `callbacks.JigsawCurriculumCallback`.
+        curriculum: a `GridCurriculum` (or its stages, `[(first_step, (rows, cols)), ...]`): rows are rendered
+            at its current stage's grid (then `rows`/`cols` are ignored); pair it with
+            `callbacks.JigsawCurriculumCallback` (the recipe script does).
         image_dir: folder that relative paths in a list are resolved against.
         template: a `str.format` template replacing the Jigsaw-R1 prompt, with fields `rows`, `cols`, `n`
             (patches), `k`, `l` and `choices` (short prompts for tiny models, other wordings).
@@ -653,7 +654,7 @@ def make_jigsaw(
         raise ValueError(f"mask_ratio must be in [0, 0.5), got {mask_ratio}")
     if curriculum is not None:
         if not isinstance(curriculum, GridCurriculum):
-            raise TypeError(f"curriculum must be a GridCurriculum, got {curriculum!r}")
+            curriculum = GridCurriculum(curriculum)  # [(first_step, (rows, cols)), ...], e.g. from a YAML recipe
         rows, cols = curriculum.grid
     spec = jigsaw_spec(seed, 0, rows, cols, question, swap_prob=swap_prob)  # validates the grid and options
     if template is not None:
