@@ -74,8 +74,8 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(sft_steps=20, sft_images=64, grpo_steps=2, grpo_prompts=2, generations=4,
-                   control_images=32, eval_images=8, seeds=(0,), workers=1)  # fmt: skip
+        return cls(sft_steps=6, sft_batch=4, sft_images=16, grpo_steps=2, grpo_prompts=2, generations=4,
+                   control_images=8, eval_images=4, seeds=(0,), workers=1)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- data
