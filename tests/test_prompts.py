@@ -40,7 +40,7 @@ def prompt_text(messages):
 
 
 def test_table_8_templates_verbatim():
-    assert TASKS == ("grounding", "counting", "ocr", "detection")
+    assert TASKS[:4] == ("grounding", "counting", "ocr", "detection")  # Table 8's tasks; newer ones follow
     assert TASK_TEMPLATES == {
         "grounding": "Output the bounding box of the {question} in the image.",
         "counting": "Output all the bounding boxes of the {label}",
