@@ -161,10 +161,10 @@ def test_every_question_type_has_an_answer_that_earns_full_reward(scenes, questi
         assert jigsaw_format_reward([completion], [row["solution"]]) == [1.0]
 
 
-def relation(permutation, cols, k, l):
-    """Where original patch of position k lies relative to that of l, computed independently."""
+def relation(permutation, cols, k, other):
+    """Where original patch of position k lies relative to that of `other`, computed independently."""
     kr, kc = divmod(permutation[k - 1] - 1, cols)
-    lr, lc = divmod(permutation[l - 1] - 1, cols)
+    lr, lc = divmod(permutation[other - 1] - 1, cols)
     vertical = "above" if kr < lr else "below" if kr > lr else ""
     horizontal = "left" if kc < lc else "right" if kc > lc else ""
     return vertical, horizontal

@@ -17,7 +17,6 @@ from typing import Any
 from ._json import unquote_text
 from .boxes import paired_box_iou
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
-from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
 from .frames import (
     BOX_FORMATS,
     TASKS,
@@ -27,6 +26,7 @@ from .frames import (
     default_pixel_limits,
     model_input_size,
 )
+from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
 
 __all__ = [
     "BACKENDS",

@@ -252,14 +252,14 @@ def jigsaw_spec(
         k = int(rng.integers(1, n + 1))
         spec.update(k=k, answer=permutation[k - 1])
     elif question == "pair":
-        k, l = (int(v) + 1 for v in rng.choice(n, size=2, replace=False))
-        ko, lo = permutation[k - 1] - 1, permutation[l - 1] - 1
+        k, other = (int(v) + 1 for v in rng.choice(n, size=2, replace=False))
+        ko, lo = permutation[k - 1] - 1, permutation[other - 1] - 1
         drow = int(np.sign(ko // cols - lo // cols))
         dcol = int(np.sign(ko % cols - lo % cols))
         relations = _pair_relations(rows, cols)
         truth = next(i for i, (_, dr, dc) in enumerate(relations) if (dr, dc) == (drow, dcol))
         order = rng.permutation(len(relations)).tolist()
-        spec.update(k=k, l=l, choices=[relations[i][0] for i in order], answer=_LETTERS[order.index(truth)])
+        spec.update(k=k, l=other, choices=[relations[i][0] for i in order], answer=_LETTERS[order.index(truth)])
     else:  # multiple
         count = max(2, min(int(num_options), math.factorial(n), len(_LETTERS)))
         candidates = [permutation]
@@ -327,10 +327,10 @@ def jigsaw_prompt_text(spec: dict[str, Any], *, think: bool = False, masked: boo
         )
         answer_format = "The final answer should be a single number."
     elif question == "pair":
-        k, l = spec["k"], spec["l"]
-        choices = "\n".join(f"({_LETTERS[i]}) {k} is {phrase} {l}" for i, phrase in enumerate(spec["choices"]))
+        k, other = spec["k"], spec["l"]
+        choices = "\n".join(f"({_LETTERS[i]}) {k} is {phrase} {other}" for i, phrase in enumerate(spec["choices"]))
         parts.append(
-            f"For patches currently at positions {k} and {l}, determine their relative position in the "
+            f"For patches currently at positions {k} and {other}, determine their relative position in the "
             f"original image.\n\nSelect the correct answer from the following {len(spec['choices'])} "
             f"choices:\n\n{choices}"
         )
