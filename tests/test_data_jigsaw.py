@@ -322,3 +322,14 @@ def test_box_format_fits_large_images_to_the_grid_before_cutting(folder):
     assert row["image_size"] == [56, 56] and row["image"].size == (56, 56)
     with pytest.raises(ValueError, match="pass box_format"):
         make_jigsaw(folder, 2, 2, max_pixels=10_000)
+
+
+def test_add_completions_renders_the_true_grid_for_sft(scenes):
+    from trl_perception.data.completions import add_completions
+
+    ds = add_completions(make_jigsaw(scenes, rows=2, cols=3, seed=0))
+    row = ds[0]
+    text = row["completion"][0]["content"][0]["text"]
+    assert text == render_jigsaw_answer(row["permutation"], cols=3) and len(text.splitlines()) == 2
+    assert jigsaw_reward([text], [row["solution"]]) == [1.0]
+    assert ds.format["type"] == "custom"  # still lazy
