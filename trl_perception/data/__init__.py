@@ -23,6 +23,7 @@ __all__ = [
     "make_synthetic",
     "add_completions",
     "render_completion",
+    "make_jigsaw",
 ]
 
 # Builders import datasets/PIL; load them on first use so `import trl_perception.data` stays light.
@@ -32,6 +33,7 @@ _LAZY = {
     "build_pageocr": "pageocr",
     "build_coco_detection": "coco",
     "make_synthetic": "synthetic",
+    "make_jigsaw": "jigsaw",
     "DataError": "common",
     "build_from_source": "common",
     "fit_dataset_to_grid": "common",
