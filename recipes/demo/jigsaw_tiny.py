@@ -316,18 +316,22 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(output_dir: str, settings: Settings) -> dict[str, Any]:
+def run(output_dir: str, settings: Settings, sft_checkpoint: str | None = None) -> dict[str, Any]:
     import torch
 
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "results.json")
     results: dict[str, Any] = {"settings": dataclasses.asdict(settings), "grpo": {}, "control": {}}
     wall = time.time()
-    start = build_model(os.path.join(output_dir, "init"))
-    sft_dir = os.path.join(output_dir, "sft")
-    print(f"SFT: {settings.sft_steps} steps on {settings.sft_images} scenes x {len(TRAIN_GRIDS)} grids", flush=True)
-    train = sft(start, puzzles(settings.sft_images, 1, TRAIN_GRIDS), sft_dir, steps=settings.sft_steps,
-                lr=settings.sft_lr, batch=settings.sft_batch, seed=0, warmup=min(50, settings.sft_steps // 5))  # fmt: skip
+    if sft_checkpoint is not None:  # reuse the SFT start of an earlier run (its settings must match)
+        sft_dir = sft_checkpoint
+        train = {"steps": None, "seconds": 0.0, "reused": sft_checkpoint}
+    else:
+        start = build_model(os.path.join(output_dir, "init"))
+        sft_dir = os.path.join(output_dir, "sft")
+        print(f"SFT: {settings.sft_steps} steps on {settings.sft_images} scenes x {len(TRAIN_GRIDS)} grids", flush=True)
+        train = sft(start, puzzles(settings.sft_images, 1, TRAIN_GRIDS), sft_dir, steps=settings.sft_steps,
+                    lr=settings.sft_lr, batch=settings.sft_batch, seed=0, warmup=min(50, settings.sft_steps // 5))  # fmt: skip
     results["sft"] = {"train": train}
     print(f"  {train}", flush=True)
     _save(path, results)
@@ -362,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--quick", action="store_true", help="a smoke run (tiny settings)")
+    parser.add_argument("--sft-checkpoint", help="skip SFT: start from this SFT checkpoint of an earlier run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a Settings field")
     args = parser.parse_args(argv)
     settings = Settings.quick() if args.quick else Settings()
@@ -372,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         current = getattr(settings, key)
         parsed = tuple(int(v) for v in value.split(",")) if isinstance(current, tuple) else type(current)(value)
         setattr(settings, key, parsed)
-    results = run(args.output_dir, settings)
+    results = run(args.output_dir, settings, args.sft_checkpoint)
     print(format_table(results))
     print(f"wall time {results['wall_seconds']:.0f} s")
     return results
