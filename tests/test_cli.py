@@ -117,7 +117,7 @@ def test_train_needs_a_recipe(capsys):
 
 @pytest.fixture
 def captured_recipe(monkeypatch):
-    from trl_perception import recipe
+    from trl_perception.scripts import grpo
 
     seen = {}
 
@@ -125,7 +125,7 @@ def captured_recipe(monkeypatch):
         seen.update(script=script_args, training=training_args, model=model_args)
         return {"output_dir": training_args.output_dir, "train": {"train_loss": 0.0}}
 
-    monkeypatch.setattr(recipe, "main", fake_main)
+    monkeypatch.setattr(grpo, "main", fake_main)
     return seen
 
 
@@ -158,9 +158,11 @@ def test_train_takes_the_recipe_with_config_too(capsys, captured_recipe):
     assert "give the recipe YAML once" in str(status)
 
 
-def test_train_rejects_unknown_options(capsys, captured_recipe):
-    with pytest.raises(ValueError, match="no_such_option"):
-        cli.main(["train", str(DEMO), "--no_such_option", "1"])
+def test_train_rejects_unknown_options_and_bad_arguments_in_one_line(capsys, captured_recipe):
+    status, _, _ = run(capsys, "train", str(DEMO), "--no_such_option", "1")
+    assert str(status).startswith("trl-perception train:") and "no_such_option" in str(status)
+    status, _, _ = run(capsys, "train", str(DEMO), "--reward_funcs", "iuo")
+    assert str(status).startswith("trl-perception train:") and "reward 'iuo'" in str(status)
     assert not captured_recipe
 
 
@@ -173,7 +175,7 @@ def test_train_runs_the_recipe_with_overrides(capsys, tmp_path):
         "--max_completion_length", "8", "--evaluate_after_training", "false", "--disable_tqdm", "true",
     )  # fmt: skip
     assert status == 0
-    summary = json.loads(stdout[stdout.index("{\n") :])
+    summary = json.loads(stdout[stdout.rindex("{\n  \"output_dir\"") :])
     assert summary["output_dir"] == str(out) and "train_loss" in summary["train"]
     card = json.loads((out / "trl_perception_card.json").read_text())
     assert card["training_args"]["learning_rate"] == 3e-5

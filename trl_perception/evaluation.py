@@ -46,7 +46,7 @@ __all__ = [
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
-    "grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "jigsaw": 1024,
+    "grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "ovd": 2048, "jigsaw": 1024,
 }  # fmt: skip
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
@@ -681,6 +681,8 @@ def _task_metrics(
         result = m.counting_metrics(preds, [_gt_count(sol) for sol in solutions])
     elif task == "ocr":
         result = m.ocr_metrics(preds, [None if sol is None else str(sol) for sol in solutions])
+    elif task == "ovd":  # COCO AP/AR over the phrases asked, and hallucination rates
+        result = m.ovd_metrics(preds, solutions, [s.record["image_size"] for s in scored])
     elif task == "jigsaw":  # exact / position / connection accuracy per grid size, and over all ("all")
         result = jigsaw_metrics(s.record for s in scored)
     else:
@@ -717,8 +719,8 @@ def _summary(record: dict[str, Any]) -> str:
         return f"#{record['index']} grounding: IoU {record.get('iou', 0.0):.2f}"
     if task == "counting":
         return f"#{record['index']} counting: pred {pred} / gt {_gt_count(sol):g}"
-    if task == "detection":
-        return f"#{record['index']} detection: {pred} pred / {len(_detection_objects(sol))} gt"
+    if task in ("detection", "ovd"):
+        return f"#{record['index']} {task}: {pred} pred / {len(_detection_objects(sol))} gt"
     if task == "jigsaw":
         rows, cols = record["grid"]
         extra = "" if record.get("positions") is None else f", positions {record['positions']:.2f}"
@@ -751,7 +753,7 @@ def _visual(record: dict[str, Any], image: Any) -> Any:
     gt: Any = None
     if task == "grounding":
         gt = [_gt_box(sol)] if _gt_box(sol) else None
-    elif task in ("counting", "detection"):
+    elif task in ("counting", "detection", "ovd"):
         gt = sol
     scale = min(4.0, max(1.0, 256 / max(image.size)))
     return draw_objects(image, record.get("objects") or None, gt, scale=scale)
@@ -865,10 +867,10 @@ def _prepare(
     if family is not None:
         target = model_input_size(image.size, family, min_pixels=min_pixels, max_pixels=max_pixels)
         try:
-            from .data.common import fit_to_grid
+            from .frames import fit_to_grid
 
             model_image = fit_to_grid(image, family, min_pixels, max_pixels)
-        except ImportError:  # pragma: no cover - data.common ships with the package
+        except ImportError:  # pragma: no cover - frames ships with the package
             model_image = image if tuple(image.size) == target else image.resize(target, 3)  # bicubic
     else:
         model_image = image
@@ -908,7 +910,7 @@ def evaluate(
     original image pixels.
 
     For each row: the image is resized **once** to the family's grid within the pixel limits, exactly as
-    for training (`data.common.fit_to_grid`), so the model's frame (`input_size`) is known and every
+    for training (`frames.fit_to_grid`), so the model's frame (`input_size`) is known and every
     processor (transformers or vLLM) feeds it unchanged. The model answers the row's `prompt` (batched
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
     as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when
@@ -1176,27 +1178,9 @@ def _build_dataset(task: str, source: str, family: str | None, args: argparse.Na
     options = dict(_parse_option(option) for option in (getattr(args, "source_option", None) or []))
     if getattr(args, "split", None) is not None:
         options.setdefault("split", args.split)
-    if task == "jigsaw":  # puzzles from an image folder or synthetic scenes; --source-option rows=3 cols=3 ...
-        from .data.jigsaw import make_jigsaw
-        from .data.synthetic import make_synthetic
+    from .data import build_dataset
 
-        images = make_synthetic("detection", args.num_samples or 64, seed=args.seed) if source == "synthetic" else source
-        return make_jigsaw(images, num_samples=args.num_samples, seed=args.seed, **options)
-    for module_name in ("trl_perception.data.preview", "trl_perception.data.common", "trl_perception.data"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        build_from_source = getattr(module, "build_from_source", None)
-        if build_from_source is not None:
-            return build_from_source(
-                task, source, num_samples=args.num_samples, seed=args.seed, box_format=family, **options
-            )
-    if source != "synthetic":
-        raise ValueError(f"unknown --source {source!r}: this installation only reads --source synthetic")
-    from .data.synthetic import make_synthetic
-
-    return make_synthetic(task, args.num_samples or 64, seed=args.seed, box_format=family, **options)
+    return build_dataset(task, source, num_samples=args.num_samples, seed=args.seed, box_format=family, **options)
 
 
 def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:

@@ -16,15 +16,11 @@ import numpy as np
 
 from ..formats import JIGSAW_QUESTIONS
 from ..frames import check_box_format, fit_to_grid, grid_size
-from .common import (
-    DataError,
-    ErrorPolicy,
-    RecordError,
-    prompt_feature,
-    read_image_size,
-    rows_to_dataset,
-    sample_indices,
-)
+from .errors import DataError, ErrorPolicy, RecordError
+from .images import read_image_size
+from .registry import register_builder
+from .rows import prompt_feature, rows_to_dataset, sample_indices
+from .synthetic import make_synthetic
 
 if TYPE_CHECKING:
     import datasets
@@ -566,6 +562,7 @@ def _source_images(images: Any, image_dir: str | os.PathLike | None) -> tuple[st
     raise TypeError(f"images must be a folder, a list of paths or a dataset with an 'image' column, got {images!r}")
 
 
+@register_builder("jigsaw")
 def make_jigsaw(
     images: str | os.PathLike | Sequence[str | os.PathLike] | datasets.Dataset,
     rows: int = 2,
@@ -603,7 +600,8 @@ def make_jigsaw(
     image can be reassembled with `reassemble`), `jigsaw_index` and `source_size`.
 
     Args:
-        images: an image folder (searched recursively), a list of image paths, or a `datasets.Dataset` with an
+        images: an image folder (searched recursively), a list of image paths, `"synthetic"` (`num_samples`
+            `make_synthetic` detection scenes, default 16), or a `datasets.Dataset` with an
             `image` column (e.g. `build_coco_detection` or `make_synthetic` output; its images are taken as
             stored, before any transform of that dataset).
         rows, cols: the grid (at least 2 patches).
@@ -663,6 +661,8 @@ def make_jigsaw(
         except (KeyError, IndexError, ValueError) as err:
             raise ValueError(f"jigsaw template {template!r} has an unknown field or bad syntax: {err}") from None
     del spec
+    if isinstance(images, str) and images == "synthetic":  # the registry's synthetic source: detection scenes
+        images, num_samples = make_synthetic("detection", num_samples or 16, seed=seed), None
     source, entries, sizes = _source_images(images, image_dir)
     policy = ErrorPolicy(source, on_error)
     transform = JigsawTransform(

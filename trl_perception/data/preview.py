@@ -9,12 +9,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import build_from_source
-
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["build_from_source", "caption_for", "render_preview"]
+__all__ = ["caption_for", "render_preview"]
 
 _MAX_CELL = 384
 
@@ -60,7 +58,7 @@ def caption_for(row: dict[str, Any], max_chars: int = 160) -> str:
     solution = _solution(task, row.get("solution"))
     size = row.get("image_size")
     head = f"{task} {size[0]}x{size[1]}" if size else task
-    if task == "detection":
+    if task in ("detection", "ovd"):
         labels = [o.get("label") for o in solution or [] if isinstance(o, dict)]
         counts: dict[str, int] = {}
         for label in labels:
@@ -95,7 +93,8 @@ def render_preview(
     ```python
     >>> import tempfile, pathlib
     >>> from PIL import Image
-    >>> ds = build_from_source("detection", "synthetic", num_samples=4, seed=0)
+    >>> from trl_perception.data.registry import build_dataset
+    >>> ds = build_dataset("detection", "synthetic", num_samples=4, seed=0)
     >>> out = render_preview(ds, pathlib.Path(tempfile.mkdtemp()) / "preview.png", n=4, ncols=2)
     >>> Image.open(out).size[0] > 0
     True
@@ -119,7 +118,7 @@ def render_preview(
                 if isinstance(gt, list) and gt and isinstance(gt[0], list)
                 else gt
             )
-        elif task in ("counting", "detection"):
+        elif task in ("counting", "detection", "ovd"):
             gt = solution
         else:
             gt = None

@@ -1,4 +1,4 @@
-"""Task prompts: Perception-R1's Table 8 templates plus each model family's output-format instruction."""
+"""Task prompts: Perception-R1's Table 8 templates plus each box format's output-format instruction."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ TASK_TEMPLATES: dict[str, str] = {
     "counting": "Output all the bounding boxes of the {label}",
     "ocr": "OCR this image.",
     "detection": "Please output bbox coordinates and names of {categories}.",
+    "ovd": "Please carefully check the image and detect the following objects: {phrases}. "
+    "If none of them is in the image, answer None.",
 }
-"""Perception-R1 Table 8 user prompts (the counting template has no final period in the paper's code)."""
+"""Perception-R1 Table 8 user prompts (the counting template has no final period in the paper's code), and the
+open-vocabulary detection prompt after VLM-R1's OVD wording (target phrases, some absent; `None` when none
+is present)."""
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 """The Qwen chat templates' default system prompt (Perception-R1's training code adds a trailing space)."""
@@ -54,12 +58,12 @@ def build_prompt(
     """A conversational prompt with one image, in TRL's format.
 
     The text is `template` (default: the task's Table 8 template) filled with `fields`, followed by the
-    output-format instruction of `box_format` when a family is given, so that the model is asked for the
+    output-format instruction of `box_format` when one is given, so that the model is asked for the
     format the rewards parse.
 
     Args:
         task (`str`): `"grounding"`, `"counting"`, `"ocr"` or `"detection"`.
-        box_format (`str`, *optional*): model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
+        box_format (`str`, *optional*): the model's box format (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
         template (`str`, *optional*): a `str.format` template overriding the task's default.
         system_prompt (`str`, *optional*): adds a system turn first.
         think (`bool`): ask for reasoning in `<think>` and the answer in `<answer>` (`THINK_INSTRUCTION`).

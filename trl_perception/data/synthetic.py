@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..frames import TASKS, grid_size, model_input_size
+from .rows import PromptCache, row_features, rows_to_dataset
 
 if TYPE_CHECKING:
     import datasets
@@ -70,10 +71,11 @@ BOX_JITTERS: tuple[str, ...] = ("loose", "shift", "random")
 """Imperfect-supervision modes for training boxes (`jitter_box`)."""
 
 _TASK_IDS = {task: i for i, task in enumerate(TASKS)}
-SCENE_TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
-"""The tasks a synthetic scene is drawn for (jigsaw puzzles are cut from any images by `make_jigsaw`)."""
 _PLURALS = {"cross": "crosses"}
-_DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5)}
+_DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5), "ovd": (1, 4)}
+_OVD_NEGATIVES = 2  # absent "{color} {shape}" phrases asked per OVD row
+_OVD_NEGATIVE_ONLY = 0.25  # share of OVD rows asked only for absent phrases (the answer is None)
+_MIXED_TASKS = ("grounding", "counting", "ocr", "detection")  # task="mixed": Perception-R1's four tasks
 _DEFAULT_WORDS = {"en": (1, 6), "zh": (1, 4)}
 _MIN_SHAPE_PX = 6
 
@@ -219,7 +221,10 @@ def load_font(
     if path is None:
         path = latin_font_path()
     if path is not None:
-        return ImageFont.truetype(path, size)
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError as err:  # Pillow's message ("cannot open resource") does not say which file
+            raise OSError(f"cannot load the font file {path!r}: {err}") from None
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -690,7 +695,7 @@ def _jitter_solution(
 ) -> Any:
     if task == "grounding":
         return jitter_box(solution, rng, mode, noise_px, image_size)
-    if task == "detection":
+    if task in ("detection", "ovd"):
         return [
             {"bbox_2d": jitter_box(o["bbox_2d"], rng, mode, noise_px, image_size), "label": o["label"]}
             for o in solution
@@ -788,6 +793,20 @@ def _sample(
         boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
         categories = ", ".join(shape_vocabulary(opts.colors, opts.shapes))
         return image, boxes, {"categories": categories}, objects
+    if task == "ovd":
+        n = int(rng.integers(lo, hi + 1))
+        kinds = [kinds_all[int(i)] for i in rng.integers(len(kinds_all), size=n)]
+        image, objects = render_scene(rng, kinds, **scene)
+        present = list(dict.fromkeys(o["label"] for o in objects))
+        absent = [label for label in shape_vocabulary(opts.colors, opts.shapes) if label not in present]
+        negatives = [absent[int(i)] for i in rng.permutation(len(absent))[:_OVD_NEGATIVES]]
+        if negatives and rng.random() < _OVD_NEGATIVE_ONLY:
+            present = []  # ask only for absent shapes: the answer is None
+        boxes = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in objects if o["label"] in present]
+        boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
+        phrases = present + negatives
+        phrases = [phrases[int(i)] for i in rng.permutation(len(phrases))]
+        return image, boxes, {"phrases": ", ".join(phrases)}, objects
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
@@ -806,6 +825,8 @@ def _check_options(opts: _Options) -> None:
     for color in opts.colors:
         if color not in COLORS:
             raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
+    if opts.font is not None and not os.path.isfile(opts.font):
+        raise FileNotFoundError(f"font file {opts.font!r} not found")
     if opts.language not in ("en", "zh"):
         raise ValueError(f"unknown language {opts.language!r}; expected 'en' or 'zh'")
     backgrounds = (opts.background,) if isinstance(opts.background, str) else opts.background
@@ -906,12 +927,12 @@ def make_sample(
     }
 
 
-def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
+def _grid_size(image_size: tuple[int, int], box_format: str, min_pixels: int | None, max_pixels: int | None):
     size = image_size
     # smart_resize maps an on-grid size within the limits to itself; a second pass settles the rare sizes
     # that one rounding step leaves just outside the limits.
     for _ in range(4):
-        resized = tuple(grid_size(size, family, min_pixels, max_pixels))
+        resized = tuple(grid_size(size, box_format, min_pixels, max_pixels))
         if resized == tuple(size):
             break
         size = resized
@@ -926,7 +947,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def make_synthetic(
     task: str | Sequence[str],
-    n: int,
+    num_samples: int,
     seed: int = 0,
     *,
     image_size: int | Sequence[int] = (112, 112),
@@ -963,24 +984,28 @@ def make_synthetic(
           and shape, the solution is `[{"bbox_2d": [...], "label": ...}, ...]`.
         - `"ocr"`: random words (`language="en"`) or Chinese words (`"zh"`, needs a CJK font such as
           `fonts-wqy-microhei`) in lines that fit the image; the solution is the text, lines joined by `\\n`.
-        - `"mixed"` or a list of tasks: each row's task drawn uniformly; solutions become JSON strings.
+        - `"ovd"`: open-vocabulary detection: 1-4 shapes; the prompt asks for the `"{color} {shape}"` of the
+          shapes present and two absent ones, shuffled (a quarter of the rows only absent ones); the solution
+          holds the boxes of the present shapes asked, `[]` when none is.
+        - `"mixed"` (Perception-R1's four tasks) or a list of tasks: each row's task drawn uniformly;
+          solutions become JSON strings.
 
     Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
     width is its pixel count): whole numbers, stored as float64 like every builder's boxes (the features
-    come from `data.common.row_features`), so synthetic and real datasets concatenate. Row `i` depends
-    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger `n`
-    extends a smaller one.
+    come from `row_features`), so synthetic and real datasets concatenate. Row `i` depends
+    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger
+    `num_samples` extends a smaller one.
 
     Args:
         task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
-        n: number of rows.
+        num_samples: number of rows.
         seed: random seed.
         image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
-            the nearest size the family's processor leaves unchanged (e.g. 112×112 stays 112×112 for
+            the nearest size the model's processor leaves unchanged (e.g. 112×112 stays 112×112 for
             Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
-        box_format: model family; adds the `box_format` and `input_size` columns and the family's output
+        box_format: the model's box format; adds the `box_format` and `input_size` columns and the model's output
             format instruction to the prompt.
-        min_pixels, max_pixels: the processor's pixel limits (default: the family's checkpoints').
+        min_pixels, max_pixels: the processor's pixel limits (default: the checkpoints' own).
         min_objects, max_objects: grounding: shapes in the scene (1–3); counting: the count (1–5);
             detection: shapes (2–5); OCR: words (1–6 English, 1–4 Chinese).
         max_distractors: counting only: up to this many shapes of other kinds (3).
@@ -1001,7 +1026,7 @@ def make_synthetic(
 
     Returns:
         `datasets.Dataset` with columns `prompt`, `image`, `task`, `solution`, `image_size`, plus
-        `box_format` and `input_size` with a family, and `exact_solution` with `box_jitter`.
+        `box_format` and `input_size` with a box format, and `exact_solution` with `box_jitter`.
 
     Example:
     ```python
@@ -1017,17 +1042,15 @@ def make_synthetic(
 
     ```
     """
-    from .common import PromptCache, row_features, rows_to_dataset
-
     if isinstance(task, str):
-        tasks = SCENE_TASKS if task == "mixed" else (task,)
+        tasks = _MIXED_TASKS if task == "mixed" else (task,)
     else:
         tasks = tuple(task)
-    if not tasks or any(t not in SCENE_TASKS for t in tasks):
-        raise ValueError(f"unknown task {task!r}; expected one of {SCENE_TASKS}, 'mixed' or a list of them")
+    if not tasks or any(t not in TASKS or t == "jigsaw" for t in tasks):  # puzzles come from make_jigsaw
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} but jigsaw, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if int(num_samples) < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     if box_jitter is not None and box_jitter not in BOX_JITTERS:
         raise ValueError(f"unknown box_jitter {box_jitter!r}; expected one of {BOX_JITTERS} or None")
     if box_noise_px < 0:
@@ -1051,7 +1074,7 @@ def make_synthetic(
         columns["input_size"] = []
     if box_jitter is not None:
         columns["exact_solution"] = []
-    for index in range(int(n)):
+    for index in range(int(num_samples)):
         if mixed:
             row_task = tasks[
                 int(np.random.default_rng([int(seed) & 0xFFFFFFFF, 99, index]).integers(len(tasks)))
@@ -1078,7 +1101,7 @@ def make_synthetic(
             columns["input_size"].append(list(input_size))
         if box_jitter is not None:
             columns["exact_solution"].append(json.dumps(solution, ensure_ascii=False) if mixed else solution)
-    features = row_features(None if mixed else tasks[0], family=box_format is not None)
+    features = row_features(None if mixed else tasks[0], with_box_format=box_format is not None)
     if box_jitter is not None:
         features["exact_solution"] = features["solution"]
     return rows_to_dataset(columns, features=features)
