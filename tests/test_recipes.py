@@ -29,6 +29,8 @@ SOURCE_FORMS = {
     "counting": {"", ".parquet", ".json", ".jsonl"},
     "ocr": {".json"},
     "detection": {".json"},
+    "ovd": {".json", ".jsonl"},
+    "jigsaw": {""},  # any image folder
 }
 PAPER_CONFIGS = {
     # Perception-R1's four released settings: config -> task, subset size,
@@ -84,15 +86,15 @@ def test_recipe_parses_and_names_only_existing_things(path):
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
     assert training_args.box_format in ("auto", *BOX_FORMATS)
-    assert script_args.task in (*TASKS, "mixed")
+    assert script_args.task in (*TASKS, "ovd", "jigsaw", "mixed")
 
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture
         assert isinstance(entries, list) and entries
         for entry in entries:  # PerceptionDatasetConfig: unknown keys were rejected when parsed
-            assert entry.task in TASKS
+            assert entry.task in (*TASKS, "ovd")
             assert entry.source == "synthetic" or Path(entry.source).suffix in SOURCE_FORMS[entry.task], entry
-        assert {e.task for e in entries} == set(TASKS)
+        assert set(TASKS) <= {e.task for e in entries}
     else:
         for source in filter(None, (script_args.dataset_source, script_args.eval_source)):
             assert source == "synthetic" or Path(source).suffix in SOURCE_FORMS[script_args.task], source
@@ -232,3 +234,14 @@ def test_accelerate_config_is_valid(path):
 def test_zero3_saves_whole_weights():
     # The recipe evaluates and pushes the saved folder: ZeRO-3 must gather a full 16-bit model when saving.
     assert raw(RECIPES / "accelerate_configs" / "zero3.yaml")["deepspeed_config"]["zero3_save_16bit_model"]
+
+
+def test_the_jigsaw_demo_builds_a_curriculum_dataset_and_its_callback():
+    from trl_perception.callbacks import JigsawCurriculumCallback
+    from trl_perception.data import build_dataset
+    from trl_perception.scripts.grpo import curriculum_callbacks
+
+    train = build_dataset("jigsaw", "synthetic", num_samples=4, seed=0, curriculum=[[0, [2, 1]], [2, [2, 2]]])
+    assert len(train) == 4 and train[0]["task"] == "jigsaw" and train[0]["grid"] == [2, 1]
+    (callback,) = curriculum_callbacks(train)
+    assert isinstance(callback, JigsawCurriculumCallback) and callback.curriculum.grid_at(2) == (2, 2)

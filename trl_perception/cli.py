@@ -134,7 +134,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         description="Build a dataset with trl_perception.data and render a grid of rows with the ground truth drawn "
         "on them, to check a build by eye.",
     )
-    prev.add_argument("--task", required=True, choices=["grounding", "counting", "ocr", "detection"])
+    prev.add_argument("--task", required=True, choices=["grounding", "counting", "ocr", "detection", "ovd"])
     prev.add_argument("--source", required=True, help="Data file or folder, or 'synthetic'.")
     prev.add_argument("--split", default=None, help="Split name where the source has several.")
     prev.add_argument("--image-dir", default=None, help="Image folder for sources that reference files.")

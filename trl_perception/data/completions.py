@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..formats import render_objects
+from ..formats import render_jigsaw_answer, render_objects
 from ..frames import TASKS, check_box_format
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,7 +51,9 @@ def _objects(task: str, solution: Any) -> list[dict[str, Any]] | None:
             return None
         label = solution.get("label")
         return [{"point_2d": [float(v) for v in p], **({"label": label} if label else {})} for p in points]
-    if task == "detection":
+    if task == "ovd" and not solution:
+        return None  # none of the phrases asked is present
+    if task in ("detection", "ovd"):
         return [{"bbox_2d": [float(v) for v in o["bbox_2d"]], "label": o.get("label")} for o in solution or []]
     return None
 
@@ -109,6 +111,10 @@ def render_completion(
         if task == "counting":
             count = solution.get("count") if isinstance(solution, dict) else solution
             answer = str(int(count))
+        elif task == "ovd":
+            answer = "None"  # what the OVD prompt asks for when nothing is present
+        elif task == "jigsaw":  # {"question", "grid": [rows, cols], "answer", ...} as make_jigsaw writes it
+            answer = render_jigsaw_answer(solution["answer"], cols=solution["grid"][1])
         else:
             answer = "" if solution is None else str(solution)
     else:
