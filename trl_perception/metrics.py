@@ -521,7 +521,9 @@ def _complete_ground_truth(dataset: Any, source: str) -> bool:
                 raise ValueError(f"{what} repeats id {ident!r}; ids must be unique")
             seen.add(ident)
     annotations = dataset["annotations"]
-    next_id = max((a["id"] for a in annotations if isinstance(a, dict) and type(a.get("id")) is int), default=0) + 1
+    next_id = (
+        max((a["id"] for a in annotations if isinstance(a, dict) and type(a.get("id")) is int), default=0) + 1
+    )
     seen = set()
     for i, ann in enumerate(annotations):
         what = f"coco_metrics: {source}: annotations[{i}]"
@@ -533,7 +535,9 @@ def _complete_ground_truth(dataset: Any, source: str) -> bool:
                 raise ValueError(f"{what} has no {key!r}")
         box = _as_box(ann.get("bbox"))
         if box is None:
-            raise ValueError(f"{what} has bbox {ann.get('bbox')!r}; expected [x, y, width, height] (4 finite numbers)")
+            raise ValueError(
+                f"{what} has bbox {ann.get('bbox')!r}; expected [x, y, width, height] (4 finite numbers)"
+            )
         if "id" not in ann:
             ann["id"] = next_id  # COCOeval treats id 0 as "unmatched": fill from max(id) + 1 >= 1
             next_id += 1
@@ -549,7 +553,9 @@ def _complete_ground_truth(dataset: Any, source: str) -> bool:
             changed = True
         elif ann["iscrowd"] not in (0, 1):  # True/False and 0.0/1.0 compare equal to 0/1 and are kept
             if isinstance(ann["iscrowd"], str) and ann["iscrowd"].strip() in ("0", "1"):
-                ann["iscrowd"] = int(ann["iscrowd"])  # pycocotools would read "0" as crowd (a non-empty string)
+                ann["iscrowd"] = int(
+                    ann["iscrowd"]
+                )  # pycocotools would read "0" as crowd (a non-empty string)
                 changed = True
             else:
                 raise ValueError(f"{what} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")

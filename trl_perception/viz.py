@@ -569,7 +569,9 @@ def image_grid(
         cell_w, cell_h = (int(v) for v in cell_size)
     cell_w, cell_h = max(1, cell_w), max(1, cell_h)
     pad = max(0, int(padding))
-    font = _font(max(9, min(14, cell_w // 12)), [] if captions is None else [display_text(c) for c in captions])
+    font = _font(
+        max(9, min(14, cell_w // 12)), [] if captions is None else [display_text(c) for c in captions]
+    )
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     _, top, _, bottom = probe.textbbox((0, 0), "Ag", font=font)
     line_h = bottom - top + 2
@@ -577,7 +579,14 @@ def image_grid(
     if captions is not None:
         texts = list(captions) + [""] * (len(pictures) - len(captions))
         wrapped = [
-            _wrap("" if t is None else t if isinstance(t, str) else display_text(t), font, cell_w, max(1, max_caption_lines), probe) for t in texts
+            _wrap(
+                "" if t is None else t if isinstance(t, str) else display_text(t),
+                font,
+                cell_w,
+                max(1, max_caption_lines),
+                probe,
+            )
+            for t in texts
         ]
     caption_h = (max((len(w) for w in wrapped), default=0) * line_h + 2) if captions is not None else 0
     grid = Image.new(
