@@ -278,6 +278,7 @@ def _eval(tmp_path, *extra):
     [
         (["--generation-kwargs", "{bad json"], ["--generation-kwargs", "not valid JSON"]),
         (["--generation-kwargs", "[1, 2]"], ["--generation-kwargs", "JSON object"]),
+        (["--generation-kwargs", '{"temprature": 0.5}'], ["--generation-kwargs", "temprature"]),
         (["--source-option", "noequals"], ["--source-option", "KEY=VALUE"]),
         (["--source-option", "=3"], ["--source-option"]),
         (["--batch-size", "0"], ["--batch-size", "positive"]),
@@ -332,6 +333,16 @@ def test_eval_task_mixed_needs_the_synthetic_source(capsys, tmp_path, no_model_o
     _one_line_error(*run(capsys, *argv), "--task mixed", "--source synthetic")
 
 
+def test_eval_unknown_source_option_is_a_user_error(capsys):
+    from trl_perception.testing import tiny_vlm
+
+    model = tiny_vlm("qwen2_vl")
+    capsys.readouterr()
+    status, out, err = run(capsys, "eval", "--model", model, "--task", "counting", "--source-option",
+                           "colour_count=3")  # fmt: skip
+    _one_line_error(status, out, err, "--source-option", "colour_count")
+
+
 def test_eval_help_offers_only_what_it_accepts(capsys):
     from trl_perception import evaluation
 
@@ -355,6 +366,7 @@ def test_eval_help_offers_only_what_it_accepts(capsys):
         (["data", "preview", "--task", "ocr", "--source", "synthetic", "--n", "0"], ["--n", "positive"]),
         (["demo", "--output-dir", "{file}"], ["--output-dir", "not a folder"]),
         (["demo", "--checkpoint", "/no/such/ckpt"], ["--checkpoint", "no such checkpoint"]),
+        (["demo", "--output-dir", "{file}/sub"], ["--output-dir", "cannot create"]),
         (["push", "/no/such/folder", "--repo-id", "me/model"], ["no such model folder"]),
         (["push", "{tmp}", "--repo-id", "just-a-name"], ["--repo-id", "OWNER/NAME"]),
         (["push", "{tmp}", "--repo-id", "a/b/c"], ["--repo-id"]),

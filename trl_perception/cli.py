@@ -49,10 +49,15 @@ def _usage_error(command: str, message: str) -> SystemExit:
 def _check_image_out(command: str, out: str) -> None:
     """`--out` must name an image file (a known extension, or none for PNG) in a folder that can exist."""
     if os.path.isdir(out):
-        raise _usage_error(command, f"--out {out}: is a folder; give a file name, e.g. {os.path.join(out, 'preview.png')}")
+        raise _usage_error(
+            command, f"--out {out}: is a folder; give a file name, e.g. {os.path.join(out, 'preview.png')}"
+        )
     suffix = os.path.splitext(out)[1].lower()
     if suffix and suffix not in _IMAGE_SUFFIXES:
-        raise _usage_error(command, f"--out {out}: unknown image extension {suffix!r}; use one of {', '.join(_IMAGE_SUFFIXES)}")
+        raise _usage_error(
+            command,
+            f"--out {out}: unknown image extension {suffix!r}; use one of {', '.join(_IMAGE_SUFFIXES)}",
+        )
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -78,10 +83,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "train it with GRPO and evaluate again. Writes a report, metrics.json (before/after), sample images and a "
         "reward curve to --output-dir. " + _OFFLINE_HINT,
     )
-    p.add_argument("--output-dir", default="demo-output", help="Where the report goes (default: demo-output).")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="GRPO steps (default: the demo's setting).")
-    p.add_argument("--eval-samples", type=_positive_int, default=None, help="Held-out images evaluated before and after.")
-    p.add_argument("--train-samples", type=_positive_int, default=None, help="Synthetic training images (default: the demo's).")
+    p.add_argument(
+        "--output-dir", default="demo-output", help="Where the report goes (default: demo-output)."
+    )
+    p.add_argument(
+        "--max-steps", type=_positive_int, default=None, help="GRPO steps (default: the demo's setting)."
+    )
+    p.add_argument(
+        "--eval-samples", type=_positive_int, default=None, help="Held-out images evaluated before and after."
+    )
+    p.add_argument(
+        "--train-samples",
+        type=_positive_int,
+        default=None,
+        help="Synthetic training images (default: the demo's).",
+    )
     p.add_argument(
         "--max-completion-length",
         type=_positive_int,
@@ -89,7 +105,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="Longest answer, in tokens, in training and evaluation (default: the demo's). Small values make a "
         "quick smoke run.",
     )
-    p.add_argument("--checkpoint", default=None, help="Start from this checkpoint instead of the bundled one.")
+    p.add_argument(
+        "--checkpoint", default=None, help="Start from this checkpoint instead of the bundled one."
+    )
     p.add_argument("--seed", type=int, default=0, help="Seed of data, sampling and training.")
     p.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     _add_debug(p)
@@ -103,6 +121,12 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise _usage_error("demo", f"--output-dir {args.output_dir}: exists and is not a folder")
     if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
         raise _usage_error("demo", f"--checkpoint {args.checkpoint}: no such checkpoint folder")
+    try:  # before minutes of training, not after
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        raise _usage_error(
+            "demo", f"--output-dir {args.output_dir}: cannot create it ({err.strerror})"
+        ) from None
 
     result = run_demo(
         output_dir=args.output_dir,
@@ -128,7 +152,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "argument of PerceptionScriptArguments, PerceptionGRPOConfig and trl.ModelConfig is accepted; run "
         "`trl-perception train --help-args` to list them.",
     )
-    p.add_argument("config", nargs="?", help="Recipe YAML file (or --config CONFIG, as recipes/grpo.py takes it).")
+    p.add_argument(
+        "config", nargs="?", help="Recipe YAML file (or --config CONFIG, as recipes/grpo.py takes it)."
+    )
     p.add_argument("--help-args", action="store_true", help="List every recipe argument and exit.")
     p.set_defaults(func=_run_train)
 
@@ -192,13 +218,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         choices=BOX_FORMATS,
         help="Model family: its prompt format, and images resized to its patch grid as training sees them.",
     )
-    prev.add_argument("--min-pixels", type=_positive_int, default=None, help="Smallest image area (with --box-format).")
-    prev.add_argument("--max-pixels", type=_positive_int, default=None, help="Largest image area (with --box-format).")
+    prev.add_argument(
+        "--min-pixels", type=_positive_int, default=None, help="Smallest image area (with --box-format)."
+    )
+    prev.add_argument(
+        "--max-pixels", type=_positive_int, default=None, help="Largest image area (with --box-format)."
+    )
     prev.add_argument("--n", type=_positive_int, default=16, help="Rows to show (default 16).")
     prev.add_argument("--ncols", type=_positive_int, default=4, help="Grid columns (default 4).")
     prev.add_argument("--seed", type=int, default=0, help="Seed of the row sample.")
     prev.add_argument(
-        "--out", default="preview.png", help="Output image (default preview.png; PNG when it has no extension)."
+        "--out",
+        default="preview.png",
+        help="Output image (default preview.png; PNG when it has no extension).",
     )
     _add_debug(prev)
     prev.set_defaults(func=_run_preview)
@@ -214,9 +246,13 @@ def _run_preview(args: argparse.Namespace) -> int:
     if args.image_dir is not None and not os.path.isdir(args.image_dir):
         raise _usage_error(command, f"--image-dir {args.image_dir}: no such folder")
     if args.box_format is None and (args.min_pixels is not None or args.max_pixels is not None):
-        raise _usage_error(command, "--min-pixels / --max-pixels resize to a model's grid: give --box-format too")
+        raise _usage_error(
+            command, "--min-pixels / --max-pixels resize to a model's grid: give --box-format too"
+        )
     if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
-        raise _usage_error(command, f"--min-pixels ({args.min_pixels}) exceeds --max-pixels ({args.max_pixels})")
+        raise _usage_error(
+            command, f"--min-pixels ({args.min_pixels}) exceeds --max-pixels ({args.max_pixels})"
+        )
     _check_image_out(command, args.out)
 
     kwargs = {}
@@ -276,7 +312,9 @@ def _run_push(args: argparse.Namespace) -> int:
         raise _usage_error("push", f"{args.folder}: no such model folder")
     owner, slash, name = args.repo_id.partition("/")
     if not slash or not owner or not name or "/" in name or any(c.isspace() for c in args.repo_id):
-        raise _usage_error("push", f"--repo-id {args.repo_id!r}: expected OWNER/NAME, e.g. me/qwen2-vl-2b-grounding")
+        raise _usage_error(
+            "push", f"--repo-id {args.repo_id!r}: expected OWNER/NAME, e.g. me/qwen2-vl-2b-grounding"
+        )
 
     url = push_to_hub(args.folder, args.repo_id, private=args.private or None, token=args.token)
     print(url)

@@ -1264,6 +1264,13 @@ def _check_eval_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dic
             ) from None
         if not isinstance(generation_kwargs, dict):
             raise ValueError(f"--generation-kwargs must be a JSON object, got {args.generation_kwargs!r}")
+        from transformers import GenerationConfig
+
+        unknown = sorted(key for key in generation_kwargs if not hasattr(GenerationConfig(), key))
+        if unknown:
+            raise ValueError(
+                f"--generation-kwargs: {unknown} are not generation arguments (transformers' names)"
+            )
     options = dict(_parse_option(option) for option in (args.source_option or []))
     if args.split is not None:
         options.setdefault("split", args.split)
@@ -1337,9 +1344,19 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
 
     options, generation_kwargs = _check_eval_arguments(args)
     box_format = _hub_box_format(args.model, args.box_format)
-    dataset = build_dataset(
-        args.task, args.source, num_samples=args.num_samples, seed=args.seed, box_format=box_format, **options
-    )
+    try:
+        dataset = build_dataset(
+            args.task,
+            args.source,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            box_format=box_format,
+            **options,
+        )
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"--source-option: the {args.task} builder takes no such option ({err})") from None
     result = evaluate(
         args.model,
         dataset,
