@@ -966,7 +966,7 @@ def evaluate(
     original image pixels.
 
     For each row: the image is resized **once** to the family's grid within the pixel limits, exactly as
-    for training (`data.common.fit_to_grid`), so the model's frame (`input_size`) is known and every
+    for training (`frames.fit_to_grid`), so the model's frame (`input_size`) is known and every
     processor (transformers or vLLM) feeds it unchanged. The model answers the row's `prompt` (batched
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
     as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when
@@ -986,10 +986,13 @@ def evaluate(
     Every task also reports `num_unparsed` (no answer structure found) and `num_truncated`. Empty or
     unparseable answers score 0; nothing in a model's output can crash the run.
 
-    With `output_dir`, writes `predictions.jsonl` (row index, task, raw text, parsed objects in original
-    pixels, prediction, ground truth), `metrics.json` (`{"metrics": ..., "config": ...}`), `report.png`
-    (the first `num_visual` rows: predictions in red, ground truth in green) and `report.md` (settings,
-    metrics tables, the image).
+    With `output_dir` (checked and created before any model is loaded), writes `predictions.jsonl` (row
+    index, task, raw text, parsed objects in original pixels, prediction, ground truth), one line per row
+    as soon as the row is scored, so a run stopped half way keeps its rows; then `metrics.json`
+    (`{"metrics": ..., "config": ...}`); then `report.png` (the first `num_visual` rows: predictions in
+    red, ground truth in green) and `report.md` (settings, metrics tables, the image). Records are valid
+    UTF-8 whatever the model wrote (a lone surrogate becomes U+FFFD, also in `predictions`), and labels
+    are drawn whatever characters they hold; a picture that still fails is a `UserWarning`, never a lost run.
 
     Args:
         model: a checkpoint path or a loaded model (`None` with `generate_fn`).
