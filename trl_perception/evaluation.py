@@ -1,5 +1,5 @@
 """Run a vision-language model over a perception dataset with Perception-R1's evaluation protocol: images fed
-on the family's grid, predictions mapped back to original pixels, metrics per task, and a written report."""
+on the box_format's grid, predictions mapped back to original pixels, metrics per task, and a written report."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ _VLLM_MIN_CHUNK = 256
 class GenerationRequest:
     """What a generation backend (or a test's `generate_fn`) receives for one row.
 
-    `image` is the image the model sees: already resized to the family's grid (`image.size == input_size`),
+    `image` is the image the model sees: already resized to the box_format's grid (`image.size == input_size`),
     so any processor leaves it unchanged. `image_size` is the original `[width, height]`.
     """
 
@@ -73,7 +73,7 @@ class EvaluationResult:
     Attributes:
         metrics: `{task: {metric: value}}` for every task present in the dataset.
         predictions: one record per row (what `predictions.jsonl` holds).
-        config: the settings the run used (model, family, pixel limits, backend, ...).
+        config: the settings the run used (model, box_format, pixel limits, backend, ...).
         files: paths written (`predictions`, `metrics`, `report`, `report_image`), empty without `output_dir`.
     """
 
@@ -174,13 +174,13 @@ def _processor_pixel_limits(processor: Any) -> tuple[int | None, int | None]:
 
 
 def _pixel_limits(
-    family: str | None, processor: Any, min_pixels: int | None, max_pixels: int | None
+    box_format: str | None, processor: Any, min_pixels: int | None, max_pixels: int | None
 ) -> tuple[int | None, int | None]:
-    """Explicit limits, else the processor's, else the family's checkpoints' defaults."""
+    """Explicit limits, else the processor's, else the box_format's checkpoints' defaults."""
     proc_lo, proc_hi = _processor_pixel_limits(processor)
-    fam_lo, fam_hi = default_pixel_limits(family) if family else (None, None)
-    lo = min_pixels if min_pixels is not None else proc_lo if proc_lo is not None else fam_lo
-    hi = max_pixels if max_pixels is not None else proc_hi if proc_hi is not None else fam_hi
+    format_lo, format_hi = default_pixel_limits(box_format) if box_format else (None, None)
+    lo = min_pixels if min_pixels is not None else proc_lo if proc_lo is not None else format_lo
+    hi = max_pixels if max_pixels is not None else proc_hi if proc_hi is not None else format_hi
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"min_pixels ({lo}) must not exceed max_pixels ({hi})")
     return lo, hi
@@ -355,10 +355,10 @@ def build_coco_ground_truth(
 # Decoding
 
 
-def _keep_special_tokens(family: str | None, task: str) -> bool:
+def _keep_special_tokens(box_format: str | None, task: str) -> bool:
     """Qwen2-VL answers with box tokens, which `skip_special_tokens=True` would delete; OCR and the JSON
     families decode without special tokens, as PR1's evaluation does."""
-    return task != "ocr" and family in (None, "qwen2_vl")
+    return task != "ocr" and box_format in (None, "qwen2_vl")
 
 
 def _clean_generation(text: str, stop_strings: Sequence[str] = ("<|im_end|>", "<|endoftext|>")) -> str:
@@ -402,7 +402,7 @@ def vllm_engine_kwargs(
 
 
 def vllm_sampling_kwargs(
-    family: str | None, task: str, max_new_tokens: int, generation_kwargs: Mapping[str, Any] | None = None
+    box_format: str | None, task: str, max_new_tokens: int, generation_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Arguments for `vllm.SamplingParams`: greedy (`temperature=0`), `max_tokens`, and
     `skip_special_tokens=False` where Qwen2-VL box tokens must survive. `generation_kwargs` use
@@ -426,7 +426,7 @@ def vllm_sampling_kwargs(
             temperature if temperature is not None and do_sample else (1.0 if do_sample else 0.0)
         ),
         "max_tokens": int(extra.pop("max_new_tokens", max_new_tokens)),
-        "skip_special_tokens": not _keep_special_tokens(family, task),
+        "skip_special_tokens": not _keep_special_tokens(box_format, task),
     }
     extra.pop("num_beams", None)
     kwargs.update(extra)
@@ -917,7 +917,7 @@ def _write_report(
 def _prepare(
     index: int,
     row: Mapping[str, Any],
-    family: str | None,
+    box_format: str | None,
     min_pixels: int | None,
     max_pixels: int | None,
     max_new_tokens: int | None,
@@ -929,7 +929,7 @@ def _prepare(
         )
     image = _row_image(row)
     image_size = tuple(int(v) for v in (row.get("image_size") or image.size))
-    model_image = fit_to_grid(image, family, min_pixels, max_pixels) if family is not None else image
+    model_image = fit_to_grid(image, box_format, min_pixels, max_pixels) if box_format is not None else image
     request = GenerationRequest(
         index=index,
         task=task,
@@ -937,7 +937,7 @@ def _prepare(
         image=model_image,
         image_size=image_size,
         input_size=tuple(model_image.size),
-        box_format=family,
+        box_format=box_format,
         max_new_tokens=int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]),
     )
     return request, _load_solution(task, row.get("solution")), image
@@ -965,12 +965,12 @@ def evaluate(
     """Evaluate a model on a row-contract dataset with Perception-R1's protocol, mapping predictions back to
     original image pixels.
 
-    For each row: the image is resized **once** to the family's grid within the pixel limits, exactly as
+    For each row: the image is resized **once** to the box format's grid within the pixel limits, exactly as
     for training (`frames.fit_to_grid`), so the model's frame (`input_size`) is known and every
     processor (transformers or vLLM) feeds it unchanged. The model answers the row's `prompt` (batched
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
-    as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when
-    decoding), boxes and points are mapped from the family's frame (0–1000 for Qwen2-VL / Qwen3-VL, input
+    as the rewards parse it (`formats.parse_objects` with the box format; Qwen2-VL box tokens are kept when
+    decoding), boxes and points are mapped from the box format's frame (0–1000 for Qwen2-VL / Qwen3-VL, input
     pixels for Qwen2.5-VL) to original pixels (`frames.Frame`), and scored per task:
 
     * grounding: `metrics.grounding_metrics` on the first predicted box (none → IoU 0);
@@ -999,10 +999,10 @@ def evaluate(
         dataset: a `datasets.Dataset` from the builders, or a list of row dicts (`prompt`, `image`, `task`,
             `solution`, `image_size`; optional `box_format`).
         processor: the model's processor (loaded from the model path when omitted).
-        box_format: the family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`); `"auto"` reads it from the
-            model's config, else from the rows' `box_format` column. Without a family, images are fed as is
+        box_format: the model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`); `"auto"` reads it from the
+            model's config, else from the rows' `box_format` column. Without one, images are fed as is
             and coordinates are taken as original pixels.
-        min_pixels, max_pixels: pixel limits of the grid resize; default: the processor's, else the family's.
+        min_pixels, max_pixels: pixel limits of the grid resize; default: the processor's, else the box format's.
         batch_size: rows per `generate` call (vLLM receives chunks of at least 256 rows).
         max_new_tokens: generation budget; default per task `DEFAULT_MAX_NEW_TOKENS` (PR1's: 512 grounding
             and counting, 2048 OCR, 4096 detection).
@@ -1040,7 +1040,7 @@ def evaluate(
         raise ValueError("evaluate() needs a model (a path or a loaded model) or a generate_fn")
     # The output folder is checked (and created) before any model is loaded or any row generated.
     out_dir = _prepare_output_dir(output_dir) if output_dir is not None else None
-    model_family = box_format if box_format not in (None, "auto") else _model_box_format(model)
+    model_box_format = box_format if box_format not in (None, "auto") else _model_box_format(model)
 
     generator: Callable[[list[GenerationRequest]], list[str]]
     chosen = "custom" if generate_fn is not None else _choose_backend(backend, model)
@@ -1058,13 +1058,13 @@ def evaluate(
         processor_for_limits = processor
     limits: dict[str | None, tuple[int | None, int | None]] = {}
 
-    def limits_for(family: str | None) -> tuple[int | None, int | None]:
-        if family not in limits:
-            limits[family] = _pixel_limits(family, processor_for_limits, min_pixels, max_pixels)
-        return limits[family]
+    def limits_for(fmt: str | None) -> tuple[int | None, int | None]:
+        if fmt not in limits:
+            limits[fmt] = _pixel_limits(fmt, processor_for_limits, min_pixels, max_pixels)
+        return limits[fmt]
 
     if generate_fn is None:
-        lo, hi = limits_for(model_family)
+        lo, hi = limits_for(model_box_format)
         if chosen == "vllm":
             generator = _VLLMGenerator(os.fspath(model), processor, lo, hi, generation_kwargs, vllm_kwargs)
         else:
@@ -1083,7 +1083,7 @@ def evaluate(
     visuals: list[tuple[dict[str, Any], Any]] = []
     records: list[dict[str, Any]] = []
     mismatch_warned = False
-    families_seen: set[str | None] = set()
+    box_formats_seen: set[str | None] = set()
     files: dict[str, str] = {}
     stream = None
     if out_dir is not None:
@@ -1110,19 +1110,24 @@ def evaluate(
         batch: list[tuple[GenerationRequest, Any, Any, Any]] = []
         with tqdm(total=total, disable=not progress, desc="evaluate", unit="row") as bar:
             for index, row in enumerate(dataset):
-                row_family = row.get("box_format") if isinstance(row.get("box_format"), str) else None
-                family = model_family or (row_family if row_family in BOX_FORMATS else None)
-                if model_family and row_family and row_family != model_family and not mismatch_warned:
+                row_box_format = row.get("box_format") if isinstance(row.get("box_format"), str) else None
+                row_format = model_box_format or (row_box_format if row_box_format in BOX_FORMATS else None)
+                if (
+                    model_box_format
+                    and row_box_format
+                    and row_box_format != model_box_format
+                    and not mismatch_warned
+                ):
                     mismatch_warned = True
                     warnings.warn(
-                        f"rows were built for {row_family!r} but the model is {model_family!r}; parsing and "
-                        f"frames follow {model_family!r}",
+                        f"rows were built for {row_box_format!r} but the model is {model_box_format!r}; parsing and "
+                        f"frames follow {model_box_format!r}",
                         UserWarning,
                         stacklevel=2,
                     )
-                families_seen.add(family)
-                lo, hi = limits_for(family)
-                request, solution, image = _prepare(index, row, family, lo, hi, max_new_tokens)
+                box_formats_seen.add(row_format)
+                lo, hi = limits_for(row_format)
+                request, solution, image = _prepare(index, row, row_format, lo, hi, max_new_tokens)
                 keep_image = image if len(visuals) + len(batch) < num_visual else None
                 batch.append((request, solution, keep_image, row.get("categories")))
                 if len(batch) >= chunk:
@@ -1141,13 +1146,13 @@ def evaluate(
         for task in _TASK_EVALUATIONS
         if task in scored
     }
-    used_families = sorted(f for f in families_seen if f) or [None]
+    used_box_formats = sorted(f for f in box_formats_seen if f) or [None]
     config = {
         "model": model_name,
-        "box_format": used_families[0] if len(used_families) == 1 else used_families,
+        "box_format": used_box_formats[0] if len(used_box_formats) == 1 else used_box_formats,
         "backend": chosen,
-        "min_pixels": limits_for(used_families[0])[0] if len(used_families) == 1 else None,
-        "max_pixels": limits_for(used_families[0])[1] if len(used_families) == 1 else None,
+        "min_pixels": limits_for(used_box_formats[0])[0] if len(used_box_formats) == 1 else None,
+        "max_pixels": limits_for(used_box_formats[0])[1] if len(used_box_formats) == 1 else None,
         "max_new_tokens": max_new_tokens
         if max_new_tokens
         else "per task " + json.dumps(DEFAULT_MAX_NEW_TOKENS),
@@ -1305,7 +1310,7 @@ def _check_eval_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dic
     return options, generation_kwargs
 
 
-def _hub_box_format(model: str, box_format: str) -> str | None:
+def _checked_box_format(model: str, box_format: str) -> str | None:
     """`--box-format`, else the checkpoint's (a local folder's config.json, or a Hub id's config, fetched
     once here so that a wrong id fails before any data is built)."""
     if box_format != "auto":
@@ -1346,7 +1351,7 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
     from .data.common import build_from_source as build_dataset  # data.registry.build_dataset once on main
 
     options, generation_kwargs = _check_eval_arguments(args)
-    box_format = _hub_box_format(args.model, args.box_format)
+    box_format = _checked_box_format(args.model, args.box_format)
     try:
         dataset = build_dataset(
             args.task,
