@@ -2,6 +2,8 @@
 with command-line overrides of YAML keys, and one real console-script run. In-process through `cli.main`
 where possible (a subprocess pays ~10 s of imports)."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trl_perception import __version__, cli
 
@@ -421,3 +425,32 @@ def test_an_unexpected_error_is_one_line_with_status_1(capsys, monkeypatch):
     status, _, err = run(capsys, "data", "preview", "--task", "ocr", "--source", "synthetic", "--n", "1")
     assert status == 1 and len(err.strip().splitlines()) == 1
     assert "RuntimeError: something broke over two lines" in err and "--debug" in err
+
+
+_EVAL_TOKENS = ["--model", "--task", "--source", "--split", "--num-samples", "--seed", "--source-option", "--box-format",
+                "--min-pixels", "--max-pixels", "--batch-size", "--max-new-tokens", "--backend", "--generation-kwargs",
+                "--output-dir", "--num-visual", "grounding", "mixed", "synthetic", "-1", "0", "3", "1e9", "{", "{}",
+                "[]", "a=b", "=", "/nonexistent", "..", "", "qwen2_vl", "vllm", "\x00", "\u2029", "ü", "--debug"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.sampled_from(_EVAL_TOKENS) | st.text(max_size=6), max_size=10))
+def test_eval_never_shows_a_traceback_for_any_arguments(tokens):
+    from trl_perception import evaluation
+
+    def forbidden(*args, **kwargs):
+        raise RuntimeError("reached the model or the data")
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
+        patch.delenv("TRL_PERCEPTION_DEBUG", raising=False)
+        for name in ("_load_model", "_load_processor", "evaluate", "_checked_box_format"):
+            patch.setattr(evaluation, name, forbidden)
+        patch.setattr("trl_perception.data.common.build_from_source", forbidden)
+        try:
+            status = cli.main(["eval", *[t for t in tokens if t != "--debug"]])
+        except SystemExit as exit:
+            status = exit.code
+    lines = err.getvalue().strip().splitlines()
+    assert status in (1, 2) and len(lines) <= 1 and "Traceback" not in err.getvalue()
+    if status == 1:
+        assert "reached the model or the data" in lines[0]  # only arguments that pass every check get there
