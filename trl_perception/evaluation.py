@@ -621,10 +621,10 @@ class _TaskEvaluation:
     visual: Callable[[dict[str, Any], Any], Any] | None = None
 
 
-def _objects_to_pixels(parsed: ParsedOutput, frame: Frame) -> list[dict[str, Any]]:
-    """Parsed objects in the frame's box format -> dicts in original-image pixels (unrounded, unclipped)."""
+def _object_dicts(parsed: ParsedOutput) -> list[dict[str, Any]]:
+    """Parsed objects as row-contract dicts (`bbox_2d` or `point_2d`, and `label` when given)."""
     out = []
-    for obj in parsed.to_pixels(frame, clip=False).objects:
+    for obj in parsed.objects:
         key, coords = ("bbox_2d", obj.bbox) if obj.bbox is not None else ("point_2d", obj.point)
         if coords is None:
             continue
@@ -645,7 +645,9 @@ def _rounded(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _parsed_objects(request: GenerationRequest, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The answer's objects in original pixels, and the record fields every box task shares."""
     parsed = parse_objects(text, request.box_format)
-    objects = _objects_to_pixels(parsed, Frame.of(request.box_format, request.image_size, request.input_size))
+    # Unclipped: a box reaching past the image is scored as written, as COCO's evaluation does.
+    frame = Frame.of(request.box_format, request.image_size, request.input_size)
+    objects = _object_dicts(parsed.to_pixels(frame, clip=False))
     return {"objects": _rounded(objects), "valid": parsed.valid, "truncated": parsed.truncated}, objects
 
 
