@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .frames import BOX_FORMATS
+from .frames import BOX_FORMATS, TASKS
 
 __all__ = ["DEBUG_ENV", "build_parser", "main"]
 
@@ -208,7 +208,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         description="Build a dataset with trl_perception.data and render a grid of rows with the ground truth drawn "
         "on them, to check a build by eye.",
     )
-    prev.add_argument("--task", required=True, choices=["grounding", "counting", "ocr", "detection"])
+    prev.add_argument("--task", required=True, choices=TASKS)
     prev.add_argument("--source", required=True, help="Data file or folder, or 'synthetic'.")
     prev.add_argument("--split", default=None, help="Split name where the source has several.")
     prev.add_argument("--image-dir", default=None, help="Image folder for sources that reference files.")
