@@ -82,7 +82,7 @@ def build_once(annotation_file: str, image_dir: str, box_format: str | None, max
     from trl_perception.data.coco import build_coco_detection
 
     start = time.perf_counter()
-    ds = build_coco_detection(annotation_file, image_dir, box_format=box_format, max_pixels=max_pixels)
+    ds = build_coco_detection(annotation_file, image_dir=image_dir, box_format=box_format, max_pixels=max_pixels)
     wall = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     boxes = sum(len(s) for s in ds.with_format("arrow", columns=["solution"])[:]["solution"].to_pylist())

@@ -10,19 +10,36 @@ loops, match with one `scipy.optimize.linear_sum_assignment` per completion and,
 O(n·m) Levenshtein dynamic programme; the OCR baseline is timed on a few pages only (it needs seconds per
 page) and its rate extrapolated. Both sides score the same batch; the table shows that they agree.
 
-    python benchmarks/rewards.py [--repeat 3] [--ocr-baseline-pages 3] [--seed 0]
+A second table puts `detection_reward` next to Perception-R1's own released `pr1_detection_reward`, run from
+its repository at a pinned commit (`PR1_COMMIT`), with torch pinned to one thread, on 256 COCO-like
+completions (5-30 ground-truth boxes, ~80% of them found, 0-15 false positives, the 80 COCO classes). The
+benchmark reads PR1's two source files with `git show` from a local clone or mirror given by `--pr1-repo` (or
+the `PR1_REPO` environment variable) into a temporary package and imports it; nothing of PR1 is stored in
+this repository. PR1's `log()` (a file write per call, or an exception when `LOG_DIR` is unset) is replaced by
+a no-op, which only makes PR1 faster. Times are CPU seconds of this process, best of `--repeat` interleaved
+runs, so other processes on a shared machine do not skew the ratio. Without a PR1 clone the row is skipped.
+
+    python benchmarks/rewards.py [--repeat 3] [--ocr-baseline-pages 3] [--seed 0] [--pr1-repo PATH] [--pr1-only]
+
+e.g. `git clone https://github.com/philipmit/PR1` (a fork that has the detection reward; upstream
+`linkangheng/PR1` merged it as `accb7cb`), then `--pr1-repo PR1`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import math
+import os
 import platform
 import random
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +51,13 @@ from scipy.optimize import linear_sum_assignment  # noqa: E402
 
 from trl_perception.data.prompts import COCO_CATEGORIES  # noqa: E402
 from trl_perception.frames import model_input_size  # noqa: E402
-from trl_perception.rewards import count_reward, detection_reward, iou_reward, ocr_reward  # noqa: E402
+from trl_perception.rewards import (  # noqa: E402
+    count_reward,
+    detection_reward,
+    iou_reward,
+    make_detection_reward,
+    ocr_reward,
+)
 
 FAMILY = "qwen2_5_vl"
 IMAGE = (640, 480)
@@ -202,25 +225,24 @@ def naive_detection(completions: list[str], solutions: list[list[dict]]) -> list
         boxes = [_naive_box(p["bbox_2d"]) for p in kept]
         labels = [" ".join(p["label"].split()).lower() for p in kept]
         gt_labels = [g["label"] for g in gt]
+        n_p, n_g = len(boxes), len(gt)
         iou = [[_naive_iou(b, g["bbox_2d"]) for g in gt] for b in boxes]
-        cost = [
-            [-(iou[i][j] if labels[i] == gt_labels[j] else 0.0) for j in range(len(gt))]
-            for i in range(len(boxes))
-        ]
-        rows, cols = linear_sum_assignment(cost)
-        matched = [-cost[i][j] for i, j in zip(rows, cols) if -cost[i][j] >= 0.5]
-        tp = len(matched)
-        f1 = 2 * tp / (len(boxes) + len(gt))
-        loc = sum(matched) / tp if tp else 0.0
-        localized = correct = 0
-        for i in range(len(boxes)):
-            hits = [j for j in range(len(gt)) if iou[i][j] >= 0.5]
-            if hits:
-                localized += 1
-                correct += any(labels[i] == gt_labels[j] for j in hits)
-        cls = correct / localized if localized else 0.0
-        pen = 0.5 * ((len(boxes) - tp) / len(boxes) + (len(gt) - tp) / len(gt))
-        rewards.append(min(max((0.25 * fmt + 0.75 * f1 + loc + cls - 0.5 * pen) / 3.0, 0.0), 1.0))
+        # Same-label overlapping pairs; the assignment first maximises the pairs at IoU >= 0.5, then the IoU.
+        bonus = min(n_p, n_g) + 1
+        weight = [
+            [(iou[i][j] + (bonus if iou[i][j] >= 0.5 else 0)) if labels[i] == gt_labels[j] and iou[i][j] > 0 else 0.0
+             for j in range(n_g)] for i in range(n_p)
+        ]  # fmt: skip
+        rows, cols = linear_sum_assignment(weight, maximize=True)
+        pairs = [(i, j) for i, j in zip(rows, cols) if weight[i][j] > 0]
+        tp = sum(iou[i][j] >= 0.5 for i, j in pairs)
+        correct = sum(
+            any(iou[i][j] >= 0.5 and labels[i] == gt_labels[j] for j in range(n_g)) for i in range(n_p)
+        )
+        f1 = 2 * tp / (n_p + n_g)
+        loc = 2 * sum(iou[i][j] for i, j in pairs) / (n_p + n_g)
+        cls = correct / max(n_p, n_g)
+        rewards.append(min(max((0.25 * fmt * min(1, n_g / n_p) + 0.75 * f1 + loc + cls) / 3.0, 0.0), 1.0))
     return rewards
 
 
@@ -270,6 +292,112 @@ def naive_ocr(completions: list[str], solutions: list[str]) -> list[float]:
     return rewards
 
 
+# ------------------------------------------------------------------------------ Perception-R1's own code
+
+PR1_COMMIT = "accb7cb952f88419c0f66be43b067490036a80a5"  # "Merge pull request #12 ... detection_update"
+PR1_FILES = ("src/open_r1/utils.py", "src/open_r1/rewards.py")
+
+
+def load_pr1_rewards(repo: str | None):
+    """Perception-R1's `open_r1.rewards` module at `PR1_COMMIT`, read from a local clone or mirror, or the
+    reason it is unavailable."""
+    if not repo:
+        return None, "no PR1 clone given (--pr1-repo or PR1_REPO)"
+    try:
+        sources = {
+            path: subprocess.run(
+                ["git", "-C", repo, "show", f"{PR1_COMMIT}:{path}"], capture_output=True, text=True, check=True
+            ).stdout
+            for path in PR1_FILES
+        }
+    except (OSError, subprocess.CalledProcessError) as err:
+        return None, f"cannot read PR1 at {PR1_COMMIT[:7]} from {repo}: {err}"
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed"
+    torch.set_num_threads(1)
+    package = Path(tempfile.mkdtemp(prefix="pr1-")) / "open_r1"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for path, text in sources.items():
+        (package / Path(path).name).write_text(text)
+    sys.path.insert(0, str(package.parent))
+    try:
+        module = importlib.import_module("open_r1.rewards")
+    except Exception as err:  # noqa: BLE001 - e.g. a missing torchvision
+        return None, f"cannot import PR1's rewards: {type(err).__name__}: {err}"
+    finally:
+        sys.path.remove(str(package.parent))
+        shutil.rmtree(package.parent, ignore_errors=True)  # the code is loaded; the copy is not needed
+    module.log = lambda *args, **kwargs: None  # a file write per call upstream; raises without LOG_DIR
+    return module, ""
+
+
+def coco_detection_batch(n: int, rng: random.Random) -> tuple[list[str], list[list[dict]]]:
+    """The PR1 comparison's batch: 5-30 ground-truth boxes over the 80 COCO classes, ~80% found (jittered,
+    90% with the right label), 0-15 false positives, in a shuffled order; boxes in the image's pixels."""
+    completions, solutions = [], []
+    for k in range(n):
+        if k % GROUP == 0:
+            gt = [
+                {"bbox_2d": _random_box(rng), "label": rng.choice(COCO_CATEGORIES)}
+                for _ in range(rng.randint(5, 30))
+            ]
+        preds = []
+        for obj in gt:
+            if rng.random() < 0.8:
+                x1, y1, x2, y2 = _jitter(obj["bbox_2d"], rng, 0.05)
+                box = [round(min(x1, x2), 1), round(min(y1, y2), 1), round(max(x1, x2), 1), round(max(y1, y2), 1)]
+                label = obj["label"] if rng.random() < 0.9 else rng.choice(COCO_CATEGORIES)
+                preds.append({"bbox_2d": box, "label": label})
+        preds += [
+            {"bbox_2d": _random_box(rng), "label": rng.choice(COCO_CATEGORIES)} for _ in range(rng.randint(0, 15))
+        ]
+        rng.shuffle(preds)
+        completions.append("```json\n" + json.dumps(preds) + "\n```")
+        solutions.append(copy.deepcopy(gt))
+    return completions, solutions
+
+
+def pr1_comparison(pr1, repeat: int, rng: random.Random) -> None:
+    completions, solutions = coco_detection_batch(256, rng)
+    conversational = [[{"role": "assistant", "content": text}] for text in completions]
+    ids = pr1.get_cate_to_id() if pr1 is not None else {}
+    pr1_solutions = [
+        {"target_id": [ids.get(o["label"]) for o in gt], "target_box": [o["bbox_2d"] for o in gt]}
+        for gt in solutions
+    ]
+    released = make_detection_reward(released_code=True, penalty_weight=1.0)
+    candidates = {
+        "detection_reward (default, precision-aware)": lambda: detection_reward(conversational, solutions),
+        "detection_reward, released_code=True, penalty_weight=1.0": lambda: released(conversational, solutions),
+    }
+    if pr1 is not None:
+        candidates["Perception-R1 pr1_detection_reward (torch, 1 thread)"] = lambda: pr1.pr1_detection_reward(
+            conversational, pr1_solutions
+        )
+    best = {name: math.inf for name in candidates}
+    results = {}
+    for _ in range(repeat):  # interleaved: each candidate sees the same machine conditions
+        for name, fn in candidates.items():
+            start = time.process_time()
+            results[name] = fn()
+            best[name] = min(best[name], time.process_time() - start)
+    reference = best.get("Perception-R1 pr1_detection_reward (torch, 1 thread)")
+    print("\nDetection against Perception-R1's released code: 256 completions, 5-30 GT boxes, ~80% found, "
+          f"0-15 false positives, 80 COCO classes; CPU time, best of {repeat} interleaved runs\n")  # fmt: skip
+    print("| reward | CPU ms / 256 | completions/s | speed-up vs PR1 | mean reward (range) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds in best.items():
+        top = "[0, 3]" if ("released" in name or "Perception-R1" in name) else "[0, 1]"
+        ratio = f"{reference / seconds:.1f}x" if reference else "n/a"
+        print(
+            f"| {name} | {seconds * 1e3:.1f} | {256 / seconds:,.0f} | {ratio} "
+            f"| {float(np.mean(results[name])):.3f} {top} |"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- timing
 
 
@@ -289,9 +417,21 @@ def main() -> None:
         "--ocr-baseline-pages", type=int, default=3, help="pages the pure-Python DP is timed on"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pr1-repo",
+        default=os.environ.get("PR1_REPO"),
+        help=f"a local clone or mirror of Perception-R1 holding commit {PR1_COMMIT[:7]} (default: $PR1_REPO)",
+    )
+    parser.add_argument("--pr1-only", action="store_true", help="run only the comparison with Perception-R1")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     started = time.perf_counter()
+    if args.pr1_only:
+        pr1, reason = load_pr1_rewards(args.pr1_repo)
+        if pr1 is None:
+            print(f"Perception-R1 row skipped: {reason}")
+        pr1_comparison(pr1, max(args.repeat, 5), rng)
+        return
 
     # (reward, batch description, ours, naive, completions, solutions, naive timed on the first k only)
     cases = [
@@ -333,6 +473,10 @@ def main() -> None:
         print(
             f"| {task} | {shape} | {rate(ours_rate)} | {rate(naive_rate)} | {ratio:,.1f}x | {mean:.3f} | {agree:.0e} |"
         )
+    pr1, reason = load_pr1_rewards(args.pr1_repo)
+    if pr1 is None:
+        print(f"\nPerception-R1 row skipped: {reason}")
+    pr1_comparison(pr1, max(args.repeat, 5), random.Random(args.seed))
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
 

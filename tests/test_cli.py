@@ -121,7 +121,7 @@ def test_train_needs_a_recipe(capsys):
 
 @pytest.fixture
 def captured_recipe(monkeypatch):
-    from trl_perception import recipe
+    from trl_perception.scripts import grpo
 
     seen = {}
 
@@ -129,7 +129,7 @@ def captured_recipe(monkeypatch):
         seen.update(script=script_args, training=training_args, model=model_args)
         return {"output_dir": training_args.output_dir, "train": {"train_loss": 0.0}}
 
-    monkeypatch.setattr(recipe, "main", fake_main)
+    monkeypatch.setattr(grpo, "main", fake_main)
     return seen
 
 
@@ -162,9 +162,11 @@ def test_train_takes_the_recipe_with_config_too(capsys, captured_recipe):
     assert "give the recipe YAML once" in str(status)
 
 
-def test_train_rejects_unknown_options(capsys, captured_recipe):
-    status, _, err = run(capsys, "train", str(DEMO), "--no_such_option", "1")
-    assert status == 2 and "no_such_option" in err and "Traceback" not in err
+def test_train_rejects_unknown_options_and_bad_arguments_in_one_line(capsys, captured_recipe):
+    status, _, _ = run(capsys, "train", str(DEMO), "--no_such_option", "1")
+    assert str(status).startswith("trl-perception train:") and "no_such_option" in str(status)
+    status, _, _ = run(capsys, "train", str(DEMO), "--reward_funcs", "iuo")
+    assert str(status).startswith("trl-perception train:") and "reward 'iuo'" in str(status)
     assert not captured_recipe
 
 
@@ -177,7 +179,7 @@ def test_train_runs_the_recipe_with_overrides(capsys, tmp_path):
         "--max_completion_length", "8", "--evaluate_after_training", "false", "--disable_tqdm", "true",
     )  # fmt: skip
     assert status == 0
-    summary = json.loads(stdout[stdout.index("{\n") :])
+    summary = json.loads(stdout[stdout.rindex("{\n  \"output_dir\"") :])
     assert summary["output_dir"] == str(out) and "train_loss" in summary["train"]
     card = json.loads((out / "trl_perception_card.json").read_text())
     assert card["training_args"]["learning_rate"] == 3e-5
@@ -259,8 +261,8 @@ def no_model_or_data(monkeypatch):
     for name in ("_load_model", "_load_processor", "evaluate"):
         monkeypatch.setattr(evaluation, name, forbidden)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", forbidden)
-    monkeypatch.setattr("trl_perception.data.common.build_from_source", forbidden)
-    monkeypatch.setattr("trl_perception.data.synthetic.make_synthetic", forbidden)
+    monkeypatch.setattr("trl_perception.data.build_dataset", forbidden)
+    monkeypatch.setattr("trl_perception.data.registry.make_synthetic", forbidden)
 
 
 def _one_line_error(status, out, err, *words):
@@ -445,7 +447,7 @@ def test_eval_never_shows_a_traceback_for_any_arguments(tokens):
         patch.delenv("TRL_PERCEPTION_DEBUG", raising=False)
         for name in ("_load_model", "_load_processor", "evaluate", "_checked_box_format"):
             patch.setattr(evaluation, name, forbidden)
-        patch.setattr("trl_perception.data.common.build_from_source", forbidden)
+        patch.setattr("trl_perception.data.build_dataset", forbidden)
         try:
             status = cli.main(["eval", *[t for t in tokens if t != "--debug"]])
         except SystemExit as exit:

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from trl_perception.data.coco import _parse_without_segmentation, build_coco_detection
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.prompts import COCO_CATEGORIES
 from trl_perception.frames import grid_size
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 VAL2014_100 = FIXTURES / "coco" / "instances_val2014_100.json"
 
 CATEGORIES = [  # listed out of id order, with gaps
@@ -57,7 +57,7 @@ def _rows(ds):
 
 
 def test_rows_have_prompt_in_id_order_and_xyxy_targets_without_crowd(tmp_path):
-    ds = build_coco_detection(*_write(tmp_path))
+    ds = _build(*_write(tmp_path))
     rows = _rows(ds)
     assert len(rows) == 2  # the crowd-only image is dropped, the empty one kept
     assert rows[0]["prompt"] == [
@@ -84,20 +84,20 @@ def test_rows_have_prompt_in_id_order_and_xyxy_targets_without_crowd(tmp_path):
 
 
 def test_include_crowd_keeps_crowd_regions_as_targets(tmp_path):
-    rows = _rows(build_coco_detection(*_write(tmp_path), include_crowd=True))
+    rows = _rows(_build(*_write(tmp_path), include_crowd=True))
     assert len(rows) == 3
     assert [o["label"] for o in rows[0]["solution"]] == ["dog", "person", "toothbrush"]
     assert rows[2]["solution"] == [{"bbox_2d": [0.0, 0.0, 50.0, 50.0], "label": "person"}]
 
 
 def test_keep_empty_false_drops_negatives(tmp_path):
-    rows = _rows(build_coco_detection(*_write(tmp_path), keep_empty=False))
+    rows = _rows(_build(*_write(tmp_path), keep_empty=False))
     assert [r["image_size"] for r in rows] == [[640, 480]]
 
 
 def test_crowd_exclusion_is_logged(tmp_path, caplog):
     with caplog.at_level("INFO", logger="trl_perception.data"):
-        build_coco_detection(*_write(tmp_path))
+        _build(*_write(tmp_path))
     assert "excluded 2 crowd annotation(s)" in caplog.text
     assert "dropped 1 image(s) whose only annotations are crowd regions" in caplog.text
     assert "1 image(s) without annotations kept as negative samples" in caplog.text
@@ -106,7 +106,7 @@ def test_crowd_exclusion_is_logged(tmp_path, caplog):
 def test_zero_size_boxes_are_dropped_and_logged(tmp_path, caplog):
     anns = [*ANNOTATIONS, {"id": 5, "image_id": 42, "category_id": 1, "bbox": [5, 5, 0, 10], "iscrowd": 0}]
     with caplog.at_level("WARNING", logger="trl_perception.data"):
-        rows = _rows(build_coco_detection(*_write(tmp_path, annotations=anns)))
+        rows = _rows(_build(*_write(tmp_path, annotations=anns)))
     assert len(rows[0]["solution"]) == 2
     assert "dropped 1 annotation(s) with a zero-size box" in caplog.text
 
@@ -114,23 +114,22 @@ def test_zero_size_boxes_are_dropped_and_logged(tmp_path, caplog):
 def test_image_size_comes_from_the_json_not_the_files(tmp_path):
     path, folder = _write(tmp_path)
     PILImage.new("RGB", (10, 10)).save(folder / "000000000042.jpg", format="JPEG")
-    assert _rows(build_coco_detection(path, folder))[0]["image_size"] == [640, 480]
+    assert _rows(build_coco_detection(path, image_dir=folder))[0]["image_size"] == [640, 480]
 
 
-@pytest.mark.skipif(not VAL2014_100.is_file(), reason="shared COCO fixture not present")
 def test_real_val2014_fixture_builds_with_the_right_counts(tmp_path):
     data = json.loads(VAL2014_100.read_text())
     folder = tmp_path / "val2014"
     folder.mkdir()
     for im in data["images"]:
         (folder / im["file_name"]).write_bytes(b"")
-    ds = build_coco_detection(VAL2014_100, folder)
+    ds = build_coco_detection(VAL2014_100, image_dir=folder)
     rows = _rows(ds)
     assert len(rows) == 100
     assert sum(len(r["solution"]) for r in rows) == 839 - 9
-    assert len(_rows(build_coco_detection(VAL2014_100, folder, include_crowd=True))[0]["solution"]) >= 1
+    assert len(_rows(build_coco_detection(VAL2014_100, image_dir=folder, include_crowd=True))[0]["solution"]) >= 1
     assert (
-        sum(len(r["solution"]) for r in _rows(build_coco_detection(VAL2014_100, folder, include_crowd=True)))
+        sum(len(r["solution"]) for r in _rows(build_coco_detection(VAL2014_100, image_dir=folder, include_crowd=True)))
         == 839
     )
     expected = "Please output bbox coordinates and names of " + ", ".join(COCO_CATEGORIES) + "."
@@ -149,8 +148,8 @@ def test_real_val2014_fixture_builds_with_the_right_counts(tmp_path):
 
 def test_family_columns_and_resizing_scale_boxes(tmp_path):
     path, folder = _write(tmp_path)
-    plain = _rows(build_coco_detection(path, folder))
-    family = build_coco_detection(path, folder, box_format="qwen2_5_vl")
+    plain = _rows(build_coco_detection(path, image_dir=folder))
+    family = build_coco_detection(path, image_dir=folder, box_format="qwen2_5_vl")
     row = family.select_columns(["prompt", "solution", "image_size", "box_format", "input_size"])[0]
     assert (
         row["input_size"] == [644, 476]
@@ -162,7 +161,7 @@ def test_family_columns_and_resizing_scale_boxes(tmp_path):
         "Please output bbox coordinates and names of person, dog, toothbrush. "
     )
 
-    fitted = build_coco_detection(path, folder, box_format="qwen2_vl", max_pixels=100_000)
+    fitted = build_coco_detection(path, image_dir=folder, box_format="qwen2_vl", max_pixels=100_000)
     row = fitted.select_columns(["solution", "image_size", "input_size"])[0]
     w, h = grid_size((640, 480), "qwen2_vl", max_pixels=100_000)
     assert row["image_size"] == row["input_size"] == [w, h]
@@ -175,7 +174,7 @@ def test_family_columns_and_resizing_scale_boxes(tmp_path):
 def test_resized_images_are_fitted_on_access(tmp_path):
     path, folder = _write(tmp_path)
     PILImage.new("RGB", (640, 480), "gray").save(folder / "000000000042.jpg", format="JPEG")
-    fitted = build_coco_detection(path, folder, box_format="qwen3_vl", max_pixels=300_000)
+    fitted = build_coco_detection(path, image_dir=folder, box_format="qwen3_vl", max_pixels=300_000)
     row = fitted[0]
     assert (
         row["image"].size
@@ -187,9 +186,9 @@ def test_resized_images_are_fitted_on_access(tmp_path):
 def test_sampling_is_deterministic(tmp_path):
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 10, "height": 10} for i in range(50)]
     path, folder = _write(tmp_path, images=images, annotations=[])
-    a = build_coco_detection(path, folder, num_samples=7, seed=1)
-    b = build_coco_detection(path, folder, num_samples=7, seed=1)
-    c = build_coco_detection(path, folder, num_samples=7, seed=2)
+    a = build_coco_detection(path, image_dir=folder, num_samples=7, seed=1)
+    b = build_coco_detection(path, image_dir=folder, num_samples=7, seed=1)
+    c = build_coco_detection(path, image_dir=folder, num_samples=7, seed=2)
     paths = [d.cast_column("image", __import__("datasets").Image(decode=False))["image"] for d in (a, b, c)]
     assert len(a) == 7 and paths[0] == paths[1] and paths[0] != paths[2]
 
@@ -198,11 +197,15 @@ def test_sampling_is_deterministic(tmp_path):
 # Bad input
 
 
+def _build(path, folder, **kwargs):
+    return build_coco_detection(path, image_dir=folder, **kwargs)
+
+
 def _both_modes(path, folder, error, summary, n_rows, **kwargs):
     with pytest.raises(DataError, match=error):
-        build_coco_detection(path, folder, **kwargs)
+        build_coco_detection(path, image_dir=folder, **kwargs)
     with pytest.warns(DataWarning, match=summary):
-        ds = build_coco_detection(path, folder, on_error="skip", **kwargs)
+        ds = build_coco_detection(path, image_dir=folder, on_error="skip", **kwargs)
     assert len(ds) == n_rows
     return ds
 
@@ -281,7 +284,7 @@ def test_missing_image_file(tmp_path):
         summary="skipped 1 of 3 records .*: 1 missing image",
         n_rows=1,
     )
-    assert len(build_coco_detection(path, folder, check_images=False)) == 2
+    assert len(build_coco_detection(path, image_dir=folder, check_images=False)) == 2
 
 
 def test_truncated_or_wrong_files_raise_in_both_modes(tmp_path):
@@ -290,12 +293,12 @@ def test_truncated_or_wrong_files_raise_in_both_modes(tmp_path):
     path.write_text(text[: len(text) // 2])
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"instances_val2017\.json: not valid JSON \(truncated file\?\)"):
-            build_coco_detection(path, folder, on_error=mode)
+            build_coco_detection(path, image_dir=folder, on_error=mode)
     path.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(DataError, match="a 'categories' list"):
-        build_coco_detection(path, folder)
+        build_coco_detection(path, image_dir=folder)
     with pytest.raises(FileNotFoundError):
-        build_coco_detection(tmp_path / "nope.json", folder)
+        build_coco_detection(tmp_path / "nope.json", image_dir=folder)
 
 
 def test_skip_mode_reports_every_reason_once(tmp_path):
@@ -306,7 +309,7 @@ def test_skip_mode_reports_every_reason_once(tmp_path):
     (folder / "000000000007.jpg").unlink()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = build_coco_detection(path, folder, on_error="skip")
+        ds = build_coco_detection(path, image_dir=folder, on_error="skip")
     messages = [str(w.message) for w in caught if w.category is DataWarning]
     assert len(ds) == 0
     assert len(messages) == 1
@@ -387,13 +390,13 @@ def test_any_coco_content_builds_or_raises_data_error(tmp_path_factory, images, 
     for mode in ("raise", "skip"):
         with warnings.catch_warnings(), contextlib.suppress(DataError):
             warnings.simplefilter("ignore", DataWarning)
-            build_coco_detection(path, folder, on_error=mode)
+            build_coco_detection(path, image_dir=folder, on_error=mode)
 
 
 def test_boxes_thinner_than_the_rounding_count_as_zero_size(tmp_path, caplog):
     anns = [*ANNOTATIONS, {"id": 6, "image_id": 42, "category_id": 1, "bbox": [5, 5, 1e-9, 10], "iscrowd": 0}]
     with caplog.at_level("WARNING", logger="trl_perception.data"):
-        rows = _rows(build_coco_detection(*_write(tmp_path, annotations=anns)))
+        rows = _rows(_build(*_write(tmp_path, annotations=anns)))
     assert len(rows[0]["solution"]) == 2
     assert "dropped 1 annotation(s) with a zero-size box" in caplog.text
 
@@ -419,7 +422,7 @@ def test_the_category_list_travels_with_the_dataset_for_evaluation(tmp_path):
             }
         )
     )
-    dataset = build_coco_detection(tmp_path / "i.json", tmp_path)
+    dataset = build_coco_detection(tmp_path / "i.json", image_dir=tmp_path)
     assert json.loads(dataset.info.description) == {"categories": ["person", "dog", "toothbrush"]}
     gt, label_to_id = build_coco_ground_truth(list(dataset), dataset=dataset)
     assert [c["name"] for c in gt["categories"]] == ["person", "dog", "toothbrush"]

@@ -1,4 +1,5 @@
-"""Shared builder machinery: error policy, sampling, safe readers (property-tested), the resize-to-grid
+"""What the builders share (`data.errors`, `data.io`, `data.images`, `data.validators`, `data.resize`,
+`data.rows`): error policy, sampling, safe readers (property-tested), the resize-to-grid
 step and dataset assembly."""
 
 import io
@@ -14,25 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import (
-    DataError,
-    DataWarning,
-    ErrorPolicy,
-    GridImageTransform,
-    ImageFolder,
-    RecordError,
-    fit_dataset_to_grid,
-    iter_jsonl,
-    load_json,
-    load_json_records,
-    load_pickle,
-    read_image_size,
-    rows_to_dataset,
-    sample_indices,
-    scale_solution,
-    select_rows,
-)
+from trl_perception.data.errors import DataError, DataWarning, ErrorPolicy, RecordError
+from trl_perception.data.images import ImageFolder, read_image_size
+from trl_perception.data.io import iter_jsonl, load_json, load_json_records, load_pickle
 from trl_perception.data.prompts import build_prompt
+from trl_perception.data.resize import GridImageTransform, fit_dataset_to_grid, scale_solution
+from trl_perception.data.rows import rows_to_dataset, sample_indices, select_rows
 from trl_perception.frames import BOX_FORMATS, fit_to_grid, grid_size, model_input_size
 
 # ------------------------------------------------------------------------------------------------
@@ -434,7 +422,7 @@ anything = st.recursive(
 
 @given(anything)
 def test_box_validators_accept_boxes_or_raise_record_errors(value):
-    from trl_perception.data.common import check_xyxy, xywh_to_xyxy
+    from trl_perception.data.validators import check_xyxy, xywh_to_xyxy
 
     for validate in (check_xyxy, xywh_to_xyxy):
         try:
@@ -448,7 +436,7 @@ def test_box_validators_accept_boxes_or_raise_record_errors(value):
 
 @given(anything, anything)
 def test_size_validator(width, height):
-    from trl_perception.data.common import positive_size
+    from trl_perception.data.validators import positive_size
 
     try:
         w, h = positive_size(width, height)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.pageocr import build_pageocr
 from trl_perception.frames import grid_size
 
@@ -56,7 +56,7 @@ PROMPT = [
 
 
 def test_english_pages(fox):
-    rows = _rows(build_pageocr(fox / "en_page_ocr.json", fox / "en_pdf_png"))
+    rows = _rows(build_pageocr(fox / "en_page_ocr.json", image_dir=fox / "en_pdf_png"))
     assert rows == [
         {"prompt": PROMPT, "task": "ocr", "solution": EN_TEXT, "image_size": [60, 80]},
         {"prompt": PROMPT, "task": "ocr", "solution": "Second page.", "image_size": [60, 80]},
@@ -70,7 +70,7 @@ def test_chinese_pages_found_in_fox_folder_by_default(fox):
 
 
 def test_image_dir_may_be_the_fox_root(fox):
-    ds = build_pageocr(fox / "en_page_ocr.json", fox)
+    ds = build_pageocr(fox / "en_page_ocr.json", image_dir=fox)
     assert ds[0]["image"].size == (60, 80)
 
 
@@ -120,9 +120,9 @@ def test_sampling_is_deterministic(fox):
 
 def _both_modes(path, error, summary, n_rows, image_dir=None):
     with pytest.raises(DataError, match=error):
-        build_pageocr(path, image_dir)
+        build_pageocr(path, image_dir=image_dir)
     with pytest.warns(DataWarning, match=summary):
-        ds = build_pageocr(path, image_dir, on_error="skip")
+        ds = build_pageocr(path, image_dir=image_dir, on_error="skip")
     assert len(ds) == n_rows
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning, RecordError
+from trl_perception.data.errors import DataError, DataWarning, RecordError
 from trl_perception.data.pixmo_count import _points, build_pixmo_count
 from trl_perception.formats import format_instruction
 from trl_perception.frames import grid_size
@@ -84,7 +84,7 @@ def _text(row):
 
 
 def test_hf_rows_have_counting_prompt_and_pixel_points(pixmo):
-    rows = _rows(build_pixmo_count(pixmo["hf"], pixmo["images"], split="train"))
+    rows = _rows(build_pixmo_count(pixmo["hf"], image_dir=pixmo["images"], split="train"))
     assert [_text(r) for r in rows] == [
         "Output all the bounding boxes of the apples",
         "Output all the bounding boxes of the people",
@@ -109,22 +109,22 @@ def test_hf_rows_have_counting_prompt_and_pixel_points(pixmo):
 
 
 def test_images_are_found_by_sha256_anywhere_under_the_folder_or_by_url_name(pixmo):
-    ds = build_pixmo_count(pixmo["train"], pixmo["images"])
+    ds = build_pixmo_count(pixmo["train"], image_dir=pixmo["images"])
     colors = [ds[i]["image"].getpixel((5, 5)) for i in range(3)]
     assert [np.argmax(c) for c in colors] == [0, 1, 2]  # red, green, blue
 
 
 def test_eval_split_without_points_gives_points_none(pixmo):
     for split in ("validation", "val"):
-        rows = _rows(build_pixmo_count(pixmo["hf"], pixmo["images"], split=split))
+        rows = _rows(build_pixmo_count(pixmo["hf"], image_dir=pixmo["images"], split=split))
         assert [r["solution"] for r in rows] == [{"count": 4, "points": None}]
 
 
 def test_a_folder_with_several_splits_needs_split(pixmo):
     with pytest.raises(ValueError, match=r"holds splits \['train', 'validation'\]; pass split="):
-        build_pixmo_count(pixmo["hf"], pixmo["images"])
+        build_pixmo_count(pixmo["hf"], image_dir=pixmo["images"])
     with pytest.raises(FileNotFoundError, match="no parquet files for split 'test'"):
-        build_pixmo_count(pixmo["hf"], pixmo["images"], split="test")
+        build_pixmo_count(pixmo["hf"], image_dir=pixmo["images"], split="test")
 
 
 def test_perception_r1_jsonl_rows(pixmo):
@@ -133,7 +133,7 @@ def test_perception_r1_jsonl_rows(pixmo):
     path.write_text(
         json.dumps({"image_path": "pixmo-count/a.jpg", "question": "cars", "ground_truth": 5}) + "\n"
     )
-    rows = _rows(build_pixmo_count(path, pixmo["images"]))
+    rows = _rows(build_pixmo_count(path, image_dir=pixmo["images"]))
     assert rows == [
         {
             "prompt": [
@@ -153,13 +153,13 @@ def test_perception_r1_jsonl_rows(pixmo):
 
 
 def test_family_instruction_and_resized_points_round_trip(pixmo):
-    plain = _rows(build_pixmo_count(pixmo["train"], pixmo["images"]))
-    ds = build_pixmo_count(pixmo["train"], pixmo["images"], box_format="qwen2_vl")
+    plain = _rows(build_pixmo_count(pixmo["train"], image_dir=pixmo["images"]))
+    ds = build_pixmo_count(pixmo["train"], image_dir=pixmo["images"], box_format="qwen2_vl")
     text = _text(ds.select_columns(["prompt"])[0])
     assert text.startswith("Output all the bounding boxes of the apples")
     assert text.endswith(format_instruction("qwen2_vl", "counting"))
     fitted = build_pixmo_count(
-        pixmo["train"], pixmo["images"], box_format="qwen2_5_vl", min_pixels=784, max_pixels=5000
+        pixmo["train"], image_dir=pixmo["images"], box_format="qwen2_5_vl", min_pixels=784, max_pixels=5000
     )
     for i, row in enumerate(fitted):
         size = plain[i]["image_size"]
@@ -171,8 +171,8 @@ def test_family_instruction_and_resized_points_round_trip(pixmo):
 
 
 def test_sampling_is_deterministic(pixmo):
-    a = build_pixmo_count(pixmo["train"], pixmo["images"], num_samples=2, seed=5)
-    b = build_pixmo_count(pixmo["train"], pixmo["images"], num_samples=2, seed=5)
+    a = build_pixmo_count(pixmo["train"], image_dir=pixmo["images"], num_samples=2, seed=5)
+    b = build_pixmo_count(pixmo["train"], image_dir=pixmo["images"], num_samples=2, seed=5)
     assert len(a) == 2 and _rows(a) == _rows(b)
 
 
@@ -191,9 +191,9 @@ def _train_rows(pixmo):
 
 def _both_modes(path, images, error, summary, n_rows, **kwargs):
     with pytest.raises(DataError, match=error):
-        build_pixmo_count(path, images, **kwargs)
+        build_pixmo_count(path, image_dir=images, **kwargs)
     with pytest.warns(DataWarning, match=summary):
-        ds = build_pixmo_count(path, images, on_error="skip", **kwargs)
+        ds = build_pixmo_count(path, image_dir=images, on_error="skip", **kwargs)
     assert len(ds) == n_rows
 
 
@@ -231,17 +231,17 @@ def test_negative_count(pixmo):
     rows[0]["points"] = {"x": [], "y": []}
     path = _write_rows(pixmo["root"] / "bad.parquet", rows)
     _both_modes(
-        path, pixmo["images"], r"row 0: count must be a non-negative integer, got -1", "1 bad record", 2
+        path, pixmo["images"], r"row 0: count must be an integer in \[0, 2147483647\], got -1", "1 bad record", 2
     )
 
 
 def test_sha256_mismatch_when_verifying(pixmo):
     rows = _train_rows(pixmo)
     path = _write_rows(pixmo["root"] / "ok.parquet", rows)
-    assert len(build_pixmo_count(path, pixmo["images"], verify_sha256=True)) == 3
+    assert len(build_pixmo_count(path, image_dir=pixmo["images"], verify_sha256=True)) == 3
     rows[2]["image_sha256"] = "f" * 64  # found by its URL name, but not the file the release means
     path = _write_rows(pixmo["root"] / "bad.parquet", rows)
-    assert len(build_pixmo_count(path, pixmo["images"])) == 3
+    assert len(build_pixmo_count(path, image_dir=pixmo["images"])) == 3
     _both_modes(
         path,
         pixmo["images"],
@@ -276,13 +276,13 @@ def test_truncated_parquet_raises_in_both_modes(pixmo):
     path.write_bytes(data[: len(data) // 2])
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"cut\.parquet: not a readable parquet file"):
-            build_pixmo_count(path, pixmo["images"], on_error=mode)
+            build_pixmo_count(path, image_dir=pixmo["images"], on_error=mode)
 
 
 def test_wrong_schema_is_a_data_error(pixmo):
     Dataset.from_dict({"image": ["a"], "n": [1]}).to_parquet(pixmo["root"] / "other.parquet")
     with pytest.raises(DataError, match="not the allenai/pixmo-count schema"):
-        build_pixmo_count(pixmo["root"] / "other.parquet", pixmo["images"])
+        build_pixmo_count(pixmo["root"] / "other.parquet", image_dir=pixmo["images"])
 
 
 anything = st.recursive(
@@ -315,9 +315,9 @@ def test_any_jsonl_content_builds_or_raises_data_error(tmp_path_factory, records
     path = folder / "pixmo_count_val540.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     try:
-        build_pixmo_count(path, folder)
+        build_pixmo_count(path, image_dir=folder)
     except DataError:
         pass
     with warnings.catch_warnings(), contextlib.suppress(DataError):  # file-level errors raise in both modes
         warnings.simplefilter("ignore", DataWarning)
-        build_pixmo_count(path, folder, on_error="skip")
+        build_pixmo_count(path, image_dir=folder, on_error="skip")

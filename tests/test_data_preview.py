@@ -1,16 +1,15 @@
-"""Dataset preview: a grid with the ground truth drawn on each row's image, and `build_from_source`, which
-picks the builder for a task and a path (the CLI's `data preview`)."""
+"""Dataset preview: a grid with the ground truth drawn on each row's image (the CLI's `data preview`)."""
 
 import json
-import pickle
 
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from trl_perception.data.common import build_from_source, rows_to_dataset
 from trl_perception.data.preview import caption_for, render_preview
 from trl_perception.data.prompts import build_prompt
+from trl_perception.data.rows import rows_to_dataset
+from trl_perception.data.synthetic import make_synthetic
 from trl_perception.viz import GT_COLOR
 
 
@@ -38,11 +37,7 @@ def test_preview_draws_the_ground_truth(tmp_path):
 
 @pytest.mark.parametrize("task", ["grounding", "counting", "ocr", "detection", "mixed"])
 def test_preview_of_every_task_writes_a_grid(tmp_path, task):
-    ds = build_from_source(task if task != "mixed" else "grounding", "synthetic", num_samples=6, seed=1)
-    if task == "mixed":
-        from trl_perception.data.synthetic import make_synthetic
-
-        ds = make_synthetic("mixed", 6, seed=1)
+    ds = make_synthetic(task, 6, seed=1)
     out = render_preview(ds, tmp_path / "sub" / "preview.png", n=5, ncols=3)
     assert out == str(tmp_path / "sub" / "preview.png")
     image = PILImage.open(out)
@@ -68,7 +63,7 @@ def test_preview_rejects_nonpositive_n(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# build_from_source
+# The command line
 
 
 def _coco(tmp_path):
@@ -88,75 +83,6 @@ def _coco(tmp_path):
         )
     )
     return path
-
-
-def test_detection_source_finds_the_coco_image_folder(tmp_path):
-    ds = build_from_source("detection", _coco(tmp_path))
-    assert ds.select_columns(["solution"])[0]["solution"] == [
-        {"bbox_2d": [1.0, 2.0, 11.0, 22.0], "label": "car"}
-    ]
-    assert ds[0]["image"].size == (64, 48)
-
-
-def test_grounding_source_takes_the_split_from_a_perception_r1_file_name(tmp_path):
-    PILImage.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
-    path = tmp_path / "refcoco_testB.json"
-    path.write_text(json.dumps([{"image": "a.jpg", "problem": "car", "solution": [1, 2, 30, 40]}]))
-    ds = build_from_source(
-        "grounding", path, image_dir=tmp_path, box_format="qwen2_vl", num_samples=4, seed=0
-    )
-    assert ds.select_columns(["solution", "box_format"])[0] == {
-        "solution": [1.0, 2.0, 30.0, 40.0],
-        "box_format": "qwen2_vl",
-    }
-
-
-def test_grounding_source_in_the_refer_layout(tmp_path):
-    PILImage.new("RGB", (64, 48)).save(tmp_path / "COCO_train2014_000000000001.jpg")
-    (tmp_path / "instances.json").write_text(
-        json.dumps(
-            {
-                "images": [
-                    {"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 64, "height": 48}
-                ],
-                "annotations": [{"id": 9, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}],
-            }
-        )
-    )
-    refs = [{"ref_id": 0, "ann_id": 9, "image_id": 1, "split": "testA", "sentences": [{"sent": "it"}]}]
-    (tmp_path / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
-    assert len(build_from_source("grounding", tmp_path, split="testA", image_dir=tmp_path)) == 1
-    assert len(build_from_source("grounding", tmp_path, image_dir=tmp_path)) == 0  # val by default
-
-
-def test_ocr_and_counting_sources_default_to_the_files_folder(tmp_path):
-    PILImage.new("RGB", (30, 40)).save(tmp_path / "en_1.png")
-    fox = [
-        {
-            "image": "en_1.png",
-            "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "hi"}],
-        }
-    ]
-    (tmp_path / "en_page_ocr.json").write_text(json.dumps(fox))
-    assert build_from_source("ocr", tmp_path / "en_page_ocr.json").select_columns(["solution"])[0] == {
-        "solution": "hi"
-    }
-    (tmp_path / "pixmo_count_val540.jsonl").write_text(
-        json.dumps({"image_path": "en_1.png", "question": "dots", "ground_truth": 2})
-    )
-    ds = build_from_source("counting", tmp_path / "pixmo_count_val540.jsonl")
-    assert ds.select_columns(["solution"])[0] == {"solution": {"count": 2, "points": None}}
-
-
-def test_bad_requests_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown task"):
-        build_from_source("segmentation", "synthetic")
-    with pytest.raises(FileNotFoundError):
-        build_from_source("ocr", tmp_path / "missing.json")
-    with pytest.raises(ValueError, match="takes no split"):
-        build_from_source("detection", _coco(tmp_path), split="val")
-    with pytest.raises(ValueError, match="synthetic source takes no"):
-        build_from_source("ocr", "synthetic", image_dir=tmp_path)
 
 
 def test_cli_data_preview_writes_the_grid(tmp_path, capsys):

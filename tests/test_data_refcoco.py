@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from trl_perception.data.common import DataError, DataWarning
+from trl_perception.data.errors import DataError, DataWarning
 from trl_perception.data.refcoco import build_refcoco, detect_refcoco_layout
 from trl_perception.frames import grid_size
 
@@ -240,7 +240,7 @@ def _text(row):
 
 
 def test_refer_layout_gives_one_row_per_sentence_with_xyxy_pixels(layouts):
-    ds = build_refcoco(layouts["refer"], "val", image_dir=layouts["images"])
+    ds = build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"])
     assert ds.column_names == ["prompt", "image", "task", "solution", "image_size"]
     rows = ds.select_columns(["prompt", "task", "solution", "image_size"]).to_list()
     assert [_text(r) for r in rows] == [
@@ -264,7 +264,7 @@ def test_refer_layout_gives_one_row_per_sentence_with_xyxy_pixels(layouts):
 
 
 def test_image_column_stores_paths_and_decodes_lazily(layouts):
-    ds = build_refcoco(layouts["refer"], "val", image_dir=layouts["images"])
+    ds = build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"])
     stored = ds.cast_column("image", Image(decode=False))[0]["image"]
     assert stored["bytes"] is None
     assert stored["path"] == str(layouts["images"] / "COCO_train2014_000000000009.jpg")
@@ -272,10 +272,10 @@ def test_image_column_stores_paths_and_decodes_lazily(layouts):
 
 @pytest.mark.parametrize("split", ["val", "testA", "testB"])
 def test_all_layouts_of_the_same_refs_give_identical_rows(layouts, split):
-    refer = build_refcoco(layouts["refer"], split, image_dir=layouts["images"])
-    lmms = build_refcoco(layouts["lmms"], split)
-    jxu = build_refcoco(layouts["jxu"], split, image_dir=layouts["root"])
-    pr1 = build_refcoco(layouts["pr1"][split], split, image_dir=layouts["root"] / "coco")
+    refer = build_refcoco(layouts["refer"], split=split, image_dir=layouts["images"])
+    lmms = build_refcoco(layouts["lmms"], split=split)
+    jxu = build_refcoco(layouts["jxu"], split=split, image_dir=layouts["root"])
+    pr1 = build_refcoco(layouts["pr1"][split], split=split, image_dir=layouts["root"] / "coco")
     expected_rows, expected_pixels = _comparable(refer)
     assert len(refer) > 0
     for other in (lmms, jxu, pr1):
@@ -285,7 +285,7 @@ def test_all_layouts_of_the_same_refs_give_identical_rows(layouts, split):
 
 
 def test_lmms_images_stay_embedded(layouts):
-    ds = build_refcoco(layouts["lmms"], "val")
+    ds = build_refcoco(layouts["lmms"], split="val")
     stored = ds.cast_column("image", Image(decode=False))[0]["image"]
     assert stored["bytes"] == (layouts["images"] / "COCO_train2014_000000000009.jpg").read_bytes()
 
@@ -302,16 +302,16 @@ def test_layout_is_detected_from_the_path(layouts):
 
 def test_unknown_parquet_schema_is_a_data_error(tmp_path):
     Dataset.from_dict({"a": [1]}).to_parquet(tmp_path / "val-00000-of-00001.parquet")
-    with pytest.raises(DataError, match="match neither lmms-lab"):
-        build_refcoco(tmp_path, "val")
+    with pytest.raises(DataError, match="match none of lmms-lab"):
+        build_refcoco(tmp_path, split="val")
 
 
 def test_per_object_gives_one_row_per_referred_object_with_its_first_sentence(layouts):
     for ds in (
-        build_refcoco(layouts["refer"], "val", image_dir=layouts["images"], per="object"),
-        build_refcoco(layouts["lmms"], "val", per="object"),
-        build_refcoco(layouts["jxu"], "val", image_dir=layouts["root"], per="object"),
-        build_refcoco(layouts["pr1"]["val"], "val", image_dir=layouts["root"] / "coco", per="object"),
+        build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"], per="object"),
+        build_refcoco(layouts["lmms"], split="val", per="object"),
+        build_refcoco(layouts["jxu"], split="val", image_dir=layouts["root"], per="object"),
+        build_refcoco(layouts["pr1"]["val"], split="val", image_dir=layouts["root"] / "coco", per="object"),
     ):
         assert [_text(r) for r in ds.select_columns(["prompt"]).to_list()] == [
             "Output the bounding box of the man on the left in the image.",
@@ -320,7 +320,7 @@ def test_per_object_gives_one_row_per_referred_object_with_its_first_sentence(la
 
 
 def test_sentence_key_raw_uses_the_original_text(layouts):
-    ds = build_refcoco(layouts["refer"], "testB", image_dir=layouts["images"], sentence_key="raw")
+    ds = build_refcoco(layouts["refer"], split="testB", image_dir=layouts["images"], sentence_key="raw")
     assert (
         _text(ds.select_columns(["prompt"])[0]) == "Output the bounding box of the White car. in the image."
     )
@@ -329,41 +329,41 @@ def test_sentence_key_raw_uses_the_original_text(layouts):
 def test_splits_match_exactly_not_by_substring(tmp_path, layouts):
     refs = [*REFS, {**REFS[2], "ref_id": 9, "split": "testAB", "sentences": [_sent(9, "not testA")]}]
     root = _write_refer(tmp_path / "refcoco", refs)
-    ds = build_refcoco(root, "testA", image_dir=layouts["images"])
+    ds = build_refcoco(root, split="testA", image_dir=layouts["images"])
     assert [_text(r) for r in ds.select_columns(["prompt"]).to_list()] == [
         "Output the bounding box of the woman in the image.",
         "Output the bounding box of the lady holding umbrella in the image.",
     ]
-    assert len(build_refcoco(root, "train", image_dir=layouts["images"])) == 1
+    assert len(build_refcoco(root, split="train", image_dir=layouts["images"])) == 1
 
 
 def test_split_names_are_mapped_per_layout(layouts):
-    assert len(build_refcoco(layouts["jxu"], "validation", image_dir=layouts["root"])) == 3
-    assert len(build_refcoco(layouts["jxu"], "testA", image_dir=layouts["root"])) == 2
+    assert len(build_refcoco(layouts["jxu"], split="validation", image_dir=layouts["root"])) == 3
+    assert len(build_refcoco(layouts["jxu"], split="testA", image_dir=layouts["root"])) == 2
     with pytest.raises(ValueError, match="hold testA"):
-        build_refcoco(layouts["jxu"], "test", image_dir=layouts["root"])
+        build_refcoco(layouts["jxu"], split="test", image_dir=layouts["root"])
     with pytest.raises(FileNotFoundError, match="no parquet files for split 'train'"):
-        build_refcoco(layouts["lmms"], "train")
+        build_refcoco(layouts["lmms"], split="train")
     with pytest.raises(ValueError, match="unknown split"):
-        build_refcoco(layouts["refer"], "dev", image_dir=layouts["images"])
+        build_refcoco(layouts["refer"], split="dev", image_dir=layouts["images"])
     with pytest.raises(ValueError, match="holds split 'val', not 'testA'"):
-        build_refcoco(layouts["pr1"]["val"], "testA", image_dir=layouts["root"] / "coco")
+        build_refcoco(layouts["pr1"]["val"], split="testA", image_dir=layouts["root"] / "coco")
 
 
 def test_refcocog_jxu_test_split_is_the_real_test(tmp_path, layouts):
     folder = _write_jxu(tmp_path / "jxu")
     (folder / "data" / "testB-00000-of-00001.parquet").unlink()
     # Without testB (refcocog), `test` is the test split itself.
-    assert len(build_refcoco(folder, "test", image_dir=layouts["root"])) == 2
+    assert len(build_refcoco(folder, split="test", image_dir=layouts["root"])) == 2
 
 
 def test_refer_pickle_is_chosen_by_split_by(tmp_path, layouts):
     root = _write_refer(tmp_path / "refcocog", REFS, name="refs(google).p")
     (root / "refs(umd).p").write_bytes(pickle.dumps(REFS[:1], protocol=2))
-    assert len(build_refcoco(root, "val", image_dir=layouts["images"])) == 2  # umd before google
-    assert len(build_refcoco(root, "val", image_dir=layouts["images"], split_by="google")) == 3
+    assert len(build_refcoco(root, split="val", image_dir=layouts["images"])) == 2  # umd before google
+    assert len(build_refcoco(root, split="val", image_dir=layouts["images"], split_by="google")) == 3
     with pytest.raises(FileNotFoundError, match=r"no refs\(unc\)\.p"):
-        build_refcoco(root, "val", image_dir=layouts["images"], split_by="unc")
+        build_refcoco(root, split="val", image_dir=layouts["images"], split_by="unc")
 
 
 def test_python2_pickle_with_latin1_bytes_loads(tmp_path, layouts):
@@ -377,7 +377,7 @@ def test_python2_pickle_with_latin1_bytes_loads(tmp_path, layouts):
     assert py2 != payload
     root = _write_refer(tmp_path / "refcoco", refs)
     (root / "refs(unc).p").write_bytes(py2)
-    ds = build_refcoco(root, "val", image_dir=layouts["images"], sentence_key="raw")
+    ds = build_refcoco(root, split="val", image_dir=layouts["images"], sentence_key="raw")
     assert (
         _text(ds.select_columns(["prompt"])[0])
         == "Output the bounding box of the Man on the left.é in the image."
@@ -395,11 +395,11 @@ def test_refs_pickle_with_code_is_refused(tmp_path, layouts):
         DataError,
         match=r"refs\(unc\)\.p: not a plain-data pickle: refusing to load global (__builtin__|builtins)\.print",
     ):
-        build_refcoco(root, "val", image_dir=layouts["images"])
+        build_refcoco(root, split="val", image_dir=layouts["images"])
 
 
 def test_family_adds_format_instruction_and_columns(layouts):
-    ds = build_refcoco(layouts["refer"], "val", image_dir=layouts["images"], box_format="qwen2_5_vl")
+    ds = build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"], box_format="qwen2_5_vl")
     assert ds.column_names[-2:] == ["box_format", "input_size"]
     row = ds.select_columns(["prompt", "box_format", "input_size", "solution"])[0]
     assert _text(row).startswith("Output the bounding box of the man on the left in the image. ")
@@ -412,7 +412,7 @@ def test_family_adds_format_instruction_and_columns(layouts):
 def test_template_and_system_prompt_override(layouts):
     ds = build_refcoco(
         layouts["refer"],
-        "testB",
+        split="testB",
         image_dir=layouts["images"],
         template="Find {question}.",
         system_prompt="Be exact.",
@@ -427,10 +427,10 @@ def test_template_and_system_prompt_override(layouts):
 
 
 def test_pixel_limits_resize_images_and_scale_boxes(layouts):
-    plain = build_refcoco(layouts["refer"], "val", image_dir=layouts["images"])
+    plain = build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"])
     fitted = build_refcoco(
         layouts["refer"],
-        "val",
+        split="val",
         image_dir=layouts["images"],
         box_format="qwen2_vl",
         min_pixels=784,
@@ -446,11 +446,11 @@ def test_pixel_limits_resize_images_and_scale_boxes(layouts):
 
 
 def test_sampling_is_deterministic(layouts):
-    a = build_refcoco(layouts["jxu"], "val", image_dir=layouts["root"], num_samples=2, seed=3)
-    b = build_refcoco(layouts["jxu"], "val", image_dir=layouts["root"], num_samples=2, seed=3)
+    a = build_refcoco(layouts["jxu"], split="val", image_dir=layouts["root"], num_samples=2, seed=3)
+    b = build_refcoco(layouts["jxu"], split="val", image_dir=layouts["root"], num_samples=2, seed=3)
     assert len(a) == 2
     assert a.select_columns(["prompt"]).to_list() == b.select_columns(["prompt"]).to_list()
-    assert len(build_refcoco(layouts["jxu"], "val", image_dir=layouts["root"], num_samples=50)) == 3
+    assert len(build_refcoco(layouts["jxu"], split="val", image_dir=layouts["root"], num_samples=50)) == 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def test_missing_image_raises_naming_file_and_record(tmp_path, layouts):
     with pytest.raises(
         DataError, match=r"refs\(unc\)\.p: record 0 \(ref_id 0\): image not found .*000000000009\.jpg"
     ):
-        build_refcoco(layouts["refer"], "val", image_dir=images)
+        build_refcoco(layouts["refer"], split="val", image_dir=images)
 
 
 def test_missing_image_is_skipped_and_counted(tmp_path, layouts):
@@ -472,7 +472,7 @@ def test_missing_image_is_skipped_and_counted(tmp_path, layouts):
     _write_images(images)
     (images / "COCO_train2014_000000000009.jpg").unlink()
     with pytest.warns(DataWarning, match=r"skipped 2 of 2 records from .*refs\(unc\)\.p: 2 missing image"):
-        ds = build_refcoco(layouts["refer"], "val", image_dir=images, on_error="skip")
+        ds = build_refcoco(layouts["refer"], split="val", image_dir=images, on_error="skip")
     assert len(ds) == 0
 
 
@@ -481,9 +481,9 @@ def test_negative_width_bbox_both_modes(tmp_path, layouts):
     anns[1]["bbox"] = [40.0, 20.0, -15.5, 20.0]
     root = _write_refer(tmp_path / "refcoco", anns=anns)
     with pytest.raises(DataError, match=r"record 1 \(ref_id 1\): bbox of ann_id 102 .* non-positive width"):
-        build_refcoco(root, "val", image_dir=layouts["images"])
+        build_refcoco(root, split="val", image_dir=layouts["images"])
     with pytest.warns(DataWarning, match=r"skipped 1 of 2 records from .*: 1 bad bbox"):
-        ds = build_refcoco(root, "val", image_dir=layouts["images"], on_error="skip")
+        ds = build_refcoco(root, split="val", image_dir=layouts["images"], on_error="skip")
     assert len(ds) == 2
 
 
@@ -492,9 +492,9 @@ def test_unknown_annotation_both_modes(tmp_path, layouts):
     refs[0]["ann_id"] = 999
     root = _write_refer(tmp_path / "refcoco", refs)
     with pytest.raises(DataError, match="record 0 \\(ref_id 0\\): ann_id 999 is not in instances.json"):
-        build_refcoco(root, "val", image_dir=layouts["images"])
+        build_refcoco(root, split="val", image_dir=layouts["images"])
     with pytest.warns(DataWarning, match="1 bad record"):
-        assert len(build_refcoco(root, "val", image_dir=layouts["images"], on_error="skip")) == 1
+        assert len(build_refcoco(root, split="val", image_dir=layouts["images"], on_error="skip")) == 1
 
 
 def test_malformed_json_line_both_modes(tmp_path, layouts):
@@ -505,9 +505,9 @@ def test_malformed_json_line_both_modes(tmp_path, layouts):
         + "\n"
     )
     with pytest.raises(DataError, match=r"refcoco_val\.jsonl: line 2: not valid JSON"):
-        build_refcoco(path, "val", image_dir=layouts["root"] / "coco")
+        build_refcoco(path, split="val", image_dir=layouts["root"] / "coco")
     with pytest.warns(DataWarning, match="skipped 1 of 3 records .*: 1 bad json"):
-        assert len(build_refcoco(path, "val", image_dir=layouts["root"] / "coco", on_error="skip")) == 2
+        assert len(build_refcoco(path, split="val", image_dir=layouts["root"] / "coco", on_error="skip")) == 2
 
 
 def test_truncated_files_raise_in_both_modes(tmp_path, layouts):
@@ -516,17 +516,17 @@ def test_truncated_files_raise_in_both_modes(tmp_path, layouts):
     (root / "refs(unc).p").write_bytes(data[: len(data) // 2])
     for mode in ("raise", "skip"):
         with pytest.raises(DataError, match=r"refs\(unc\)\.p: not a plain-data pickle"):
-            build_refcoco(root, "val", image_dir=layouts["images"], on_error=mode)
+            build_refcoco(root, split="val", image_dir=layouts["images"], on_error=mode)
     pr1 = tmp_path / "refcoco_val.json"
     pr1.write_text(layouts["pr1"]["val"].read_text()[:-40])
     with pytest.raises(DataError, match=r"refcoco_val\.json: not valid JSON \(truncated file\?\)"):
-        build_refcoco(pr1, "val", image_dir=layouts["root"] / "coco", on_error="skip")
+        build_refcoco(pr1, split="val", image_dir=layouts["root"] / "coco", on_error="skip")
     parquet = tmp_path / "lmms" / "val-00000-of-00001.parquet"
     parquet.parent.mkdir()
     source = (layouts["lmms"] / "data" / "val-00000-of-00001.parquet").read_bytes()
     parquet.write_bytes(source[: len(source) // 2])
     with pytest.raises(DataError, match="not a readable parquet file"):
-        build_refcoco(parquet, "val", on_error="skip")
+        build_refcoco(parquet, split="val", on_error="skip")
 
 
 def test_unreadable_embedded_image_both_modes(tmp_path, layouts):
@@ -537,10 +537,10 @@ def test_unreadable_embedded_image_both_modes(tmp_path, layouts):
     rows[1]["image"] = {"bytes": b"not an image", "path": None}
     Dataset.from_list(rows, features=FEATURES_LMMS).to_parquet(folder / "val-00000-of-00001.parquet")
     with pytest.raises(DataError, match="row 1: image bytes cannot be read"):
-        build_refcoco(folder, "val")
+        build_refcoco(folder, split="val")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = build_refcoco(folder, "val", on_error="skip")
+        ds = build_refcoco(folder, split="val", on_error="skip")
     assert len(ds) == 2
     assert [str(w.message).split(": ", 1)[1] for w in caught if w.category is DataWarning] == [
         "1 unreadable image"
@@ -552,30 +552,30 @@ def test_box_outside_the_image_is_a_bad_bbox(tmp_path, layouts):
     anns[1]["bbox"] = [100.0, 100.0, 5.0, 5.0]
     root = _write_refer(tmp_path / "refcoco", anns=anns)
     with pytest.raises(DataError, match="lies outside the 64x48 image"):
-        build_refcoco(root, "val", image_dir=layouts["images"])
+        build_refcoco(root, split="val", image_dir=layouts["images"])
 
 
 def test_box_slightly_past_the_border_is_clipped(tmp_path, layouts):
     anns = [dict(a) for a in ANNS]
     anns[1]["bbox"] = [40.0, 20.0, 30.0, 30.0]
     root = _write_refer(tmp_path / "refcoco", anns=anns)
-    ds = build_refcoco(root, "val", image_dir=layouts["images"])
+    ds = build_refcoco(root, split="val", image_dir=layouts["images"])
     assert ds[2]["solution"] == [40.0, 20.0, 64.0, 48.0]
 
 
 def test_bad_options_are_value_errors(layouts):
     with pytest.raises(ValueError, match="per must be"):
-        build_refcoco(layouts["refer"], "val", image_dir=layouts["images"], per="image")
+        build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"], per="image")
     with pytest.raises(ValueError, match="pass box_format"):
-        build_refcoco(layouts["refer"], "val", image_dir=layouts["images"], max_pixels=1000)
+        build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"], max_pixels=1000)
     with pytest.raises(ValueError, match="on_error"):
-        build_refcoco(layouts["refer"], "val", image_dir=layouts["images"], on_error="ignore")
+        build_refcoco(layouts["refer"], split="val", image_dir=layouts["images"], on_error="ignore")
     with pytest.raises(ValueError, match="pass image_dir"):
-        build_refcoco(layouts["jxu"], "val")
+        build_refcoco(layouts["jxu"], split="val")
 
 
 def test_embedded_image_bytes_are_what_the_row_decodes(layouts):
-    ds = build_refcoco(layouts["lmms"], "testB")
+    ds = build_refcoco(layouts["lmms"], split="testB")
     buf = io.BytesIO((layouts["images"] / "COCO_train2014_000000000030.jpg").read_bytes())
     assert np.array_equal(np.asarray(ds[0]["image"]), np.asarray(PILImage.open(buf)))
 
@@ -606,7 +606,7 @@ def test_any_flat_json_content_builds_or_raises_data_error(tmp_path_factory, rec
     for mode in ("raise", "skip"):
         with warnings.catch_warnings(), contextlib.suppress(DataError):
             warnings.simplefilter("ignore", DataWarning)
-            build_refcoco(path, "val", image_dir=folder, per=per, on_error=mode)
+            build_refcoco(path, split="val", image_dir=folder, per=per, on_error=mode)
 
 
 @settings(max_examples=60)
@@ -617,7 +617,7 @@ def test_any_refs_pickle_content_builds_or_raises_data_error(tmp_path_factory, r
     for mode in ("raise", "skip"):
         with warnings.catch_warnings(), contextlib.suppress(DataError):
             warnings.simplefilter("ignore", DataWarning)
-            build_refcoco(root, "val", image_dir=root, on_error=mode)
+            build_refcoco(root, split="val", image_dir=root, on_error=mode)
 
 
 def test_lmms_rows_without_embedded_bytes_are_found_by_file_name(tmp_path, layouts):
@@ -632,11 +632,11 @@ def test_lmms_rows_without_embedded_bytes_are_found_by_file_name(tmp_path, layou
     table = table.set_column(table.schema.get_field_index("image"), "image", no_bytes)
     pq.write_table(table, tmp_path / "testB-00000-of-00001.parquet")
     with pytest.raises(DataError, match="row 0: image not found"):
-        build_refcoco(tmp_path / "testB-00000-of-00001.parquet", "testB")
-    built = build_refcoco(tmp_path / "testB-00000-of-00001.parquet", "testB", image_dir=layouts["images"])
+        build_refcoco(tmp_path / "testB-00000-of-00001.parquet", split="testB")
+    built = build_refcoco(tmp_path / "testB-00000-of-00001.parquet", split="testB", image_dir=layouts["images"])
     stored = built.cast_column("image", Image(decode=False))[0]["image"]
     assert stored == {"bytes": None, "path": str(layouts["images"] / "COCO_train2014_000000000030.jpg")}
     assert (
         _comparable(built)[0]
-        == _comparable(build_refcoco(layouts["refer"], "testB", image_dir=layouts["images"]))[0]
+        == _comparable(build_refcoco(layouts["refer"], split="testB", image_dir=layouts["images"]))[0]
     )

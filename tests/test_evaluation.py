@@ -496,6 +496,20 @@ def test_callback_evaluates_every_n_steps_with_the_trainer_model_and_restores_tr
     assert model.training
 
 
+def test_perception_trainer_hands_itself_to_its_eval_callbacks(tmp_path):
+    from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
+
+    holdout = make_synthetic("counting", 2, seed=1)
+    given, added = PerceptionEvalCallback(holdout), PerceptionEvalCallback(holdout)
+    args = PerceptionGRPOConfig(str(tmp_path), use_cpu=True, report_to="none", num_generations=2,
+                                per_device_train_batch_size=2, max_completion_length=4, max_pixels=56 * 56)  # fmt: skip
+    trainer = PerceptionGRPOTrainer(tiny_vlm("qwen2_5_vl"), completion_length_reward, args,
+                                    train_dataset=make_synthetic("grounding", 2), callbacks=[given])  # fmt: skip
+    trainer.add_callback(added)
+
+    assert given.trainer is trainer and added.trainer is trainer
+
+
 def test_peft_wrapped_model_is_evaluated_with_its_base_family():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -529,6 +543,7 @@ def test_callback_logs_metrics_during_a_two_step_grpo_run(tmp_path):
     )  # fmt: skip
     trainer = GRPOTrainer(model=tiny_vlm("qwen2_5_vl"), reward_funcs=completion_length_reward, args=args,
                           train_dataset=train, callbacks=[callback])  # fmt: skip
+    callback.bind(trainer)  # a plain GRPOTrainer does not hand itself to the callback
 
     trainer.train()
 

@@ -26,8 +26,10 @@ from trl_perception.formats import (
     ParsedOutput,
     _parse_exact_json_list,
     _parse_general,
+    answer_text,
     completion_text,
     format_instruction,
+    parse_boxes,
     parse_count,
     parse_objects,
     render_objects,
@@ -200,7 +202,6 @@ def test_json_list_where_every_item_is_malformed_is_not_an_answer():
         "[10,20,30,40]",
         "(10, 20, 30, 40)",
         "The answer is (10,20),(30,40).",
-        "(10, 20) (30, 40)",
         "(10,20) , (30,40)",
         "<answer>[10, 20, 30, 40]</answer>",
         "<answer>(10,20),(30,40)</answer>",
@@ -490,8 +491,8 @@ def test_one_megabyte_adversarial_completions_parse_in_linear_time():
 
 def test_the_pair_regex_does_not_backtrack_quadratically_on_spaces():
     # (1,2) followed by many spaces used to take O(k^2): ~20 minutes for 1 MB.
-    out = parse_objects("(1,2)" + " " * 200_000 + "(3,4)")
-    assert out.objects == [box(1, 2, 3, 4)]
+    assert parse_objects("(1,2)" + " " * 200_000 + "(3,4)").objects == [point(1, 2), point(3, 4)]
+    assert parse_objects("(1,2)" + " " * 200_000 + "," + " " * 200_000 + "(3,4)").objects == [box(1, 2, 3, 4)]
 
 
 # Pieces that reach every parser branch, mixed with arbitrary text.
@@ -885,3 +886,116 @@ def test_fast_path_equals_the_general_parsers_on_well_formed_lists(boxes, label)
 def test_fast_path_leaves_box_tokens_to_the_full_parser():
     text = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
     assert parse_objects(text, "qwen2_vl") == _general(text, "qwen2_vl")
+
+
+# --------------------------------------------------------------------------------------------------
+# hardening (#12): points without tokens, negative counts, answers after many brackets, thinking
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "objects"),
+    [
+        # skip_special_tokens=True leaves Qwen2-VL points as consecutive pairs: each is a point.
+        ("bird(16,21)(116,121)(216,221)(316,321)", [point(16, 21), point(116, 121), point(216, 221), point(316, 321)]),
+        ("(1,2) (3,4)", [point(1, 2), point(3, 4)]),
+        ("bird(16,21),(116,121)", [box(16, 21, 116, 121)]),
+        ("(1,2),(3,4)(5,6),(7,8)", [box(1, 2, 3, 4), box(5, 6, 7, 8)]),
+        ("(1,2)(3,4),(5,6)(7,8)", [point(1, 2), box(3, 4, 5, 6), point(7, 8)]),
+        ("At (1,2), and (3,4).", [point(1, 2), point(3, 4)]),
+        ("Sure, (1,2)(3,4)", [point(1, 2), point(3, 4)]),
+    ],
+)  # fmt: skip
+def test_pairs_in_prose_are_boxes_when_joined_by_a_comma_else_points(text, objects):
+    assert_parsed(text, objects)
+
+
+@pytest.mark.parametrize(
+    ("text", "objects", "rejected"),
+    [
+        ("(nan,2),(3,4)", [], 1),  # half of a malformed box is not a point
+        ("(1,2),(nan,3)(5,6)", [point(5, 6)], 1),
+        ("(1,2), (3,4), (5,6)", [box(1, 2, 3, 4)], 1),
+    ],
+)
+def test_a_pair_joined_to_a_malformed_one_is_rejected(text, objects, rejected):
+    out = parse_objects(text)
+    assert out.objects == objects and out.rejected == rejected
+
+
+def test_a_lone_box_beside_points_keeps_quadruples_first():
+    # Quadruples are read before bare points, as before points were read at all.
+    assert_parsed("[10, 20, 30, 40] near (1,2)", [box(10, 20, 30, 40)])
+
+
+@pytest.mark.parametrize("text", ["-3", "\u22123", "There are -3 birds.", "-0", "count: \u20133"])
+def test_a_negative_number_is_not_a_count(text):
+    assert parse_count(text) is None
+
+
+@given(st.integers(0, 999_999), st.sampled_from(["{}", "There are {} birds.", "<answer>{}</answer>", "{} "]))
+def test_a_lone_non_negative_integer_is_the_count(k, template):
+    assert parse_count(template.format(k)) == k
+    assert parse_count(template.format(f"-{k}")) is None
+
+
+_PHRASES = st.sampled_from(
+    ["[see left]", "[1]", "[a b]", "[the red car]", "[2, 3, 4]", "[x]", "{a}", "[1, 2, 3, 4, 5]"]
+)
+
+
+@settings(deadline=None)
+@given(phrases=st.lists(_PHRASES, min_size=0, max_size=120), family=st.sampled_from([None, "qwen2_5_vl"]))
+def test_a_json_answer_after_any_number_of_bracketed_phrases_is_found(phrases, family):
+    text = " ".join(phrases) + ' so the answer is [{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]'
+    assert parse_objects(text, family).objects == [box(1, 2, 3, 4, "cat")]
+
+
+def test_a_json_answer_after_sixteen_bracketed_phrases_is_found():
+    text = " ".join(f"[phrase {i}]" for i in range(16)) + ' [{"bbox_2d": [1, 2, 3, 4], "label": "cat"}]'
+    assert_parsed(text, [box(1, 2, 3, 4, "cat")])
+    text = " ".join(f"[{i}]" for i in range(40)) + ' {"bbox_2d": [5, 6, 7, 8]}'
+    assert_parsed(text, [box(5, 6, 7, 8)])
+
+
+def test_only_the_answer_is_read_after_thinking():
+    thinking = "<think>" + qwen2_box(1, 2, 3, 4, ref="x") + " maybe (9,9),(8,8) or [1, 1, 2, 2]</think>"
+    assert_parsed(thinking + "<answer>[5, 6, 7, 8]</answer>", [box(5, 6, 7, 8)])
+    assert_parsed(
+        thinking + "<answer>" + qwen2_box(5, 6, 7, 8, ref="y") + "</answer>", [box(5, 6, 7, 8, "y")]
+    )
+    assert_invalid(thinking + "<answer>I do not know.</answer>")
+    assert answer_text(thinking + "<answer> [] </answer><|im_end|>") == " [] "
+
+
+# Answers the lean path reads: JSON lists of boxes and points, with or without labels, in any layout, plus
+# near misses (extra keys, bools, strings, NaN, huge numbers) that must fall through to the general parsers.
+_ITEM = st.one_of(
+    st.builds(lambda b, lab: {"bbox_2d": b, "label": lab},
+              st.lists(st.integers(-10, 10**6), min_size=4, max_size=4), st.text(max_size=8)),
+    st.builds(lambda b: {"bbox_2d": b}, st.lists(st.floats(-1e6, 1e6), min_size=4, max_size=4)),
+    st.builds(lambda p, lab: {"point_2d": p, "label": lab},
+              st.lists(st.integers(-5, 50), min_size=2, max_size=2), st.sampled_from(["bird", "  ", ""])),
+    st.builds(lambda b: {"bbox_2d": b, "label": "x", "score": 1}, st.lists(st.integers(0, 9), min_size=4, max_size=4)),
+    st.builds(lambda b: {"bbox_2d": b, "label": True}, st.lists(st.integers(0, 9), min_size=4, max_size=4)),
+    st.builds(lambda b: {"bbox_2d": b, "label": "x"}, st.lists(st.sampled_from([1, True, "2", None, 1e400, 10**400]),
+                                                                 min_size=4, max_size=4)),
+)  # fmt: skip
+
+
+@given(
+    items=st.lists(_ITEM, max_size=6),
+    indent=st.sampled_from([None, 1]),
+    wrapper=st.sampled_from(["{}", "```json\n{}\n```", "<answer>{}</answer>"]),
+    require_label=st.booleans(),
+)
+def test_parse_boxes_equals_filtering_the_general_parse(items, indent, wrapper, require_label):
+    text = wrapper.format(json.dumps(items, indent=indent))
+    scope = answer_text(text)
+    general = _parse_general(scope, scope.replace("```json", "").replace("```", "").strip(), None)
+    kept = [o for o in general.objects if o.bbox is not None and (o.label is not None or not require_label)]
+    out = parse_boxes(text, require_label=require_label)
+    assert [tuple(b) for b in out.boxes] == [o.bbox for o in kept]
+    assert out.labels == [o.label for o in kept]
+    assert out.rejected == general.rejected + len(general.objects) - len(kept)
+    assert out.valid == general.valid and out.truncated == general.truncated

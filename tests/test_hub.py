@@ -349,3 +349,86 @@ def test_cli_push_calls_push_to_hub(tmp_path, monkeypatch, capsys):
     assert cli.main(["push", str(folder), "--repo-id", "me/model", "--private"]) == 0
     assert seen == {"folder": str(folder), "repo_id": "me/model", "private": True, "token": None}
     assert "commit/1" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer's card: PerceptionGRPOTrainer.create_model_card and push_to_hub
+
+
+def tiny_trainer(output_dir, reward_funcs=None, **config):
+    from trl_perception.data import make_synthetic
+    from trl_perception.rewards import get_reward
+    from trl_perception.testing import tiny_vlm
+    from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
+
+    args = PerceptionGRPOConfig(str(output_dir), use_cpu=True, report_to="none", num_generations=2, learning_rate=3e-6,
+                                per_device_train_batch_size=2, max_completion_length=4, max_pixels=56 * 56, **config)  # fmt: skip
+    rewards = reward_funcs or [get_reward("detection"), get_reward("format")]
+    return PerceptionGRPOTrainer(tiny_vlm("qwen3_vl"), rewards, args,
+                                 train_dataset=make_synthetic(["detection", "counting"], 4))  # fmt: skip
+
+
+class TrainerHubApi(FakeHfApi):
+    """What transformers' `hf_api()` returns, recording one snapshot of the folder per upload."""
+
+    def __init__(self):
+        super().__init__()
+        self.uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        from types import SimpleNamespace
+
+        super().create_repo(repo_id, **kwargs)
+        return SimpleNamespace(repo_id=f"me/{repo_id}" if "/" not in repo_id else repo_id)
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        url = super().upload_folder(folder_path, repo_id, **kwargs)
+        self.uploads.append(dict(self.uploaded))
+        return url
+
+
+def test_trainer_card_says_what_the_trainer_knows(tmp_path):
+    trainer = tiny_trainer(tmp_path, reward_weights=[1.0, 0.5])
+    trainer.create_model_card(model_name="ignored", dataset_name=["synthetic"], tags="extra-tag",
+                              eval_metrics={"detection": {"AP": 0.25}}, eval_dataset="synthetic val")  # fmt: skip
+    card = (tmp_path / "README.md").read_text()
+    meta = metadata(card)
+    assert meta["model_name"] == "ignored"  # no Hub id yet: the name given
+    assert {"trl-perception", "detection", "counting", "extra-tag"} <= set(meta["tags"])
+    assert "- **Task:** counting, detection" in card  # the training rows' tasks
+    assert "- **Box format:** `qwen3_vl`" in card  # resolved from the model
+    assert "| detection_reward | 1.0 |" in card and "| format_reward | 0.5 |" in card
+    assert "| learning_rate | 3e-06 |" in card and "| num_generations | 2 |" in card
+    assert "On synthetic val" in card and "| detection/AP | 0.2500 |" in card
+    inputs = json.loads((tmp_path / "trl_perception_card.json").read_text())
+    assert build_model_card(**inputs) == card  # `trl-perception push` rebuilds the same card from it
+
+
+def test_trainer_card_describes_a_lora_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    trainer = tiny_trainer(tmp_path)
+    trainer.model = get_peft_model(trainer.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer.create_model_card()
+    card = (tmp_path / "README.md").read_text()
+    assert metadata(card)["library_name"] == "peft"
+    assert "- **Adapter:** LoRA (r 4, alpha 8, dropout 0.0, target_modules ['q_proj', 'v_proj'])" in card
+
+
+def test_trainer_push_to_hub_uploads_weights_and_the_perception_card_in_one_commit(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    api = TrainerHubApi()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
+    trainer = tiny_trainer(tmp_path / "run", hub_model_id="me/qwen3-perception")
+
+    trainer.push_to_hub(dataset_name="synthetic", eval_metrics={"detection": {"AP": 0.5}}, eval_dataset="held out")
+
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"]
+    (uploaded,) = api.uploads
+    assert {"model.safetensors", "config.json", "README.md", "trl_perception_card.json"} <= set(uploaded)
+    readme = uploaded["README.md"].decode()
+    assert metadata(readme)["model_name"] == "me/qwen3-perception"
+    assert 'AutoModelForImageTextToText.from_pretrained("me/qwen3-perception")' in readme
+    assert "| detection/AP | 0.5000 |" in readme and "- **Training data:** synthetic" in readme
+    assert "trl-perception" in metadata(readme)["tags"]

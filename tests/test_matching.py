@@ -4,6 +4,7 @@ IoU-maximising box matching (class-aware, inclusive threshold) and point matchin
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from trl_perception.boxes import box_iou
-from trl_perception.matching import hungarian_match, match_boxes, match_points
+from trl_perception.matching import (
+    check_matching,
+    hungarian_match,
+    match_boxes,
+    match_points,
+    sequential_match,
+)
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -316,3 +323,55 @@ def test_match_points_accepts_flat_pairs_and_empty_sides():
 def test_match_points_drops_pairs_with_non_finite_distances():
     p, g, d = match_points([[0, 0], [np.nan, 0]], [[1, 0], [2, 0]])
     assert p.tolist() == [0] and np.isfinite(d).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# sequential matching (Perception-R1's Table 5 "w/o reward matching")
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_pred", "n_gt", "pairs"), [(3, 2, [0, 1]), (2, 3, [0, 1]), (0, 4, []), (4, 0, [])]
+)
+def test_sequential_match_pairs_the_i_th_with_the_i_th(n_pred, n_gt, pairs):
+    rows, cols = sequential_match(n_pred, n_gt)
+    assert rows.tolist() == pairs and cols.tolist() == pairs
+    assert rows.dtype == cols.dtype == np.int64
+
+
+def test_sequential_box_matching_follows_the_order_written():
+    pred = [[20, 0, 30, 10], [0, 0, 10, 10]]
+    gt = [[0, 0, 10, 10], [20, 0, 30, 10]]
+    # Hungarian pairs each box with its twin; sequential pairs box 0 with object 0 (IoU 0), so nothing is kept.
+    p, g, iou = match_boxes(pred, gt)
+    assert (p.tolist(), g.tolist(), iou.tolist()) == ([0, 1], [1, 0], [1.0, 1.0])
+    p, g, iou = match_boxes(pred, gt, matching="sequential")
+    assert (p.tolist(), g.tolist(), iou.tolist()) == ([], [], [])
+    # In order, both are kept; with labels, a pair of different labels is dropped.
+    p, g, iou = match_boxes(
+        pred[::-1], gt, matching="sequential", pred_labels=["a", "b"], gt_labels=["a", "c"]
+    )
+    assert (p.tolist(), g.tolist(), iou.tolist()) == ([0], [0], [1.0])
+
+
+def test_sequential_point_matching_distances():
+    # (0,0)-(3,4) is 5 and (10,10)-(10,10) is 0 in order; Hungarian would pick the same here.
+    p, g, d = match_points([[0, 0], [10, 10], [7, 7]], [[3, 4], [10, 10]], matching="sequential")
+    assert (p.tolist(), g.tolist(), d.tolist()) == ([0, 1], [0, 1], [5.0, 0.0])
+    # Swapped: (10,10)-(3,4) = sqrt(49 + 36), (0,0)-(10,10) = sqrt(200).
+    _, _, d = match_points([[10, 10], [0, 0]], [[3, 4], [10, 10]], matching="sequential")
+    assert d.tolist() == pytest.approx([math.sqrt(85), math.sqrt(200)])
+
+
+@given(st.integers(0, 30), st.integers(0, 30))
+def test_sequential_match_is_a_prefix_identity(n_pred, n_gt):
+    rows, cols = sequential_match(n_pred, n_gt)
+    assert rows.tolist() == cols.tolist() == list(range(min(n_pred, n_gt)))
+
+
+def test_unknown_matching_is_refused():
+    assert check_matching("hungarian") == "hungarian"
+    with pytest.raises(ValueError, match="matching must be one of"):
+        match_points([[0, 0]], [[0, 0]], matching="greedy")
+    with pytest.raises(ValueError, match="matching must be one of"):
+        match_boxes([[0, 0, 1, 1]], [[0, 0, 1, 1]], matching="Hungarian")

@@ -26,18 +26,12 @@ from trl_perception.metrics import (
     ocr_metrics,
 )
 
-# CI clones the repository with `shared/` beside it.
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coco"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "coco"
 VAL2014_GT = FIXTURES / "instances_val2014_100.json"
 VAL2014_DT = FIXTURES / "instances_val2014_fakebbox100_results.json"
 SYNTH_GT = FIXTURES / "synthetic_gt.json"
 SYNTH_DT = FIXTURES / "synthetic_dt.json"
 EXPECTED = FIXTURES / "expected_bbox_stats.json"
-
-needs_fixtures = pytest.mark.skipif(
-    not EXPECTED.exists(),
-    reason=f"COCO fixtures not found at {FIXTURES} (clone the shared/ folder beside the repository)",
-)
 
 
 def load_json(path: Path):
@@ -448,7 +442,6 @@ class TestOcrMetrics:
 # ------------------------------------------------------------------------------------------------
 
 
-@needs_fixtures
 class TestCocoParity:
     @pytest.mark.parametrize(
         ("gt_path", "dt_path"),

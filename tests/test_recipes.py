@@ -1,25 +1,13 @@
-"""The recipe (`recipes/grpo.py`, `trl_perception.recipe`) and every YAML in `recipes/`: configs parse with
-TrlParser and name only existing tasks, data forms, builder options and rewards; the paper configs carry the
-paper's hyperparameters; the accelerate configs are valid; the script trains end to end (full, LoRA, QLoRA)."""
+"""Every YAML in `recipes/`: the configs parse with the GRPO script's parser (`trl_perception/scripts/grpo.py`)
+and name only existing tasks, data forms and rewards; the paper configs carry the paper's hyperparameters; the
+accelerate configs are valid. The script itself is specified in `test_script_grpo.py`."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from trl_perception.recipe import (
-    DEFAULT_REWARDS,
-    PerceptionScriptArguments,
-    build_datasets,
-    build_rewards,
-    check_script_args,
-    make_parser,
-    reward_names,
-)
+from trl_perception.scripts.grpo import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -35,7 +23,7 @@ MODEL_FAMILY = {
     "Qwen2.5-VL-3B-Instruct": "qwen2_5_vl",
     "Qwen3-VL-4B-Instruct": "qwen3_vl",
 }
-# Forms of `dataset_source` each task's builder reads (data.common.build_from_source): "" is a folder.
+# Forms of `dataset_source` each task's builder reads: "" is a folder.
 SOURCE_FORMS = {
     "grounding": {"", ".p", ".parquet", ".json", ".jsonl"},
     "counting": {"", ".parquet", ".json", ".jsonl"},
@@ -43,7 +31,7 @@ SOURCE_FORMS = {
     "detection": {".json"},
 }
 PAPER_CONFIGS = {
-    # Perception-R1's four released settings (docs: perception-r1.md §2): config -> task, subset size,
+    # Perception-R1's four released settings: config -> task, subset size,
     # rewards, max completion length of the released scripts.
     "Qwen2-VL-2B-Instruct/grpo/config_grounding.yaml": ("grounding", 5000, ["iou", "format"], 768),
     "Qwen2-VL-2B-Instruct/grpo/config_counting.yaml": ("counting", 10000, ["count", "format"], 768),
@@ -60,7 +48,7 @@ def _cpu_overrides() -> list[str]:
 
 
 def parse(path, *extra):
-    """Parse a recipe YAML as `recipes/grpo.py` does. A fresh parser each time: TrlParser keeps a config's
+    """Parse a recipe YAML as the GRPO script does. A fresh parser each time: TrlParser keeps a config's
     values as defaults, so reusing one would leak keys between configs."""
     return make_parser().parse_args_and_config(["--config", str(path), *_cpu_overrides(), *extra])
 
@@ -101,21 +89,16 @@ def test_recipe_parses_and_names_only_existing_things(path):
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture
         assert isinstance(entries, list) and entries
-        for entry in entries:
-            assert set(entry) <= {"task", "source", "split", "image_dir", "num_samples", "seed", "kwargs"}
-            assert entry["task"] in TASKS
-            source = entry["source"]
-            assert source == "synthetic" or Path(source).suffix in SOURCE_FORMS[entry["task"]], entry
-        assert {e["task"] for e in entries} == set(TASKS)
+        for entry in entries:  # PerceptionDatasetConfig: unknown keys were rejected when parsed
+            assert entry.task in TASKS
+            assert entry.source == "synthetic" or Path(entry.source).suffix in SOURCE_FORMS[entry.task], entry
+        assert {e.task for e in entries} == set(TASKS)
     else:
         for source in filter(None, (script_args.dataset_source, script_args.eval_source)):
             assert source == "synthetic" or Path(source).suffix in SOURCE_FORMS[script_args.task], source
 
-    names = reward_names(script_args)
-    assert names, "a run needs at least one reward"
-    assert set(names) <= set(list_rewards())
-    # The whole check the recipe runs before loading a model: builder options, reward parameters, ...
-    check_script_args(script_args)
+    assert script_args.reward_funcs, "a run needs at least one reward"
+    assert set(script_args.reward_funcs) <= set(list_rewards())
     # report_to names integrations transformers knows (installing them is the user's choice).
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
@@ -212,7 +195,8 @@ def test_command_line_overrides_yaml_keys():
     assert training_args.learning_rate == 3e-5
     assert script_args.task == "grounding"
     assert script_args.reward_funcs == ["iou", "format"]
-    assert [f.__name__ for f in build_rewards(script_args)] == ["iou_squared_reward", "format_reward"]
+    assert script_args.reward_kwargs == {"iou": {"squared": True}}  # JSON on the command line
+    assert script_args.dataset_kwargs == {"min_objects": 1}
     assert model_args.use_peft and model_args.lora_target_modules == ["q_proj", "v_proj"]
     assert training_args.max_pixels == 12544  # untouched keys keep the YAML's values
 
@@ -248,240 +232,3 @@ def test_accelerate_config_is_valid(path):
 def test_zero3_saves_whole_weights():
     # The recipe evaluates and pushes the saved folder: ZeRO-3 must gather a full 16-bit model when saving.
     assert raw(RECIPES / "accelerate_configs" / "zero3.yaml")["deepspeed_config"]["zero3_save_16bit_model"]
-
-
-# --------------------------------------------------------------------------------------------------
-# check_script_args, reward_names, build_rewards, build_datasets
-
-
-def bad(**kwargs):
-    with pytest.raises(ValueError) as info:
-        check_script_args(PerceptionScriptArguments(**kwargs))
-    return str(info.value)
-
-
-def test_check_accepts_every_task_on_synthetic_data():
-    for task in TASKS:
-        check_script_args(PerceptionScriptArguments(task=task, dataset_source="synthetic", eval_source="synthetic"))
-
-
-def test_check_rejects_an_unknown_task():
-    assert "unknown task 'segmentation'" in bad(task="segmentation")
-
-
-def test_check_rejects_an_unregistered_reward():
-    message = bad(task="grounding", reward_funcs=["iou", "iuo"])
-    assert "reward 'iuo' is not registered" in message and "iou_squared" in message
-
-
-def test_check_accepts_import_paths_for_rewards():
-    check_script_args(PerceptionScriptArguments(task="ocr", reward_funcs=["ocr", "my_package.rewards.length"]))
-
-
-def test_check_rejects_reward_kwargs_of_unused_or_wrong_parameters():
-    assert "does not use" in bad(task="ocr", reward_kwargs={"iou": {"squared": True}})
-    assert "reward_kwargs for 'iou'" in bad(task="grounding", reward_kwargs={"iou": {"sqared": True}})
-
-
-def test_check_rejects_sources_no_builder_reads():
-    assert "the ocr builders read *.json" in bad(task="ocr", dataset_source="pages.parquet")
-    assert "the detection builders read *.json" in bad(task="detection", dataset_source="coco/train2017")
-    assert "eval_source" in bad(task="counting", eval_source="counts.csv")
-
-
-def test_check_does_not_need_the_files():
-    check_script_args(
-        PerceptionScriptArguments(task="detection", dataset_source="nowhere/instances_train2017.json",
-                                  image_dir="nowhere/train2017", eval_source="nowhere/instances_val2017.json")
-    )  # fmt: skip
-
-
-def test_check_rejects_unknown_builder_options():
-    message = bad(task="detection", dataset_source="instances.json", dataset_kwargs={"include_crwd": True})
-    assert "include_crwd" in message and "include_crowd" in message
-    assert "min_objcts" in bad(task="counting", dataset_kwargs={"min_objcts": 2})
-    check_script_args(PerceptionScriptArguments(task="counting", dataset_kwargs={"min_objects": 2}))
-
-
-def test_check_rejects_split_or_image_dir_where_the_source_takes_none():
-    assert "synthetic source takes no split" in bad(task="grounding", dataset_split="val")
-    assert "one file" in bad(task="ocr", dataset_source="fox.json", dataset_split="val")
-
-
-def test_check_of_mixtures():
-    good = [{"task": "ocr", "source": "synthetic"}, {"task": "detection", "source": "coco/instances.json"}]
-    check_script_args(PerceptionScriptArguments(task="mixed", dataset_mixture=good))
-    check_script_args(PerceptionScriptArguments(task="mixed", dataset_mixture=json.dumps(good)))
-    assert "non-empty list" in bad(task="mixed", dataset_mixture=None)
-    assert "dataset_mixture[1]: unknown task 'segmentation'" in bad(
-        task="mixed", dataset_mixture=[good[0], {"task": "segmentation", "source": "synthetic"}]
-    )
-    assert "unknown key(s) ['sorce']" in bad(task="mixed", dataset_mixture=[{"task": "ocr", "sorce": "x.json"}])
-    assert "only read with task 'mixed'" in bad(task="ocr", dataset_mixture=good)
-    assert "eval_source is not read" in bad(task="mixed", dataset_mixture=good, eval_source="synthetic")
-
-
-def test_reward_names_default_to_the_papers():
-    for task in TASKS:
-        assert reward_names(PerceptionScriptArguments(task=task)) == DEFAULT_REWARDS[task]
-    mixture = [{"task": "ocr", "source": "synthetic"}, {"task": "grounding", "source": "synthetic"}]
-    assert reward_names(PerceptionScriptArguments(task="mixed", dataset_mixture=mixture)) == ["format", "iou", "ocr"]
-
-
-def test_build_rewards_binds_parameters_of_import_paths():
-    funcs = build_rewards(
-        PerceptionScriptArguments(
-            task="ocr",
-            reward_funcs=["ocr", "trl_perception.rewards.iou_reward"],
-            reward_kwargs={"trl_perception.rewards.iou_reward": {"squared": True}},
-        )
-    )
-    assert [f.__name__ for f in funcs] == ["ocr_reward", "iou_reward"]
-    assert funcs[1].keywords == {"squared": True}
-
-
-def test_build_datasets_mixes_tasks_with_json_solutions():
-    from types import SimpleNamespace
-
-    mixture = [
-        {"task": "ocr", "source": "synthetic", "num_samples": 2},
-        {"task": "detection", "source": "synthetic", "num_samples": 3, "kwargs": {"max_objects": 2}},
-    ]
-    args = PerceptionScriptArguments(task="mixed", dataset_mixture=mixture)
-    train, evaluation = build_datasets(args, SimpleNamespace(min_pixels=784, max_pixels=12544), "qwen2_5_vl")
-    assert evaluation is None
-    assert sorted(train["task"]) == ["detection"] * 3 + ["ocr"] * 2
-    for row in train:
-        solution = json.loads(row["solution"])
-        assert isinstance(solution, str if row["task"] == "ocr" else list)
-        assert row["image"].size[0] * row["image"].size[1] <= 12544
-
-
-def test_build_datasets_eval_split_of_synthetic_data_differs_from_train():
-    from types import SimpleNamespace
-
-    args = PerceptionScriptArguments(task="grounding", num_samples=4, eval_source="synthetic", eval_num_samples=4)
-    train, evaluation = build_datasets(args, SimpleNamespace(min_pixels=None, max_pixels=None), None)
-    assert train["solution"] != evaluation["solution"]
-
-
-def test_eval_images_default_to_the_train_folder_only_for_the_same_source():
-    from trl_perception.recipe import _eval_image_dir
-
-    same = PerceptionScriptArguments(dataset_source="refcoco", image_dir="train2014", eval_source="refcoco")
-    other = PerceptionScriptArguments(
-        task="detection", dataset_source="a/instances_train2017.json", image_dir="a/train2017",
-        eval_source="a/instances_val2017.json",
-    )  # fmt: skip
-    assert _eval_image_dir(same) == "train2014"
-    assert _eval_image_dir(other) is None  # build_from_source finds val2017/ next to the annotations
-    other.eval_image_dir = "b/val2017"
-    assert _eval_image_dir(other) == "b/val2017"
-
-
-def test_main_stops_before_loading_a_model_on_bad_arguments(tmp_path):
-    from trl_perception.recipe import main
-
-    script_args, training_args, model_args = parse(DEMO, "--output_dir", str(tmp_path), "--reward_funcs", "iuo")
-    model_args.model_name_or_path = str(tmp_path / "no-such-model")
-    with pytest.raises(ValueError, match="'iuo' is not registered"):
-        main(script_args, training_args, model_args)
-    _, training_args, _ = parse(DEMO, "--output_dir", str(tmp_path), "--report_to", "no_such_integration_x")
-    script_args, _, model_args = parse(DEMO)
-    model_args.model_name_or_path = str(tmp_path / "no-such-model")
-    with pytest.raises(ValueError, match=r"report_to names \['no_such_integration_x'\]"):
-        main(script_args, training_args, model_args)
-
-
-# --------------------------------------------------------------------------------------------------
-# End to end: recipes/grpo.py in a subprocess
-
-
-def run_recipe(*args, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, str(RECIPES / "grpo.py"), "--config", str(DEMO), "--disable_tqdm", "true", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
-
-
-def card_json(out: Path) -> dict:
-    return json.loads((out / "trl_perception_card.json").read_text())
-
-
-@pytest.mark.slow
-def test_recipe_script_trains_the_demo_config(tmp_path):
-    out = tmp_path / "run"
-    run_recipe("--output_dir", str(out), "--max_steps", "2")
-    # The model and its processor, reloadable with transformers.
-    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
-        assert (out / name).is_file(), name
-    # The card and its inputs.
-    card = card_json(out)
-    assert card["base_model"] == "tiny:qwen2_5_vl"
-    assert card["task"] == ["detection"] and card["dataset"] == ["synthetic"]
-    assert card["reward_funcs"] == ["detection", "format"]
-    assert card["box_format"] == "qwen2_5_vl"  # box_format: auto, read from the model
-    assert card["training_args"]["max_steps"] == 2 and card["training_args"]["learning_rate"] == 1e-5
-    assert card["peft"] is None
-    readme = (out / "README.md").read_text()
-    assert readme.startswith("---\n") and "trl-perception" in readme
-    assert "| detection | 1.0 |" in readme and "| max_steps | 2 |" in readme
-    assert "## Evaluation" in readme and "| detection/num_samples | 8 |" in readme
-    # evaluate_after_training: predictions, metrics and report on the 8 held-out rows.
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())["metrics"]
-    assert metrics["detection"]["num_samples"] == 8
-    assert len((out / "eval" / "predictions.jsonl").read_text().splitlines()) == 8
-    assert (out / "eval" / "report.md").is_file()
-    assert card["eval_metrics"]["detection"]["num_samples"] == 8
-
-
-@pytest.mark.slow
-def test_recipe_script_trains_a_lora_adapter(tmp_path):
-    out = tmp_path / "lora"
-    run_recipe(
-        "--output_dir", str(out), "--max_steps", "2",
-        "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16", "--lora_target_modules", "q_proj", "v_proj",
-        "--evaluate_after_training", "false", "--max_completion_length", "16",
-    )  # fmt: skip
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16
-    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
-    assert (out / "adapter_model.safetensors").is_file()
-    assert not (out / "model.safetensors").exists()  # the adapter only
-    assert not (out / "eval").exists()
-    card = card_json(out)
-    assert card["peft"]["method"] == "LoRA" and card["peft"]["r"] == 8
-    assert card["eval_metrics"] is None
-    readme = (out / "README.md").read_text()
-    assert "library_name: peft" in readme and "- **Adapter:** LoRA" in readme
-
-
-@pytest.mark.slow
-def test_recipe_script_trains_a_qlora_adapter(tmp_path):
-    from trl_perception.testing import build_tiny_vlm
-
-    # bitsandbytes' CPU inference kernel packs 4-bit weights in blocks of 64 inputs: every Linear's
-    # in_features must be a multiple of 64, so widen the tiny vision tower (32 by default).
-    model = build_tiny_vlm("qwen2_5_vl", tmp_path / "tiny64", vision_hidden_size=64)
-    out = tmp_path / "qlora"
-    run_recipe(
-        "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "2",
-        "--use_peft", "true", "--lora_r", "8", "--lora_target_modules", "all-linear",
-        "--load_in_4bit", "true", "--max_completion_length", "16", "--num_samples", "8",
-        "--eval_num_samples", "2", "--eval_max_new_tokens", "8",
-    )  # fmt: skip
-    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
-    card = card_json(out)
-    assert card["peft"]["method"] == "QLoRA" and card["peft"]["quantization"] == "4-bit nf4"
-    assert card["base_model"] == model
-    # The adapter was evaluated on top of the 4-bit model.
-    assert json.loads((out / "eval" / "metrics.json").read_text())["metrics"]["detection"]["num_samples"] == 2
-    assert "4-bit nf4" in (out / "README.md").read_text()

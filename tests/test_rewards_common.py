@@ -1,11 +1,11 @@
 """Specification of the row handling the rewards share: frames,
 ground-truth caching within a GRPO group, empty answers and label normalisation."""
 
-
 import numpy as np
 import pytest
 
 from trl_perception.frames import Frame, convert_frame, model_input_size
+from trl_perception.rewards import count_reward, detection_reward, iou_reward
 from trl_perception.rewards._common import (
     MalformedSolution,
     SolutionCache,
@@ -124,3 +124,43 @@ def test_label_normalisation():
     assert normalize_label("  Hot   Dog\n") == "hot dog"
     assert normalize_label(5) == "5"
     assert normalize_label(None) is None and normalize_label("   ") is None and normalize_label(["a"]) is None
+
+
+@pytest.mark.parametrize("column", ["image_size", "input_size"])
+def test_a_malformed_size_cell_is_named_as_that_column(column, caplog):
+    from trl_perception.rewards import iou_reward
+
+    sizes = {"image_size": [[640, 480]], "input_size": [[644, 476]]}
+    sizes[column] = ["[640, 480"]
+    with caplog.at_level("WARNING", logger="trl_perception.rewards"):
+        assert iou_reward([[{"content": "[1, 2, 3, 4]"}]], solution=[[1, 2, 3, 4]], box_format=["qwen2_5_vl"], **sizes) == [None]
+    assert f"{column} is not valid JSON" in caplog.text and "solution is not valid JSON" not in caplog.text
+# ------------------------------------------------------------------------------ frame columns
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("size", [[640, 480], (640, 480), np.array([640, 480])])
+def test_a_flat_image_size_is_refused_the_same_way_for_any_batch(n, size):
+    # It used to raise for 1 completion and silently give None for 2.
+    for reward, solution in ((iou_reward, [0, 0, 1, 1]), (count_reward, 1), (detection_reward, [])):
+        with pytest.raises(
+            ValueError, match=r"one \[width, height\] per completion.*image_size=\[\[640, 480\]\]"
+        ):
+            reward(["[]"] * n, [solution] * n, image_size=size)
+    with pytest.raises(ValueError, match="input_size"):
+        iou_reward(["[]"] * n, [[0, 0, 1, 1]] * n, input_size=size)
+
+
+def test_one_size_per_completion_is_read():
+    assert iou_reward(["[0, 0, 10, 10]"] * 2, [[0, 0, 10, 10]] * 2, image_size=[[640, 480]] * 2) == [1.0, 1.0]
+    sizes = np.array([[640, 480], [320, 240]])
+    assert iou_reward(["[0, 0, 10, 10]"] * 2, [[0, 0, 10, 10]] * 2, image_size=sizes) == [1.0, 1.0]
+
+
+def test_solution_cache_compares_numpy_ground_truth():
+    calls = []
+    cache = SolutionCache(lambda raw: calls.append(1) or len(raw))
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert cache(a) == cache(a.copy()) == 2
+    assert cache(np.array([[1.0, 2.0]])) == 1
+    assert len(calls) == 2

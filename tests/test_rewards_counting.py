@@ -4,6 +4,7 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
 from trl_perception.formats import render_objects
 from trl_perception.frames import model_input_size
-from trl_perception.rewards import _common, count_reward
+from trl_perception.rewards import _common, count_reward, get_reward
 
 D = 1000 * math.sqrt(2)
 TWO = {"count": 2, "points": [[10, 10], [50, 50]]}
@@ -219,3 +220,61 @@ NEAR_VALID = token_soup(
 def test_any_text_gives_a_finite_reward_in_range(text, gt, size):
     (reward,) = count_reward([text], [gt], image_size=[size])
     assert math.isfinite(reward) and 0.0 <= reward <= 1.0
+
+
+# ---------------------------------------------------------------------------- hardening (#12) and #14
+
+
+def test_a_negative_count_is_not_a_count():
+    # "-3" used to score as 3.
+    assert count_reward(["-3", "\u22123", "3"], [3, 3, 3]) == [0.0, 0.0, 1.0]
+
+
+@given(st.integers(1, 10**6 - 1))
+def test_a_negative_number_never_scores_as_its_magnitude(k):
+    assert count_reward([f"-{k}", f"There are -{k} birds."], [k, k]) == [0.0, 0.0]
+
+
+def test_qwen2_vl_points_without_their_tokens_are_counted():
+    # skip_special_tokens=True turns <|box_start|>(16,21)<|box_end|>... into bird(16,21)(116,121)...: 4 points.
+    text = "bird(16,21)(116,121)(216,221)(316,321)"
+    assert count_reward([text], [4]) == [1.0]
+    # (x1,y1),(x2,y2) is one box: one object.
+    assert count_reward(["bird(16,21),(116,121)"], [1]) == [1.0]
+    # Without an image size the points are compared as written: the same points, distance 0.
+    gt = {"count": 4, "points": [[16, 21], [116, 121], [216, 221], [316, 321]]}
+    assert count_reward([text], [gt]) == [1.0]
+
+
+def test_numpy_ground_truth_is_read():
+    gt = {"count": np.int64(2), "points": np.array([[10.0, 10.0], [50.0, 50.0]])}
+    assert count_reward([points((10, 10), (50, 50)), points((10, 10))], [gt, gt]) == [1.0, 0.5]
+    assert count_reward(["There are 3.", "[]"], [np.int64(3), np.array(0)]) == [1.0, 1.0]
+    assert count_reward(["[]"], [{"count": np.int32(0), "points": np.zeros((0, 2))}]) == [1.0]
+
+
+def test_sequential_matching_pays_for_order():
+    swapped = points((50, 50), (10, 10))
+    assert count_reward([swapped], [TWO]) == [1.0]
+    # Pairs (50,50)-(10,10) and (10,10)-(50,50): each 40 * sqrt(2) away, so r = 1 - 40 sqrt(2) / D = 0.96.
+    assert count_reward([swapped], [TWO], matching="sequential") == [pytest.approx(1 - 40 * math.sqrt(2) / D)]
+    # A third (duplicate) point: ratio 2/3 either way; sequential pairs the first two in order.
+    three = points((10, 10), (50, 50), (10, 10))
+    assert count_reward([three], [TWO], matching="sequential") == [pytest.approx(2 / 3)]
+    # Count-only ground truth has nothing to pair: the same exact-count credit.
+    assert count_reward([swapped], [2], matching="sequential") == [1.0]
+
+
+def test_sequential_matching_from_the_registry():
+    reward = get_reward("count", matching="sequential")
+    assert reward([points((50, 50), (10, 10))], [TWO]) == [pytest.approx(0.96)]
+    with pytest.raises(ValueError, match="matching"):
+        count_reward(["[]"], [0], matching="greedy")
+
+
+def test_only_the_answer_counts_when_the_model_thinks_first():
+    thinking = "<think>I see " + points((1, 1), (2, 2), (3, 3)) + " <|box_start|>(5,5)<|box_end|></think>"
+    assert count_reward([thinking + "<answer>" + points((10, 10), (50, 50)) + "</answer>"], [TWO]) == [1.0]
+    assert count_reward([thinking + "<answer>There are 2.</answer>"], [2]) == [1.0]
+    assert count_reward([thinking + "<answer>[]</answer>"], [0]) == [1.0]
+    assert count_reward([thinking + "<answer>[]</answer>"], [3]) == [0.0]

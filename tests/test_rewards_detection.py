@@ -1,24 +1,37 @@
-"""Specification of the detection reward. Expected values are computed by hand from
+"""Specification of the detection reward. Expected values are computed by hand from the default,
+precision-aware formula
 
-    r = clip((0.25 fmt + 0.75 F1 + loc + cls - 0.5 pen) / 3, 0, 1)
+    r = clip((0.25 fmt min(1, Ng/Np) + 0.75 F1 + loc + cls) / 3, 0, 1)
 
-with F1 = 2 TP / (Np + Ng), loc = mean IoU of the TP pairs, cls = share of the localised predictions
-labelled like a box they localise, pen = ((Np - TP) / Np + (Ng - TP) / Ng) / 2.
+with F1 = 2 TP / (Np + Ng) (TP: matched same-label pairs at IoU >= 0.5), loc = 2 sum(IoU of the matched
+pairs) / (Np + Ng), cls = (predictions that localise a ground-truth box of their label) / max(Np, Ng); and,
+for `released_code=True`, from Perception-R1's formula 0.25 fmt + 0.75 F1 + mean IoU of the TP pairs + share
+of the localised predictions labelled right - w_pen ((Np - TP) / Np + (Ng - TP) / Ng) / 2.
 """
 
+import itertools
 import json
 import logging
 import math
 import pickle
 
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, token_soup
-from trl_perception.formats import render_objects
-from trl_perception.frames import model_input_size
-from trl_perception.rewards import _common, detection_reward, get_reward, make_detection_reward
+from trl_perception.boxes import box_iou
+from trl_perception.formats import parse_objects, render_objects
+from trl_perception.frames import Frame, model_input_size
+from trl_perception.rewards import (
+    MAX_DETECTIONS,
+    _common,
+    detection_reward,
+    get_reward,
+    make_detection_reward,
+)
+from trl_perception.rewards import detection as detection_module
 
 CAT = {"bbox_2d": [0, 0, 10, 10], "label": "cat"}
 DOG = {"bbox_2d": [20, 20, 30, 30], "label": "dog"}
@@ -52,8 +65,8 @@ def test_perfect_answer_scores_one():
 
 
 def test_one_of_two_objects_found():
-    # fmt 1, F1 2/3, loc 1, cls 1, pen (0 + 1/2) / 2 = 1/4.
-    assert score(answer(CAT)) == pytest.approx((0.25 + 0.75 * 2 / 3 + 1 + 1 - 0.5 * 0.25) / 3)  # 0.875
+    # Np 1, Ng 2, TP 1: fmt 1, F1 2/3, loc 2 * 1 / 3, cls 1 / 2.
+    assert score(answer(CAT)) == pytest.approx((0.25 + 0.75 * 2 / 3 + 2 / 3 + 1 / 2) / 3)  # 0.639
 
 
 def test_partial_overlap_scores_its_iou_as_location():
@@ -65,7 +78,8 @@ def test_iou_threshold_is_inclusive():
     half = answer(obj([0, 0, 10, 5], "cat"))  # IoU exactly 0.5
     assert score(half, [CAT]) == pytest.approx((0.25 + 0.75 + 0.5 + 1) / 3)
     (strict,) = make_detection_reward(iou_threshold=0.6)([half], [[CAT]])
-    assert strict == 0.0  # fmt 0.25 - pen 0.5 < 0
+    # No true positive at 0.6, but the overlapping pair still pays its IoU: fmt 1, loc 2 * 0.5 / 2.
+    assert strict == pytest.approx((0.25 + 0.5) / 3)
 
 
 def test_labels_are_normalised():
@@ -109,8 +123,8 @@ def test_negative_image_rewards_only_the_empty_answer():
 
 
 def test_duplicates_lower_the_reward():
-    # Np 3, TP 2: F1 4/5, loc 1, cls 1 (all three localise a cat or dog), pen (1/3 + 0) / 2 = 1/6.
-    expected = (0.25 + 0.75 * 0.8 + 1 + 1 - 0.5 / 6) / 3
+    # Np 3, Ng 2, TP 2: fmt 2/3, F1 4/5, loc 2 * 2 / 5, cls 3 / 3 (all three localise a cat or dog).
+    expected = (0.25 * 2 / 3 + 0.75 * 0.8 + 0.8 + 1) / 3
     assert score(answer(CAT, CAT, DOG)) == pytest.approx(expected)
     assert score(answer(CAT, CAT, DOG)) < score(answer(CAT, DOG))
     many = score(answer(CAT, *[CAT] * 20, DOG))
@@ -118,27 +132,30 @@ def test_duplicates_lower_the_reward():
 
 
 def test_listing_every_class_at_one_place_does_not_earn_classification():
-    # Np 3, TP 1: F1 2/4, loc 1, cls 1/3, pen (2/3 + 0) / 2 = 1/3.
+    # Np 3, Ng 1, TP 1: fmt 1/3, F1 2/4, loc 2 * 1 / 4, cls 1/3.
     text = answer(obj([0, 0, 10, 10], "cat"), obj([0, 0, 10, 10], "dog"), obj([0, 0, 10, 10], "bird"))
-    expected = (0.25 + 0.75 * 0.5 + 1 + 1 / 3 - 0.5 / 3) / 3
+    expected = (0.25 / 3 + 0.75 * 0.5 + 0.5 + 1 / 3) / 3
     assert score(text, [CAT]) == pytest.approx(expected)
     assert score(text, [CAT]) < score(answer(CAT), [CAT])
 
 
-def test_correct_box_with_the_wrong_label_earns_nothing():
-    # TP 0, cls 0 (localised but mislabelled), pen 1: (0.25 - 0.5) / 3 < 0.
-    assert score(answer(obj([0, 0, 10, 10], "dog")), [CAT]) == 0.0
+def test_correct_box_with_the_wrong_label_earns_only_the_format_term():
+    # TP 0, no same-label pair (loc 0), cls 0 (localised but mislabelled): fmt 1 only.
+    assert score(answer(obj([0, 0, 10, 10], "dog")), [CAT]) == pytest.approx(0.25 / 3)
 
 
 def test_labels_absent_from_the_ground_truth_are_false_positives():
-    # Np 2, TP 1: F1 2/3, loc 1, cls 1 (the unicorn localises nothing), pen (1/2 + 0) / 2.
+    # Np 2, Ng 1, TP 1: fmt 1/2, F1 2/3, loc 2 * 1 / 3, cls 1 / 2 (the unicorn localises nothing).
     text = answer(CAT, obj([50, 50, 60, 60], "unicorn"))
-    assert score(text, [CAT]) == pytest.approx((0.25 + 0.5 + 1 + 1 - 0.125) / 3)
+    assert score(text, [CAT]) == pytest.approx((0.125 + 0.5 + 2 / 3 + 0.5) / 3)
     assert score(text, [CAT]) < score(answer(CAT), [CAT])
 
 
-def test_wrong_boxes_in_perfect_format_earn_nothing():
-    assert score(answer(obj([100, 100, 120, 120], "cat"), obj([200, 200, 220, 220], "dog"))) == 0.0
+def test_wrong_boxes_in_perfect_format_earn_only_the_format_term():
+    # Np 2, Ng 2, nothing overlaps: fmt 1 only.
+    assert score(answer(obj([100, 100, 120, 120], "cat"), obj([200, 200, 220, 220], "dog"))) == pytest.approx(
+        0.25 / 3
+    )
 
 
 def test_unparseable_answers_score_zero():
@@ -148,8 +165,8 @@ def test_unparseable_answers_score_zero():
 
 def test_truncated_answer_loses_the_format_term_but_keeps_its_complete_items():
     text = answer(CAT, DOG)[:-20]  # cut inside the dog
-    # kept [CAT] with fmt 0: F1 2/3, loc 1, cls 1, pen 1/4.
-    assert score(text) == pytest.approx((0 + 0.5 + 1 + 1 - 0.125) / 3)
+    # kept [CAT] with fmt 0: Np 1, Ng 2, TP 1: F1 2/3, loc 2/3, cls 1/2.
+    assert score(text) == pytest.approx((0 + 0.5 + 2 / 3 + 0.5) / 3)
     assert score(text) < score(answer(CAT))
 
 
@@ -166,9 +183,10 @@ def test_boxes_beyond_the_cap_are_false_positives():
     capped = make_detection_reward(max_detections=5)
     (late,) = capped([answer(*junk, CAT)], [[CAT]])
     (early,) = capped([answer(CAT, *junk)], [[CAT]])
-    # Early: Np 6, TP 1. Late: the cat is the 6th box, never matched: TP 0 -> 0.
-    assert late == 0.0
-    assert early == pytest.approx((0.25 + 0.75 * 2 / 7 + 1 + 1 - 0.5 * (5 / 6) / 2) / 3)
+    # Np 6, Ng 1, so fmt 1/6 either way. Late: the cat is the 6th box, never matched: fmt only.
+    # Early: TP 1: F1 2/7, loc 2 * 1 / 7, cls 1/6.
+    assert late == pytest.approx(0.25 / 6 / 3)
+    assert early == pytest.approx((0.25 / 6 + 0.75 * 2 / 7 + 2 / 7 + 1 / 6) / 3)
 
 
 # ------------------------------------------------------------------------ known failure cases (§7)
@@ -181,13 +199,13 @@ def test_toothbrush_is_just_a_label():
 
 
 def test_inverted_box_is_a_false_positive_not_a_crash():
-    # Np 2, TP 1 (the dog): F1 2/4, loc 1, cls 1, pen (1/2 + 1/2) / 2.
+    # Np 2, Ng 2, TP 1 (the dog): fmt 1, F1 2/4, loc 2 * 1 / 4, cls 1/2.
     text = answer(obj([10, 10, 0, 0], "cat"), DOG)
-    assert score(text) == pytest.approx((0.25 + 0.375 + 1 + 1 - 0.25) / 3)
+    assert score(text) == pytest.approx((0.25 + 0.375 + 0.5 + 0.5) / 3)
 
 
-def test_degenerate_boxes_score_zero_not_nan():
-    assert score(answer(obj([5, 5, 5, 5], "cat")), [obj([5, 5, 5, 5], "cat")]) == 0.0
+def test_degenerate_boxes_earn_only_the_format_term_not_nan():
+    assert score(answer(obj([5, 5, 5, 5], "cat")), [obj([5, 5, 5, 5], "cat")]) == pytest.approx(0.25 / 3)
 
 
 @pytest.mark.parametrize(
@@ -243,8 +261,10 @@ def test_released_weighting_is_the_unnormalised_sum_capped_at_three():
 
 
 def test_released_weighting_with_the_code_default_penalty():
-    (reward,) = make_detection_reward(released_code=True, penalty_weight=0.5)([answer(CAT)], [GT])
-    assert reward == pytest.approx(2.75 - 0.5 * 0.25)
+    # The released code subtracts 0.5 (FP rate + FN rate) = 0.5 (0 + 1/2) when DO_PENAIlty is unset: that
+    # is penalty_weight=1.0 on our pen = (FP rate + FN rate) / 2 = 1/4.
+    (reward,) = make_detection_reward(released_code=True, penalty_weight=1.0)([answer(CAT)], [GT])
+    assert reward == pytest.approx(2.75 - 0.25)
 
 
 def test_custom_weights():
@@ -308,9 +328,10 @@ def test_components_are_logged_per_reward_name():
     detection_reward(
         [answer(CAT), "oops", "x"], [GT, GT, "text"], task=["detection", "detection", "ocr"], **hooks
     )
+    # Row 0: Np 1, Ng 2: F1 2/3, loc 2/3, cls 1/2, pen 1/4, fmt 1; row 1 unparseable: 0s, pen 1.
     assert metrics["detection_reward/f1"] == pytest.approx(1 / 3)
-    assert metrics["detection_reward/location"] == pytest.approx(0.5)
-    assert metrics["detection_reward/classification"] == pytest.approx(0.5)
+    assert metrics["detection_reward/location"] == pytest.approx(1 / 3)
+    assert metrics["detection_reward/classification"] == pytest.approx(0.25)
     assert metrics["detection_reward/penalty"] == pytest.approx((0.25 + 1) / 2)
     assert metrics["detection_reward/format"] == pytest.approx(0.5)
     assert metrics["detection_reward/parse_failure"] == pytest.approx(0.5)
@@ -378,7 +399,257 @@ def test_any_text_gives_a_finite_reward_in_range(text, gt, released, size):
 def test_sub_threshold_overlaps_do_not_steal_a_true_positive():
     preds = [obj([4, 10, 15, 18], "a"), obj([13, 4, 23, 18], "a")]
     gt = [obj([18, 5, 25, 16], "a"), obj([10, 4, 20, 17], "a")]
-    # IoU matrix [[0, 0.191], [0.340, 0.508]]: the only pair above 0.5 is pred 1 - gt 1, so TP = 1:
-    # F1 2/4, loc 0.508, cls 1, pen (1/2 + 1/2) / 2.
+    # IoU matrix [[0, 0.191], [0.340, 0.508]]: the only pair above 0.5 is pred 1 - gt 1, so TP = 1, and
+    # the two sub-threshold pairs (0.191 + 0.340 > 0.508) must not replace it: F1 2/4, loc 2 * 0.508 / 4,
+    # cls 1/2 (pred 0 localises nothing), fmt 1. Released: F1 2/4, mean IoU 0.508, cls 1/1.
     iou = 91 / 179
-    assert score(answer(*preds), gt) == pytest.approx((0.25 + 0.375 + iou + 1 - 0.25) / 3)
+    assert score(answer(*preds), gt) == pytest.approx((0.25 + 0.375 + iou / 2 + 0.5) / 3)
+    (released,) = make_detection_reward(released_code=True)([answer(*preds)], [gt])
+    assert released == pytest.approx(0.25 + 0.375 + iou + 1)
+
+
+# ------------------------------------------------------------------------------------- box spraying (#12)
+
+
+def _iou(a, b):
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+BUS = obj([200, 150, 360, 270], "bus")  # 160 x 120 in a 640 x 480 image
+# 200 windows of the object's size sliding over the image, all labelled "bus": a few of them overlap the
+# bus at IoU >= 0.5.
+SPRAY = [obj([x, y, x + 160, y + 120], "bus") for x in range(0, 481, 25) for y in range(0, 361, 40)][:200]
+
+
+def test_spraying_boxes_scores_near_zero_far_below_any_honest_answer():
+    assert len(SPRAY) == 200
+    sprayed = score(answer(*SPRAY), [BUS], image_size=[[640, 480]])
+    # An honest box shifted right by 78 px: intersection 82 x 120, union 2 * 19200 - 9840, IoU 0.3233.
+    honest = obj([278, 150, 438, 270], "bus")
+    assert _iou(honest["bbox_2d"], BUS["bbox_2d"]) == pytest.approx(9840 / 28560)
+    honest_score = score(answer(honest), [BUS])
+    # Np 1, Ng 1, TP 0: fmt 1 and loc 2 * 0.3445 / 2; no F1, no cls.
+    assert honest_score == pytest.approx((0.25 + 9840 / 28560) / 3)
+    wrong_place = score(answer(obj([0, 0, 50, 50], "bus")), [BUS])  # well-formed, no overlap at all
+    assert sprayed < 0.02
+    assert sprayed < honest_score / 10 and sprayed < wrong_place
+    # The released formula pays the spray (that is the hack this default closes).
+    (released,) = make_detection_reward(released_code=True)([answer(*SPRAY)], [[BUS]])
+    assert released > 2.0
+
+
+@given(
+    n_spray=st.integers(20, 300),
+    seed=st.integers(0, 2**16),
+    label=st.sampled_from(["bus", "cat"]),
+)
+def test_spraying_never_beats_one_honest_box(n_spray, seed, label):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 500, size=(n_spray, 2))
+    wh = rng.uniform(20, 200, size=(n_spray, 2))
+    spray = [obj([*p, *(p + s)], label) for p, s in zip(xy.tolist(), wh.tolist())]
+    # Any honest single box of the right label that overlaps the object at all.
+    honest = obj([200 + 100, 150, 360 + 100, 270], "bus")  # IoU 60 * 120 / (2 * 19200 - 7200) = 0.23
+    assert score(answer(*spray), [BUS]) < score(answer(honest), [BUS])
+    assert score(answer(*spray), [BUS]) < 0.1
+
+
+# ------------------------------------------------------------------------------ slow reference, batching
+
+
+def _brute_force_matching(eligible, weight_key):
+    """The best one-to-one set of eligible pairs by exhaustive search (tiny inputs only)."""
+    p, g = eligible.shape
+    n = max(p, g)
+    best, best_key = [], None
+    for perm in itertools.permutations(range(n)):
+        pairs = [(i, perm[i]) for i in range(p) if perm[i] < g and eligible[i, perm[i]]]
+        key = weight_key(pairs)
+        if best_key is None or key > best_key:
+            best, best_key = pairs, key
+    return best
+
+
+def reference_reward(text, gt, *, released=False, matching="hungarian", box_format=None, image_size=None,
+                     penalty_weight=None, max_detections=MAX_DETECTIONS):  # fmt: skip
+    """Row by row, the formulas of the module docstring, with matching by exhaustive search."""
+    parsed = parse_objects(text, box_format)
+    kept = [
+        (o.bbox, " ".join(o.label.split()).lower()) for o in parsed.objects if o.bbox is not None and o.label
+    ]
+    kept = [(b, lab) for b, lab in kept if lab]
+    rejected = parsed.rejected + len(parsed.objects) - len(kept)
+    top = 3.0 if released else 1.0
+    if not gt:
+        return top if (not kept and _common.is_empty_answer(text)) else 0.0
+    if not kept:
+        return 0.0
+    fmt = 0.0 if (not parsed.valid or parsed.truncated) else len(kept) / (len(kept) + rejected)
+    considered = kept[:max_detections]
+    frame = Frame.of(box_format, image_size)
+    boxes = frame.to_pixels(np.array([b for b, _ in considered], dtype=np.float64))
+    gt_b = np.array([o["bbox_2d"] for o in gt], dtype=np.float64)
+    gt_l = [o["label"].lower() for o in gt]
+    iou = box_iou(boxes, gt_b)
+    same = np.array([[lab == g for g in gt_l] for _, lab in considered])
+    hit = iou >= 0.5
+    n_p, n_g = len(kept), len(gt)
+    if released:
+        eligible = hit & same & (iou > 0)
+        key = lambda pairs: sum(iou[i, j] for i, j in pairs)  # noqa: E731
+    else:
+        eligible = same & (iou > 0)
+        key = lambda pairs: (sum(hit[i, j] for i, j in pairs), sum(iou[i, j] for i, j in pairs))  # noqa: E731
+    if matching == "sequential":
+        pairs = [(i, i) for i in range(min(len(considered), n_g)) if eligible[i, i]]
+    else:
+        pairs = _brute_force_matching(eligible, key)
+    tp_pairs = [(i, j) for i, j in pairs if hit[i, j]]
+    tp = len(tp_pairs)
+    localized, correct = hit.any(axis=1), (hit & same).any(axis=1)
+    pen = 0.5 * ((n_p - tp) / n_p + (n_g - tp) / n_g)
+    f1 = 2 * tp / (n_p + n_g)
+    if released:
+        loc = sum(iou[i, j] for i, j in tp_pairs) / tp if tp else 0.0
+        cls = correct[localized].mean() if localized.any() else 0.0
+        w_pen = 0.0 if penalty_weight is None else penalty_weight
+        return min(max(0.25 * fmt + 0.75 * f1 + loc + cls - w_pen * pen, 0.0), 3.0)
+    loc = 2 * sum(iou[i, j] for i, j in pairs) / (n_p + n_g)
+    cls = correct.sum() / max(n_p, n_g)
+    w_pen = 0.0 if penalty_weight is None else penalty_weight
+    return min(max((0.25 * fmt * min(1, n_g / n_p) + 0.75 * f1 + loc + cls - w_pen * pen) / 3, 0.0), 1.0)
+
+
+def _random_batch(seed, rows):
+    """Rows of crowded scenes (so that matchings conflict), in groups sharing a ground truth as in GRPO."""
+    rng = np.random.default_rng(seed)
+    labels = ["cat", "dog", "bird"]
+    texts, gts, sizes = [], [], []
+    for k in range(rows):
+        if k % 3 == 0:
+            gt = [obj((xy := rng.uniform(0, 60, 2)).tolist() + (xy + rng.uniform(5, 40, 2)).tolist(),
+                      str(rng.choice(labels))) for _ in range(int(rng.integers(1, 5)))]  # fmt: skip
+        preds = []
+        for _ in range(int(rng.integers(0, 6))):
+            if gt and rng.random() < 0.6:
+                base = np.array(gt[int(rng.integers(len(gt)))]["bbox_2d"])
+                box = base + rng.normal(0, 4, 4)
+            else:
+                xy = rng.uniform(0, 60, 2)
+                box = np.concatenate([xy, xy + rng.uniform(-5, 40, 2)])  # sometimes inverted
+            label = str(rng.choice(labels + ["Cat", "unicorn"]))
+            preds.append(obj(np.round(box, 3).tolist(), label))
+        text = answer(*preds)
+        if rng.random() < 0.15:
+            text = text[: int(rng.integers(0, len(text) + 1))]  # truncated
+        texts.append(text)
+        gts.append(gt)
+        sizes.append([80, 70] if rng.random() < 0.5 else None)
+    return texts, gts, sizes
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    released=st.booleans(),
+    matching=st.sampled_from(["hungarian", "sequential"]),
+    penalty=st.sampled_from([None, 0.5, 1.0]),
+)
+def test_batched_reward_equals_the_slow_reference(seed, released, matching, penalty):
+    texts, gts, sizes = _random_batch(seed, 9)
+    reward = make_detection_reward(released_code=released, matching=matching, penalty_weight=penalty)
+    got = reward(texts, gts, image_size=sizes, box_format=["qwen2_5_vl"] * len(texts))
+    for text, gt, size, value in zip(texts, gts, sizes, got):
+        expected = reference_reward(
+            text, gt, released=released, matching=matching, box_format="qwen2_5_vl", image_size=size,
+            penalty_weight=penalty,
+        )  # fmt: skip
+        assert value == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_batched_reward_equals_the_slow_reference_with_a_detection_cap():
+    texts, gts, _ = _random_batch(7, 30)
+    reward = make_detection_reward(max_detections=2)
+    for text, gt, value in zip(texts, gts, reward(texts, gts)):
+        assert value == pytest.approx(reference_reward(text, gt, max_detections=2), abs=1e-12, rel=0)
+
+
+def test_released_mode_is_the_previous_default_times_three():
+    # The previous default was (0.25 fmt + 0.75 F1 + loc + cls - 0.5 pen) / 3 on the released components.
+    texts, gts, _ = _random_batch(3, 60)
+    released = make_detection_reward(released_code=True, penalty_weight=0.5)(texts, gts)
+    previous = [
+        min(max(reference_reward(t, g, released=True, penalty_weight=0.5), 0), 3) / 3
+        for t, g in zip(texts, gts)
+    ]
+    assert [r / 3 for r in released] == pytest.approx(previous, abs=1e-12, rel=0)
+
+
+# ----------------------------------------------------------------------------- sequential matching (#14)
+
+
+def test_sequential_matching_pairs_the_i_th_box_with_the_i_th_object():
+    sequential = make_detection_reward(matching="sequential")
+    assert sequential.matching == "sequential" and "sequential" in repr(sequential)
+    two_cats = [obj([0, 0, 10, 10], "cat"), obj([20, 0, 30, 10], "cat")]
+    in_order = answer(*two_cats)
+    swapped = answer(two_cats[1], two_cats[0])
+    assert sequential([in_order], [two_cats]) == [1.0]
+    # Swapped: pred 0 vs gt 0 and pred 1 vs gt 1 do not overlap: TP 0, loc 0; both boxes still localise a
+    # cat (cls 2/2) and the format is perfect: (0.25 + 1) / 3. Hungarian matching is order-blind.
+    assert sequential([swapped], [two_cats]) == [pytest.approx(1.25 / 3)]
+    assert detection_reward([swapped], [two_cats]) == [1.0]
+    # A partial order: pred 0 matches gt 0 at IoU 1, pred 1 (the first cat again) misses gt 1.
+    # Np 2, Ng 2, TP 1: fmt 1, F1 1/2, loc 2 * 1 / 4, cls 2/2.
+    again = answer(two_cats[0], two_cats[0])
+    assert sequential([again], [two_cats]) == [pytest.approx((0.25 + 0.375 + 0.5 + 1) / 3)]
+    # Released weighting: TP 1, F1 1/2, mean IoU 1, cls 1: 0.25 + 0.375 + 1 + 1.
+    (released,) = make_detection_reward(released_code=True, matching="sequential")([again], [two_cats])
+    assert released == pytest.approx(2.625)
+
+
+def test_unknown_matching_is_a_value_error():
+    with pytest.raises(ValueError, match="matching"):
+        make_detection_reward(matching="greedy")
+
+
+def test_get_reward_passes_the_matching_option():
+    reward = get_reward("detection", matching="sequential")
+    assert reward.matching == "sequential"
+
+
+# ----------------------------------------------------------------------------------------- numpy (#12)
+
+
+def test_ground_truth_as_numpy_arrays_is_read():
+    # `datasets` may hand a list-of-dicts column over as an object array, and boxes as float arrays.
+    gt = np.array([{"bbox_2d": np.array([0.0, 0.0, 10.0, 10.0]), "label": "cat"},
+                   {"bbox_2d": np.array([20, 20, 30, 30]), "label": np.str_("dog")}], dtype=object)  # fmt: skip
+    assert detection_reward([answer(CAT, DOG), answer(CAT)], [gt, gt]) == [
+        1.0,
+        pytest.approx(score(answer(CAT))),
+    ]
+
+
+# -------------------------------------------------------------------------------------- thinking (#14)
+
+
+def test_only_the_answer_counts_when_the_model_thinks_first():
+    thinking = "<think>maybe " + answer(CAT, DOG) + " or <|box_start|>(0,0),(10,10)<|box_end|></think>"
+    assert score(thinking + "<answer>" + answer(CAT, DOG) + "</answer>") == 1.0
+    assert score(thinking + "<answer>[]</answer>") == 0.0
+    assert score(thinking + "<answer>" + answer(CAT) + "</answer>") == pytest.approx(score(answer(CAT)))
+    assert detection_reward([thinking + "<answer>[]</answer>"], [[]]) == [1.0]
+
+
+def test_an_unexpected_error_in_matching_scores_zero_with_a_warning(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise FloatingPointError("boom")
+
+    monkeypatch.setattr(detection_module, "box_iou", broken)
+    with caplog.at_level(logging.WARNING, logger="trl_perception.rewards"):
+        assert detection_reward([answer(CAT), "[]", answer(CAT)], [GT, [], GT]) == [0.0, 1.0, 0.0]
+    assert any("FloatingPointError" in r.getMessage() for r in caplog.records)

@@ -2,11 +2,17 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import trl_perception
 from tests._helpers import QWEN2_VL_TOKENS, token_soup
 from trl_perception.formats import render_objects
 from trl_perception.frames import model_input_size
@@ -211,3 +217,120 @@ def test_json_lists_of_well_formed_objects_pass(objects):
         y1, y2 = sorted([item["bbox_2d"][1], item["bbox_2d"][3]])
         item["bbox_2d"] = [x1, y1, x2, y2]
     assert json_format_reward([json.dumps(objects)]) == [1.0]
+
+
+# ------------------------------------------------------------------- 1 MB adversarial completions (#12)
+
+# Every reward's entry point on repeated openers and other hostile text, 100 KB and 1 MB of each, in a child
+# process: a regression to super-linear regex backtracking (which holds the GIL and ignores signals) is
+# killed by the timeout instead of hanging the test session.
+_ADVERSARIAL_REWARDS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from trl_perception.rewards import (count_reward, detection_reward, format_reward, grounding_format_reward,
+                                        iou_reward, json_format_reward, ocr_reward, qwen2_vl_format_reward)
+
+    PIECES = {
+        "ref_openers": "<|object_ref_start|>",
+        "ref_and_box_openers": "<|object_ref_start|><|object_ref_end|><|box_start|>",
+        "box_openers": "<|box_start|>",
+        "ref_close_box_open": "<|object_ref_end|><|box_start|>",
+        "full_boxes": "<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
+        "fences": "```",
+        "json_fences": "```json\\n",
+        "think_openers": "<think>",
+        "answer_openers": "<answer>",
+        "answer_closers": "</answer>",
+        "brackets": "[",
+        "bracketed_words": "[a] ",
+        "bracketed_numbers": "[1] ",
+        "points": "(1,2)",
+        "pairs_with_commas": "(1,2),",
+        "json_items": '{"bbox_2d": [1, 2, 3, 4], "label": "x"}, ',
+        "spaces_and_tabs": " \\t",
+        "newlines": "\\n",
+    }
+    REWARDS = {
+        "grounding_format": lambda t: grounding_format_reward([t]),
+        "format": lambda t: format_reward([t]),
+        "json_format": lambda t: json_format_reward([t]),
+        "qwen2_vl_format": lambda t: qwen2_vl_format_reward([t]),
+        "iou": lambda t: iou_reward([t], [[0, 0, 10, 10]]),
+        "count": lambda t: count_reward([t], [{"count": 1, "points": [[1, 2]]}]),
+        "detection": lambda t: detection_reward([t], [[{"bbox_2d": [1, 2, 3, 4], "label": "x"}]]),
+        "ocr": lambda t: ocr_reward([t], ["short text"]),
+    }
+
+    def payload(piece, size, wrap):
+        body = (piece * (size // len(piece) + 1))[:size]
+        return {"plain": body, "think": "<think>" + body + "</think><answer>", "fenced": "```json\\n[" + body}[wrap]
+
+    results = {}
+    for kind, piece in PIECES.items():
+        for wrap in ("plain", "think", "fenced"):
+            for name, reward in REWARDS.items():
+                row = {}
+                for size in (100_000, 1_000_000):
+                    text = payload(piece, size, wrap)
+                    start = time.perf_counter()
+                    (value,) = reward(text)
+                    row[size] = time.perf_counter() - start
+                ok = value is not None and value == value and 0.0 <= value <= 1.0
+                results[f"{kind}/{wrap}/{name}"] = {"t_small": row[100_000], "t_large": row[1_000_000], "ok": ok}
+        print(kind, file=sys.stderr, flush=True)
+    print(json.dumps(results))
+    """
+)
+
+
+def test_one_megabyte_adversarial_completions_are_scored_in_linear_time():
+    try:
+        package_root = str(Path(trl_perception.__file__).resolve().parent.parent)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _ADVERSARIAL_REWARDS_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,  # a hang guard only: the whole run takes well under a minute on an idle machine
+        )
+    except subprocess.TimeoutExpired as err:
+        done = (err.stderr or b"").decode() if isinstance(err.stderr, bytes) else (err.stderr or "")
+        pytest.fail(f"scoring adversarial input hung; finished payloads: {done.split()}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    for case, row in results.items():
+        assert row["ok"], case
+        # 10x the input may cost at most ~10x the time; the slack absorbs noise on a loaded machine.
+        assert row["t_large"] <= 30 * row["t_small"] + 2.0, (case, row)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>let me see</think><answer>" + JSON + "</answer>",
+        "<think>" + BOX + "</think>\n<answer>```json\n" + JSON + "\n```</answer><|im_end|>",
+        "<answer>" + REF + BOX + "</answer>",
+        "<think>[1, 2, 3]</think> <answer>" + REF + BOX + "</answer>",
+    ],
+)
+def test_the_answer_after_thinking_is_judged(text):
+    assert format_reward([text]) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>" + JSON + "</think>",  # thinking without an answer
+        "<think>" + JSON + "</think><answer>Sure: " + JSON + "</answer>",
+        "<think>unclosed <answer>" + JSON + "</answer>",
+        "<think>a</think> and then <answer>" + JSON + "</answer>",
+        "```" + " " * 10_000,
+        "```json```",
+    ],
+)
+def test_thinking_or_fences_around_no_well_formed_answer_score_zero(text):
+    assert format_reward([text]) == [0.0]

@@ -3,15 +3,17 @@
 import json
 import logging
 import math
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
-from trl_perception.formats import render_objects
+from trl_perception.formats import _parse_general, _strip_fences, answer_text, parse_boxes, render_objects
 from trl_perception.frames import model_input_size
 from trl_perception.rewards import _common, get_reward, grounding_format_reward, iou_reward, make_iou_reward
+from trl_perception.rewards.grounding import is_grounding_format
 
 
 @pytest.fixture(autouse=True)
@@ -298,3 +300,88 @@ def test_any_text_gives_a_finite_reward_in_range(text, box):
 def test_any_text_with_frame_columns_gives_a_finite_reward(text, family, size):
     (reward,) = iou_reward([text], [[0, 0, 10, 10]], box_format=[family], image_size=[list(size)])
     assert reward is None or (math.isfinite(reward) and 0.0 <= reward <= 1.0)
+
+
+# ------------------------------------------------------------------------------------ linear format (#12)
+
+_RELEASED_PATTERN_ESCAPED = re.compile(
+    r"<\|object_ref_start\|>.*?<\|object_ref_end\|><\|box_start\|>.*?<\|box_end\|>"
+    r"(?:<\|im_end\|>|<\|endoftext\|>|\s)*"
+)
+_FORMAT_PIECES = [
+    *QWEN2_VL_TOKENS, "<|im_end|>", "<|endoftext|>", " ", "\n", "\t", "\x85", "\u2029", "a", "(1,2),(3,4)", "<", "|",
+]  # fmt: skip
+
+
+@given(token_soup(_FORMAT_PIECES, max_size=12))
+def test_the_linear_check_accepts_exactly_what_the_fixed_regex_accepts(text):
+    assert is_grounding_format(text) == bool(_RELEASED_PATTERN_ESCAPED.fullmatch(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("<|object_ref_start|>man<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", True),
+        ("<|object_ref_start|>man<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|> \n", True),
+        # The lazy groups may span tokens: the regex accepts these, so does the check.
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>b<|box_end|>c<|object_ref_end|><|box_start|>d<|box_end|>", True),
+        ("<|object_ref_start|>a\nb<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", False),
+        ("<|object_ref_start|><|object_ref_end|><|box_start|><|box_end|>x", False),
+        ("<|object_ref_start|>man<|object_ref_end|><|box_start|>(1,2),(3,4)", False),
+        ("<|object_ref_start|><|object_ref_end|><|box_start|><|box_end|>", True),
+        ("<|object_ref_start|><|object_ref_end|><|box_start|><|box_end|>"[:-1], False),
+    ],
+)  # fmt: skip
+def test_grounding_format_golden(text, ok):
+    assert is_grounding_format(text) is ok
+    assert grounding_format_reward([text]) == [1.0 if ok else 0.0]
+
+
+def test_grounding_format_reads_the_answer_after_thinking():
+    answer = "<|object_ref_start|>man<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"
+    assert grounding_format_reward([f"<think>the left one</think><answer>{answer}</answer><|im_end|>"]) == [
+        1.0
+    ]
+    assert grounding_format_reward([f"<think>{answer}</think><answer>no idea</answer>"]) == [0.0]
+
+
+# -------------------------------------------------------------------------------------- thinking (#14)
+
+
+def test_iou_reads_the_answer_not_the_thinking():
+    thinking = "<think>maybe [0, 0, 10, 10] or <|box_start|>(0,0),(10,10)<|box_end|></think>"
+    gt = [[0, 0, 10, 10]]
+    assert iou_reward([thinking + "<answer>[0, 0, 10, 5]</answer>"], gt) == [pytest.approx(0.5)]
+    assert iou_reward([thinking + "<answer>I cannot tell.</answer>"], gt) == [0.0]
+    assert iou_reward(
+        [conv(thinking + '<answer>[{"bbox_2d": [0, 0, 10, 10], "label": "x"}]</answer>')], gt
+    ) == [1.0]
+    assert iou_reward([thinking + "<answer>[]</answer>"], [[]]) == [1.0]
+
+
+# ------------------------------------------------------------------------------------ lean path (#12)
+
+
+@given(
+    box=st.lists(st.one_of(st.integers(-10**6, 10**6), st.floats(-2e5, 2e5, allow_nan=False)), min_size=4, max_size=4),
+    label=st.text(max_size=20),
+    spaces=st.sampled_from(["", " ", "\n  ", "\t"]),
+)  # fmt: skip
+def test_the_lean_path_scores_like_the_general_parser(box, label, spaces):
+    s = spaces
+    text = f'[{s}{{{s}"bbox_2d":{s}[{s}{f",{s}".join(json.dumps(v) for v in box)}{s}],{s}"label":{s}{json.dumps(label)}{s}}}{s}]'
+    parsed = _general(text)
+    expected = next((o.bbox for o in parsed.objects if o.bbox is not None), None)
+    boxes = parse_boxes(text, require_label=False).boxes
+    assert (tuple(boxes[0]) if boxes else None) == expected
+    (reward,) = iou_reward([text], [[0, 0, 100, 100]])
+    if expected is None:
+        assert reward == 0.0
+    else:
+        assert reward == iou_reward([f"{list(expected)}"], [[0, 0, 100, 100]])[0]
+
+
+def _general(text):
+    """The general parsers alone, without the lean path."""
+    scope = answer_text(text)
+    return _parse_general(scope, _strip_fences(scope), None)

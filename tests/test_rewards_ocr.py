@@ -93,3 +93,11 @@ def test_reward_matches_the_textbook_edit_distance(pred, gt):
 def test_any_text_gives_a_finite_reward_in_range(pred, gt):
     (reward,) = ocr_reward([pred], [gt])
     assert math.isfinite(reward) and 0.0 <= reward <= 1.0
+
+
+def test_only_the_answer_is_read_after_thinking():
+    # With R1-style thinking the transcription is inside <answer>; the thinking must not cost edit distance.
+    text = "<think>The page says Hello world, I think.</think><answer>Hello  world</answer><|im_end|>"
+    assert ocr_reward([text, [{"role": "assistant", "content": text}]], ["Hello world"] * 2) == [1.0, 1.0]
+    # Without tags nothing changes.
+    assert ocr_reward(["Hello world<|endoftext|>"], ["Hello world"]) == [1.0]

@@ -12,8 +12,9 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from tests._helpers import cpu_run_args
-from trl_perception.data.common import fit_dataset_to_grid, rows_to_dataset
 from trl_perception.data.prompts import build_prompt
+from trl_perception.data.resize import fit_dataset_to_grid
+from trl_perception.data.rows import rows_to_dataset
 from trl_perception.data.synthetic import make_synthetic
 from trl_perception.formats import parse_objects, render_objects
 from trl_perception.frames import BOX_FORMATS
@@ -595,7 +596,7 @@ def multi_image_dataset(second_image):
     from datasets import Dataset, Features, List, Value
     from datasets import Image as ImageFeature
 
-    from trl_perception.data.common import prompt_feature
+    from trl_perception.data.rows import prompt_feature
 
     prompt = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "image", "text": None},
                                            {"type": "text", "text": "Output the bounding box of the square."}]}]  # fmt: skip

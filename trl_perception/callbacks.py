@@ -3,14 +3,13 @@ training (GRPOTrainer or any transformers `Trainer`) and logs the metrics throug
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .evaluation import evaluate, flatten_metrics, unwrap_model
 
@@ -26,24 +25,6 @@ def _subsample(dataset: Any, num_samples: int | None, seed: int) -> Any:
     return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), num_samples))]
 
 
-def _calling_trainer(max_depth: int = 12) -> Any:
-    """The `transformers.Trainer` whose training loop invoked this callback (found on the call stack)."""
-    from transformers import Trainer
-
-    frame = inspect.currentframe()
-    try:
-        for _ in range(max_depth):
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            if isinstance(candidate, Trainer):
-                return candidate
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
 class PerceptionEvalCallback(TrainerCallback):
     """Evaluate the model being trained on a perception dataset every `eval_steps` optimizer steps.
 
@@ -57,9 +38,10 @@ class PerceptionEvalCallback(TrainerCallback):
     The scalar metrics are logged as `{prefix}/{task}/{metric}` (e.g. `eval_perception/grounding/acc@0.5`,
     `eval_perception/detection/AP`) with `transformers.Trainer.log`, so they reach `log_history` and every
     `report_to` integration. The base-class `log` is called on purpose: `GRPOTrainer.log` would flush its
-    running training averages early. The trainer is the one given as `trainer` (or set later with
-    `callback.trainer = trainer`), else the one running the training loop that calls the callback; without
-    one the metrics are appended to `state.log_history`. Every evaluation is also kept in `history`
+    running training averages early. `PerceptionGRPOTrainer` hands itself to every `PerceptionEvalCallback`
+    it is given (in `callbacks=` or with `add_callback`); with another trainer, pass `trainer=` or call
+    `callback.bind(trainer)` once the trainer exists. Without a trainer the metrics are appended to
+    `state.log_history` only (with a warning). Every evaluation is also kept in `history`
     (`{"step": ..., **metrics}`), and with `output_dir` its predictions and report are written to
     `{output_dir}/step-{step}`.
 
@@ -72,7 +54,7 @@ class PerceptionEvalCallback(TrainerCallback):
         num_samples: rows per evaluation (default: all).
         seed: seed of the subsample.
         prefix: prefix of the logged keys.
-        trainer: the trainer to log through (optional, see above).
+        trainer: the trainer to log through (optional, see above and `bind`).
         output_dir: write each evaluation's files under this directory.
         eval_on_train_end: also evaluate after the last step when it was not an evaluation step.
         **evaluate_kwargs: passed to `evaluate` (`box_format`, `min_pixels`, `max_pixels`, `batch_size`,
@@ -126,6 +108,22 @@ class PerceptionEvalCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
 
+    def bind(self, trainer: Any) -> PerceptionEvalCallback:
+        """Log through `trainer` (a `transformers.Trainer`) from now on; returns the callback.
+
+        Example:
+        ```python
+        >>> from types import SimpleNamespace
+        >>> callback = PerceptionEvalCallback([], eval_steps=10)
+        >>> trainer = SimpleNamespace(name="my trainer")
+        >>> callback.bind(trainer).trainer is trainer
+        True
+
+        ```
+        """
+        self.trainer = trainer
+        return self
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if state.global_step > 0 and state.global_step % self.eval_steps == 0:
             # Trainer.log resets control.should_log through the callback handler; keep the training loop's
@@ -143,7 +141,7 @@ class PerceptionEvalCallback(TrainerCallback):
     def _evaluate(self, args: Any, state: Any, kwargs: Mapping[str, Any]) -> dict[str, float] | None:
         if not getattr(state, "is_world_process_zero", True):
             return None
-        trainer = self.trainer or _calling_trainer()
+        trainer = self.trainer
         model = kwargs.get("model")
         if model is None and trainer is not None:
             model = trainer.model
@@ -175,14 +173,12 @@ class PerceptionEvalCallback(TrainerCallback):
         self._last_step = state.global_step
         self.history.append({"step": state.global_step, **logs})
         if trainer is not None:
-            from transformers import Trainer
-
             Trainer.log(trainer, dict(logs))
         else:
             if not self.history[:-1]:
                 warnings.warn(
                     "PerceptionEvalCallback found no trainer to log through; metrics go to state.log_history "
-                    "only (pass trainer= to reach report_to integrations)",
+                    "only (pass trainer= or call bind(trainer) to reach report_to integrations)",
                     UserWarning,
                     stacklevel=2,
                 )

@@ -146,24 +146,22 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="Run the GRPO recipe with a YAML config (same as `python recipes/grpo.py --config CONFIG`).",
-        description="Run the GRPO recipe. CONFIG is a recipe YAML (see recipes/); any key can be overridden on the "
-        "command line, e.g. `trl-perception train config.yaml --learning_rate 2e-6 --max_steps 10`. Every "
-        "argument of PerceptionScriptArguments, PerceptionGRPOConfig and trl.ModelConfig is accepted; run "
-        "`trl-perception train --help-args` to list them.",
+        help="Run the GRPO script with a YAML config (same as `python trl_perception/scripts/grpo.py --config CONFIG`).",
+        description="Run the GRPO script, trl_perception/scripts/grpo.py (copy it to change a step). CONFIG is a "
+        "YAML (see recipes/); any key can be overridden on the command line, e.g. `trl-perception train config.yaml "
+        "--learning_rate 2e-6 --max_steps 10`. Every argument of PerceptionScriptArguments, PerceptionGRPOConfig and "
+        "trl.ModelConfig is accepted; run `trl-perception train --help-args` to list them. For several GPUs: "
+        "`accelerate launch --config_file ACCELERATE_YAML -m trl_perception.scripts.grpo --config CONFIG`.",
     )
-    p.add_argument(
-        "config", nargs="?", help="Recipe YAML file (or --config CONFIG, as recipes/grpo.py takes it)."
-    )
-    p.add_argument("--help-args", action="store_true", help="List every recipe argument and exit.")
+    p.add_argument("config", nargs="?", help="Recipe YAML file (or --config CONFIG, as the script takes it).")
+    p.add_argument("--help-args", action="store_true", help="List every argument of the script and exit.")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from .recipe import main as recipe_main
-    from .recipe import make_parser
+    from .scripts import grpo
 
-    parser = make_parser()
+    parser = grpo.make_parser()
     if args.help_args:
         parser.print_help()
         return 0
@@ -174,14 +172,17 @@ def _run_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise SystemExit(
             f"trl-perception train: {config}: no such recipe file (usage: trl-perception train CONFIG [--key value ...])"
         )
-    script_args, training_args, model_args = parser.parse_args_and_config(["--config", config, *extra])
-    summary = recipe_main(script_args, training_args, model_args)
+    try:
+        script_args, training_args, model_args = parser.parse_args_and_config(["--config", config, *extra])
+    except ValueError as err:  # the arguments' own checks (__post_init__), unknown YAML keys
+        raise SystemExit(f"trl-perception train: {err}") from None
+    summary = grpo.main(script_args, training_args, model_args)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def _config_first(argv: Sequence[str]) -> list[str]:
-    """`train` arguments with `--config PATH` (as `recipes/grpo.py` takes it) turned into the leading positional."""
+    """`train` arguments with `--config PATH` (as the script takes it) turned into the leading positional."""
     argv = list(argv)
     found = [i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
     if not found:
@@ -237,7 +238,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_preview(args: argparse.Namespace) -> int:
-    from .data.common import build_from_source
+    from .data import build_dataset
     from .data.preview import render_preview
 
     command = "data preview"
@@ -263,7 +264,7 @@ def _run_preview(args: argparse.Namespace) -> int:
     for key in ("box_format", "min_pixels", "max_pixels"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    dataset = build_from_source(args.task, args.source, num_samples=args.n, seed=args.seed, **kwargs)
+    dataset = build_dataset(args.task, args.source, num_samples=args.n, seed=args.seed, **kwargs)
     path = render_preview(dataset, args.out, n=args.n, ncols=args.ncols)
     print(f"Wrote {path} ({min(args.n, len(dataset))} rows of {args.task} from {args.source})")
     return 0

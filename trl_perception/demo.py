@@ -88,7 +88,7 @@ def learned_setting(name: str = LEARNED_EXPERIMENT) -> DemoSetting:
 
 
 def bundled_checkpoint() -> str | None:
-    """Path of the small learned checkpoint (issue 7's SFT start), or `None` when it is absent.
+    """Path of the small learned checkpoint (the demo's SFT start), or `None` when it is absent.
 
     It ships inside the package, in `trl_perception/assets/tiny_checkpoint` (with the command that made it in
     its README).

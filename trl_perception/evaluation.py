@@ -1350,7 +1350,7 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
 
     ```
     """
-    from .data.common import build_from_source as build_dataset  # data.registry.build_dataset once on main
+    from .data import build_dataset
 
     options, generation_kwargs = _check_eval_arguments(args)
     box_format = _checked_box_format(args.model, args.box_format)

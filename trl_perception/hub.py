@@ -9,7 +9,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_model_card", "push_to_hub"]
+__all__ = [
+    "CARD_HYPERPARAMETERS",
+    "CARD_INPUTS_FILE",
+    "adapter_summary",
+    "build_model_card",
+    "push_to_hub",
+]
+
+CARD_INPUTS_FILE = "trl_perception_card.json"
+"""The file beside `README.md` that keeps the card's inputs, so `push_to_hub` can rebuild the card for another
+repository id."""
 
 _TASK_TITLES = {
     "grounding": "visual grounding (referring expressions)",
@@ -24,7 +34,7 @@ _FRAME_TEXT = {
     "processor's resize (`smart_resize`)",
     "qwen3_vl": '`[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]` JSON, coordinates in 0–1000 of the image',
 }
-_HYPERPARAMETERS = (
+CARD_HYPERPARAMETERS = (
     "learning_rate",
     "num_generations",
     "per_device_train_batch_size",
@@ -39,6 +49,7 @@ _HYPERPARAMETERS = (
     "max_pixels",
     "seed",
 )
+"""The training arguments a model card lists (when set)."""
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -68,7 +79,7 @@ def _hyperparameters(args: Any) -> dict[str, Any]:
     if args is None:
         return {}
     source = args if isinstance(args, Mapping) else vars(args)
-    values = {k: source[k] for k in _HYPERPARAMETERS if source.get(k) is not None}
+    values = {k: source[k] for k in CARD_HYPERPARAMETERS if source.get(k) is not None}
     # Trainer semantics: max_steps > 0 overrides num_train_epochs; otherwise max_steps is unused.
     if isinstance(values.get("max_steps"), (int, float)):
         values.pop("num_train_epochs" if values["max_steps"] > 0 else "max_steps", None)
@@ -91,6 +102,52 @@ def _metric_table(metrics: Mapping[str, Any]) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def adapter_summary(model: Any) -> dict[str, Any] | None:
+    """The LoRA / QLoRA set-up of a PEFT model, as `build_model_card(peft=...)` shows it; `None` for a model
+    without adapters.
+
+    Reads the first adapter's config (`r`, `lora_alpha`, `lora_dropout`, `target_modules`) and the base model's
+    `quantization_config` (4-bit with its quant type, or 8-bit: then the method is QLoRA).
+
+    Example:
+    ```python
+    >>> from types import SimpleNamespace
+    >>> lora = SimpleNamespace(r=8, lora_alpha=16, lora_dropout=0.05, target_modules={"v_proj", "q_proj"})
+    >>> config = SimpleNamespace(quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})
+    >>> adapter_summary(SimpleNamespace(peft_config={"default": lora}, config=config))
+    {'method': 'QLoRA', 'r': 8, 'alpha': 16, 'dropout': 0.05, 'target_modules': ['q_proj', 'v_proj'], 'quantization': '4-bit nf4'}
+    >>> adapter_summary(SimpleNamespace(config=config)) is None
+    True
+
+    ```
+    """
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, Mapping) or not configs:
+        return None
+    lora = next(iter(configs.values()))
+    targets = getattr(lora, "target_modules", None)
+    if isinstance(targets, (set, frozenset, list, tuple)):
+        targets = sorted(targets)
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    if quant is not None and not isinstance(quant, Mapping):
+        quant = quant.to_dict() if hasattr(quant, "to_dict") else vars(quant)
+    quantization = None
+    if quant and quant.get("load_in_4bit"):
+        quantization = f"4-bit {quant.get('bnb_4bit_quant_type') or ''}".strip()
+    elif quant and quant.get("load_in_8bit"):
+        quantization = "8-bit"
+    summary = {
+        "method": "QLoRA" if quantization else "LoRA",
+        "r": getattr(lora, "r", None),
+        "alpha": getattr(lora, "lora_alpha", None),
+        "dropout": getattr(lora, "lora_dropout", None),
+        "target_modules": targets,
+    }
+    if quantization:
+        summary["quantization"] = quantization
+    return summary
+
+
 def build_model_card(
     *,
     model_name: str,
@@ -106,6 +163,7 @@ def build_model_card(
     extra_text: str | None = None,
     eval_dataset: str | None = None,
     peft: Mapping[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
 ) -> str:
     """Write the model card (Markdown with YAML metadata) of a perception model.
 
@@ -129,7 +187,9 @@ def build_model_card(
         extra_text (`str`, *optional*): Markdown appended at the end.
         eval_dataset (`str`, *optional*): what `eval_metrics` were measured on.
         peft (`dict`, *optional*): the adapter set-up when the folder holds a LoRA adapter (`method`, `r`,
-            `alpha`, `dropout`, `target_modules`, `quantization`); the metadata then names `peft` as library.
+            `alpha`, `dropout`, `target_modules`, `quantization`; `adapter_summary` reads it from a model);
+            the metadata then names `peft` as library.
+        tags (list, *optional*): tags added to the metadata's own (`trl`, `trl-perception`, `grpo`, the tasks).
 
     Returns:
         `str`: the card text.
@@ -158,7 +218,7 @@ def build_model_card(
         library_name="peft" if peft else "transformers",
         license=license,
         pipeline_tag="image-text-to-text",
-        tags=["trl", "trl-perception", "grpo", *tasks],
+        tags=list(dict.fromkeys(["trl", "trl-perception", "grpo", *tasks, *(tags or [])])),
         model_name=model_name,
     )
     lines = [
@@ -257,10 +317,11 @@ def push_to_hub(
 ) -> str:
     """Upload a saved model folder to the Hub with its model card (written to `README.md` first).
 
-    When `card` is omitted, the card is built from `trl_perception_card.json` (written by the recipe) with
-    `repo_id` as the model name, so the usage snippet loads the model from where it is pushed; a `README.md`
-    that was edited by hand (it differs from the card the recipe wrote) is kept as it is, and so is any
-    `README.md` when there is no `trl_perception_card.json`.
+    When `card` is omitted, the card is built from `trl_perception_card.json` (written with the card by
+    `PerceptionGRPOTrainer.create_model_card`) with `repo_id` as the model name, so the usage snippet loads the
+    model from where it is pushed; a `README.md` that was edited by hand (it differs from the card written
+    with that file) is kept as it is, and so is any `README.md` when there is no `trl_perception_card.json`.
+    (Inside a training script, `trainer.push_to_hub()` does the same in one step.)
 
     Args:
         folder: the output directory of a training run.
@@ -287,7 +348,7 @@ def push_to_hub(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory: save the model there before pushing")
     readme = folder / "README.md"
-    meta = folder / "trl_perception_card.json"
+    meta = folder / CARD_INPUTS_FILE
     if card is None and meta.exists():
         card_args = json.loads(meta.read_text(encoding="utf-8"))
         written = readme.read_text(encoding="utf-8") if readme.exists() else None

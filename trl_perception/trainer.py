@@ -18,7 +18,10 @@ import torch
 from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
-from .data.common import RecordError, read_image_size, scale_solution
+from .callbacks import PerceptionEvalCallback
+from .data.errors import RecordError
+from .data.images import read_image_size
+from .data.resize import scale_solution
 from .formats import completion_text, parse_objects, strip_wrappers
 from .frames import (
     BOX_FORMATS,
@@ -33,6 +36,7 @@ from .frames import (
     patch_factor,
     resolve_box_format,
 )
+from .hub import CARD_HYPERPARAMETERS, CARD_INPUTS_FILE, adapter_summary, build_model_card
 
 __all__ = [
     "VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS",
@@ -541,6 +545,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
+        self._bind_eval_callbacks()
         if args.use_vllm and args.vllm_mode == "server" and self.accelerator.is_main_process:
             logger.info(
                 "vLLM server mode: start the server with these extra arguments so that rollouts see the "
@@ -1002,6 +1007,88 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             for i, images in enumerate(self._logs["images"]):
                 if images:
                     images[0].save(os.path.join(folder, f"{i:04d}.png"))
+
+    # ------------------------------------------------------------------------- callbacks and model card
+
+    def _bind_eval_callbacks(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, PerceptionEvalCallback):
+                callback.bind(self)
+
+    def add_callback(self, callback: Any) -> None:
+        """`Trainer.add_callback`; a `PerceptionEvalCallback` is also handed this trainer to log through."""
+        super().add_callback(callback)
+        self._bind_eval_callbacks()
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | Sequence[str] | None = None,
+        tags: str | Sequence[str] | None = None,
+        *,
+        eval_metrics: Mapping[str, Any] | None = None,
+        eval_dataset: str | None = None,
+        license: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the perception model card to `args.output_dir`: `README.md` and its inputs,
+        `trl_perception_card.json` (which `trl-perception push` reads to rebuild it for another repository).
+
+        Replaces TRL's generic card. `push_to_hub(**kwargs)` passes its keyword arguments here, so
+        `trainer.push_to_hub(dataset_name=..., eval_metrics=...)` uploads the weights and this card in one
+        commit. The card (`hub.build_model_card`) names the base model, the tasks (the training rows' `task`
+        values), `dataset_name`, the rewards and their weights, the box format, key hyperparameters, the
+        LoRA / QLoRA set-up (`hub.adapter_summary`) and, when given, `eval_metrics` measured on `eval_dataset`.
+        The model is named by the Hub repository id when there is one, else `model_name`, else the output
+        folder's name. Only the main process writes; other keyword arguments (TRL's and transformers') are
+        accepted and ignored.
+
+        Example:
+        ```python
+        >>> import tempfile, pathlib
+        >>> from trl_perception.data import make_synthetic
+        >>> from trl_perception.rewards import get_reward
+        >>> from trl_perception.testing import tiny_vlm
+        >>> args = PerceptionGRPOConfig(tempfile.mkdtemp(), use_cpu=True, report_to="none", num_generations=2,
+        ...     per_device_train_batch_size=2, max_completion_length=4, max_pixels=56 * 56)
+        >>> trainer = PerceptionGRPOTrainer(tiny_vlm("qwen2_5_vl"), [get_reward("iou"), get_reward("format")],
+        ...     args, train_dataset=make_synthetic("grounding", 2))
+        >>> trainer.create_model_card(dataset_name="synthetic", eval_metrics={"grounding": {"acc@0.5": 0.5}})
+        >>> card = (pathlib.Path(args.output_dir) / "README.md").read_text()
+        >>> "- **Task:** grounding" in card, "| iou_reward | 1.0 |" in card, "| grounding/acc@0.5 | 0.5000 |" in card
+        (True, True, True)
+
+        ```
+        """
+        if not self.is_world_process_zero():
+            return
+        tasks: list[str] = []
+        if hasattr(self.train_dataset, "unique") and "task" in (self.train_dataset.column_names or []):
+            tasks = sorted(str(t) for t in self.train_dataset.unique("task"))
+        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+        card_args = {
+            "model_name": self.hub_model_id
+            or self.args.hub_model_id
+            or model_name
+            or os.path.basename(os.path.abspath(self.args.output_dir)),
+            "base_model": getattr(self.model.config, "_name_or_path", None) or None,
+            "task": tasks,
+            "dataset": [str(d) for d in datasets],
+            "reward_funcs": list(self.reward_func_names),
+            "reward_weights": [float(w) for w in self.reward_weights.tolist()],
+            "box_format": self.box_format,
+            "training_args": {k: getattr(self.args, k, None) for k in CARD_HYPERPARAMETERS},
+            "eval_metrics": dict(eval_metrics) if eval_metrics is not None else None,
+            "eval_dataset": eval_dataset,
+            "peft": adapter_summary(self.model),
+            "license": license,
+            "tags": [tags] if isinstance(tags, str) else list(tags or []),
+        }
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, CARD_INPUTS_FILE), "w", encoding="utf-8") as f:
+            json.dump(card_args, f, indent=2, default=str)
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(build_model_card(**card_args))
 
 
 def _processor_limits(image_processor: Any) -> tuple[int | None, int | None]:

@@ -1,47 +1,39 @@
 """Dataset builders: the files users have for RefCOCO/+/g, PixMo-Count, PageOCR and COCO, and synthetic
-scenes, turned into rows that `GRPOTrainer` trains on directly (the row contract in the README)."""
+scenes, turned into rows that `GRPOTrainer` trains on directly (the row contract in the README).
+
+Importing the package imports each builder module, which registers its builder in `registry.BUILDERS`;
+`build_dataset(task, source, **options)` then builds any task. A new builder module registers itself with
+`@register_builder("task")` and is imported below."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from . import coco, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
+from .coco import build_coco_detection
+from .completions import add_completions, render_completion
+from .errors import DataError, DataWarning
+from .pageocr import build_pageocr
+from .pixmo_count import build_pixmo_count
 from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, build_prompt
+from .refcoco import build_refcoco
+from .registry import BUILDERS, build_dataset, register_builder
+from .resize import fit_dataset_to_grid
+from .synthetic import make_synthetic
 
 __all__ = [
+    "BUILDERS",
     "COCO_CATEGORIES",
     "DataError",
-    "build_from_source",
-    "fit_dataset_to_grid",
-    "render_preview",
+    "DataWarning",
     "TASK_TEMPLATES",
+    "add_completions",
     "build_coco_detection",
+    "build_dataset",
     "build_pageocr",
     "build_pixmo_count",
     "build_prompt",
     "build_refcoco",
+    "fit_dataset_to_grid",
     "make_synthetic",
-    "add_completions",
+    "register_builder",
     "render_completion",
 ]
-
-# Builders import datasets/PIL; load them on first use so `import trl_perception.data` stays light.
-_LAZY = {
-    "build_refcoco": "refcoco",
-    "build_pixmo_count": "pixmo_count",
-    "build_pageocr": "pageocr",
-    "build_coco_detection": "coco",
-    "make_synthetic": "synthetic",
-    "DataError": "common",
-    "build_from_source": "common",
-    "fit_dataset_to_grid": "common",
-    "render_preview": "preview",
-    "add_completions": "completions",
-    "render_completion": "completions",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,22 +13,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..frames import grid_size
-from .common import (
-    DataError,
-    ErrorPolicy,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    finalize,
-    finite_numbers,
-    image_struct,
-    positive_size,
-    prompt_feature,
-    row_features,
-    rows_to_dataset,
-    select_rows,
-)
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import check_inside, image_struct
+from .registry import register_builder
+from .resize import check_box_format_options, check_image_size, finalize
+from .rows import PromptCache, prompt_feature, row_features, rows_to_dataset, select_rows
+from .validators import finite_numbers, positive_size
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -38,13 +28,18 @@ __all__ = ["build_coco_detection", "load_coco"]
 logger = logging.getLogger("trl_perception.data")
 
 # Per-annotation status codes.
-_OK, _ORPHAN, _MALFORMED, _BAD_BBOX, _UNKNOWN_CAT, _ZERO, _OUTSIDE = range(7)
+_OK, _ORPHAN, _MALFORMED, _BAD_BBOX, _UNKNOWN_CAT, _ZERO, _OUTSIDE, _BAD_CROWD = range(8)
 
 
 # A segmentation value: polygons `[[x, y, ...], ...]` or an RLE `{"counts": ..., "size": [h, w]}` (RLE
 # counts strings use characters 48..111, never braces). `"segmentation"` cannot match inside a JSON string,
-# where quotes are escaped.
-_SEGMENTATION = r'"segmentation"\s*:\s*(?:\[\s*(?:\[[^\[\]]*\]\s*,?\s*)*\]|\{[^{}]*\})'
+# where quotes are escaped. Every part has one way to match (commas are required between polygons, and
+# whitespace is consumed in one place), so a malformed value fails in time linear in its length instead of
+# backtracking through the ways of splitting whitespace between polygons.
+_POLYGON = r"\[[^\[\]]*\]"
+_SEGMENTATION = (
+    r'"segmentation"\s*:\s*(?:\[\s*(?:' + _POLYGON + r"(?:\s*,\s*" + _POLYGON + r")*\s*)?\]|\{[^{}]*\})"
+)
 _SEGMENTATION_FIRST = re.compile(_SEGMENTATION + r"\s*,\s*")
 _SEGMENTATION_LAST = re.compile(r",?\s*" + _SEGMENTATION + r"(?=\s*\})")
 
@@ -104,6 +99,16 @@ def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _default_image_dir(path: Path) -> Path:
+    """COCO's layout: `annotations/instances_val2017.json` → `val2017/` beside `annotations/` (or beside the
+    file)."""
+    name = path.stem.split("_", 1)[-1]
+    for candidate in (path.parent.parent / name, path.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise ValueError(f"pass image_dir= for {path} (no {name}/ image folder found next to it)")
+
+
 def _categories(data: dict[str, Any], path: Path) -> tuple[dict[Any, int], list[str]]:
     """Category id → index into the names sorted by id (COCO ids are 1..90 with gaps)."""
     entries = []
@@ -120,21 +125,24 @@ def _categories(data: dict[str, Any], path: Path) -> tuple[dict[Any, int], list[
     return {cid: k for k, cid in enumerate(ids)}, [name for _, name in entries]
 
 
+@register_builder("detection")
 def build_coco_detection(
-    annotation_file: str | os.PathLike,
-    image_dir: str | os.PathLike,
+    source: str | os.PathLike,
     *,
-    include_crowd: bool = False,
-    keep_empty: bool = True,
-    check_images: bool = True,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    include_crowd: bool = False,
+    keep_empty: bool = True,
+    check_images: bool = True,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """Detection rows (one per image) from a COCO `instances_*.json` and its image folder.
 
@@ -151,13 +159,17 @@ def build_coco_detection(
     dropped and logged.
 
     Args:
-        annotation_file: `instances_*.json` (segmentations are ignored).
-        image_dir: the folder of the images (`file_name` is relative to it).
+        source: `instances_*.json` (segmentations are ignored).
+        split: must be `None`: one annotation file holds one split.
+        image_dir: the folder of the images (`file_name` is relative to it). By default COCO's layout:
+            `<root>/annotations/instances_val2017.json` → `<root>/val2017/` (or `val2017/` beside the file).
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco` (`{categories}` is the template field).
         include_crowd (`bool`): keep crowd regions as targets.
         keep_empty (`bool`): keep images without annotations.
         check_images (`bool`): check that every selected image file exists (one directory listing).
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco` (`{categories}` is the template field).
+        allow_outside_image_dir (`bool`): accept a `file_name` that leaves `image_dir` (`../x.jpg`, an
+            absolute path); off by default, where such a `file_name` is a bad record.
 
     Bad input (an unknown image or category id, a negative or non-finite bbox, a malformed record, a
     missing image) raises `DataError` naming the file, image and annotation; with `on_error="skip"` the
@@ -174,7 +186,7 @@ def build_coco_detection(
     ...     "images": [{"id": 1, "file_name": "1.jpg", "width": 640, "height": 480}],
     ...     "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
     ...     "annotations": [{"id": 5, "image_id": 1, "category_id": 18, "bbox": [10, 20, 30, 40], "iscrowd": 0}]}))
-    >>> ds = build_coco_detection(root / "instances.json", root)
+    >>> ds = build_coco_detection(root / "instances.json", image_dir=root)
     >>> row = ds.select_columns(["prompt", "solution", "image_size"])[0]
     >>> row["prompt"][0]["content"][1]["text"]
     'Please output bbox coordinates and names of person, dog.'
@@ -183,12 +195,14 @@ def build_coco_detection(
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
-    path = Path(annotation_file)
-    if image_dir is None:
-        raise ValueError("build_coco_detection needs image_dir= (the folder the file names are relative to)")
-    root = str(Path(image_dir).resolve())
+    check_box_format_options(box_format, min_pixels, max_pixels)
+    path = Path(source)
+    if split is not None:
+        raise ValueError(f"{path}: one COCO annotation file holds one split; it takes no split")
     data = load_coco(path)
+    if image_dir is None:
+        image_dir = _default_image_dir(path)
+    root = str(Path(image_dir).resolve())
     cat_index, cat_names = _categories(data, path)
     policy = ErrorPolicy(path, on_error)
 
@@ -207,15 +221,17 @@ def build_coco_detection(
                 )
             if not isinstance(im["file_name"], str) or not im["file_name"]:
                 raise RecordError("bad record", f"file_name must be a path, got {im['file_name']!r:.80}")
+            if not allow_outside_image_dir:
+                check_inside(im["file_name"], "file_name")
+            if not _usable_id(im["id"]):
+                raise RecordError("bad record", f"image id must be an integer or a string, got {im['id']!r:.80}")
             if im["id"] in id_to_row:
                 raise RecordError("bad record", f"duplicate image id {im['id']!r}")
             sizes[i] = positive_size(im["width"], im["height"])
             names[i] = im["file_name"]
             id_to_row[im["id"]] = i
-        except (RecordError, TypeError) as err:
+        except RECORD_ERRORS as err:
             image_ok[i] = False
-            if not isinstance(err, RecordError):
-                err = RecordError("bad record", f"unusable image id {im.get('id')!r:.80}")
             policy.failed(f"image {i}", err, key=("image", i))
 
     # Annotations: gather the fields in one pass, then validate column-wise.
@@ -228,17 +244,21 @@ def build_coco_detection(
     raw_boxes: list[Any] = [None] * n_anns
     for k, ann in enumerate(anns):
         try:
-            row = id_to_row.get(ann["image_id"], -1)
+            row = id_to_row.get(ann["image_id"], -1) if _usable_id(ann["image_id"]) else -1
             ann_rows[k] = row
             if row < 0:
                 status[k] = _ORPHAN
                 continue
-            cat = cat_index.get(ann["category_id"], -1)
+            cat = cat_index.get(ann["category_id"], -1) if _usable_id(ann["category_id"]) else -1
             if cat < 0:
                 status[k] = _UNKNOWN_CAT
             ann_cats[k] = cat
             raw_boxes[k] = ann["bbox"]
-            crowd[k] = bool(ann.get("iscrowd", 0))
+            flag = _CROWD.get(_crowd_key(ann.get("iscrowd", 0)))
+            if flag is None:
+                status[k] = _BAD_CROWD
+            else:
+                crowd[k] = flag
         except (KeyError, TypeError):
             status[k] = _MALFORMED if ann_rows[k] >= 0 else _ORPHAN
     boxes = _box_array(raw_boxes, status)
@@ -329,6 +349,26 @@ def build_coco_detection(
     )  # fmt: skip
 
 
+_CROWD = {0: False, 1: True, "0": False, "1": True, None: False}
+"""`iscrowd` values and what they mean; anything else (`"yes"`, `2`, a list) makes the annotation a bad
+record rather than a guess (`bool("0")` would be a crowd region)."""
+
+
+def _crowd_key(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str):
+        return value.strip()
+    return value if isinstance(value, int) or value is None else "?"
+
+
+def _usable_id(value: Any) -> bool:
+    """COCO ids are integers (some exports use strings); lists, dicts, floats and booleans are not ids."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _box_array(raw: list[Any], status: np.ndarray) -> np.ndarray:
     """`[N, 4]` float64 of the raw xywh boxes; malformed ones (wrong length, non-numbers, non-finite) get
     status `_BAD_BBOX` and zeros."""
@@ -340,7 +380,7 @@ def _box_array(raw: list[Any], status: np.ndarray) -> np.ndarray:
             status[bad] = _BAD_BBOX
             arr[bad] = 0.0
             return arr.reshape(-1, 4) if arr.size else np.zeros((0, 4))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         pass
     arr = np.zeros((len(raw), 4), dtype=np.float64)
     for k in np.flatnonzero(todo).tolist():
@@ -368,17 +408,19 @@ def _report(
     if code == _ORPHAN:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         detail = (
-            f"image_id {image_id!r} is not among the images"
+            f"image_id {short_repr(image_id)} is not among the images"
             if isinstance(ann, dict) and "image_id" in ann
-            else f"not an annotation object with an image_id: {ann!r:.120}"
+            else f"not an annotation object with an image_id: {short_repr(ann)}"
         )
         policy.failed(what, RecordError("unknown image", detail), key=("ann", k))
         return
     where = f"image {row} ({names[row]}): {what}"
     if code == _MALFORMED:
         err = RecordError(
-            "bad record", f"an annotation needs image_id, category_id and bbox, got {ann!r:.120}"
+            "bad record", f"an annotation needs image_id, category_id and bbox, got {short_repr(ann)}"
         )
+    elif code == _BAD_CROWD:
+        err = RecordError("bad record", f"iscrowd must be 0 or 1, got {short_repr(ann.get('iscrowd'))}")
     elif code == _UNKNOWN_CAT:
         err = RecordError(
             "unknown category", f"category_id {ann.get('category_id')!r} is not among the categories"
@@ -459,7 +501,7 @@ def _assemble(
         "image_size": _pairs(image_sizes),
         **extra,
     }
-    dataset = rows_to_dataset(columns, row_features("detection", family=box_format is not None))
+    dataset = rows_to_dataset(columns, row_features("detection", with_box_format=box_format is not None))
     # The category list (in id order) travels with the dataset, so evaluation scores every class, also the
     # ones absent from the sampled rows, in the source's order.
     dataset.info.description = json.dumps({"categories": cat_names})

@@ -7,20 +7,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import (
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    contract_dataset,
-    image_struct,
-    load_json_records,
-    read_image_size,
-    require_keys,
-    select_rows,
-)
+from .errors import RECORD_ERRORS, ErrorPolicy, RecordError
+from .images import ImageFolder, image_struct, read_image_size
+from .io import load_json_records
+from .registry import register_builder
+from .resize import check_box_format_options, check_image_size
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import require_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -43,18 +36,21 @@ def _answer(conversations: Any) -> str:
     raise RecordError("bad record", "conversations hold no 'gpt' turn with the page text")
 
 
+@register_builder("ocr")
 def build_pageocr(
-    json_file: str | os.PathLike,
-    image_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike,
     *,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """OCR rows from a Fox page-OCR file (English `en_page_ocr.json` or Chinese `cn_page_ocr.json`).
 
@@ -65,11 +61,14 @@ def build_pageocr(
     `image_dir`, then in Fox's own `<image_dir>/{en,cn}_pdf_png/` folder named after the JSON file.
 
     Args:
-        json_file: the Fox JSON file.
+        source: the Fox JSON file.
+        split: must be `None`: one Fox file holds one set.
         image_dir: folder of the page images (default: the JSON file's folder, as in Fox's zip).
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco`. A family adds its columns (OCR has no output-format instruction); pixel
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco`. A box format adds its columns (OCR has no output-format instruction); pixel
             limits resize pages to its grid (the text is unchanged).
+        allow_outside_image_dir (`bool`): accept an `image` path that leaves `image_dir` (`../x.png`, an
+            absolute path); off by default, where such a path is a bad record.
 
     Returns:
         `datasets.Dataset` in the row contract, `task == "ocr"`.
@@ -89,11 +88,15 @@ def build_pageocr(
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
-    json_file = Path(json_file)
+    check_box_format_options(box_format, min_pixels, max_pixels)
+    json_file = Path(source)
+    if split is not None:
+        raise ValueError(f"{json_file}: one Fox file holds one set; it takes no split")
     entries = load_json_records(json_file)
     policy = ErrorPolicy(json_file, on_error)
-    folder = ImageFolder(image_dir if image_dir is not None else json_file.parent)
+    folder = ImageFolder(
+        image_dir if image_dir is not None else json_file.parent, allow_outside=allow_outside_image_dir
+    )
     lang = json_file.name.split("_", 1)[0]
     fox_dir = f"{lang}_pdf_png" if lang in ("en", "cn") else None
 
@@ -112,7 +115,7 @@ def build_pageocr(
             records.append(
                 {"where": where, "text": _answer(record["conversations"]), "candidates": candidates}
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
 
     def accept(i: int) -> bool:
@@ -127,7 +130,7 @@ def build_pageocr(
             record["image"], record["image_size"] = found, list(read_image_size(found))
             check_image_size(record["image_size"], box_format, min_pixels, max_pixels)
             return True
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(record["where"], err)
             return False
 

@@ -11,23 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from .common import (
-    DataError,
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    contract_dataset,
-    image_struct,
-    load_json_records,
-    parquet_columns,
-    read_image_size,
-    read_parquet,
-    require_keys,
-    select_rows,
-)
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import ImageFolder, check_inside, image_struct, read_image_size
+from .io import load_json_records, parquet_columns, read_parquet
+from .registry import register_builder
+from .resize import check_box_format_options, check_image_size
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import require_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -44,8 +34,8 @@ _POINT_TOLERANCE = 1.0  # pixels a point may lie outside the image (annotation c
 class _ShaFolder(ImageFolder):
     """An image folder also indexed by file stem, so `<sha256>.jpg`, `<sha256>.png` or `<sha256>` match."""
 
-    def __init__(self, root: str | os.PathLike | None):
-        super().__init__(root)
+    def __init__(self, root: str | os.PathLike | None, allow_outside: bool = False):
+        super().__init__(root, allow_outside)
         self._stems: dict[str, str] | None = None
 
     def by_stem(self, stem: str) -> str | None:
@@ -118,11 +108,17 @@ def _points(value: Any, count: int) -> list[list[float]] | None:
     return out
 
 
+MAX_COUNT = 2**31 - 1
+"""Largest count a record may state; a count of `1e300` is a bad record, not an integer overflow."""
+
+
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        if isinstance(value, float) and value.is_integer() and value >= 0:
-            return int(value)
-        raise RecordError("bad record", f"count must be a non-negative integer, got {value!r:.80}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise RecordError(
+            "bad record", f"count must be an integer in [0, {MAX_COUNT}], got {short_repr(value)}"
+        )
     return value
 
 
@@ -136,7 +132,10 @@ def _url_name(url: Any) -> str | None:
     if not isinstance(url, str) or not url:
         return None
     name = os.path.basename(unquote(urlparse(url).path))
-    return name or None
+    try:
+        return check_inside(name) if name else None
+    except RecordError:  # a URL's last segment of `..`: no local file name to look for
+        return None
 
 
 def _sha256(path: str) -> str:
@@ -179,7 +178,7 @@ def _read_hf(path: Path, split: str | None, on_error: str) -> tuple[list[dict[st
                         "describe": f"sha256 {sha} / url {url}",
                     }
                 )
-            except RecordError as err:
+            except RECORD_ERRORS as err:
                 policy.failed(where, err)
         total += n
     return records, policy, total
@@ -196,7 +195,7 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
             record = require_keys(record, _PR1_KEYS)
             rel = record["image_path"]
             if not isinstance(rel, str) or not rel:
-                raise RecordError("bad record", f"image_path must be a relative path, got {rel!r:.80}")
+                raise RecordError("bad record", f"image_path must be a relative path, got {short_repr(rel)}")
             records.append(
                 {
                     "where": where,
@@ -208,25 +207,27 @@ def _read_pr1(path: Path, on_error: str) -> tuple[list[dict[str, Any]], ErrorPol
                     "describe": rel,
                 }
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
     return records, policy, len(entries)
 
 
+@register_builder("counting")
 def build_pixmo_count(
-    path: str | os.PathLike,
-    image_dir: str | os.PathLike,
+    source: str | os.PathLike,
     *,
     split: str | None = None,
-    verify_sha256: bool = False,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    verify_sha256: bool = False,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """Counting rows from PixMo-Count.
 
@@ -244,13 +245,16 @@ def build_pixmo_count(
     the source has none (the jsonl files, and the eval splits of some releases).
 
     Args:
-        path: the parquet file/folder or the jsonl file.
-        image_dir: the folder holding the downloaded images.
+        source: the parquet file/folder or the jsonl file.
         split (`str`, *optional*): split of a snapshot folder holding several.
+        image_dir: the folder holding the downloaded images (default: the source's folder, or the source
+            itself when it is a folder).
+        num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
+            `build_refcoco` (`{label}` is the template field).
         verify_sha256 (`bool`): hash each image found and check it against `image_sha256` (a mismatch is
             a bad record). Off by default: it reads every file.
-        box_format, min_pixels, max_pixels, template, system_prompt, num_samples, seed, on_error: as in
-            `build_refcoco` (`{label}` is the template field).
+        allow_outside_image_dir (`bool`): accept an `image_path` that leaves `image_dir` (`../x.jpg`, an
+            absolute path); off by default, where such a path is a bad record.
 
     Returns:
         `datasets.Dataset` in the row contract, `task == "counting"`.
@@ -263,21 +267,23 @@ def build_pixmo_count(
     >>> Image.new("RGB", (64, 48)).save(root / "a.jpg")
     >>> _ = (root / "pixmo_count_val540.jsonl").write_text(
     ...     json.dumps({"image_path": "a.jpg", "question": "birds", "ground_truth": 3}) + "\\n")
-    >>> row = build_pixmo_count(root / "pixmo_count_val540.jsonl", root)[0]
+    >>> row = build_pixmo_count(root / "pixmo_count_val540.jsonl", image_dir=root)[0]
     >>> row["prompt"][0]["content"][1]["text"], row["solution"], row["image_size"]
     ('Output all the bounding boxes of the birds', {'count': 3, 'points': None}, [64, 48])
 
     ```
     """
-    check_family_options(box_format, min_pixels, max_pixels)
-    path = Path(path)
+    check_box_format_options(box_format, min_pixels, max_pixels)
+    path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if image_dir is None:
+        image_dir = path.parent if path.is_file() else path
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         records, policy, total = _read_pr1(path, on_error)
     else:
         records, policy, total = _read_hf(path, split, on_error)
-    folder = _ShaFolder(image_dir)
+    folder = _ShaFolder(image_dir, allow_outside=allow_outside_image_dir)
 
     def accept(i: int) -> bool:
         record = records[i]
@@ -307,7 +313,7 @@ def build_pixmo_count(
                 record["points"] = [[min(max(x, 0.0), w), min(max(y, 0.0), h)] for x, y in record["points"]]
             record["image"], record["image_size"] = found, list(size)
             return True
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(record["where"], err)
             return False
 

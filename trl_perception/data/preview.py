@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from ..viz import display_text, draw_objects, image_grid
-from .common import build_from_source
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["build_from_source", "caption_for", "render_preview"]
+__all__ = ["caption_for", "render_preview"]
 
 _MAX_CELL = 384
 
@@ -99,7 +98,8 @@ def render_preview(
     ```python
     >>> import tempfile, pathlib
     >>> from PIL import Image
-    >>> ds = build_from_source("detection", "synthetic", num_samples=4, seed=0)
+    >>> from trl_perception.data.registry import build_dataset
+    >>> ds = build_dataset("detection", "synthetic", num_samples=4, seed=0)
     >>> out = render_preview(ds, pathlib.Path(tempfile.mkdtemp()) / "preview.png", n=4, ncols=2)
     >>> Image.open(out).size[0] > 0
     True

@@ -1,4 +1,4 @@
-"""Task prompts: Perception-R1's Table 8 templates plus each model family's output-format instruction."""
+"""Task prompts: Perception-R1's Table 8 templates plus each box format's output-format instruction."""
 
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def build_prompt(
     """A conversational prompt with one image, in TRL's format.
 
     The text is `template` (default: the task's Table 8 template) filled with `fields`, followed by the
-    output-format instruction of `box_format` when a family is given, so that the model is asked for the
+    output-format instruction of `box_format` when one is given, so that the model is asked for the
     format the rewards parse.
 
     Args:
         task (`str`): `"grounding"`, `"counting"`, `"ocr"` or `"detection"`.
-        box_format (`str`, *optional*): model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
+        box_format (`str`, *optional*): the model's box format (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`).
         template (`str`, *optional*): a `str.format` template overriding the task's default.
         system_prompt (`str`, *optional*): adds a system turn first.
         think (`bool`): ask for reasoning in `<think>` and the answer in `<answer>` (`THINK_INSTRUCTION`).

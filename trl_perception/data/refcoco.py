@@ -11,34 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import (
-    DataError,
-    ErrorPolicy,
-    ImageFolder,
-    PromptCache,
-    RecordError,
-    check_family_options,
-    check_image_size,
-    check_xyxy,
-    contract_dataset,
-    image_struct,
-    load_json,
-    load_json_records,
-    load_pickle,
-    parquet_columns,
-    positive_size,
-    read_image_size,
-    read_parquet,
-    require_keys,
-    round_box,
-    select_rows,
-    xywh_to_xyxy,
-)
+from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
+from .images import ImageFolder, image_struct, read_image_size
+from .io import load_json, load_json_records, load_pickle, parquet_columns, read_parquet
+from .registry import register_builder
+from .resize import check_box_format_options, check_image_size, scale_solution
+from .rows import PromptCache, contract_dataset, select_rows
+from .validators import check_xyxy, positive_size, require_keys, round_box, xywh_to_xyxy
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
-__all__ = ["LAYOUTS", "SPLITS", "build_refcoco", "default_split", "detect_refcoco_layout"]
+__all__ = ["LAYOUTS", "SOLUTION_FRAMES", "SPLITS", "build_refcoco", "default_split", "detect_refcoco_layout"]
 
 LAYOUTS: tuple[str, ...] = ("refer", "lmms-lab", "jxu124", "pr1")
 """RefCOCO layouts `build_refcoco` reads (see `detect_refcoco_layout`)."""
@@ -46,10 +30,16 @@ LAYOUTS: tuple[str, ...] = ("refer", "lmms-lab", "jxu124", "pr1")
 SPLITS: tuple[str, ...] = ("train", "val", "testA", "testB", "test")
 """Split names, as the refer API spells them; each layout's own names are mapped to these."""
 
+SOLUTION_FRAMES: tuple[str, ...] = ("pixels", "qwen2_vl")
+"""Frames a Perception-R1 flat file may store `solution` in: absolute pixels of the image (its evaluation
+files, which carry `normalized_solution` beside it) or Qwen2-VL's 0–1000 (its training set,
+`Kangheng/refcoco_320k`)."""
+
 _SPLIT_ALIASES = {"validation": "val"}
 _SPLIT_BY_ORDER = ("unc", "umd", "google")
 _LMMS_COLUMNS = ("answer", "bbox", "image")
 _JXU_COLUMNS = ("sentences", "bbox", "image_path", "raw_image_info")
+_PR1_COLUMNS = ("image", "problem", "solution")
 _HF_SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_+]+?)-\d{5}-of-\d{5}")
 
 
@@ -65,6 +55,7 @@ class _Object:
     arrow_row: int | None = None  # row of an embedded image (lmms-lab)
     image_path: str | None = None
     resolved: bool = False
+    frame: str = "pixels"  # of `bbox` until `resolve` converts it to pixels
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,9 +69,12 @@ def _parquet_layout(path: Path) -> str:
         return "lmms-lab"
     if set(_JXU_COLUMNS) <= columns:
         return "jxu124"
+    if set(_PR1_COLUMNS) <= columns:
+        return "pr1"
     raise DataError(
-        f"{path}: parquet columns {sorted(columns)} match neither lmms-lab/RefCOCO* "
-        f"({list(_LMMS_COLUMNS)}) nor jxu124/refcoco* ({list(_JXU_COLUMNS)})"
+        f"{path}: parquet columns {sorted(columns)} match none of lmms-lab/RefCOCO* "
+        f"({list(_LMMS_COLUMNS)}), jxu124/refcoco* ({list(_JXU_COLUMNS)}) or Perception-R1's "
+        f"refcoco_320k ({list(_PR1_COLUMNS)})"
     )
 
 
@@ -90,7 +84,8 @@ def detect_refcoco_layout(path: str | os.PathLike) -> str:
     * `"refer"`: a folder with `refs(unc|umd|google).p` and `instances.json` (or one such pickle);
     * `"lmms-lab"`: parquet with `answer`, `bbox` (xywh) and an embedded `image`;
     * `"jxu124"`: parquet with `sentences`, `bbox` (xyxy), `image_path` and `raw_image_info`;
-    * `"pr1"`: Perception-R1 / VLM-R1 flat JSON (`image`, `problem`, `solution`), a file or a folder of them.
+    * `"pr1"`: Perception-R1 / VLM-R1 flat records (`image`, `problem`, `solution`): JSON, JSON lines, or
+      parquet (`Kangheng/refcoco_320k`); a file or a folder of them.
 
     Example:
     ```python
@@ -133,7 +128,8 @@ def _canonical_split(split: str) -> str:
 
 
 def default_split(path: str | os.PathLike) -> str:
-    """The split a Perception-R1 file names (`refcoco_testA.json` → `"testA"`), else `"val"`.
+    """The split a file names (`refcoco_testA.json` → `"testA"`, `train-00000-of-00001.parquet` →
+    `"train"`), else `"val"`.
 
     Example:
     ```python
@@ -142,6 +138,9 @@ def default_split(path: str | os.PathLike) -> str:
 
     ```
     """
+    shard = _HF_SHARD.match(Path(path).name)
+    if shard and _SPLIT_ALIASES.get(shard.group("split"), shard.group("split")) in SPLITS:
+        return _SPLIT_ALIASES.get(shard.group("split"), shard.group("split"))
     stem = Path(path).stem
     named = next((s for s in (*SPLITS, "validation") if stem.endswith(f"_{s}")), None)
     return _SPLIT_ALIASES.get(named, named) if named else "val"
@@ -212,10 +211,12 @@ def _read_refer(
     if not isinstance(refs, list):
         raise DataError(f"{refs_file}: expected a list of refs, got {type(refs).__name__}")
     instances = load_json(instances_file)
-    if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
-        raise DataError(f"{instances_file}: expected a COCO-style object with 'images' and 'annotations'")
-    anns = {a.get("id"): a for a in instances["annotations"] if isinstance(a, dict)}
-    images = {im.get("id"): im for im in instances["images"] if isinstance(im, dict)}
+    if not isinstance(instances, dict) or not all(
+        isinstance(instances.get(key), list) for key in ("images", "annotations")
+    ):
+        raise DataError(f"{instances_file}: expected a COCO-style object with 'images' and 'annotations' lists")
+    anns = _by_id(instances["annotations"])
+    images = _by_id(instances["images"])
 
     policy = ErrorPolicy(refs_file, on_error)
     objects: list[_Object] = []
@@ -223,32 +224,55 @@ def _read_refer(
     for i, ref in enumerate(refs):
         where = f"record {i}"
         try:
+            if not isinstance(ref, dict) or ref.get("split", split) == split:
+                total += 1  # a ref of this split, or one whose split cannot be told: examined here
             ref = require_keys(ref, ("split",), "ref")
             if ref["split"] != split:
                 continue
-            total += 1
             ref = require_keys(ref, ("ref_id", "ann_id", "sentences"), "ref")
-            where = f"record {i} (ref_id {ref['ref_id']})"
-            ann = anns.get(ref["ann_id"])
+            where = f"record {i} (ref_id {short_repr(ref['ref_id'])})"
+            ann = anns.get(_key(ref["ann_id"]))
             if ann is None:
-                raise RecordError("bad record", f"ann_id {ref['ann_id']!r} is not in {instances_file.name}")
+                raise RecordError(
+                    "bad record", f"ann_id {short_repr(ref['ann_id'])} is not in {instances_file.name}"
+                )
             image_id = ann.get("image_id", ref.get("image_id"))
-            image = images.get(image_id)
+            image = images.get(_key(image_id))
             if image is None:
-                raise RecordError("bad record", f"image_id {image_id!r} is not in {instances_file.name}")
+                raise RecordError("bad record", f"image_id {short_repr(image_id)} is not in {instances_file.name}")
             image = require_keys(image, ("file_name", "width", "height"), "image")
             objects.append(
                 _Object(
                     where=where,
                     sentences=_sentences(ref["sentences"], sentence_key),
                     bbox=xywh_to_xyxy(ann.get("bbox"), f"bbox of ann_id {ref['ann_id']}"),
-                    image_candidates=(str(image["file_name"]),),
+                    image_candidates=(_file_name(image["file_name"], "file_name"),),
                     image_size=positive_size(image["width"], image["height"]),
                 )
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
     return objects, policy, total
+
+
+def _key(value: Any) -> Any:
+    """A COCO id as a dict key: `None` for values that cannot be ids (lists, dicts, ...)."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _by_id(entries: list[Any]) -> dict[Any, dict[str, Any]]:
+    """COCO entries by id; entries without a usable id can never be referred to, so they are left out."""
+    out: dict[Any, dict[str, Any]] = {}
+    for entry in entries:
+        if isinstance(entry, dict) and _key(entry.get("id")) is not None:
+            out[entry["id"]] = entry
+    return out
+
+
+def _file_name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise RecordError("bad record", f"{key} must be a relative path, got {short_repr(value)}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,7 +348,7 @@ def _read_lmms(path: Path, split: str, on_error: str) -> tuple[list[_Object], Er
                     extra={"file_name": name},
                 )
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
     return objects, policy, len(answers), image_column
 
@@ -371,9 +395,7 @@ def _read_jxu(
             except ValueError as err:
                 raise RecordError("bad record", f"raw_image_info is not valid JSON: {err}") from None
             info = require_keys(info, ("width", "height"), "raw_image_info")
-            rel = columns["image_path"][i]
-            if not isinstance(rel, str) or not rel:
-                raise RecordError("bad record", f"image_path must be a relative path, got {rel!r}")
+            rel = _file_name(columns["image_path"][i], "image_path")
             objects.append(
                 _Object(
                     where=where,
@@ -383,7 +405,7 @@ def _read_jxu(
                     image_size=positive_size(info["width"], info["height"]),
                 )
             )
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
     return objects, policy, total
 
@@ -412,19 +434,53 @@ def _pr1_file(path: Path, split: str) -> Path:
     return found[0]
 
 
-def _pr1_box(value: Any) -> list[float]:
+def _pr1_box(value: Any, what: str = "solution") -> list[float]:
+    """A flat-file box: a list, or its text (`"[x1, y1, x2, y2]"`, as refcoco_320k stores it)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
-            raise RecordError("bad bbox", f"solution {value!r:.80} is not a list of 4 numbers") from None
-    return check_xyxy(value, "solution")
+            raise RecordError("bad bbox", f"{what} {short_repr(value)} is not a list of 4 numbers") from None
+    return check_xyxy(value, what)
 
 
-def _read_pr1(path: Path, split: str, on_error: str, per: str) -> tuple[list[_Object], ErrorPolicy, int]:
+def _pr1_records(path: Path, split: str) -> tuple[Path, list[tuple[str, Any]], Any]:
+    """`(source, [(where, record)], image column)` of flat JSON / JSON lines or refcoco_320k parquet; the
+    image column (a `datasets` Image struct) is returned only where the parquet embeds images."""
+    import pyarrow as pa
+
+    if path.suffix == ".parquet" or (path.is_dir() and not any(path.glob("*.json*"))):
+        files = _parquet_files(path, split, "pr1")
+        _check_single_file_split(path, files, split)
+        tables = []
+        for f in files:
+            columns = parquet_columns(f)
+            missing = [c for c in _PR1_COLUMNS if c not in columns]
+            if missing:
+                raise DataError(f"{f}: Perception-R1 parquet lacks column(s) {missing}")
+            tables.append(read_parquet(f, [*_PR1_COLUMNS, *(["normalized_solution"] if "normalized_solution" in columns else [])]))
+        table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+        image_column = table.column("image").combine_chunks()
+        embedded = pa.types.is_struct(image_column.type)
+        names = (image_column.field("path") if embedded else image_column).to_pylist()
+        has_bytes = image_column.field("bytes").is_valid().to_pylist() if embedded else [False] * len(names)
+        rows = table.drop_columns(["image"]).to_pylist()
+        records = []
+        for i, (row, name, blob) in enumerate(zip(rows, names, has_bytes)):
+            row["image"] = name
+            if blob:
+                row["_arrow_row"] = i
+            records.append((f"row {i}", row))
+        return (files[0] if len(files) == 1 else path), records, image_column if embedded else None
     file = _pr1_file(path, split)
-    records = load_json_records(file)
-    policy = ErrorPolicy(file, on_error)
+    return file, load_json_records(file), None
+
+
+def _read_pr1(
+    path: Path, split: str, on_error: str, per: str, solution_frame: str | None
+) -> tuple[list[_Object], ErrorPolicy, int, Any]:
+    source, records, image_column = _pr1_records(path, split)
+    policy = ErrorPolicy(source, on_error)
     objects: list[_Object] = []
     grouped: dict[tuple, _Object] = {}
     for where, record in records:
@@ -433,14 +489,20 @@ def _read_pr1(path: Path, split: str, on_error: str, per: str) -> tuple[list[_Ob
                 raise record
             record = require_keys(record, ("image", "problem", "solution"))
             image, problem = record["image"], record["problem"]
-            if not isinstance(image, str) or not image:
-                raise RecordError("bad record", f"image must be a relative path, got {image!r:.80}")
+            arrow_row = record.get("_arrow_row")
+            if arrow_row is None:
+                image = _file_name(image, "image")
             if not isinstance(problem, str) or not problem.strip():
                 raise RecordError(
-                    "bad record", f"problem must be a referring expression, got {problem!r:.80}"
+                    "bad record", f"problem must be a referring expression, got {short_repr(problem)}"
                 )
+            frame = _pr1_frame(source, where, record, solution_frame)
             bbox = _pr1_box(record["solution"])
-            key = (image, tuple(bbox))
+            if frame == "qwen2_vl" and (min(bbox) < 0 or max(bbox) > 1000):
+                raise RecordError(
+                    "bad bbox", f"solution {short_repr(record['solution'])} lies outside Qwen2-VL's 0-1000 frame"
+                )
+            key = (image if arrow_row is None else arrow_row, tuple(bbox))
             if per == "object" and key in grouped:
                 grouped[key].sentences.append(problem.strip())
                 continue
@@ -448,44 +510,69 @@ def _read_pr1(path: Path, split: str, on_error: str, per: str) -> tuple[list[_Ob
                 where=where,
                 sentences=[problem.strip()],
                 bbox=bbox,
-                image_candidates=(image, os.path.basename(image)),
+                image_candidates=() if arrow_row is not None else (image, os.path.basename(image)),
+                arrow_row=arrow_row,
+                frame=frame,
+                extra={"file_name": image if isinstance(image, str) else None},
             )
             grouped[key] = obj
             objects.append(obj)
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(where, err)
-    return objects, policy, len(records)
+    return objects, policy, len(records), image_column
+
+
+def _pr1_frame(source: Path, where: str, record: dict[str, Any], solution_frame: str | None) -> str:
+    """The frame of a flat record's `solution`: where the record says it (`normalized_solution` beside it
+    means `solution` is in pixels), else `solution_frame`; never a guess."""
+    if "normalized_solution" in record:
+        if solution_frame not in (None, "pixels"):
+            raise DataError(
+                f"{source}: {where}: has normalized_solution, so its solution is in pixels, but "
+                f"solution_frame={solution_frame!r} was passed"
+            )
+        return "pixels"
+    if solution_frame is None:
+        raise DataError(
+            f"{source}: {where}: the frame of `solution` is not stated (no normalized_solution beside it). "
+            "Perception-R1's training set (Kangheng/refcoco_320k) stores it in Qwen2-VL's 0-1000 frame, its "
+            "evaluation files in pixels: pass solution_frame='qwen2_vl' or solution_frame='pixels'"
+        )
+    return solution_frame
 
 
 # --------------------------------------------------------------------------------------------------
 # The builder
 
 
+@register_builder("grounding")
 def build_refcoco(
-    path: str | os.PathLike,
-    split: str,
-    image_dir: str | os.PathLike | None = None,
+    source: str | os.PathLike,
     *,
-    per: str = "sentence",
-    split_by: str | None = None,
-    sentence_key: str = "sent",
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
-    num_samples: int | None = None,
-    seed: int = 0,
-    on_error: str = "raise",
+    per: str = "sentence",
+    split_by: str | None = None,
+    sentence_key: str = "sent",
+    solution_frame: str | None = None,
+    allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
-    """Grounding rows from RefCOCO, RefCOCO+ or RefCOCOg, in any of four layouts (detected from `path`).
+    """Grounding rows from RefCOCO, RefCOCO+ or RefCOCOg, in any of four layouts (detected from `source`).
 
-    | layout | `path` | boxes | images |
+    | layout | `source` | boxes | images |
     |---|---|---|---|
     | refer API | folder with `refs(unc\\|umd\\|google).p` + `instances.json` (or the pickle) | COCO xywh | `image_dir` (COCO train2014) |
     | lmms-lab | `lmms-lab/RefCOCO*` parquet file or snapshot folder | xywh | embedded |
     | jxu124 | `jxu124/refcoco*` parquet file or snapshot folder | xyxy | `image_dir` + `image_path` |
-    | Perception-R1 | flat JSON (`image`, `problem`, `solution`) or a folder of `*_<split>.json` | xyxy | `image_dir` + `image` |
+    | Perception-R1 | flat JSON (`image`, `problem`, `solution`) or a folder of `*_<split>.json`; `Kangheng/refcoco_320k` parquet | xyxy (pixels or 0–1000, see `solution_frame`) | `image_dir` + `image`, or embedded |
 
     Splits are named `"train"`, `"val"`, `"testA"`, `"testB"`, `"test"` and matched exactly (not with
     refer.py's substring test); each layout's names are mapped (jxu124's `validation`, and its `test`
@@ -495,28 +582,37 @@ def build_refcoco(
     (rounded to 1/1000 px, clipped to the image).
 
     Args:
-        path: the source (see the table).
-        split (`str`): which split.
-        image_dir: folder the image paths are relative to (refer: the train2014 folder; jxu124 and
-            Perception-R1: their image root, or the folder holding the files themselves). lmms-lab
-            needs none (it may still resolve rows without embedded bytes by `file_name`).
+        source: the file or folder (see the table).
+        split (`str`, *optional*): which split; by default the one a Perception-R1 file name says
+            (`refcoco_testA.json` → `"testA"`), else `"val"`.
+        image_dir: folder the image paths are relative to (refer: the train2014 folder, found by default
+            in refer's own layout; jxu124 and Perception-R1: their image root, or the folder holding the
+            files themselves). lmms-lab needs none (it may still resolve rows without embedded bytes by
+            `file_name`).
+        num_samples (`int`, *optional*), seed (`int`): a deterministic random subset of rows.
+        on_error (`str`): `"raise"` (`DataError` naming the file and record) or `"skip"` (skip bad
+            records, then warn with counts by reason).
+        box_format (`str`, *optional*): the model's box format; adds its output-format instruction to the
+            prompt and the `box_format` / `input_size` columns.
+        min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the model's
+            grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
+        template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
         per (`str`): `"sentence"` (one row per referring sentence) or `"object"` (one row per referred
             object, prompted with its first sentence).
         split_by (`str`, *optional*): which refs pickle of the refer layout (`"unc"`, `"umd"`,
             `"google"`); by default the first of unc, umd, google present.
         sentence_key (`str`): `"sent"` (refer's normalised text, default) or `"raw"`.
-        box_format (`str`, *optional*): model family; adds its output-format instruction to the prompt
-            and the `box_format` / `input_size` columns.
-        min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the family's
-            grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
-        template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
-        num_samples (`int`, *optional*), seed (`int`): a deterministic random subset of rows.
-        on_error (`str`): `"raise"` (`DataError` naming the file and record) or `"skip"` (skip bad
-            records, then warn with counts by reason).
+        solution_frame (`str`, *optional*): Perception-R1 flat files only: the frame `solution` is stored
+            in, `"pixels"` or `"qwen2_vl"` (0–1000 of the image, converted to pixels here). Needed only
+            where the file does not say it: a record with `normalized_solution` beside `solution` (the
+            evaluation files) is in pixels; the training set (`Kangheng/refcoco_320k`) has none and stores
+            Qwen2-VL's frame, so it needs `solution_frame="qwen2_vl"`. Without either, `DataError`.
+        allow_outside_image_dir (`bool`): accept image paths that leave `image_dir` (`../x.jpg`, absolute
+            paths). Off by default: such a path in a data file is a bad record.
 
     Returns:
         `datasets.Dataset` with `prompt`, `image`, `task` (`"grounding"`), `solution`, `image_size`
-        (+ `box_format`, `input_size` with a family).
+        (+ `box_format`, `input_size` with a box format).
 
     Example:
     ```python
@@ -529,20 +625,24 @@ def build_refcoco(
     ...     "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [4, 6, 20, 10]}]}))
     >>> _ = (root / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 0, "ann_id": 7, "image_id": 1,
     ...     "split": "val", "sentences": [{"sent": "left man", "raw": "Left man"}]}], protocol=2))
-    >>> row = build_refcoco(root, "val", image_dir=root)[0]
+    >>> row = build_refcoco(root, split="val", image_dir=root)[0]
     >>> row["prompt"][0]["content"][1]["text"], row["solution"], row["image_size"]
     ('Output the bounding box of the left man in the image.', [4.0, 6.0, 24.0, 16.0], [64, 48])
 
     ```
     """
-    split = _canonical_split(split)
+    path = Path(source)
+    split = _canonical_split(default_split(path) if split is None else split)
     if per not in ("sentence", "object"):
         raise ValueError(f"per must be 'sentence' or 'object', got {per!r}")
     if sentence_key not in ("sent", "raw"):
         raise ValueError(f"sentence_key must be 'sent' or 'raw', got {sentence_key!r}")
-    check_family_options(box_format, min_pixels, max_pixels)
-    path = Path(path)
+    check_box_format_options(box_format, min_pixels, max_pixels)
+    if solution_frame is not None and solution_frame not in SOLUTION_FRAMES:
+        raise ValueError(f"solution_frame must be one of {SOLUTION_FRAMES}, got {solution_frame!r}")
     layout = detect_refcoco_layout(path)
+    if layout != "pr1" and solution_frame not in (None, "pixels"):
+        raise ValueError(f"the {layout} layout stores pixel boxes; solution_frame applies to Perception-R1 files")
     image_column = None
     if layout == "refer":
         refs_file = _pick_refs_file(path, split_by)
@@ -554,10 +654,11 @@ def build_refcoco(
     elif layout == "jxu124":
         objects, policy, total = _read_jxu(path, split, on_error, sentence_key)
     else:
-        objects, policy, total = _read_pr1(path, split, on_error, per)
-    if layout in ("jxu124", "pr1") and image_dir is None:
-        raise ValueError(f"the {layout} layout stores image paths: pass image_dir=")
-    folder = ImageFolder(image_dir)
+        objects, policy, total, image_column = _read_pr1(path, split, on_error, per, solution_frame)
+    if layout == "jxu124" or (layout == "pr1" and image_column is None):
+        if image_dir is None:
+            raise ValueError(f"the {layout} layout stores image paths: pass image_dir=")
+    folder = ImageFolder(image_dir, allow_outside=allow_outside_image_dir)
 
     def resolve(obj: _Object) -> None:
         if obj.resolved:
@@ -577,10 +678,16 @@ def build_refcoco(
         obj.image_size = list(size)
         check_image_size(obj.image_size, box_format, min_pixels, max_pixels)
         w, h = obj.image_size
+        if obj.frame == "qwen2_vl":
+            obj.bbox = scale_solution("grounding", obj.bbox, w / 1000, h / 1000)
+            obj.frame = "pixels"
         x1, y1, x2, y2 = obj.bbox
         clipped = round_box([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)])
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            raise RecordError("bad bbox", f"box {obj.bbox} lies outside the {w}x{h} image")
+            hint = ""
+            if layout == "pr1" and solution_frame == "pixels" and max(obj.bbox) <= 1000:
+                hint = " (a box in Qwen2-VL's 0-1000 frame? then pass solution_frame='qwen2_vl')"
+            raise RecordError("bad bbox", f"box {obj.bbox} lies outside the {w}x{h} image{hint}")
         obj.bbox = clipped
         obj.resolved = True
 
@@ -597,7 +704,7 @@ def build_refcoco(
         try:
             resolve(obj)
             return True
-        except RecordError as err:
+        except RECORD_ERRORS as err:
             policy.failed(obj.where, err, key=k)
             return False
 

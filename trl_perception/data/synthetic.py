@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from ..frames import TASKS, grid_size, model_input_size
 from ..viz import find_cjk_font, latin_font_path, load_font
+from .rows import PromptCache, row_features, rows_to_dataset
 
 if TYPE_CHECKING:
     import datasets
@@ -674,6 +676,8 @@ def _check_options(opts: _Options) -> None:
     for color in opts.colors:
         if color not in COLORS:
             raise ValueError(f"unknown color {color!r}; expected one of {tuple(COLORS)}")
+    if opts.font is not None and not os.path.isfile(opts.font):
+        raise FileNotFoundError(f"font file {opts.font!r} not found")
     if opts.language not in ("en", "zh"):
         raise ValueError(f"unknown language {opts.language!r}; expected 'en' or 'zh'")
     backgrounds = (opts.background,) if isinstance(opts.background, str) else opts.background
@@ -774,12 +778,12 @@ def make_sample(
     }
 
 
-def _grid_size(image_size: tuple[int, int], family: str, min_pixels: int | None, max_pixels: int | None):
+def _grid_size(image_size: tuple[int, int], box_format: str, min_pixels: int | None, max_pixels: int | None):
     size = image_size
     # smart_resize maps an on-grid size within the limits to itself; a second pass settles the rare sizes
     # that one rounding step leaves just outside the limits.
     for _ in range(4):
-        resized = tuple(grid_size(size, family, min_pixels, max_pixels))
+        resized = tuple(grid_size(size, box_format, min_pixels, max_pixels))
         if resized == tuple(size):
             break
         size = resized
@@ -794,7 +798,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def make_synthetic(
     task: str | Sequence[str],
-    n: int,
+    num_samples: int,
     seed: int = 0,
     *,
     image_size: int | Sequence[int] = (112, 112),
@@ -835,20 +839,20 @@ def make_synthetic(
 
     Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
     width is its pixel count): whole numbers, stored as float64 like every builder's boxes (the features
-    come from `data.common.row_features`), so synthetic and real datasets concatenate. Row `i` depends
-    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger `n`
-    extends a smaller one.
+    come from `row_features`), so synthetic and real datasets concatenate. Row `i` depends
+    only on `(seed, task, i)`: the same call gives identical image bytes and solutions, and a larger
+    `num_samples` extends a smaller one.
 
     Args:
         task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
-        n: number of rows.
+        num_samples: number of rows.
         seed: random seed.
         image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
-            the nearest size the family's processor leaves unchanged (e.g. 112×112 stays 112×112 for
+            the nearest size the model's processor leaves unchanged (e.g. 112×112 stays 112×112 for
             Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
-        box_format: model family; adds the `box_format` and `input_size` columns and the family's output
+        box_format: the model's box format; adds the `box_format` and `input_size` columns and the model's output
             format instruction to the prompt.
-        min_pixels, max_pixels: the processor's pixel limits (default: the family's checkpoints').
+        min_pixels, max_pixels: the processor's pixel limits (default: the checkpoints' own).
         min_objects, max_objects: grounding: shapes in the scene (1–3); counting: the count (1–5);
             detection: shapes (2–5); OCR: words (1–6 English, 1–4 Chinese).
         max_distractors: counting only: up to this many shapes of other kinds (3).
@@ -869,7 +873,7 @@ def make_synthetic(
 
     Returns:
         `datasets.Dataset` with columns `prompt`, `image`, `task`, `solution`, `image_size`, plus
-        `box_format` and `input_size` with a family, and `exact_solution` with `box_jitter`.
+        `box_format` and `input_size` with a box format, and `exact_solution` with `box_jitter`.
 
     Example:
     ```python
@@ -885,8 +889,6 @@ def make_synthetic(
 
     ```
     """
-    from .common import PromptCache, row_features, rows_to_dataset
-
     if isinstance(task, str):
         tasks = TASKS if task == "mixed" else (task,)
     else:
@@ -894,8 +896,8 @@ def make_synthetic(
     if not tasks or any(t not in TASKS for t in tasks):
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
-    if int(n) < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if int(num_samples) < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     if box_jitter is not None and box_jitter not in BOX_JITTERS:
         raise ValueError(f"unknown box_jitter {box_jitter!r}; expected one of {BOX_JITTERS} or None")
     if box_noise_px < 0:
@@ -919,7 +921,7 @@ def make_synthetic(
         columns["input_size"] = []
     if box_jitter is not None:
         columns["exact_solution"] = []
-    for index in range(int(n)):
+    for index in range(int(num_samples)):
         if mixed:
             row_task = tasks[
                 int(np.random.default_rng([int(seed) & 0xFFFFFFFF, 99, index]).integers(len(tasks)))
@@ -946,7 +948,7 @@ def make_synthetic(
             columns["input_size"].append(list(input_size))
         if box_jitter is not None:
             columns["exact_solution"].append(json.dumps(solution, ensure_ascii=False) if mixed else solution)
-    features = row_features(None if mixed else tasks[0], family=box_format is not None)
+    features = row_features(None if mixed else tasks[0], with_box_format=box_format is not None)
     if box_jitter is not None:
         features["exact_solution"] = features["solution"]
     return rows_to_dataset(columns, features=features)

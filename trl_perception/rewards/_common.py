@@ -4,6 +4,7 @@ frames, rate-limited warnings and the trainer's `log_metric` / `log_extra` hooks
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import re
@@ -58,6 +59,14 @@ def warn_row(key: str, message: str) -> None:
 
 def text_of(completion: Any) -> str:
     """Plain text of one completion (string or TRL conversational); never raises."""
+    if (
+        type(completion) is list and len(completion) == 1
+    ):  # TRL's usual [{"role": "assistant", "content": str}]
+        message = completion[0]
+        if type(message) is dict and message.get("role", "assistant") == "assistant":
+            content = message.get("content")
+            if type(content) is str:
+                return content
     try:
         text = completion_text(completion)
     except Exception:  # noqa: BLE001 - an odd completion object must not stop the run
@@ -97,15 +106,16 @@ def is_empty_answer(text: str) -> bool:
 # ----------------------------------------------------------------------------------------- ground truth
 
 
-def decode_json(value: Any) -> Any:
-    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`)."""
+def decode_json(value: Any, what: str = "solution") -> Any:
+    """A native value as is; a string through `json.loads` (NaN/Infinity rejected, never `eval`). `what` names
+    the column in the error."""
     if isinstance(value, (bytes, bytearray)):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str):
         try:
             return loads_strict(value.strip())
         except (ValueError, RecursionError) as err:
-            raise MalformedSolution(f"solution is not valid JSON ({err}): {value[:80]!r}") from err
+            raise MalformedSolution(f"{what} is not valid JSON ({err}): {value[:80]!r}") from err
     return value
 
 
@@ -144,10 +154,23 @@ def _plain_numbers(values: Any, count: int) -> bool:
     )
 
 
+_SEQUENCES = frozenset((list, tuple))
+_NUMBERS = frozenset((int, float))
+
+
+def _all_plain_numbers(values: Sequence[Any], count: int) -> bool:
+    """`_plain_numbers(v, count)` for every `v`, checked in bulk."""
+    return not values or (
+        set(map(type, values)) <= _SEQUENCES
+        and set(map(len, values)) == {count}
+        and set(map(type, itertools.chain.from_iterable(values))) <= _NUMBERS
+    )
+
+
 def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
     """Ground-truth boxes `[M, 4]`, each 4 finite numbers with ordered corners, checked in one vectorized
     pass (per-box checks only to word the error)."""
-    if all(_plain_numbers(v, 4) for v in values):
+    if _all_plain_numbers(values, 4):
         boxes = np.asarray(values, dtype=np.float64).reshape(-1, 4)
         if (
             np.isfinite(boxes).all()
@@ -162,7 +185,7 @@ def gt_boxes(values: Sequence[Any], what: str = "box") -> np.ndarray:
 
 def gt_points(values: Sequence[Any], what: str = "point") -> np.ndarray:
     """Ground-truth points `[N, 2]` of finite numbers, checked in one vectorized pass."""
-    if all(_plain_numbers(v, 2) for v in values):
+    if _all_plain_numbers(values, 2):
         points = np.asarray(values, dtype=np.float64).reshape(-1, 2)
         if np.isfinite(points).all():
             return points
@@ -187,8 +210,13 @@ class SolutionCache:
     def __call__(self, raw: Any) -> Any:
         if self._raw is not _MISSING and type(raw) is type(self._raw):
             try:
-                same = raw is self._raw or bool(raw == self._raw)
-            except Exception:  # noqa: BLE001 - e.g. arrays of different shapes
+                if raw is self._raw:
+                    same = True
+                elif isinstance(raw, np.ndarray):
+                    same = raw.dtype != object and np.array_equal(raw, self._raw)
+                else:
+                    same = bool(raw == self._raw)
+            except Exception:  # noqa: BLE001 - e.g. containers holding arrays
                 same = False
             if same:
                 if self._error is not None:
@@ -226,10 +254,10 @@ def normalize_label(label: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ frames
 
 
-def _size_value(value: Any) -> Any:
+def _size_value(value: Any, what: str) -> Any:
     """A size column's cell: JSON text (mixed-task datasets store it so) decoded, anything else as is."""
     if isinstance(value, (str, bytes, bytearray)):
-        return decode_json(value)
+        return decode_json(value, what)
     return value
 
 
@@ -243,7 +271,7 @@ def frame_for(box_format: Any, image_size: Any, input_size: Any) -> Frame:
     if box_format is not None and not isinstance(box_format, str):
         raise MalformedSolution(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
     try:
-        frame = Frame.of(box_format, _size_value(image_size), _size_value(input_size))
+        frame = Frame.of(box_format, _size_value(image_size, "image_size"), _size_value(input_size, "input_size"))
     except ValueError as err:
         raise MalformedSolution(str(err)) from None
     if frame.box_format is not None and frame.image_size is None:
@@ -267,10 +295,31 @@ class Row:
     frame: Frame
 
 
+def _is_flat_size(value: Any) -> bool:
+    """`[640, 480]`: one size, not a column of sizes."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.shape[0] == 2 and value.dtype.kind in "iuf"
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value
+        )
+    )
+
+
 def _column(kwargs: dict[str, Any], name: str, n: int) -> list[Any]:
     value = kwargs.get(name)
     if value is None:
         return [None] * n
+    if name in ("image_size", "input_size") and _is_flat_size(value):
+        # One behaviour whatever the batch size (a flat pair used to raise for 1 completion and to skip
+        # every row for 2): a column holds one [width, height] per completion.
+        size = np.asarray(value).tolist()
+        raise ValueError(
+            f"keyword {name!r} must hold one [width, height] per completion, got the single size {size} "
+            f"for {n} completion(s); pass {name}=[{size}] * {n}"
+        )
     if isinstance(value, str):  # one value for every row, convenient outside a trainer
         return [value] * n
     try:
@@ -307,17 +356,45 @@ def select_rows(
     size_col = _column(kwargs, "image_size", n)
     input_col = _column(kwargs, "input_size", n)
     rows = []
+    frames: dict[tuple, Frame] = {}  # the rows of a GRPO group (and of one image) share their frame
     for i in range(n):
         task = task_col[i]
         if isinstance(task, str) and task.strip() and task.strip().lower() not in tasks:
             continue
-        try:
-            frame = frame_for(format_col[i], size_col[i], input_col[i])
-        except MalformedSolution as err:
-            warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
-            continue
+        key = (_cell_key(format_col[i]), _cell_key(size_col[i]), _cell_key(input_col[i]))
+        frame = frames.get(key) if _UNHASHABLE not in key else None
+        if frame is None:
+            try:
+                frame = frame_for(format_col[i], size_col[i], input_col[i])
+            except MalformedSolution as err:
+                warn_row(f"{reward_name}-frame", f"{reward_name}: row {i} skipped (reward None): {err}")
+                continue
+            if _UNHASHABLE not in key:
+                frames[key] = frame
         rows.append(Row(i, text_of(completions[i]), solution[i], frame))
     return rows, n
+
+
+_UNHASHABLE = object()
+
+
+def _cell_key(value: Any) -> Any:
+    """A frame column's cell as a dictionary key: `None`, a string, or a pair of plain numbers; anything
+    else is not memoised."""
+    if value is None or type(value) is str:
+        return value
+    if (
+        type(value) in (list, tuple)
+        and len(value) == 2
+        and type(value[0]) in (int, float)
+        and type(value[1])
+        in (
+            int,
+            float,
+        )
+    ):
+        return (type(value[0]), value[0], type(value[1]), value[1])
+    return _UNHASHABLE
 
 
 def call_safely(reward_name: str, row: Row, score: Callable[[Row], Any], failure: Any) -> Any:

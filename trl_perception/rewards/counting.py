@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..formats import parse_count, parse_objects
-from ..matching import match_points
+from ..matching import check_matching, match_points
 from ._common import (
     ComponentLog,
     MalformedSolution,
@@ -34,9 +34,13 @@ DIAGONAL = 1000.0 * math.sqrt(2.0)
 def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
     """`(count, points [N, 2] or None when only the count is known)`."""
     value = decode_json(solution)
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # a numpy scalar count
+        value = value.item()
     points = None
     if isinstance(value, dict):
         raw_points = value.get("points")
+        if isinstance(raw_points, np.ndarray):  # `datasets` may hand the column over as an array
+            raw_points = raw_points.tolist()
         if raw_points is not None:
             if not isinstance(raw_points, (list, tuple)):
                 raise MalformedSolution(f"counting points must be a list, got {raw_points!r}")
@@ -52,7 +56,9 @@ def _counting_target(solution: Any) -> tuple[int, np.ndarray | None]:
     return int(count), None
 
 
-def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict[str, float | None]]:
+def _score(
+    row: Row, target: tuple[int, np.ndarray | None], matching: str = "hungarian"
+) -> tuple[float, dict[str, float | None]]:
     n_gt, gt_points = target
     parsed = parse_objects(row.text, row.frame.box_format)
     centres = [obj.center for obj in parsed.objects if obj.center is not None]
@@ -80,7 +86,7 @@ def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict
     frame = row.frame
     pred = frame.to_norm1000(frame.to_pixels(np.asarray(centres, dtype=np.float64)))
     gt = frame.to_norm1000(gt_points)
-    _, _, distances = match_points(pred, gt)
+    _, _, distances = match_points(pred, gt, matching=matching)
     # Each distance is capped at the canvas diagonal so that one far-off point (possible only when no
     # image size is known to clip to) costs its share and no more; the reward never goes negative.
     mean_distance = float(np.minimum(distances, DIAGONAL).mean()) if distances.size else DIAGONAL
@@ -96,7 +102,9 @@ def _score(row: Row, target: tuple[int, np.ndarray | None]) -> tuple[float, dict
     return reward, components
 
 
-def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+def count_reward(
+    completions: list, solution: list, matching: str = "hungarian", **kwargs: Any
+) -> list[float | None]:
     r"""
     Reward for counting (Perception-R1's point-matching reward, clipped to [0, 1]).
 
@@ -107,7 +115,9 @@ def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float
     $$ r = \frac{\min(n_p, n_g)}{\max(n_p, n_g)} \left(1 - \frac{\operatorname{mean}_k \min(d_k, D)}{D}\right),
        \qquad D = 1000\sqrt{2} $$
 
-    Distances are measured in the 0–1000 frame of the original image when the `image_size` column is known
+    With `matching="sequential"` the i-th predicted point is paired with the i-th ground-truth point instead
+    (Perception-R1's Table 5 ablation "w/o reward matching"), so listing the right points in another order
+    costs distance. Distances are measured in the 0–1000 frame of the original image when the `image_size` column is known
     (predictions are first converted from the `box_format` family's frame and clipped to the image), else as
     written. Missed objects and duplicates lower the count ratio. Ground truth:
     `{"count": n, "points": [[x, y], ...]}` in original pixels, or just `n`. With only a count, the reward
@@ -118,7 +128,9 @@ def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float
 
     Args:
         completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
-        solution (`list`): counting ground truth per completion (native or JSON strings).
+        solution (`list`): counting ground truth per completion (native, numpy arrays as `datasets` may hand
+            them over, or JSON strings).
+        matching (`str`): `"hungarian"` (default) or `"sequential"` (see above).
         **kwargs: `task`, `box_format`, `image_size`, `input_size` columns; `log_metric` / `log_extra`
             receive `count_reward/{count_exact,count_ratio,mean_distance,parse_failure}`. Others ignored.
 
@@ -136,16 +148,23 @@ def count_reward(completions: list, solution: list, **kwargs: Any) -> list[float
     [1.0, 0.5, 0.6666666666666666]
     >>> count_reward(["There are 3 birds.", "[]"], [3, 0])
     [1.0, 1.0]
+    >>> swapped = ['[{"point_2d": [50, 50]}, {"point_2d": [10, 10]}]']
+    >>> count_reward(swapped, [gt]), [round(r, 4) for r in count_reward(swapped, [gt], matching="sequential")]
+    ([1.0], [0.96])
 
     ```
     """
+    check_matching(matching)
     rows, n = select_rows(_NAME, _TASKS, completions, solution, kwargs)
     rewards: list[float | None] = [None] * n
     log = ComponentLog(_NAME, n, ("count_exact", "count_ratio", "mean_distance", "parse_failure"))
     targets = SolutionCache(_counting_target)
     for row in rows:
         result = call_safely(
-            _NAME, row, lambda r: _score(r, targets(r.solution)), failure=(0.0, {"parse_failure": 1.0})
+            _NAME,
+            row,
+            lambda r: _score(r, targets(r.solution), matching),
+            failure=(0.0, {"parse_failure": 1.0}),
         )
         if result is None:
             continue

@@ -30,15 +30,33 @@ _BOX = rf"<\|box_start\|>{_BODY}<\|box_end\|>"
 _QWEN2_VL_RE = re.compile(rf"(?:{_REF})?(?:{_BOX})+(?:{_REF}(?:{_BOX})+)*")
 _BOX_BODY_RE = re.compile(r"<\|box_start\|>([^<]*)<\|box_end\|>")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
-_ANSWER_RE = re.compile(r"<answer>(.*)</answer>", re.DOTALL)
-_FENCE_RE = re.compile(r"```(?:json)?[ \t]*\n?(.*?)\n?[ \t]*```", re.DOTALL)
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_FENCE = "```"
 
 
 def _answer_body(text: str) -> str:
-    """The completion without trailing padding and an optional `<answer>…</answer>` around everything."""
+    """The completion without padding and without an `<answer>…</answer>` wrapper around everything, which
+    may follow a `<think>…</think>` block (R1-style thinking). Slicing, not a regular expression: linear on
+    any input."""
     body = remove_padding(text).strip()
-    match = _ANSWER_RE.fullmatch(body)
-    return match.group(1).strip() if match else body
+    if body.startswith(_THINK_OPEN):
+        end = body.find(_THINK_CLOSE)
+        rest = body[end + len(_THINK_CLOSE) :].lstrip() if end >= 0 else ""
+        if not rest.startswith(_ANSWER_OPEN):
+            return body  # thinking without an answer is no answer
+        body = rest
+    if body.startswith(_ANSWER_OPEN) and body.endswith(_ANSWER_CLOSE, len(_ANSWER_OPEN)):
+        return body[len(_ANSWER_OPEN) : -len(_ANSWER_CLOSE)].strip()
+    return body
+
+
+def _unfenced(body: str) -> str:
+    """The content of a ```` ```json ```` fence around the whole body (`json` optional), stripped."""
+    if len(body) >= 2 * len(_FENCE) and body.startswith(_FENCE) and body.endswith(_FENCE):
+        inner = body[len(_FENCE) : -len(_FENCE)]
+        return (inner[4:] if inner.startswith("json") else inner).strip()
+    return body
 
 
 def is_qwen2_vl_answer(text: str) -> bool:
@@ -104,9 +122,7 @@ def is_json_answer(text: str) -> bool:
     body = _answer_body(text)
     if len(body) > _MAX_CHARS:
         return False
-    fenced = _FENCE_RE.fullmatch(body)
-    if fenced:
-        body = fenced.group(1).strip()
+    body = _unfenced(body)
     if not body.startswith("["):
         return False
     try:
@@ -141,7 +157,8 @@ def format_reward(completions: list, **kwargs: Any) -> list[float | None]:
     or more `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` blocks (`is_qwen2_vl_answer`); `"qwen2_5_vl"` /
     `"qwen3_vl"` → the whole answer is a JSON list of well-formed objects, optionally in a ```` ```json ````
     fence (`is_json_answer`). Without `box_format` either syntax is accepted. Trailing padding tokens and an
-    `<answer>…</answer>` wrapper around the whole answer are allowed; prose, repeated or dangling tags, a
+    `<answer>…</answer>` wrapper around the whole answer (after an optional `<think>…</think>` block: the
+    answer is judged, not the thinking) are allowed; prose, repeated or dangling tags, a
     truncated list, NaN or inverted boxes score 0 (full-match semantics, so a correct answer embedded in text
     does not pay). OCR rows (plain text) get `None`, as do rows of tasks other than grounding, counting and
     detection. The Qwen2-VL box tokens are special tokens: decode completions with

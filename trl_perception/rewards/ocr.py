@@ -7,13 +7,13 @@ from typing import Any
 import Levenshtein
 
 from .._json import unquote_text
+from ..formats import answer_text
 from ._common import (
     ComponentLog,
     MalformedSolution,
     Row,
     SolutionCache,
     call_safely,
-    remove_padding,
     select_rows,
 )
 
@@ -50,7 +50,7 @@ def _ocr_text(solution: Any) -> str:
 
 
 def _score(row: Row, gt: str) -> tuple[float, float]:
-    pred = normalize_whitespace(remove_padding(row.text))
+    pred = normalize_whitespace(answer_text(row.text))
     longest = max(len(pred), len(gt))
     if longest == 0:
         return 1.0, 0.0
@@ -66,7 +66,9 @@ def ocr_reward(completions: list, solution: list, **kwargs: Any) -> list[float |
     $$ r = 1 - \frac{\operatorname{Levenshtein}(\hat t, t)}{\max(|\hat t|, |t|)} \in [0, 1] $$
 
     Both texts are whitespace-normalised first (runs collapsed to one space, ends stripped) and padding
-    tokens (`<|im_end|>`, `<|endoftext|>`) are removed from the completion. Two empty texts score 1.0. This
+    tokens (`<|im_end|>`, `<|endoftext|>`) are removed from the completion; with answer tags
+    (`<think>…</think><answer>…</answer>`) only the text inside the last `<answer>` is read. Two empty texts
+    score 1.0. This
     is the per-page edit-distance metric of Perception-R1's OCR evaluation turned into a reward (the paper's
     OCR reward was never released; MMR1's `perpo_ocr_edit_distance_reward` has the same form). The distance
     comes from the `Levenshtein` package (C, character level). A solution that is not text gives `None`
