@@ -7,6 +7,7 @@ missing file, malformed data) is one line on stderr and exit status 2; `--debug`
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -333,14 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ```
     """
-    from . import __version__
-
     parser = _Parser(
         prog="trl-perception",
         description="GRPO post-training of vision-language models on perception tasks (grounding, counting, OCR, "
         "detection), on top of TRL.",
     )
-    parser.add_argument("--version", action="version", version=f"trl-perception {__version__}")
+    parser.add_argument("--version", action="version", version=f"trl-perception {_version()}")
     parser.add_argument(
         "--debug",
         action="store_true",
@@ -354,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_push(sub)
     return parser
+
+
+def _version() -> str:
+    # The installed distribution's version (the package root, which also holds it, is a layer above the CLI).
+    try:
+        return importlib.metadata.version("trl-perception")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _one_line(err: BaseException) -> str:
