@@ -480,5 +480,144 @@ def main() -> None:
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
 
+
+# ======================================================================================================
+# OVD section (open-vocabulary detection rewards, issue 15). Separate from the table above:
+#     python benchmarks/rewards.py --ovd [--repeat 3] [--seed 0] [--completions 512]
+# Per-sample COCO AP as `od_ap_reward` / `od_ap_vlm_r1` compute it, next to pycocotools called per
+# completion (COCO + loadRes + COCOeval evaluate/accumulate/summarize, as VLM-R1's `calculate_map` does) on
+# the same single-image problems; the values must agree to 1e-12.
+# ======================================================================================================
+
+OVD_PHRASES = ("red circle", "blue square", "green triangle", "yellow star", "white cross", "black ring")
+
+
+def ovd_batch(n: int, rng: random.Random) -> tuple[list[str], list[list[dict]]]:
+    """GRPO-like OVD batch: groups of 8 rollouts share a ground truth of 1-10 boxes of 1-3 phrases; answers
+    hold 1-20 items: jittered true boxes (some duplicated), random boxes, and boxes of absent phrases."""
+    completions, solutions = [], []
+    for _ in range(n // GROUP):
+        present = rng.sample(OVD_PHRASES, rng.randint(1, 3))
+        gt = [{"bbox_2d": _random_box(rng), "label": rng.choice(present)} for _ in range(rng.randint(1, 10))]
+        for _ in range(GROUP):
+            items = []
+            for _ in range(rng.randint(1, 20)):
+                u = rng.random()
+                if u < 0.6:
+                    g = rng.choice(gt)
+                    items.append({"bbox_2d": _jitter(g["bbox_2d"], rng, 0.1), "label": g["label"]})
+                elif u < 0.85:
+                    items.append({"bbox_2d": _random_box(rng), "label": rng.choice(present)})
+                else:
+                    items.append({"bbox_2d": _random_box(rng), "label": rng.choice(OVD_PHRASES)})
+            completions.append("<answer>```json\n" + json.dumps(items) + "\n```</answer>")
+            solutions.append(gt)
+    return completions, solutions
+
+
+def _pycocotools_ap(gt: list[dict], preds: list[dict], order: str) -> float:
+    """One completion through pycocotools, as VLM-R1 does it (one 2048x2048 image, score 1.0 for all).
+
+    `order="list"`: VLM-R1's problem (list order; labels outside the ground truth dropped). `order="iou"`:
+    our problem (ranked by best same-label IoU then coordinates; other labels are categories with AP 0)."""
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_labels = list(dict.fromkeys(g["label"] for g in gt))
+    labels = gt_labels + ([] if order == "list" else sorted({p["label"] for p in preds} - set(gt_labels)))
+    ids = {label: k for k, label in enumerate(labels)}
+
+    def xywh(b: list[float]) -> list[float]:
+        return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
+
+    anns = [
+        {"id": k + 1, "image_id": 0, "category_id": ids[g["label"]], "bbox": xywh(g["bbox_2d"]),
+         "area": (g["bbox_2d"][2] - g["bbox_2d"][0]) * (g["bbox_2d"][3] - g["bbox_2d"][1]), "iscrowd": 0}
+        for k, g in enumerate(gt)
+    ]  # fmt: skip
+    preds = [p for p in preds if p["label"] in ids]
+    if order == "iou":
+        boxes = [[b[0], b[1], max(b[2], b[0]), max(b[3], b[1])] for b in (p["bbox_2d"] for p in preds)]
+        preds = [{"bbox_2d": b, "label": p["label"]} for b, p in zip(boxes, preds)]
+
+        def key(p: dict) -> tuple:
+            same = [xywh(g["bbox_2d"]) for g in gt if g["label"] == p["label"]]
+            best = float(mask_utils.iou([xywh(p["bbox_2d"])], same, [0] * len(same)).max()) if same else 0.0
+            return (-best, *xywh(p["bbox_2d"]))
+
+        preds = sorted(preds, key=key)
+    if not preds:
+        return 0.0
+    dts = [{"image_id": 0, "category_id": ids[p["label"]], "bbox": xywh(p["bbox_2d"]), "score": 1.0} for p in preds]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = {"images": [{"id": 0, "width": 2048, "height": 2048, "file_name": "image_0.jpg"}],
+                        "annotations": anns, "categories": [{"id": i, "name": c} for c, i in ids.items()]}  # fmt: skip
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(dts), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    if order == "list":
+        return float(evaluator.stats[0])
+    precision = evaluator.eval["precision"][:, :, :, 0, 2]
+    for label, k in ids.items():
+        if label not in gt_labels:
+            precision[:, :, k] = 0.0
+    return float(np.mean(precision[precision > -1]))
+
+
+def pycocotools_per_completion(completions: list[str], solutions: list[list[dict]], order: str) -> list[float]:
+    out = []
+    for text, gt in zip(completions, solutions):
+        match = re.findall(r"```json(.*?)```", text, re.DOTALL)
+        try:
+            preds = json.loads(match[-1].strip()) if match else []
+        except ValueError:
+            preds = []
+        out.append(_pycocotools_ap(gt, preds, order) if preds else 0.0)
+    return out
+
+
+def ovd_main(argv: list[str] | None = None) -> None:
+    from trl_perception.rewards import make_od_reward, od_ap_reward
+
+    parser = argparse.ArgumentParser(description="OVD per-sample AP: ours vs pycocotools per completion")
+    parser.add_argument("--ovd", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement; the best is kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--completions", type=int, default=512)
+    args = parser.parse_args(argv)
+    completions, solutions = ovd_batch(args.completions, random.Random(args.seed))
+    n = len(completions)
+    cases = [
+        ("od_ap_vlm_r1 (list order, VLM-R1's problem)", make_od_reward("ap", vlm_r1=True), "list"),
+        ("od_ap (IoU-ranked ties, unknown labels AP 0)", od_ap_reward, "iou"),
+    ]
+    print(f"Python {platform.python_version()}, {platform.machine()}, {n} completions, best of {args.repeat} runs\n")
+    print("| reward | ours (completions/s) | pycocotools per completion (completions/s) | speed-up | mean AP | max abs diff |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, ours, order in cases:
+        # Interleaved runs, best of each: a busy machine slows both sides alike.
+        ours_s = coco_s = math.inf
+        for _ in range(args.repeat):
+            t, ours_r = best_time(ours, completions, solutions, repeat=1, task=["ovd"] * n)
+            ours_s = min(ours_s, t)
+            t, coco_r = best_time(pycocotools_per_completion, completions, solutions, order, repeat=1)
+            coco_s = min(coco_s, t)
+        diff = max(abs(a - b) for a, b in zip(ours_r, coco_r))
+        print(
+            f"| {name} | {n / ours_s:,.0f} | {n / coco_s:,.0f} | {coco_s / ours_s:,.1f}x "
+            f"| {float(np.mean(ours_r)):.4f} | {diff:.0e} |"
+        )
+
+
 if __name__ == "__main__":
-    main()
+    if "--ovd" in sys.argv[1:]:
+        ovd_main()
+    else:
+        main()

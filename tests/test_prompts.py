@@ -40,13 +40,21 @@ def prompt_text(messages):
 
 
 def test_table_8_templates_verbatim():
-    assert TASKS == ("grounding", "counting", "ocr", "detection")
-    assert TASK_TEMPLATES == {
+    assert TASKS == ("grounding", "counting", "ocr", "detection", "ovd")
+    assert {k: v for k, v in TASK_TEMPLATES.items() if k != "ovd"} == {
         "grounding": "Output the bounding box of the {question} in the image.",
         "counting": "Output all the bounding boxes of the {label}",
         "ocr": "OCR this image.",
         "detection": "Please output bbox coordinates and names of {categories}.",
     }
+
+
+def test_ovd_prompt_lists_the_phrases_and_says_what_to_answer_when_none_is_present():
+    text = prompt_text(build_prompt("ovd", phrases=["red circle", "blue square"], box_format="qwen2_5_vl"))
+    assert text.startswith(
+        "Please carefully check the image and detect the following objects: red circle, blue square. "
+        "If none of them is in the image, answer None. Answer with a JSON list of"
+    )
 
 
 def test_grounding_prompt():

@@ -18,7 +18,14 @@ from ._json import unquote_text
 from .boxes import paired_box_iou
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
-from .metrics import coco_metrics, counting_metrics, grounding_metrics, objects_to_coco_results, ocr_metrics
+from .metrics import (
+    coco_metrics,
+    counting_metrics,
+    grounding_metrics,
+    objects_to_coco_results,
+    ocr_metrics,
+    ovd_metrics,
+)
 from .viz import display_text, draw_objects, image_grid
 
 __all__ = [
@@ -38,7 +45,13 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
+    "grounding": 512,
+    "counting": 512,
+    "ocr": 2048,
+    "detection": 4096,
+    "ovd": 2048,
+}
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
 _VLLM_MIN_CHUNK = 256
@@ -746,6 +759,14 @@ _TASK_EVALUATIONS: dict[str, _TaskEvaluation] = {
         score=_score_detection,
         metrics=_detection_metrics,
         summary=lambda r: f"#{r['index']} detection: {r.get('prediction')} pred / {len(_detection_objects(r.get('solution')))} gt",
+        ground_truth=lambda solution: solution,
+    ),
+    # Open-vocabulary detection: COCO AP/AR over the phrases asked, and hallucination rates.
+    "ovd": _TaskEvaluation(
+        score=_score_detection,
+        metrics=lambda scored, **_: ovd_metrics([s.prediction for s in scored], [s.solution for s in scored],
+                                                [s.record["image_size"] for s in scored]),
+        summary=lambda r: f"#{r['index']} ovd: {r.get('prediction')} pred / {len(_detection_objects(r.get('solution')))} gt",
         ground_truth=lambda solution: solution,
     ),
 }  # fmt: skip

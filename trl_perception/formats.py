@@ -849,7 +849,7 @@ _INSTRUCTIONS = {
         "with coordinates scaled to 0-1000."
     ),
 }
-_WHAT = {"grounding": "object", "counting": "object", "detection": "object"}
+_WHAT = {"grounding": "object", "counting": "object", "detection": "object", "ovd": "object"}
 
 
 def format_instruction(box_format: str | None, task: str) -> str:

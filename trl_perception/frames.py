@@ -48,10 +48,10 @@ __all__ = [
     "smart_resize",
 ]
 
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection")
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection", "ovd")
 """The `task` values of the row contract. New tasks are appended (the order seeds synthetic data)."""
 
-BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection")
+BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection", "ovd")
 """Tasks whose answers are boxes or points, written in a box format's syntax and frame."""
 
 BOX_FORMATS: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")

@@ -26,6 +26,7 @@ _TASK_TITLES = {
     "counting": "object counting",
     "ocr": "page OCR",
     "detection": "object detection",
+    "ovd": "open-vocabulary detection",
 }
 _FRAME_TEXT = {
     "qwen2_vl": "`<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, "
@@ -260,6 +261,8 @@ def build_model_card(
         "counting": "Output all the bounding boxes of the apples",
         "ocr": "OCR this image.",
         "detection": "Please output bbox coordinates and names of person, car, dog.",
+        "ovd": "Please carefully check the image and detect the following objects: red car, zebra. "
+        "If none of them is in the image, answer None.",
     }.get(tasks[0] if tasks else "", "Describe the image.")
     lines += [
         "",

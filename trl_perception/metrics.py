@@ -29,6 +29,7 @@ __all__ = [
     "grounding_metrics",
     "objects_to_coco_results",
     "ocr_metrics",
+    "ovd_metrics",
 ]
 
 # Order of `COCOeval.stats` for iou_type "bbox" / "segm".
@@ -820,3 +821,122 @@ def objects_to_coco_results(
             }
         )
     return results, counts
+
+
+# ======================================================================================================
+# Open-vocabulary detection (issue 15): COCO metrics over phrase categories, plus hallucination rates.
+
+
+def _phrase(label: Any) -> str | None:
+    """A phrase compared the way the OD rewards compare labels: trimmed, inner whitespace collapsed,
+    lower-cased."""
+    if not isinstance(label, str):
+        return None
+    return " ".join(label.split()).lower() or None
+
+
+def ovd_metrics(
+    predictions: Sequence[Iterable[Any]],
+    solutions: Sequence[Iterable[Mapping[str, Any]] | None],
+    image_sizes: Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    r"""Open-vocabulary detection metrics of a whole set: COCO AP / AR over the phrase categories, computed
+    by pycocotools (`coco_metrics`), and how often the model boxes a phrase that is not in the image.
+
+    Row `i` has the predicted objects `predictions[i]` (`{"bbox_2d": [x1, y1, x2, y2], "label"}` dicts or
+    `DetectedObject`s in original pixels) and the ground truth `solutions[i]` (the boxes of the phrases asked
+    that are present; `None` / `[]` when none is). Phrases are compared trimmed, whitespace-collapsed and
+    lower-cased. The categories are the phrases with ground truth somewhere in the set; every image is
+    evaluated, negative ones included, so a box for an absent phrase is a false positive of that phrase.
+    All boxes score 1.0 (COCOeval then ranks an image's boxes in the order written).
+
+    Hallucination:
+
+    * `hallucination_rate`: the share of predicted boxes whose phrase is absent from their image (asked and
+      absent, or never asked); 0.0 without predictions;
+    * `negative_image_fp_rate`: the share of images with no phrase present (the answer should be `None`) whose
+      answer boxes something; `None` without such images.
+
+    Returns:
+        the `coco_metrics` result (`AP`, `AP50`, `AP75`, ..., `AR100`, `per_class_AP`, ...) plus
+        `hallucination_rate`, `hallucinated_boxes`, `predicted_boxes`, `negative_images`,
+        `negative_image_fp_rate`, `num_samples` and `objects_dropped` (unknown phrase, no box, invalid box,
+        inverted box).
+
+    Example:
+    ```python
+    >>> preds = [[{"bbox_2d": [0, 0, 10, 10], "label": "Cat"}, {"bbox_2d": [20, 20, 30, 30], "label": "dog"}], []]
+    >>> gts = [[{"bbox_2d": [0, 0, 10, 10], "label": "cat"}], None]
+    >>> out = ovd_metrics(preds, gts)
+    >>> round(out["AP"], 3), out["hallucination_rate"], out["negative_image_fp_rate"]
+    (1.0, 0.5, 0.0)
+
+    ```
+    """
+    if len(predictions) != len(solutions):
+        raise ValueError(f"ovd_metrics: {len(predictions)} predictions for {len(solutions)} solutions")
+    names: dict[str, int] = {}
+    images, annotations = [], []
+    present_per_image: list[set[str]] = []
+    for i, solution in enumerate(solutions):
+        if image_sizes is not None:
+            width, height = (int(v) for v in image_sizes[i])
+        else:
+            width, height = 1, 1
+        images.append({"id": i + 1, "width": width, "height": height, "file_name": str(i)})
+        present: set[str] = set()
+        for obj in solution or []:
+            label = _phrase(obj.get("label")) if isinstance(obj, Mapping) else None
+            box = _as_box(obj.get("bbox_2d", obj.get("bbox"))) if isinstance(obj, Mapping) else None
+            if label is None or box is None:
+                continue
+            present.add(label)
+            category = names.setdefault(label, len(names) + 1)
+            w, h = max(float(box[2] - box[0]), 0.0), max(float(box[3] - box[1]), 0.0)
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": i + 1, "category_id": category,
+                 "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0}
+            )  # fmt: skip
+        present_per_image.append(present)
+    results: list[dict[str, Any]] = []
+    dropped = {"unknown_label": 0, "no_box": 0, "invalid_box": 0, "inverted_box": 0}
+    predicted = hallucinated = negative = negative_fp = 0
+    for i, objects in enumerate(predictions):
+        normalized = []
+        for obj in objects or []:
+            if isinstance(obj, Mapping):
+                label, box = obj.get("label"), obj.get("bbox_2d", obj.get("bbox"))
+            else:
+                label, box = getattr(obj, "label", None), getattr(obj, "bbox", None)
+            if box is None:
+                dropped["no_box"] += 1
+                continue
+            phrase = _phrase(label)
+            predicted += 1
+            hallucinated += phrase not in present_per_image[i]
+            normalized.append({"bbox_2d": box, "label": phrase or ""})
+        if not present_per_image[i]:
+            negative += 1
+            negative_fp += bool(normalized)
+        image_results, counts = objects_to_coco_results(i + 1, normalized, names)
+        results.extend(image_results)
+        for key, value in counts.items():
+            dropped[key] += value
+    gt = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k, "name": name, "supercategory": ""} for name, k in names.items()],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = dict(coco_metrics(gt, results))
+    result.update(
+        hallucination_rate=hallucinated / predicted if predicted else 0.0,
+        hallucinated_boxes=hallucinated,
+        predicted_boxes=predicted,
+        negative_images=negative,
+        negative_image_fp_rate=negative_fp / negative if negative else None,
+        num_samples=len(solutions),
+        objects_dropped=dropped,
+    )
+    return result

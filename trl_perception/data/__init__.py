@@ -7,10 +7,11 @@ Importing the package imports each builder module, which registers its builder i
 
 from __future__ import annotations
 
-from . import coco, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
+from . import coco, ovd, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
 from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
+from .ovd import build_ovd
 from .pageocr import build_pageocr
 from .pixmo_count import build_pixmo_count
 from .prompts import COCO_CATEGORIES, TASK_TEMPLATES, build_prompt
@@ -36,4 +37,5 @@ __all__ = [
     "make_synthetic",
     "register_builder",
     "render_completion",
+    "build_ovd",
 ]

@@ -51,7 +51,9 @@ def _objects(task: str, solution: Any) -> list[dict[str, Any]] | None:
             return None
         label = solution.get("label")
         return [{"point_2d": [float(v) for v in p], **({"label": label} if label else {})} for p in points]
-    if task == "detection":
+    if task == "ovd" and not solution:
+        return None  # none of the phrases asked is present
+    if task in ("detection", "ovd"):
         return [{"bbox_2d": [float(v) for v in o["bbox_2d"]], "label": o.get("label")} for o in solution or []]
     return None
 
@@ -109,6 +111,8 @@ def render_completion(
         if task == "counting":
             count = solution.get("count") if isinstance(solution, dict) else solution
             answer = str(int(count))
+        elif task == "ovd":
+            answer = "None"  # what the OVD prompt asks for when nothing is present
         else:
             answer = "" if solution is None else str(solution)
     else:

@@ -62,7 +62,7 @@ def caption_for(row: dict[str, Any], max_chars: int = 160) -> str:
     solution = _solution(task, row.get("solution"))
     size = row.get("image_size")
     head = f"{task} {size[0]}x{size[1]}" if size else task
-    if task == "detection":
+    if task in ("detection", "ovd"):
         labels = [o.get("label") for o in solution or [] if isinstance(o, dict)]
         counts: dict[str, int] = {}
         for label in labels:
@@ -124,7 +124,7 @@ def render_preview(
                 if isinstance(gt, list) and gt and isinstance(gt[0], list)
                 else gt
             )
-        elif task in ("counting", "detection"):
+        elif task in ("counting", "detection", "ovd"):
             gt = solution
         else:
             gt = None

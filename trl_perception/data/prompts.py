@@ -14,8 +14,12 @@ TASK_TEMPLATES: dict[str, str] = {
     "counting": "Output all the bounding boxes of the {label}",
     "ocr": "OCR this image.",
     "detection": "Please output bbox coordinates and names of {categories}.",
+    "ovd": "Please carefully check the image and detect the following objects: {phrases}. "
+    "If none of them is in the image, answer None.",
 }
-"""Perception-R1 Table 8 user prompts (the counting template has no final period in the paper's code)."""
+"""Perception-R1 Table 8 user prompts (the counting template has no final period in the paper's code), and the
+open-vocabulary detection prompt after VLM-R1's OVD wording (target phrases, some absent; `None` when none
+is present)."""
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 """The Qwen chat templates' default system prompt (Perception-R1's training code adds a trailing space)."""

@@ -91,7 +91,7 @@ def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
                 out["points"] = [_scale_xy(p, sx, sy, "a point") for p in out["points"]]
             return out
         return solution
-    if task == "detection":
+    if task in ("detection", "ovd"):
         scaled = []
         for obj in solution:
             obj = dict(obj)

@@ -118,7 +118,7 @@ def solution_feature(task: str) -> Any:
         return {"count": Value("int64"), "points": List(List(Value("float64")))}
     if task == "ocr":
         return Value("string")
-    if task == "detection":
+    if task in ("detection", "ovd"):  # OVD: the boxes of the phrases asked ([] when none is present)
         return List({"bbox_2d": List(Value("float64")), "label": Value("string")})
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 

@@ -70,7 +70,10 @@ BOX_JITTERS: tuple[str, ...] = ("loose", "shift", "random")
 
 _TASK_IDS = {task: i for i, task in enumerate(TASKS)}
 _PLURALS = {"cross": "crosses"}
-_DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5)}
+_DEFAULT_OBJECTS = {"grounding": (1, 3), "counting": (1, 5), "detection": (2, 5), "ovd": (1, 4)}
+_OVD_NEGATIVES = 2  # absent "{color} {shape}" phrases asked per OVD row
+_OVD_NEGATIVE_ONLY = 0.25  # share of OVD rows asked only for absent phrases (the answer is None)
+_MIXED_TASKS = ("grounding", "counting", "ocr", "detection")  # task="mixed": Perception-R1's four tasks
 _DEFAULT_WORDS = {"en": (1, 6), "zh": (1, 4)}
 _MIN_SHAPE_PX = 6
 
@@ -560,7 +563,7 @@ def _jitter_solution(
 ) -> Any:
     if task == "grounding":
         return jitter_box(solution, rng, mode, noise_px, image_size)
-    if task == "detection":
+    if task in ("detection", "ovd"):
         return [
             {"bbox_2d": jitter_box(o["bbox_2d"], rng, mode, noise_px, image_size), "label": o["label"]}
             for o in solution
@@ -658,6 +661,20 @@ def _sample(
         boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
         categories = ", ".join(shape_vocabulary(opts.colors, opts.shapes))
         return image, boxes, {"categories": categories}, objects
+    if task == "ovd":
+        n = int(rng.integers(lo, hi + 1))
+        kinds = [kinds_all[int(i)] for i in rng.integers(len(kinds_all), size=n)]
+        image, objects = render_scene(rng, kinds, **scene)
+        present = list(dict.fromkeys(o["label"] for o in objects))
+        absent = [label for label in shape_vocabulary(opts.colors, opts.shapes) if label not in present]
+        negatives = [absent[int(i)] for i in rng.permutation(len(absent))[:_OVD_NEGATIVES]]
+        if negatives and rng.random() < _OVD_NEGATIVE_ONLY:
+            present = []  # ask only for absent shapes: the answer is None
+        boxes = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in objects if o["label"] in present]
+        boxes = _order(rng, boxes, lambda o: o["bbox_2d"], opts.shuffle_objects)
+        phrases = present + negatives
+        phrases = [phrases[int(i)] for i in rng.permutation(len(phrases))]
+        return image, boxes, {"phrases": ", ".join(phrases)}, objects
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
@@ -835,7 +852,11 @@ def make_synthetic(
           and shape, the solution is `[{"bbox_2d": [...], "label": ...}, ...]`.
         - `"ocr"`: random words (`language="en"`) or Chinese words (`"zh"`, needs a CJK font such as
           `fonts-wqy-microhei`) in lines that fit the image; the solution is the text, lines joined by `\\n`.
-        - `"mixed"` or a list of tasks: each row's task drawn uniformly; solutions become JSON strings.
+        - `"ovd"`: open-vocabulary detection: 1-4 shapes; the prompt asks for the `"{color} {shape}"` of the
+          shapes present and two absent ones, shuffled (a quarter of the rows only absent ones); the solution
+          holds the boxes of the present shapes asked, `[]` when none is.
+        - `"mixed"` (Perception-R1's four tasks) or a list of tasks: each row's task drawn uniformly;
+          solutions become JSON strings.
 
     Boxes are the tight extent of the drawn pixels in absolute pixels of `image` (`x1 <= x < x2`, so a box's
     width is its pixel count): whole numbers, stored as float64 like every builder's boxes (the features
@@ -890,7 +911,7 @@ def make_synthetic(
     ```
     """
     if isinstance(task, str):
-        tasks = TASKS if task == "mixed" else (task,)
+        tasks = _MIXED_TASKS if task == "mixed" else (task,)
     else:
         tasks = tuple(task)
     if not tasks or any(t not in TASKS for t in tasks):

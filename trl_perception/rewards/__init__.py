@@ -14,6 +14,7 @@ from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
 from .format import format_reward, json_format_reward, qwen2_vl_format_reward
 from .grounding import grounding_format_reward, iou_reward, make_iou_reward
 from .ocr import ocr_reward
+from .ovd import make_od_reward, od_ap50_reward, od_ap_reward, od_length_reward, od_weighted_reward
 
 __all__ = [
     "MAX_DETECTIONS",
@@ -27,7 +28,12 @@ __all__ = [
     "list_rewards",
     "make_detection_reward",
     "make_iou_reward",
+    "make_od_reward",
     "ocr_reward",
+    "od_ap50_reward",
+    "od_ap_reward",
+    "od_length_reward",
+    "od_weighted_reward",
     "qwen2_vl_format_reward",
     "register_reward",
 ]
@@ -37,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LOCK = threading.Lock()
 # name -> (reward or factory class, factory taking the parameters or None)
 _REGISTRY: dict[str, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
-_ALIASES = {"counting": "count"}
+_ALIASES = {"counting": "count", "odlength": "od_length", "weighted_sum": "od_weighted"}
 
 
 def _key(name: str) -> str:
@@ -130,7 +136,9 @@ def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]
 
     Built-in names: `iou`, `iou_squared` (IoU², as Perception-R1's released code), `grounding_format`,
     `count` (alias `counting`), `ocr`, `detection`, `detection_released` (released weighting, range [0, 3]),
-    `format`, `qwen2_vl_format`, `json_format`; plus anything added with `register_reward`. Names ignore case
+    `format`, `qwen2_vl_format`, `json_format`, the open-vocabulary detection rewards `od_ap`, `od_ap50`,
+    `od_length` (alias `odLength`), `od_weighted` (alias `weighted_sum`) and their VLM-R1-compatible
+    `*_vlm_r1` variants (`make_od_reward(..., vlm_r1=True)`); plus anything added with `register_reward`. Names ignore case
     and a trailing `_reward`. Parameters go to the reward's factory (`make_iou_reward`,
     `make_detection_reward`); for a plain function they are bound with `functools.partial` and must be named
     parameters of it. The result is picklable whenever the registered object is.
@@ -208,3 +216,23 @@ _register("detection_released", make_detection_reward(released_code=True), _dete
 _register("format", format_reward, None, False)
 _register("qwen2_vl_format", qwen2_vl_format_reward, None, False)
 _register("json_format", json_format_reward, None, False)
+
+
+class _ODFactory:
+    """`make_od_reward` with `kind` (and the VLM-R1 mode) bound: the registry's factory for one OD name."""
+
+    def __init__(self, kind: str, vlm_r1: bool = False):
+        self.kind, self.vlm_r1 = kind, vlm_r1
+
+    def __call__(self, **params: Any) -> Callable[..., list[float | None]]:
+        return make_od_reward(**{"kind": self.kind, "vlm_r1": self.vlm_r1, **params})
+
+
+for _kind, _reward in (
+    ("ap", od_ap_reward),
+    ("ap50", od_ap50_reward),
+    ("length", od_length_reward),
+    ("weighted", od_weighted_reward),
+):
+    _register(f"od_{_kind}", _reward, _ODFactory(_kind), False)
+    _register(f"od_{_kind}_vlm_r1", make_od_reward(_kind, vlm_r1=True), _ODFactory(_kind, vlm_r1=True), False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._json import loads_strict
 from ..frames import BOX_TASKS
-from ._common import remove_padding, select_rows
+from ._common import is_empty_answer, remove_padding, select_rows
 
 __all__ = [
     "format_reward",
@@ -139,10 +139,13 @@ _ANY = (is_qwen2_vl_answer, is_json_answer)
 def _format_rewards(completions: list, kwargs: dict, name: str, fixed: tuple | None) -> list[float | None]:
     rows, n = select_rows(name, BOX_TASKS, completions, None, kwargs)
     rewards: list[float | None] = [None] * n
+    tasks = kwargs.get("task")
+    tasks = [tasks] * n if isinstance(tasks, str) or tasks is None else list(tasks)
     for row in rows:
         checks = fixed or _CHECKS.get(row.frame.box_format or "", _ANY)
         try:
-            ok = any(check(row.text) for check in checks)
+            # The OVD prompt asks for None when no phrase is present: that answer is well formed there.
+            ok = any(check(row.text) for check in checks) or (tasks[row.index] == "ovd" and is_empty_answer(row.text))
         except Exception:  # noqa: BLE001 - a format check must never raise on model output
             ok = False
         rewards[row.index] = 1.0 if ok else 0.0
@@ -160,8 +163,9 @@ def format_reward(completions: list, **kwargs: Any) -> list[float | None]:
     `<answer>…</answer>` wrapper around the whole answer (after an optional `<think>…</think>` block: the
     answer is judged, not the thinking) are allowed; prose, repeated or dangling tags, a
     truncated list, NaN or inverted boxes score 0 (full-match semantics, so a correct answer embedded in text
-    does not pay). OCR rows (plain text) get `None`, as do rows of tasks other than grounding, counting and
-    detection. The Qwen2-VL box tokens are special tokens: decode completions with
+    does not pay). On open-vocabulary detection rows (`task="ovd"`) an explicit empty answer (`None`, `[]`) is
+    well formed too, as their prompt asks for it. OCR rows (plain text) get `None`, as do rows of tasks other
+    than grounding, counting, detection and ovd. The Qwen2-VL box tokens are special tokens: decode completions with
     `skip_special_tokens=False` for that syntax to survive.
 
     Args:
