@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trl_perception.data.errors import DataError, DataWarning
+from trl_perception.data import DataError, DataWarning, build_dataset
 from trl_perception.data.ovd import build_ovd
-from trl_perception.data.registry import build_dataset
 from trl_perception.formats import render_objects
 from trl_perception.rewards import od_ap_reward, od_length_reward
 
@@ -266,7 +265,7 @@ def test_mixed_task_datasets_concatenate_and_route(tmp_path):
     assert rewards == [0.0, 0.0, 1.0, None, None]
 
 
-def test_the_registry_builds_ovd(tmp_path):
+def test_build_dataset_dispatches_ovd(tmp_path):
     ds = build_dataset("ovd", coco_file(tmp_path), image_dir=tmp_path, num_samples=2, seed=0)
     assert len(ds) == 2 and set(ds["task"]) == {"ovd"}
 

@@ -29,7 +29,7 @@ def test_mixed_ovd_recipe_adds_ovd_to_the_papers_tasks():
 
 
 def test_ovd_task_builds_synthetic_rows_through_the_script_arguments():
-    args = PerceptionScriptArguments(task="ovd", num_samples=3, reward_funcs=["od_length", "format"])
-    (config,) = args.train_datasets()
-    train = config.build(box_format="qwen2_5_vl")
-    assert len(train) == 3 and train[0]["task"] == "ovd"
+    args = PerceptionScriptArguments(task="ovd", num_samples=3, reward_funcs=["od_length"])
+    (entry,) = args.train_datasets()
+    train = entry.build(box_format="qwen2_5_vl")
+    assert len(train) == 3 and set(train["task"]) == {"ovd"}
