@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trl_perception.data import build_dataset
-from trl_perception.data.errors import DataError, DataWarning
+from trl_perception.data import DataError, DataWarning, build_dataset
 from trl_perception.data.ovd import build_ovd
 from trl_perception.formats import render_objects
 from trl_perception.rewards import od_ap_reward, od_length_reward

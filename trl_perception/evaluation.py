@@ -26,6 +26,7 @@ from .frames import (
     default_pixel_limits,
     model_input_size,
 )
+from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
 
 __all__ = [
     "BACKENDS",
@@ -44,7 +45,9 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "ovd": 2048}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
+    "grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "ovd": 2048, "jigsaw": 1024,
+}  # fmt: skip
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
 _VLLM_MIN_CHUNK = 256
@@ -639,6 +642,12 @@ def _score_row(request: GenerationRequest, solution: Any, text: str) -> _Scored:
         prediction = strip_wrappers(text)
         record.update(prediction=prediction, valid=bool(prediction), truncated=False, solution=solution)
         return _Scored(record, prediction)
+    if task == "jigsaw":
+        target = jigsaw_target(solution)
+        scores = jigsaw_scores(text, target)
+        record.update(scores, valid=scores["prediction"] is not None, truncated=False, solution=solution,
+                      grid=[target.rows, target.cols])  # fmt: skip
+        return _Scored(record, scores)
     parsed = parse_objects(text, family)
     objects = _objects_to_pixels(parsed, Frame.of(family, request.image_size, request.input_size))
     record.update(
@@ -674,6 +683,8 @@ def _task_metrics(
         result = m.ocr_metrics(preds, [None if sol is None else str(sol) for sol in solutions])
     elif task == "ovd":  # COCO AP/AR over the phrases asked, and hallucination rates
         result = m.ovd_metrics(preds, solutions, [s.record["image_size"] for s in scored])
+    elif task == "jigsaw":  # exact / position / connection accuracy per grid size, and over all ("all")
+        result = jigsaw_metrics(s.record for s in scored)
     else:
         coco_gt, label_to_id = ground_truth
         results: list[dict[str, Any]] = []
@@ -710,12 +721,34 @@ def _summary(record: dict[str, Any]) -> str:
         return f"#{record['index']} counting: pred {pred} / gt {_gt_count(sol):g}"
     if task in ("detection", "ovd"):
         return f"#{record['index']} {task}: {pred} pred / {len(_detection_objects(sol))} gt"
+    if task == "jigsaw":
+        rows, cols = record["grid"]
+        extra = "" if record.get("positions") is None else f", positions {record['positions']:.2f}"
+        return f"#{record['index']} jigsaw {rows}x{cols}: exact {record.get('exact', 0.0):g}{extra}"
     return f"#{record['index']} ocr: {str(pred or '')[:60]!r} (gt {str(sol or '')[:40]!r})"
+
+
+def _jigsaw_visual(record: dict[str, Any], puzzle: Any) -> Any:
+    """The puzzle, the model's reassembly and the original (the puzzle reassembled with the true answer);
+    for a pair/single/multiple question, the puzzle with the true and the model's answer."""
+    from .data.jigsaw import reassemble
+    from .viz import image_grid
+
+    target = jigsaw_target(record["solution"])
+    rows, cols = target.rows, target.cols
+    prediction = record.get("prediction")
+    if target.question == "full":
+        original = reassemble(puzzle, rows, cols, target.answer)
+        model = reassemble(puzzle, rows, cols, prediction if isinstance(prediction, list) else None)
+        return image_grid([puzzle, model, original], ncols=3, captions=["puzzle", "model", "original"])
+    return image_grid([puzzle], ncols=1, captions=[f"answer {target.answer}, model {prediction}"])
 
 
 def _visual(record: dict[str, Any], image: Any) -> Any:
     from .viz import draw_objects
 
+    if record["task"] == "jigsaw":
+        return _jigsaw_visual(record, image)
     task, sol = record["task"], record.get("solution")
     gt: Any = None
     if task == "grounding":

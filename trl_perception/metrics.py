@@ -739,7 +739,7 @@ def objects_to_coco_results(
 
 
 # ======================================================================================================
-# Open-vocabulary detection (issue 15): COCO metrics over phrase categories, plus hallucination rates.
+# Open-vocabulary detection: COCO metrics over phrase categories, plus hallucination rates.
 
 
 def _phrase(label: Any) -> str | None:

@@ -399,7 +399,7 @@ class PerceptionRowTransform:
 
     @staticmethod
     def _scale(task: Any, solution: Any, frame: tuple[int, int], target: tuple[int, int]) -> Any:
-        if solution is None or task == "ocr":
+        if solution is None or task in ("ocr", "jigsaw"):  # no coordinates to scale
             return solution
         if task not in TASKS:
             raise ValueError(

@@ -1046,8 +1046,8 @@ def make_synthetic(
         tasks = _MIXED_TASKS if task == "mixed" else (task,)
     else:
         tasks = tuple(task)
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
+    if not tasks or any(t not in TASKS or t == "jigsaw" for t in tasks):  # puzzles come from make_jigsaw
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} but jigsaw, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
     if int(num_samples) < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
