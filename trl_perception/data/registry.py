@@ -71,8 +71,8 @@ def build_dataset(task: str, source: str | os.PathLike, **options: Any) -> datas
     >>> ds = build_dataset("counting", "synthetic", num_samples=2, seed=0)
     >>> len(ds), ds[0]["task"]
     (2, 'counting')
-    >>> sorted(BUILDERS)[:4]
-    ['counting', 'detection', 'grounding', 'ocr']
+    >>> sorted(BUILDERS)[:3]
+    ['counting', 'detection', 'grounding']
 
     ```
     """
