@@ -433,6 +433,9 @@ class _FakeVLLM(types.ModuleType):
 
 
 def test_vllm_backend_gets_our_pixel_limits_and_greedy_sampling(monkeypatch):
+    import trl  # noqa: F401  (imported before the stand-in: trl probes vllm's import spec once)
+
+    model = tiny_vlm("qwen2_vl")
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake)
     dataset = make_synthetic("grounding", 3, seed=0, box_format="qwen2_vl", image_size=(150, 90))
@@ -440,7 +443,7 @@ def test_vllm_backend_gets_our_pixel_limits_and_greedy_sampling(monkeypatch):
     result = evaluate(tiny_vlm("qwen2_vl"), dataset, backend="vllm", max_pixels=56 * 56, max_new_tokens=64, progress=False)  # fmt: skip
 
     assert fake.engine_kwargs["model"] == tiny_vlm("qwen2_vl")
-    assert fake.engine_kwargs["mm_processor_kwargs"] == {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    assert fake.engine_kwargs["mm_processor_kwargs"] == {"size": {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}}
     assert fake.sampling == [{"temperature": 0.0, "max_tokens": 64, "skip_special_tokens": False}] * 3
     assert all(image.size[0] * image.size[1] <= 56 * 56 for image in fake.images)
     assert result.config["backend"] == "vllm" and result.metrics["grounding"]["num_missing"] == 0
@@ -467,7 +470,7 @@ def test_vllm_sampling_keeps_special_tokens_only_where_box_tokens_live():
         "qwen3_vl", "grounding", 8, {"do_sample": True, "temperature": 0.7, "top_k": 5}
     )
     assert (sampled["temperature"], sampled["top_k"], sampled["max_tokens"]) == (0.7, 5, 8)
-    assert vllm_engine_kwargs("m", None, None) == {"model": "m", "limit_mm_per_prompt": {"image": 1}}
+    assert vllm_engine_kwargs("m", None, None) == {"model": "m", "limit_mm_per_prompt": {"image": 1, "video": 0}}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from .metrics import (
 )
 from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
 from .viz import display_text, draw_objects, image_grid
+from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 
 __all__ = [
     "BACKENDS",
@@ -395,24 +396,22 @@ def _clean_generation(text: str, stop_strings: Sequence[str] = ("<|im_end|>", "<
 def vllm_engine_kwargs(
     model: str, min_pixels: int | None, max_pixels: int | None, **overrides: Any
 ) -> dict[str, Any]:
-    """Arguments for `vllm.LLM`: the checkpoint, one image per prompt, and the **same pixel limits** the
-    images were fitted to (`mm_processor_kwargs`), so vLLM's processor leaves them unchanged.
+    """Arguments for `vllm.LLM`: the checkpoint, one image and no video per prompt, and the **same pixel
+    limits** the images were fitted to (`vllm.mm_processor_kwargs`, transformers 5's `size` form), so vLLM's
+    processor leaves them unchanged.
 
     Example:
     ```python
     >>> vllm_engine_kwargs("Qwen/Qwen2-VL-2B-Instruct", 3136, 1_000_000)["mm_processor_kwargs"]
-    {'min_pixels': 3136, 'max_pixels': 1000000}
+    {'size': {'shortest_edge': 3136, 'longest_edge': 1000000}}
 
     ```
     """
-    kwargs: dict[str, Any] = {"model": os.fspath(model), "limit_mm_per_prompt": {"image": 1}}
-    processor_kwargs = {}
+    kwargs: dict[str, Any] = {"model": os.fspath(model), "limit_mm_per_prompt": limit_mm_per_prompt(1)}
+    if (min_pixels is None) != (max_pixels is None):
+        raise ValueError(f"vLLM needs both pixel limits or neither, got min_pixels={min_pixels}, max_pixels={max_pixels}")
     if min_pixels is not None:
-        processor_kwargs["min_pixels"] = int(min_pixels)
-    if max_pixels is not None:
-        processor_kwargs["max_pixels"] = int(max_pixels)
-    if processor_kwargs:
-        kwargs["mm_processor_kwargs"] = processor_kwargs
+        kwargs["mm_processor_kwargs"] = mm_processor_kwargs(min_pixels, max_pixels)
     kwargs.update(overrides)
     return kwargs
 
