@@ -31,6 +31,7 @@ __all__ = [
     "JIGSAW_QUESTIONS",
     "GridCurriculum",
     "JigsawTransform",
+    "build_jigsaw",
     "concatenate_jigsaw",
     "crop_to_grid",
     "jigsaw_prompt_text",
@@ -562,7 +563,6 @@ def _source_images(images: Any, image_dir: str | os.PathLike | None) -> tuple[st
     raise TypeError(f"images must be a folder, a list of paths or a dataset with an 'image' column, got {images!r}")
 
 
-@register_builder("jigsaw")
 def make_jigsaw(
     images: str | os.PathLike | Sequence[str | os.PathLike] | datasets.Dataset,
     rows: int = 2,
@@ -754,3 +754,34 @@ def concatenate_jigsaw(parts: Sequence[datasets.Dataset]) -> datasets.Dataset:
         raise ValueError(f"the parts have different mask_ratio values: {sorted({t.mask_ratio for t in transforms})}")
     plain = datasets.concatenate_datasets([part.with_format(None) for part in parts])
     return plain.with_transform(transforms[0])
+
+
+@register_builder("jigsaw")
+def build_jigsaw(
+    source: str | os.PathLike | Sequence[str | os.PathLike] | datasets.Dataset,
+    *,
+    split: str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    on_error: str = "raise",
+    box_format: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    **options: Any,
+) -> datasets.Dataset:
+    """The registry's jigsaw builder (`build_dataset("jigsaw", source, ...)`): `make_jigsaw` with the options
+    every builder shares; `options` are `make_jigsaw`'s own (`rows`, `cols`, `question`, `curriculum`, ...).
+    Images have no split.
+
+    Example:
+    ```python
+    >>> build_jigsaw("synthetic", num_samples=2, rows=2, cols=1)[0]["grid"]
+    [2, 1]
+
+    ```
+    """
+    if split is not None:
+        raise ValueError(f"jigsaw puzzles are cut from images, which have no split (got split={split!r})")
+    return make_jigsaw(source, num_samples=num_samples, seed=seed, on_error=on_error, box_format=box_format,
+                       min_pixels=min_pixels, max_pixels=max_pixels, image_dir=image_dir, **options)  # fmt: skip
