@@ -22,17 +22,7 @@ def test_every_task_has_its_builder():
     assert BUILDERS["detection"] is build_coco_detection
 
 
-# Builders that do not follow the shared signature yet; strict, so the mark must go once they do.
-_NOT_YET_SHARED = {"jigsaw": "make_jigsaw takes `images` first and none of split/image_dir/on_error/box_format"}
-
-
-@pytest.mark.parametrize(
-    "task",
-    [
-        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=_NOT_YET_SHARED[t])) if t in _NOT_YET_SHARED else t
-        for t in sorted(BUILDERS)
-    ],
-)
+@pytest.mark.parametrize("task", sorted(BUILDERS))
 def test_every_builder_takes_the_same_options(task):
     import inspect
 
