@@ -85,12 +85,29 @@ def test_evaluations_are_kept(demo_run):
         assert json.loads((folder / "metrics.json").read_text())["metrics"][task]["num_samples"] == 4
 
 
-def test_the_bundled_checkpoint_runs_the_learned_setting():
-    from trl_perception.demo import bundled_checkpoint, learned_setting
+def test_the_bundled_checkpoint_runs_the_learned_setting(demo_run):
+    from trl_perception.demo import LEARNED_SETTING, bundled_checkpoint
 
     assert bundled_checkpoint() is not None
-    setting = learned_setting()
-    assert setting.experiment == "imperfect_supervision" and setting.rewards == ("iou",)
+    assert LEARNED_SETTING.task == "grounding" and LEARNED_SETTING.rewards == ("iou",)
+    metrics = json.loads((demo_run[1] / "metrics.json").read_text())
+    assert metrics["model"] == "learned checkpoint" and metrics["setting"]["task"] == "grounding"
+
+
+def test_the_demo_uses_only_library_code(demo_run):
+    """The research experiment (recipes/demo/tiny_experiment.py) is not in the package, and the demo, which
+    runs from a pip install, never imports it."""
+    import re
+    import sys
+    from pathlib import Path
+
+    import trl_perception
+
+    package = Path(trl_perception.__file__).parent
+    assert not (package / "tiny_experiment.py").exists()
+    assert "trl_perception.tiny_experiment" not in sys.modules
+    for source in package.rglob("*.py"):
+        assert not re.search(r"(import|from)\s+\S*tiny_experiment", source.read_text(encoding="utf-8")), source
 
 
 def test_demo_prints_before_and_after(tmp_path, capsys, monkeypatch):

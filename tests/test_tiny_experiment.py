@@ -1,11 +1,22 @@
-"""The tiny SFT -> GRPO experiment (trl_perception.tiny_experiment) as a specification, on a shortened schedule."""
+"""The tiny SFT -> GRPO experiment (recipes/demo/tiny_experiment.py, research code outside the package) as a
+specification, on a shortened schedule."""
 
+import doctest
 import json
 import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
-from trl_perception import tiny_experiment as te
+# The experiment sits next to its script, outside the package; its folder goes on the path the way running
+# `python recipes/demo/train_tiny.py` puts it there (worker processes then import it by the same name).
+DEMO_DIR = Path(__file__).resolve().parents[1] / "recipes" / "demo"
+if str(DEMO_DIR) not in sys.path:
+    sys.path.insert(0, str(DEMO_DIR))
+
+import tiny_experiment as te  # noqa: E402
 
 
 @pytest.mark.parametrize("setting", sorted(te.SETTINGS))
@@ -176,3 +187,33 @@ def test_run_experiment_with_worker_processes(tmp_path):
     assert results["table"]["GRPO"]["n_seeds"][0] == results["table"]["continued SFT"]["n_seeds"][0] == 2
     saved = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert sorted(saved["grpo"]) == ["0", "1"]
+
+
+def test_docstring_examples_run():
+    """The experiment is outside the package, so `--doctest-modules` does not collect it: run its examples here."""
+    result = doctest.testmod(te, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0
+
+
+def test_the_demo_continues_the_experiments_grpo_stage():
+    """The demo (library code only) trains the bundled checkpoint with exactly this experiment's GRPO stage of
+    `imperfect_supervision`: same hyper-parameters, and the same training and held-out rows (exact boxes)."""
+    from trl_perception.data.synthetic import make_synthetic
+    from trl_perception.demo import LEARNED_SETTING as demo
+
+    spec = te.SETTINGS["imperfect_supervision"]
+    assert demo.task == spec.task and demo.box_format == te.BOX_FORMAT
+    assert demo.rewards == spec.rewards
+    assert (demo.max_steps, demo.train_samples) == (spec.grpo_steps, spec.grpo_train_images)
+    for name in ("num_generations", "prompts_per_step", "temperature", "beta", "loss_type", "top_k",
+                 "scale_rewards", "max_completion_length"):  # fmt: skip
+        assert getattr(demo, name) == asdict(spec)[name], name
+    assert demo.learning_rate == spec.grpo_lr
+    assert (demo.min_pixels, demo.max_pixels) == (te.MIN_PIXELS, te.IMAGE_SIZE**2)
+    assert (demo.train_seed, demo.eval_seed) == (1000, te.EVAL_SEED)
+    for seed in (demo.train_seed, demo.eval_seed):
+        ours = make_synthetic(demo.task, 5, seed=seed, **demo.data_kwargs)
+        theirs = te.make_setting_data(spec, 5, seed=seed)
+        assert ours["prompt"] == theirs["prompt"]
+        assert ours["solution"] == theirs["solution"]
+        assert [i.tobytes() for i in ours["image"]] == [i.tobytes() for i in theirs["image"]]

@@ -11,15 +11,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoSetting", "DEFAULT_SETTING", "bundled_checkpoint", "reward_mean", "run_demo"]
+__all__ = ["DEFAULT_SETTING", "LEARNED_SETTING", "DemoSetting", "bundled_checkpoint", "reward_mean", "run_demo"]
 
 
 @dataclass
 class DemoSetting:
-    """What the demo trains: task, synthetic data options, rewards and GRPO knobs."""
+    """What the demo trains: task, synthetic data options, rewards and GRPO knobs.
+
+    Training images are `make_synthetic(task, train_samples, seed=train_seed + seed, **data_kwargs)` and the
+    held-out images `make_synthetic(task, eval_samples, seed=eval_seed, **data_kwargs)` (the same for every run
+    seed), where `data_kwargs` extends `box_format`, `min_pixels` and `max_pixels`.
+    """
 
     task: str = "detection"
-    family: str = "qwen2_5_vl"
+    box_format: str = "qwen2_5_vl"
     data_kwargs: dict[str, Any] = field(default_factory=lambda: {"min_objects": 2, "max_objects": 4})
     rewards: tuple[str, ...] = ("detection", "format")
     max_steps: int = 20
@@ -37,54 +42,42 @@ class DemoSetting:
     max_pixels: int = 112 * 112
     top_k: int = 0
     scale_rewards: str = "group"
-    experiment: str | None = None
-    """A `trl_perception.tiny_experiment` setting whose data and rewards to use (the learned checkpoint's)."""
+    train_seed: int = 0
+    eval_seed: int = 10_000
 
 
 DEFAULT_SETTING = DemoSetting()
 """The setting for a random tiny model (used when no learned checkpoint is available)."""
 
-LEARNED_EXPERIMENT = "imperfect_supervision"
-"""The tiny-experiment setting the bundled checkpoint was SFT-trained on; GRPO with the exact IoU removes the
-label bias SFT learned there (README, "A tiny model that learns")."""
-
-
-def learned_setting(name: str = LEARNED_EXPERIMENT) -> DemoSetting:
-    """The demo setting that continues a tiny-experiment SFT checkpoint with that experiment's GRPO stage:
-    same data, rewards and hyper-parameters as `trl_perception.tiny_experiment.SETTINGS[name]`.
-
-    Example:
-    ```python
-    >>> learned_setting().task, learned_setting().rewards
-    ('grounding', ('iou',))
-
-    ```
-    """
-    from .tiny_experiment import FAMILY, IMAGE_SIZE, SETTINGS
-
-    spec = SETTINGS[name]
-    return DemoSetting(
-        task=spec.task,
-        family=FAMILY,
-        data_kwargs={},
-        rewards=tuple(spec.rewards),
-        max_steps=spec.grpo_steps,
-        train_samples=spec.grpo_train_images,
-        eval_samples=200,
-        num_generations=spec.num_generations,
-        prompts_per_step=spec.prompts_per_step,
-        learning_rate=spec.grpo_lr,
-        temperature=spec.temperature,
-        beta=spec.beta,
-        loss_type=spec.loss_type,
-        max_completion_length=spec.max_completion_length,
-        eval_every=10,
-        min_pixels=3136,
-        max_pixels=IMAGE_SIZE * IMAGE_SIZE,
-        top_k=spec.top_k,
-        scale_rewards=spec.scale_rewards,
-        experiment=name,
-    )
+LEARNED_SETTING = DemoSetting(
+    task="grounding",
+    # The data the bundled checkpoint was SFT-trained on: one shape per 112x112 image and the prompt "Find the
+    # {colour} {shape}." with no output-format instruction (`box_format=None`); here with the exact boxes.
+    data_kwargs={
+        "box_format": None,
+        "image_size": 112,
+        "min_objects": 1,
+        "max_objects": 1,
+        "template": "Find the {question}.",
+    },
+    rewards=("iou",),
+    max_steps=60,
+    train_samples=4000,
+    eval_samples=200,
+    num_generations=8,
+    prompts_per_step=8,
+    learning_rate=3e-5,
+    temperature=0.7,
+    max_completion_length=30,
+    eval_every=10,
+    min_pixels=3136,
+    max_pixels=112 * 112,
+    train_seed=1000,
+    eval_seed=1_000_003,
+)
+"""The setting that continues the bundled checkpoint: the GRPO stage (exact IoU reward) of the tiny experiment's
+`imperfect_supervision` setting (`recipes/demo/tiny_experiment.py`; README, "A tiny model that learns"), with its
+training and held-out seeds. GRPO removes the label bias SFT learned there."""
 
 
 def bundled_checkpoint() -> str | None:
@@ -152,7 +145,7 @@ def _write_report(out: Path, setting: DemoSetting, summary: dict[str, Any]) -> N
     lines = [
         "# trl-perception demo",
         "",
-        f"GRPO on synthetic **{setting.task}** scenes with a tiny `{setting.family}` model "
+        f"GRPO on synthetic **{setting.task}** scenes with a tiny `{setting.box_format}` model "
         f"({summary['model']}), {summary['steps']} step{'' if summary['steps'] == 1 else 's'}, "
         f"rewards: {', '.join(setting.rewards)}. "
         f"Held-out evaluation on {summary['eval_samples']} images with greedy decoding, before and after.",
@@ -201,7 +194,7 @@ def run_demo(
     """Train a tiny VLM with `PerceptionGRPOTrainer` on synthetic data and evaluate it before and after.
 
     The model is `checkpoint`, else the learned checkpoint bundled with the package (then the setting is
-    `learned_setting()`: the GRPO stage of the tiny imperfect-supervision experiment), else a tiny random model
+    `LEARNED_SETTING`: the GRPO stage of the tiny imperfect-supervision experiment), else a tiny random model
     built offline (with `DEFAULT_SETTING`). Writes to `output_dir`: `report.md`, `metrics.json` (`before`, `after` — held-out
     metrics and `reward_mean` — and the per-step `history`), `samples_before.png`, `samples_after.png`,
     `reward_curve.png`, and the evaluation folders.
@@ -225,7 +218,7 @@ def run_demo(
     start = time.perf_counter()
     model_path = checkpoint or bundled_checkpoint()
     if setting is None:
-        setting = learned_setting() if model_path is not None and checkpoint is None else DEFAULT_SETTING
+        setting = LEARNED_SETTING if model_path is not None and checkpoint is None else DEFAULT_SETTING
     overrides = {
         "max_steps": max_steps,
         "eval_samples": eval_samples,
@@ -243,29 +236,19 @@ def run_demo(
 
     model_desc = "learned checkpoint" if model_path else "random initialisation"
     if model_path is None:
-        model_path = tiny_vlm(setting.family, seed=seed)
-    if setting.experiment is not None:
-        from .tiny_experiment import EVAL_SEED, make_setting_data, reward_functions
-
-        train = make_setting_data(setting.experiment, setting.train_samples, seed=1000 + seed).remove_columns(
-            ["sft_target"]
-        )
-        held_out = make_setting_data(setting.experiment, setting.eval_samples, seed=EVAL_SEED).remove_columns(
-            ["sft_target"]
-        )
-        reward_funcs = reward_functions(setting.experiment)
-    else:
-        data_options = dict(
-            box_format=setting.family,
-            min_pixels=setting.min_pixels,
-            max_pixels=setting.max_pixels,
-            **setting.data_kwargs,
-        )
-        train = make_synthetic(setting.task, setting.train_samples, seed=seed, **data_options)
-        held_out = make_synthetic(setting.task, setting.eval_samples, seed=seed + 10_000, **data_options)
-        reward_funcs = [get_reward(name) for name in setting.rewards]
+        model_path = tiny_vlm(setting.box_format, seed=seed)
+    data_options = {
+        "box_format": setting.box_format,
+        "min_pixels": setting.min_pixels,
+        "max_pixels": setting.max_pixels,
+        **setting.data_kwargs,
+    }
+    train_seed = setting.train_seed + seed
+    train = make_synthetic(setting.task, setting.train_samples, seed=train_seed, **data_options)
+    held_out = make_synthetic(setting.task, setting.eval_samples, seed=setting.eval_seed, **data_options)
+    reward_funcs = [get_reward(name) for name in setting.rewards]
     eval_options = dict(
-        box_format=setting.family,
+        box_format=setting.box_format,
         min_pixels=setting.min_pixels,
         max_pixels=setting.max_pixels,
         max_new_tokens=setting.max_completion_length,
@@ -300,7 +283,7 @@ def run_demo(
         logging_steps=1,
         save_strategy="no",
         seed=seed,
-        box_format=setting.family,
+        box_format=setting.box_format,
         min_pixels=setting.min_pixels,
         max_pixels=setting.max_pixels,
         disable_tqdm=not progress,

@@ -1,4 +1,5 @@
-"""Reproduce the tiny SFT -> GRPO vs continued-SFT experiment (issue 7) on CPU; see trl_perception/tiny_experiment.py.
+"""Reproduce the tiny SFT -> GRPO vs continued-SFT experiment on CPU (the code: tiny_experiment.py, next to this
+file; it needs trl_perception installed or on PYTHONPATH).
 
 Examples (each writes results.json and prints the mean ± std table over seeds):
 
@@ -15,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from trl_perception.tiny_experiment import main  # noqa: E402
+# Running this file puts its folder first on sys.path, so the experiment next to it imports by name.
+from tiny_experiment import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,19 @@
 """SFT vs GRPO vs continued-SFT on a ~1M-parameter Qwen2.5-VL trained from scratch on synthetic shapes, in
-minutes on a CPU: where does RL beat more SFT (Perception-R1 §5, perceptual perplexity)?"""
+minutes on a CPU: where does RL beat more SFT (Perception-R1 §5, perceptual perplexity)?
+
+Research code, outside the package: it uses only trl_perception's public API (synthetic data, formats, rewards,
+`evaluation.evaluate`, the tiny-model builder) plus TRL's `GRPOTrainer`. The command is `train_tiny.py` next to
+this file; the README ("A tiny model that learns") has the results.
+"""
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import copy
 import json
 import math
+import multiprocessing
 import os
 import random
 import statistics
@@ -15,10 +23,23 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from trl_perception.data.synthetic import make_synthetic, shape_vocabulary
+from trl_perception.demo import reward_mean
+from trl_perception.evaluation import EvaluationResult, evaluate
+from trl_perception.formats import render_objects
+from trl_perception.frames import model_input_size
+from trl_perception.matching import match_boxes
+from trl_perception.metrics import counting_metrics, grounding_metrics
+from trl_perception.rewards import count_reward, get_reward
+from trl_perception.testing import build_tiny_vlm
 
 if TYPE_CHECKING:
     import datasets
-    import torch
 
 __all__ = [
     "LEARNING_CONFIG",
@@ -26,7 +47,7 @@ __all__ = [
     "Setting",
     "build_learning_model",
     "detection_count_reward",
-    "evaluate",
+    "evaluate_setting",
     "make_setting_data",
     "run_experiment",
     "run_grpo_stage",
@@ -52,8 +73,9 @@ LEARNING_CONFIG: dict[str, Any] = {
 M-RoPE (theta 4, sections [2, 7, 7]) and full attention in every vision block. A vocabulary of 1024 makes colour
 and shape names single tokens. About 1.2M parameters."""
 
-FAMILY = "qwen2_5_vl"
+BOX_FORMAT = "qwen2_5_vl"
 IMAGE_SIZE = 112
+MIN_PIXELS = 3136
 EVAL_SEED = 1_000_003
 """Seed of the held-out images (training data uses small seeds, so the two never share a row)."""
 
@@ -160,6 +182,10 @@ SETTINGS["high_perplexity_9_classes"] = replace(
 )
 
 
+def _image_size(box_format: str) -> int:
+    return IMAGE_SIZE if box_format != "qwen3_vl" else 128
+
+
 def _setting(setting: str | Setting) -> Setting:
     if isinstance(setting, Setting):
         return setting
@@ -172,13 +198,13 @@ def _setting(setting: str | Setting) -> Setting:
 
 
 def make_setting_data(
-    setting: str | Setting, n: int, seed: int = 0, family: str = FAMILY
+    setting: str | Setting, n: int, seed: int = 0, box_format: str = BOX_FORMAT
 ) -> datasets.Dataset:
     """Rows of a setting in the row contract, plus the SFT answer text.
 
     `solution` is always the **exact** ground truth (what rewards and metrics use). `sft_target` is the answer
     text SFT learns: the objects in the (random) order of the annotation, with the setting's label noise
-    (loose boxes for `"imperfect_supervision"`), rendered in the family's format. Rows depend only on
+    (loose boxes for `"imperfect_supervision"`), rendered in the box format's answer format. Rows depend only on
     `(setting, seed, index)`.
 
     Example:
@@ -193,26 +219,24 @@ def make_setting_data(
 
     ```
     """
-    from .data.synthetic import make_synthetic
-    from .formats import render_objects
-    from .frames import model_input_size
-
     spec = _setting(setting)
-    size = IMAGE_SIZE if family != "qwen3_vl" else 128
+    size = _image_size(box_format)
     ds = make_synthetic(
         spec.task, int(n), seed=int(seed), image_size=size, template=spec.prompt, **spec.synthetic
     )
-    input_size = list(model_input_size((size, size), family, min_pixels=3136, max_pixels=size * size))
+    input_size = list(
+        model_input_size((size, size), box_format, min_pixels=MIN_PIXELS, max_pixels=size * size)
+    )
     noisy = ds["solution"]
     exact = ds["exact_solution"] if "exact_solution" in ds.column_names else noisy
     targets = []
     for obj, image_size in zip(noisy, ds["image_size"]):
         objects = [obj] if spec.task == "grounding" else obj
-        targets.append(render_objects(objects, family, image_size, input_size))
+        targets.append(render_objects(objects, box_format, image_size, input_size))
     ds = ds.remove_columns([c for c in ("solution", "exact_solution") if c in ds.column_names])
     ds = ds.add_column("solution", exact)
     ds = ds.add_column("sft_target", targets)
-    ds = ds.add_column("box_format", [family] * len(ds))
+    ds = ds.add_column("box_format", [box_format] * len(ds))
     ds = ds.add_column("input_size", [input_size] * len(ds))
     return ds
 
@@ -229,15 +253,14 @@ def detection_count_reward(completions: list, solution: list, **kwargs: Any) -> 
 
     ```
     """
-    from .rewards import count_reward
-    from .rewards._common import decode_json
-
     counting = []
     for value in solution:
-        try:
-            objects = decode_json(value)
-        except ValueError:  # MalformedSolution
-            objects = None
+        objects = value
+        if isinstance(value, str):  # mixed-task datasets store solutions as JSON
+            try:
+                objects = json.loads(value)
+            except ValueError:
+                objects = None
         if not isinstance(objects, (list, tuple)):
             counting.append(None)
             continue
@@ -265,8 +288,6 @@ def reward_functions(setting: str | Setting) -> list[Callable[..., Any]]:
 
     ```
     """
-    from .rewards import get_reward
-
     spec = _setting(setting)
     funcs = []
     for name in spec.rewards:
@@ -277,7 +298,7 @@ def reward_functions(setting: str | Setting) -> list[Callable[..., Any]]:
 # ------------------------------------------------------------------------------------------------- model
 
 
-def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, family: str = FAMILY) -> str:
+def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, box_format: str = BOX_FORMAT) -> str:
     """Builds the randomly initialised ~1.2M-parameter model of `LEARNING_CONFIG` (with its processor) into
     `output_dir` and returns the path.
 
@@ -292,18 +313,16 @@ def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, family: s
 
     ```
     """
-    from .testing import build_tiny_vlm
-
     overrides = dict(LEARNING_CONFIG)
-    if family != "qwen2_5_vl":
+    if box_format != "qwen2_5_vl":
         overrides.pop("fullatt_block_indexes")
-    size = IMAGE_SIZE if family != "qwen3_vl" else 128
-    return build_tiny_vlm(family, output_dir, seed=seed, min_pixels=3136, max_pixels=size * size, **overrides)
+    size = _image_size(box_format)
+    return build_tiny_vlm(
+        box_format, output_dir, seed=seed, min_pixels=MIN_PIXELS, max_pixels=size * size, **overrides
+    )
 
 
 def _load(checkpoint: str | os.PathLike) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(os.fspath(checkpoint), dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(os.fspath(checkpoint))
@@ -312,13 +331,10 @@ def _load(checkpoint: str | os.PathLike) -> tuple[Any, Any]:
 
 
 def _save(model: Any, processor: Any, output_dir: str | os.PathLike, half: bool = False) -> str:
-    import torch
 
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if half:
-        import copy
-
         model = copy.deepcopy(model).to(torch.bfloat16)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
@@ -331,7 +347,6 @@ def _save(model: Any, processor: Any, output_dir: str | os.PathLike, half: bool 
 def _patchify(images: torch.Tensor, processor: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen2-VL image-processor patches of same-size uint8 images `[B, H, W, 3]` already on the patch grid:
     `(pixel_values [B * gh * gw, 3 * 2 * p * p], image_grid_thw [B, 3])`, equal to the processor's output."""
-    import torch
 
     ip = processor.image_processor
     p, m, t = ip.patch_size, ip.merge_size, ip.temporal_patch_size
@@ -353,7 +368,6 @@ class _SFTData:
     """Pre-tokenised prompts + answers and uint8 images of a setting's rows, batched for a plain torch loop."""
 
     def __init__(self, ds: datasets.Dataset, processor: Any):
-        import torch
 
         tok = processor.tokenizer
         ip = processor.image_processor
@@ -386,7 +400,6 @@ class _SFTData:
         return len(self.input_ids)
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        import torch
 
         length = max(len(self.input_ids[i]) for i in indices)
         ids = torch.full((len(indices), length), self.pad_id, dtype=torch.long)
@@ -421,7 +434,6 @@ def _sft_loop(
     log: Callable[[str], None] | None = None,
     log_every: int = 25,
 ) -> list[dict[str, float]]:
-    import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -529,7 +541,7 @@ def run_sft_stage(
     path = _save(model, processor, output_dir, half=half)
     result: dict[str, Any] = {"checkpoint": path, "history": history, "wall_time": wall, "steps": steps}
     if eval_n:
-        result["after"] = evaluate(model, processor, spec, eval_n)
+        result["after"] = evaluate_setting(model, processor, spec, eval_n)
     return result
 
 
@@ -540,45 +552,83 @@ def _eval_data(spec: Setting, n: int) -> datasets.Dataset:
     return make_setting_data(spec, n, seed=EVAL_SEED)
 
 
-def generate(
-    model: Any,
-    processor: Any,
+def _run_evaluate(
+    spec: Setting,
     ds: datasets.Dataset,
-    max_new_tokens: int,
+    model: Any = None,
+    processor: Any = None,
+    texts: Sequence[str] | None = None,
     batch_size: int = 100,
-) -> list[str]:
-    """Greedy completions of every row of `ds` (prompt + image)."""
-    import torch
+) -> EvaluationResult:
+    """`trl_perception.evaluation.evaluate` on the rows of `ds`: batched greedy generation by `model` (or the
+    given `texts`), parsed and mapped to original pixels in the box format's frame."""
+    box_format = ds["box_format"][0] if len(ds) else BOX_FORMAT
+    size = _image_size(box_format)
+    categories = None
+    if spec.task == "detection":
+        categories = shape_vocabulary(spec.synthetic.get("colors"), spec.synthetic.get("shapes"))
+    generate_fn = None if texts is None else (lambda requests: [texts[r.index] for r in requests])
+    return evaluate(
+        None if texts is not None else model,
+        ds,
+        processor=processor,
+        box_format=box_format,
+        min_pixels=MIN_PIXELS,
+        max_pixels=size * size,
+        batch_size=batch_size,
+        max_new_tokens=spec.max_completion_length,
+        backend="transformers",
+        num_visual=0,
+        progress=False,
+        categories=categories,
+        generate_fn=generate_fn,
+    )
 
-    texts = []
-    prompts = [
-        processor.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in ds["prompt"]
-    ]
-    images = list(ds["image"])
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        inputs = processor(
-            text=prompts[start : start + batch_size],
-            images=images[start : start + batch_size],
-            padding=True,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        texts += processor.batch_decode(new, skip_special_tokens=True)
-    return texts
 
-
-def _to_pixels(box: Sequence[float], row: dict[str, Any]) -> list[float]:
-    from .frames import Frame
-
-    frame = Frame.of(row["box_format"], row["image_size"], row["input_size"])
-    return [float(v) for v in frame.to_pixels(list(box), clip=False)]
+def _setting_metrics(spec: Setting, result: EvaluationResult) -> dict[str, float]:
+    records = result.predictions
+    metrics: dict[str, float] = {
+        "format_ok": float(np.mean([r["valid"] and bool(r["objects"]) for r in records]))
+    }
+    if spec.task == "grounding":
+        preds = [r["prediction"] for r in records]
+        g = grounding_metrics(preds, [r["solution"] for r in records], thresholds=(0.5, 0.75, 0.9))
+        metrics.update({k: float(g[k]) for k in ("mean_iou", "acc@0.5", "acc@0.75", "acc@0.9")})
+        bias = [
+            ((box[2] - box[0]) - (gt[2] - gt[0]) + (box[3] - box[1]) - (gt[3] - gt[1])) / 2
+            for box, gt in ((r["prediction"], r["solution"]) for r in records)
+            if box is not None
+        ]
+        metrics["size_bias_px"] = float(np.mean(bias)) if bias else float("nan")
+    else:
+        tp = n_pred = n_gt = 0
+        counts = []
+        for r in records:
+            objs = [o for o in r["objects"] if "bbox_2d" in o]
+            counts.append(len(objs) if r["valid"] else None)
+            gt_boxes = np.asarray([o["bbox_2d"] for o in r["solution"]], dtype=float).reshape(-1, 4)
+            gt_labels = [o["label"] for o in r["solution"]]
+            if objs:
+                boxes = np.asarray([o["bbox_2d"] for o in objs], dtype=float).reshape(-1, 4)
+                labels = [str(o.get("label") or "").strip() for o in objs]  # as evaluate's COCO matching
+                pred_idx, _, _ = match_boxes(boxes, gt_boxes, 0.5, labels, gt_labels)
+                tp += len(pred_idx)
+            n_pred += len(objs)
+            n_gt += len(gt_labels)
+        metrics["precision"] = tp / n_pred if n_pred else 0.0
+        metrics["recall"] = tp / n_gt if n_gt else 0.0
+        metrics["f1"] = 2 * tp / (n_pred + n_gt) if (n_pred + n_gt) else 0.0
+        coco = result.metrics["detection"]
+        metrics.update({"AP": coco["AP"], "AP50": coco["AP50"], "AP75": coco["AP75"]})
+        cm = counting_metrics(counts, [len(r["solution"]) for r in records])
+        metrics["count_acc"], metrics["count_mae"] = float(cm["accuracy"]), float(cm["mae"])
+    metrics["reward"] = float(reward_mean(records, reward_functions(spec)) or 0.0)
+    return metrics
 
 
 def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence[str]) -> dict[str, float]:
-    """Held-out metrics of greedy completions `texts` of the rows of `ds`.
+    """Held-out metrics of completions `texts` of the rows of `ds`, scored by `trl_perception.evaluation.evaluate`
+    (parsing, frames, COCO AP) plus the experiment's own summaries.
 
     Grounding: `mean_iou`, `acc@0.5`, `acc@0.75`, `acc@0.9` against the exact boxes (`grounding_metrics`),
     plus `size_bias_px` (mean predicted minus true width and height, px). Detection: micro `f1` (class-aware
@@ -595,108 +645,23 @@ def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence
 
     ```
     """
-    from .formats import parse_objects
-    from .matching import match_boxes
-    from .metrics import coco_metrics, counting_metrics, grounding_metrics
-
     spec = _setting(spec)
-    cols = [c for c in ds.column_names if c != "image"]
-    rows = [dict(zip(cols, values)) for values in zip(*(ds[c] for c in cols))]
-    parsed = [parse_objects(t, FAMILY) for t in texts]
-    metrics: dict[str, float] = {"format_ok": float(np.mean([p.valid and bool(p.objects) for p in parsed]))}
-    if spec.task == "grounding":
-        preds, bias = [], []
-        for p, row in zip(parsed, rows):
-            box = next((o.bbox for o in p.objects if o.bbox is not None), None)
-            box = None if box is None else _to_pixels(box, row)
-            preds.append(box)
-            if box is not None:
-                gt = row["solution"]
-                bias.append(((box[2] - box[0]) - (gt[2] - gt[0]) + (box[3] - box[1]) - (gt[3] - gt[1])) / 2)
-        g = grounding_metrics(preds, [r["solution"] for r in rows], thresholds=(0.5, 0.75, 0.9))
-        metrics.update({k: float(g[k]) for k in ("mean_iou", "acc@0.5", "acc@0.75", "acc@0.9")})
-        metrics["size_bias_px"] = float(np.mean(bias)) if bias else float("nan")
-    else:
-        vocab = sorted({o["label"] for r in rows for o in r["solution"]})
-        from .data.synthetic import shape_vocabulary
-
-        vocab = shape_vocabulary(spec.synthetic.get("colors"), spec.synthetic.get("shapes"))
-        cat = {name: i + 1 for i, name in enumerate(vocab)}
-        images, annotations, results = [], [], []
-        tp = n_pred = n_gt = 0
-        counts = []
-        for image_id, (p, row) in enumerate(zip(parsed, rows), start=1):
-            w, h = row["image_size"]
-            images.append({"id": image_id, "width": w, "height": h})
-            gt_boxes = np.asarray([o["bbox_2d"] for o in row["solution"]], dtype=float).reshape(-1, 4)
-            gt_labels = [o["label"] for o in row["solution"]]
-            for box, label in zip(gt_boxes, gt_labels):
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": cat[label],
-                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                        "area": float((box[2] - box[0]) * (box[3] - box[1])),
-                        "iscrowd": 0,
-                    }
-                )
-            objs = [(o.bbox, (o.label or "").strip().lower()) for o in p.objects if o.bbox is not None]
-            counts.append(len(objs) if p.valid else None)
-            boxes = np.asarray([_to_pixels(b, row) for b, _ in objs], dtype=float).reshape(-1, 4)
-            labels = [label for _, label in objs]
-            if len(objs):
-                pred_idx, _, _ = match_boxes(boxes, gt_boxes, 0.5, labels, gt_labels)
-                tp += len(pred_idx)
-            n_pred += len(objs)
-            n_gt += len(gt_labels)
-            for box, label in zip(boxes, labels):
-                if label in cat:
-                    results.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": cat[label],
-                            "bbox": [box[0], box[1], max(0.0, box[2] - box[0]), max(0.0, box[3] - box[1])],
-                            "score": 1.0,
-                        }
-                    )
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / n_gt if n_gt else 0.0
-        metrics["precision"], metrics["recall"] = precision, recall
-        metrics["f1"] = 2 * tp / (n_pred + n_gt) if (n_pred + n_gt) else 0.0
-        coco_gt = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i, "name": name} for name, i in cat.items()],
-        }
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            c = coco_metrics(coco_gt, results)
-        metrics.update({"AP": c["AP"], "AP50": c["AP50"], "AP75": c["AP75"]})
-        cm = counting_metrics(counts, [len(r["solution"]) for r in rows])
-        metrics["count_acc"], metrics["count_mae"] = float(cm["accuracy"]), float(cm["mae"])
-    kwargs = {k: [r[k] for r in rows] for k in ("task", "image_size", "input_size", "box_format")}
-    solutions = [r["solution"] for r in rows]
-    total = np.zeros(len(rows))
-    for func in reward_functions(spec):
-        values = func(list(texts), solutions, **kwargs)
-        total += np.asarray([0.0 if v is None else v for v in values])
-    metrics["reward"] = float(total.mean())
-    return metrics
+    if len(texts) != len(ds):
+        raise ValueError(f"{len(texts)} completions for {len(ds)} rows")
+    return _setting_metrics(spec, _run_evaluate(spec, ds, texts=list(texts)))
 
 
-def evaluate(
+def evaluate_setting(
     model: Any, processor: Any, setting: str | Setting, n: int = 1000, batch_size: int = 100
 ) -> dict[str, float]:
-    """Held-out metrics (`score_completions`) of greedy decoding on the first `n` evaluation images of a setting
-    (seed `EVAL_SEED`, never used for training)."""
+    """Held-out metrics (as `score_completions`) of greedy decoding on the first `n` evaluation images of a
+    setting (seed `EVAL_SEED`, never used for training); generation is `evaluation.evaluate`'s, `batch_size`
+    rows per `generate` call."""
     spec = _setting(setting)
     ds = _eval_data(spec, n)
     start = time.time()
-    texts = generate(model, processor, ds, spec.max_completion_length, batch_size=batch_size)
-    metrics = score_completions(spec, ds, texts)
+    result = _run_evaluate(spec, ds, model=model, processor=processor, batch_size=batch_size)
+    metrics = _setting_metrics(spec, result)
     metrics["eval_time"] = time.time() - start
     return metrics
 
@@ -752,16 +717,13 @@ def run_grpo_stage(
 
     ```
     """
-    import torch
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     spec = replace(_setting(setting), **overrides) if overrides else _setting(setting)
     steps = spec.grpo_steps if max_steps is None else int(max_steps)
     model, processor = _load(checkpoint)
     result: dict[str, Any] = {"config": {k: v for k, v in asdict(spec).items()}, "steps": steps}
     if eval_n and eval_before:
-        result["before"] = evaluate(model, processor, spec, eval_n)
+        result["before"] = evaluate_setting(model, processor, spec, eval_n)
     ds = make_setting_data(
         spec, spec.grpo_train_images if train_images is None else train_images, seed=1000 + seed
     )
@@ -815,7 +777,6 @@ def run_grpo_stage(
         processing_class=processor,
         callbacks=[_History()],
     )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for printer in (PrinterCallback, ProgressCallback):  # the history goes to `callback`, not stdout
         trainer.remove_callback(printer)
@@ -828,7 +789,7 @@ def run_grpo_stage(
     if save:
         result["checkpoint"] = _save(model, processor, output_dir)
     if eval_n:
-        result["after"] = evaluate(model, processor, spec, eval_n)
+        result["after"] = evaluate_setting(model, processor, spec, eval_n)
     result["wall_time"] = time.time() - start
     del trainer
     torch.set_grad_enabled(True)
@@ -918,7 +879,7 @@ def run_experiment(
         start_checkpoint = sft_dir
     elif "sft" not in results:
         model, processor = _load(start_checkpoint)
-        results["sft"] = {"after": evaluate(model, processor, spec, eval_n), "wall_time": None}
+        results["sft"] = {"after": evaluate_setting(model, processor, spec, eval_n), "wall_time": None}
         dump()
     if log is not None:
         log(f"SFT start: {results['sft']['after']}")
@@ -962,9 +923,6 @@ def run_experiment(
         for arm, seed, func, args, kwargs in jobs:
             record(arm, seed, func(*args, **kwargs))
     else:
-        import concurrent.futures
-        import multiprocessing
-
         threads = max(1, (os.cpu_count() or 1) // workers)
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=workers,
@@ -983,7 +941,6 @@ def run_experiment(
 
 
 def _worker_init(threads: int) -> None:
-    import torch
 
     torch.set_num_threads(threads)
 
@@ -1017,7 +974,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line: `python -m trl_perception.tiny_experiment --setting imperfect_supervision --output-dir DIR`."""
+    """Command line: `python recipes/demo/train_tiny.py --setting imperfect_supervision --output-dir DIR`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--setting", choices=sorted(SETTINGS), required=True)
     parser.add_argument("--output-dir", required=True)
@@ -1047,7 +1004,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override Setting fields, e.g. grpo_lr=1e-4"
     )
     args = parser.parse_args(argv)
-    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
