@@ -435,7 +435,7 @@ class _FakeVLLM(types.ModuleType):
 def test_vllm_backend_gets_our_pixel_limits_and_greedy_sampling(monkeypatch):
     import trl  # noqa: F401  (imported before the stand-in: trl probes vllm's import spec once)
 
-    model = tiny_vlm("qwen2_vl")
+    tiny_vlm("qwen2_vl")  # built before the stand-in too
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake)
     dataset = make_synthetic("grounding", 3, seed=0, box_format="qwen2_vl", image_size=(150, 90))
