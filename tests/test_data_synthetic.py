@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_perception.data import synthetic
 from trl_perception.data.synthetic import (
     COLORS,
     SHAPES,
