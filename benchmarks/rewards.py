@@ -482,7 +482,7 @@ def main() -> None:
 
 
 # ======================================================================================================
-# OVD section (open-vocabulary detection rewards, issue 15). Separate from the table above:
+# OVD section (open-vocabulary detection rewards). Separate from the table above:
 #     python benchmarks/rewards.py --ovd [--repeat 3] [--seed 0] [--completions 512]
 # Per-sample COCO AP as `od_ap_reward` / `od_ap_vlm_r1` compute it, next to pycocotools called per
 # completion (COCO + loadRes + COCOeval evaluate/accumulate/summarize, as VLM-R1's `calculate_map` does) on

@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "scripts": 7,
     "demo": 7,
     "cli": 8,
-    "__init__": 9,
+    "__init__": 0,  # the package root holds `__version__` and resolves its top-level names lazily
 }
 """The layer of each top-level module or subpackage; a module may import its own layer or lower ones."""
 

@@ -2,6 +2,8 @@
 with command-line overrides of YAML keys, and one real console-script run. In-process through `cli.main`
 where possible (a subprocess pays ~10 s of imports)."""
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trl_perception import __version__, cli
 
@@ -214,9 +218,9 @@ def test_data_preview_in_a_model_frame(capsys, tmp_path):
     assert status == 0 and out.is_file()
 
 
-def test_data_preview_of_a_missing_file_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.json"):
-        cli.main(["data", "preview", "--task", "ocr", "--source", str(tmp_path / "nowhere.json")])
+def test_data_preview_of_a_missing_file_says_so(capsys, tmp_path):
+    status, _, err = run(capsys, "data", "preview", "--task", "ocr", "--source", str(tmp_path / "nowhere.json"))
+    assert status == 2 and "nowhere.json" in err and "Traceback" not in err
 
 
 def test_eval_writes_metrics(capsys, tmp_path):
@@ -238,3 +242,217 @@ def test_eval_writes_metrics(capsys, tmp_path):
     assert printed["grounding/num_samples"] == 3
     assert stdout.count('"grounding/num_samples"') == 1
     assert str(out / "metrics.json") in stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# User errors: checked before any model or data, one line on stderr, status 2; --debug shows the traceback
+
+
+@pytest.fixture
+def no_model_or_data(monkeypatch):
+    """Fails the test if a model or processor is loaded, or a dataset built, or generation starts."""
+    import transformers
+
+    from trl_perception import evaluation
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("loaded a model or built data before checking the arguments")
+
+    for name in ("_load_model", "_load_processor", "evaluate"):
+        monkeypatch.setattr(evaluation, name, forbidden)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", forbidden)
+    monkeypatch.setattr("trl_perception.data.build_dataset", forbidden)
+    monkeypatch.setattr("trl_perception.data.registry.make_synthetic", forbidden)
+
+
+def _one_line_error(status, out, err, *words):
+    assert status == 2, (status, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def _eval(tmp_path, *extra):
+    model = tmp_path / "ckpt"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    return ["eval", "--model", str(model), "--task", "grounding", "--output-dir", str(tmp_path / "out"), *extra]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--generation-kwargs", "{bad json"], ["--generation-kwargs", "not valid JSON"]),
+        (["--generation-kwargs", "[1, 2]"], ["--generation-kwargs", "JSON object"]),
+        (["--generation-kwargs", '{"temprature": 0.5}'], ["--generation-kwargs", "temprature"]),
+        (["--source-option", "noequals"], ["--source-option", "KEY=VALUE"]),
+        (["--source-option", "=3"], ["--source-option"]),
+        (["--batch-size", "0"], ["--batch-size", "positive"]),
+        (["--num-samples", "-4"], ["--num-samples", "positive"]),
+        (["--max-new-tokens", "0"], ["--max-new-tokens"]),
+        (["--num-visual", "-1"], ["--num-visual"]),
+        (["--min-pixels", "5000", "--max-pixels", "4000"], ["--min-pixels", "exceeds"]),
+        (["--source", "/no/such/annotations.json"], ["--source", "no such file"]),
+        (["--batch-size", "two"], ["--batch-size", "invalid int"]),
+        (["--box-format", "llava"], ["--box-format", "invalid choice"]),
+        (["--task", "segmentation"], ["--task", "invalid choice"]),
+    ],
+)
+def test_eval_argument_errors_are_one_line_before_any_model_or_data(capsys, tmp_path, no_model_or_data, extra, words):
+    _one_line_error(*run(capsys, *_eval(tmp_path, *extra)), *words)
+
+
+def test_eval_output_dir_naming_a_file_fails_at_once(capsys, tmp_path, no_model_or_data):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    argv = _eval(tmp_path)
+    argv[argv.index("--output-dir") + 1] = str(taken)
+    _one_line_error(*run(capsys, *argv), "--output-dir", "not a folder")
+    assert taken.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("model", ["/nonexistent", "./no/such/ckpt", "../x/../y", "C:\\\\models\\\\m", "a//b"])
+def test_eval_model_that_is_no_folder_nor_hub_id_is_named(capsys, tmp_path, no_model_or_data, model):
+    argv = _eval(tmp_path)
+    argv[argv.index("--model") + 1] = model
+    _one_line_error(*run(capsys, *argv), f"--model {model}", "no such checkpoint folder")
+
+
+def test_eval_model_folder_without_config_is_named(capsys, tmp_path, no_model_or_data):
+    argv = _eval(tmp_path)
+    (tmp_path / "empty").mkdir()
+    argv[argv.index("--model") + 1] = str(tmp_path / "empty")
+    _one_line_error(*run(capsys, *argv), "config.json")
+
+
+def test_eval_hub_id_that_cannot_be_read_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = _eval(tmp_path)
+    argv[argv.index("--model") + 1] = "nobody-here/no-such-model-xyz"
+    _one_line_error(*run(capsys, *argv), "--model nobody-here/no-such-model-xyz", "cannot read its config")
+
+
+def test_eval_task_mixed_needs_the_synthetic_source(capsys, tmp_path, no_model_or_data):
+    data = tmp_path / "refs.json"
+    data.write_text("[]")
+    argv = [a if a != "grounding" else "mixed" for a in _eval(tmp_path, "--source", str(data))]
+    _one_line_error(*run(capsys, *argv), "--task mixed", "--source synthetic")
+
+
+def test_eval_unknown_source_option_is_a_user_error(capsys):
+    from trl_perception.testing import tiny_vlm
+
+    model = tiny_vlm("qwen2_vl")
+    capsys.readouterr()
+    status, out, err = run(capsys, "eval", "--model", model, "--task", "counting", "--source-option",
+                           "colour_count=3")  # fmt: skip
+    _one_line_error(status, out, err, "--source-option", "colour_count")
+
+
+def test_eval_help_offers_only_what_it_accepts(capsys):
+    from trl_perception import evaluation
+
+    status, out, _ = run(capsys, "eval", "--help")
+    assert status == 0
+    for task in evaluation._TASK_EVALUATIONS:
+        assert task in out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["data", "preview", "--task", "ocr", "--source", "/no/such/file.json"], ["--source", "no such file"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--image-dir", "/no/such/dir"], ["--image-dir"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--max-pixels", "3136"], ["--box-format"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--box-format", "qwen2_vl", "--min-pixels",
+          "9000", "--max-pixels", "3136"], ["exceeds"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--out", "{tmp}"], ["--out", "is a folder"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--out", "{tmp}/x.txt"], ["--out", "'.txt'"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--out", "{file}/x.png"], ["--out", "is a file"]),
+        (["data", "preview", "--task", "ocr", "--source", "synthetic", "--n", "0"], ["--n", "positive"]),
+        (["demo", "--output-dir", "{file}"], ["--output-dir", "not a folder"]),
+        (["demo", "--checkpoint", "/no/such/ckpt"], ["--checkpoint", "no such checkpoint"]),
+        (["demo", "--output-dir", "{file}/sub"], ["--output-dir", "cannot create"]),
+        (["push", "/no/such/folder", "--repo-id", "me/model"], ["no such model folder"]),
+        (["push", "{tmp}", "--repo-id", "just-a-name"], ["--repo-id", "OWNER/NAME"]),
+        (["push", "{tmp}", "--repo-id", "a/b/c"], ["--repo-id"]),
+        (["data"], ["required"]),
+        (["nonsense"], ["invalid choice"]),
+    ],
+)
+def test_other_argument_errors_are_one_line(capsys, tmp_path, no_model_or_data, argv, words):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    argv = [a.format(tmp=tmp_path, file=file) for a in argv]
+    _one_line_error(*run(capsys, *argv), *words)
+
+
+def test_data_preview_without_an_extension_writes_a_png(capsys, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "preview"
+    status, _, _ = run(capsys, "data", "preview", "--task", "counting", "--source", "synthetic", "--n", "2", "--out",
+                       str(out))  # fmt: skip
+    assert status == 0 and Image.open(out).format == "PNG"
+
+
+def test_data_errors_are_one_line(capsys, tmp_path):
+    bad = tmp_path / "en_page_ocr.json"
+    bad.write_text("{ not json")
+    status, out, err = run(capsys, "data", "preview", "--task", "ocr", "--source", str(bad))
+    _one_line_error(status, out, err, "en_page_ocr.json")
+
+
+@pytest.mark.parametrize("how", ["flag-before", "flag-after", "env"])
+def test_debug_shows_the_traceback(capsys, tmp_path, monkeypatch, how):
+    argv = ["data", "preview", "--task", "ocr", "--source", str(tmp_path / "bad.json")]
+    (tmp_path / "bad.json").write_text("{ not json")
+    if how == "flag-before":
+        argv = ["--debug", *argv]
+    elif how == "flag-after":
+        argv = [*argv, "--debug"]
+    else:
+        monkeypatch.setenv("TRL_PERCEPTION_DEBUG", "1")
+    status, _, err = run(capsys, *argv)
+    assert status == 2 and "Traceback (most recent call last)" in err and "bad.json" in err
+
+
+def test_an_unexpected_error_is_one_line_with_status_1(capsys, monkeypatch):
+    from trl_perception.data import preview
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something broke\nover two lines")
+
+    monkeypatch.setattr(preview, "render_preview", boom)
+    status, _, err = run(capsys, "data", "preview", "--task", "ocr", "--source", "synthetic", "--n", "1")
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "RuntimeError: something broke over two lines" in err and "--debug" in err
+
+
+_EVAL_TOKENS = ["--model", "--task", "--source", "--split", "--num-samples", "--seed", "--source-option", "--box-format",
+                "--min-pixels", "--max-pixels", "--batch-size", "--max-new-tokens", "--backend", "--generation-kwargs",
+                "--output-dir", "--num-visual", "grounding", "mixed", "synthetic", "-1", "0", "3", "1e9", "{", "{}",
+                "[]", "a=b", "=", "/nonexistent", "..", "", "qwen2_vl", "vllm", "\x00", "\u2029", "ü", "--debug"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(tokens=st.lists(st.sampled_from(_EVAL_TOKENS) | st.text(max_size=6), max_size=10))
+def test_eval_never_shows_a_traceback_for_any_arguments(tokens):
+    from trl_perception import evaluation
+
+    def forbidden(*args, **kwargs):
+        raise RuntimeError("reached the model or the data")
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
+        patch.delenv("TRL_PERCEPTION_DEBUG", raising=False)
+        for name in ("_load_model", "_load_processor", "evaluate", "_checked_box_format"):
+            patch.setattr(evaluation, name, forbidden)
+        patch.setattr("trl_perception.data.build_dataset", forbidden)
+        try:
+            status = cli.main(["eval", *[t for t in tokens if t != "--debug"]])
+        except SystemExit as exit:
+            status = exit.code
+    lines = err.getvalue().strip().splitlines()
+    assert status in (1, 2) and len(lines) <= 1 and "Traceback" not in err.getvalue()
+    if status == 1:
+        assert "reached the model or the data" in lines[0]  # only arguments that pass every check get there

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from trl_perception.data.common import DataError, DataWarning, build_from_source
+from trl_perception.data import DataError, DataWarning, build_dataset
 from trl_perception.data.ovd import build_ovd
 from trl_perception.formats import render_objects
 from trl_perception.rewards import od_ap_reward, od_length_reward
@@ -62,7 +62,7 @@ def phrases_of(prompt):
 
 
 def test_rows_ask_present_and_absent_phrases_and_solve_only_the_asked(tmp_path):
-    ds = build_ovd(coco_file(tmp_path), tmp_path, num_negatives=2, seed=0)
+    ds = build_ovd(coco_file(tmp_path), image_dir=tmp_path, num_negatives=2, seed=0)
     rows = meta(ds)
     assert rows["task"] == ["ovd"] * 3
     first = phrases_of(rows["prompt"][0])
@@ -80,9 +80,9 @@ def test_rows_ask_present_and_absent_phrases_and_solve_only_the_asked(tmp_path):
 
 def test_the_draw_is_deterministic_per_seed(tmp_path):
     path = coco_file(tmp_path)
-    a = meta(build_ovd(path, tmp_path, num_negatives=3, seed=1))["prompt"]
-    b = meta(build_ovd(path, tmp_path, num_negatives=3, seed=1))["prompt"]
-    others = [meta(build_ovd(path, tmp_path, num_negatives=3, seed=s))["prompt"] for s in range(2, 8)]
+    a = meta(build_ovd(path, image_dir=tmp_path, num_negatives=3, seed=1))["prompt"]
+    b = meta(build_ovd(path, image_dir=tmp_path, num_negatives=3, seed=1))["prompt"]
+    others = [meta(build_ovd(path, image_dir=tmp_path, num_negatives=3, seed=s))["prompt"] for s in range(2, 8)]
     assert a == b
     assert any(o != a for o in others)
 
@@ -91,7 +91,7 @@ def test_the_draw_is_deterministic_per_seed(tmp_path):
 @settings(max_examples=25)
 def test_negatives_are_never_present_categories(tmp_path_factory, seed, k):
     root = tmp_path_factory.mktemp("ovd")
-    rows = meta(build_ovd(coco_file(root), root, num_negatives=k, seed=seed))
+    rows = meta(build_ovd(coco_file(root), image_dir=root, num_negatives=k, seed=seed))
     present = [{"cat", "dog"}, {"car"}, set()]
     for prompt, solution, here in zip(rows["prompt"], rows["solution"], present):
         phrases = set(phrases_of(prompt))
@@ -101,27 +101,27 @@ def test_negatives_are_never_present_categories(tmp_path_factory, seed, k):
 
 
 def test_similar_negatives_come_from_the_supercategories_present(tmp_path):
-    rows = meta(build_ovd(coco_file(tmp_path), tmp_path, num_negatives=1, negatives="similar", seed=3))
+    rows = meta(build_ovd(coco_file(tmp_path), image_dir=tmp_path, num_negatives=1, negatives="similar", seed=3))
     assert set(phrases_of(rows["prompt"][0])) - {"cat", "dog"} == {"horse"}  # the other animal
     assert set(phrases_of(rows["prompt"][1])) - {"car"} == {"bus"}  # the other vehicle
 
 
 def test_negative_only_rate_and_keep_empty(tmp_path):
     path = coco_file(tmp_path)
-    rows = meta(build_ovd(path, tmp_path, num_negatives=2, negative_only_rate=1.0))
+    rows = meta(build_ovd(path, image_dir=tmp_path, num_negatives=2, negative_only_rate=1.0))
     assert rows["solution"] == [[], [], []]
     for prompt, present in zip(rows["prompt"], [{"cat", "dog"}, {"car"}, set()]):
         assert not present & set(phrases_of(prompt))
-    assert len(build_ovd(path, tmp_path, keep_empty=False)) == 2
+    assert len(build_ovd(path, image_dir=tmp_path, keep_empty=False)) == 2
 
 
 def test_num_negatives_none_lists_every_absent_category(tmp_path):
-    rows = meta(build_ovd(coco_file(tmp_path), tmp_path, num_negatives=None))
+    rows = meta(build_ovd(coco_file(tmp_path), image_dir=tmp_path, num_negatives=None))
     assert sorted(phrases_of(rows["prompt"][0])) == sorted(c["name"] for c in CATEGORIES)
 
 
 def test_max_positives_caps_the_present_phrases(tmp_path):
-    rows = meta(build_ovd(coco_file(tmp_path), tmp_path, num_negatives=0, max_positives=1))
+    rows = meta(build_ovd(coco_file(tmp_path), image_dir=tmp_path, num_negatives=0, max_positives=1))
     assert len(phrases_of(rows["prompt"][0])) == 1
     assert {o["label"] for o in rows["solution"][0]} == set(phrases_of(rows["prompt"][0]))
 
@@ -132,7 +132,7 @@ def test_crowd_only_categories_are_not_asked(tmp_path):
         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "iscrowd": 1},
     ]
     images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}]
-    rows = meta(build_ovd(coco_file(tmp_path, images, anns), tmp_path, num_negatives=None))
+    rows = meta(build_ovd(coco_file(tmp_path, images, anns), image_dir=tmp_path, num_negatives=None))
     assert "person" not in phrases_of(rows["prompt"][0])  # present (crowd) but not boxable: neither side
     assert "cat" in phrases_of(rows["prompt"][0])
 
@@ -147,7 +147,7 @@ def test_lvis_verified_negatives_and_not_exhaustive_categories(tmp_path):
     (tmp_path / "val2017").mkdir()
     write_images(tmp_path / "val2017", ["a.png"])
     path = coco_file(tmp_path, images, anns, write=False)
-    rows = meta(build_ovd(path, tmp_path, num_negatives=None))
+    rows = meta(build_ovd(path, image_dir=tmp_path, num_negatives=None))
     assert sorted(phrases_of(rows["prompt"][0])) == ["bus", "cat", "cup"]  # dog: not exhaustive; others unknown
     assert rows["solution"][0] == [{"bbox_2d": [1.0, 1.0, 6.0, 6.0], "label": "cat"}]
 
@@ -157,7 +157,7 @@ def test_ovdeval_text_and_neg_text(tmp_path):
     images = [{"id": 0, "file_name": "a.png", "width": 64, "height": 48,
                "text": ["computer without screen on"], "neg_text": ["computer with screen on", "a laptop made of wood"]}]  # fmt: skip
     anns = [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [3, 4, 20, 10], "iscrowd": 0, "area": 200}]
-    rows = meta(build_ovd(coco_file(tmp_path, images, anns, cats), tmp_path, num_negatives=None))
+    rows = meta(build_ovd(coco_file(tmp_path, images, anns, cats), image_dir=tmp_path, num_negatives=None))
     assert sorted(phrases_of(rows["prompt"][0])) == sorted(
         ["computer without screen on", "computer with screen on", "a laptop made of wood"]
     )
@@ -168,23 +168,23 @@ def test_bad_records_raise_naming_file_and_record(tmp_path):
     anns = [{"id": 7, "image_id": 1, "category_id": 99, "bbox": [1, 1, 5, 5]}]
     images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}]
     with pytest.raises(DataError, match=r"instances\.json: image 0 \(id 1.*annotation 0 \(id 7\).*category_id 99"):
-        build_ovd(coco_file(tmp_path, images, anns), tmp_path)
+        build_ovd(coco_file(tmp_path, images, anns), image_dir=tmp_path)
     anns = [{"id": 8, "image_id": 1, "category_id": 2, "bbox": [1, 1, "x", 5]}]
     with pytest.raises(DataError, match=r"annotation 0 \(id 8\).*bbox"):
-        build_ovd(coco_file(tmp_path, images, anns), tmp_path)
+        build_ovd(coco_file(tmp_path, images, anns), image_dir=tmp_path)
     anns = [{"id": 9, "image_id": 5, "category_id": 2, "bbox": [1, 1, 5, 5]}]
     with pytest.raises(DataError, match=r"annotation 0 \(id 9\).*image_id 5"):
-        build_ovd(coco_file(tmp_path, images, anns), tmp_path)
+        build_ovd(coco_file(tmp_path, images, anns), image_dir=tmp_path)
 
 
 def test_missing_image_raises_or_is_skipped_and_counted(tmp_path):
     path = coco_file(tmp_path)
     (tmp_path / "b.png").unlink()
     with pytest.raises(DataError, match=r"image 1 \(id 2\), b\.png: b\.png not found"):
-        build_ovd(path, tmp_path)
+        build_ovd(path, image_dir=tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = build_ovd(path, tmp_path, on_error="skip")
+        ds = build_ovd(path, image_dir=tmp_path, on_error="skip")
     assert len(ds) == 2
     assert any(issubclass(w.category, DataWarning) and "1 missing image" in str(w.message) for w in caught)
 
@@ -192,12 +192,12 @@ def test_missing_image_raises_or_is_skipped_and_counted(tmp_path):
 def test_options_are_checked(tmp_path):
     path = coco_file(tmp_path)
     with pytest.raises(ValueError, match="negatives"):
-        build_ovd(path, tmp_path, negatives="hard")
+        build_ovd(path, image_dir=tmp_path, negatives="hard")
     with pytest.raises(ValueError, match="split"):
-        build_ovd(path, tmp_path, split="val")
+        build_ovd(path, image_dir=tmp_path, split="val")
     with pytest.raises(DataError, match="COCO object"):
         (tmp_path / "bad.json").write_text('{"images": []}')
-        build_ovd(tmp_path / "bad.json", tmp_path)
+        build_ovd(tmp_path / "bad.json", image_dir=tmp_path)
 
 
 # --------------------------------------------------------------------------------------- VLM-R1 jsonl
@@ -214,7 +214,7 @@ def test_vlm_r1_jsonl_rows(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "ovd.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines))
-    rows = meta(build_ovd(path, tmp_path, box_format="qwen2_5_vl"))
+    rows = meta(build_ovd(path, image_dir=tmp_path, box_format="qwen2_5_vl"))
     assert rows["solution"] == [[{"bbox_2d": [1.0, 2.0, 30.0, 40.0], "label": "cat"}], []]
     assert rows["image_size"] == [[80, 60], [80, 60]]
     text = rows["prompt"][1][-1]["content"][1]["text"]
@@ -226,10 +226,10 @@ def test_vlm_r1_jsonl_bad_lines_name_the_line(tmp_path):
     path = tmp_path / "ovd.jsonl"
     path.write_text(json.dumps({"image": ["a.png", "a.png"], "conversations": []}) + "\n{oops\n")
     with pytest.raises(DataError, match=r"ovd\.jsonl: line 1: OVD rows have one image"):
-        build_ovd(path, tmp_path)
+        build_ovd(path, image_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert len(build_ovd(path, tmp_path, on_error="skip")) == 0
+        assert len(build_ovd(path, image_dir=tmp_path, on_error="skip")) == 0
 
 
 # ------------------------------------------------------------------------------- frames and rewards
@@ -237,7 +237,7 @@ def test_vlm_r1_jsonl_bad_lines_name_the_line(tmp_path):
 
 @pytest.mark.parametrize("box_format", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_rows_fit_the_grid_and_the_rewards_read_them(tmp_path, box_format):
-    ds = build_ovd(coco_file(tmp_path), tmp_path, num_negatives=2, box_format=box_format, min_pixels=1024, max_pixels=40_000)
+    ds = build_ovd(coco_file(tmp_path), image_dir=tmp_path, num_negatives=2, box_format=box_format, min_pixels=1024, max_pixels=40_000)
     rows = meta(ds)
     assert rows["box_format"] == [box_format] * 3
     assert ds[0]["image"].size == tuple(rows["image_size"][0]) == tuple(rows["input_size"][0])
@@ -256,7 +256,7 @@ def test_mixed_task_datasets_concatenate_and_route(tmp_path):
 
     from trl_perception.data import make_synthetic
 
-    ovd = build_ovd(coco_file(tmp_path), tmp_path)
+    ovd = build_ovd(coco_file(tmp_path), image_dir=tmp_path)
     det = make_synthetic("detection", 2, seed=0)
     parts = [d.map(lambda row: {"solution": json.dumps(row["solution"])}) for d in (ovd, det)]
     mixed = concatenate_datasets(parts)
@@ -265,8 +265,8 @@ def test_mixed_task_datasets_concatenate_and_route(tmp_path):
     assert rewards == [0.0, 0.0, 1.0, None, None]
 
 
-def test_build_from_source_dispatches_ovd(tmp_path):
-    ds = build_from_source("ovd", coco_file(tmp_path), image_dir=tmp_path, num_samples=2, seed=0)
+def test_build_dataset_dispatches_ovd(tmp_path):
+    ds = build_dataset("ovd", coco_file(tmp_path), image_dir=tmp_path, num_samples=2, seed=0)
     assert len(ds) == 2 and set(ds["task"]) == {"ovd"}
 
 
@@ -322,7 +322,7 @@ def test_hostile_annotations_raise_data_error_or_build(tmp_path_factory, annotat
     images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}, {"id": 2, "file_name": "b.png", "width": 64, "height": 48}]
     path = coco_file(root, images, annotations)
     try:
-        ds = build_ovd(path, root, num_negatives=2)
+        ds = build_ovd(path, image_dir=root, num_negatives=2)
     except DataError as err:
         assert "instances.json" in str(err)
         return
@@ -332,4 +332,4 @@ def test_hostile_annotations_raise_data_error_or_build(tmp_path_factory, annotat
             assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        build_ovd(path, root, num_negatives=2, on_error="skip")
+        build_ovd(path, image_dir=root, num_negatives=2, on_error="skip")

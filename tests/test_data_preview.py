@@ -96,3 +96,55 @@ def test_cli_data_preview_writes_the_grid(tmp_path, capsys):
     )
     assert _green_pixels(out) > 0
     assert "Wrote" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile category names and output paths
+
+
+# Arrow (so every dataset) refuses lone surrogates: a dataset's names can hold every other character.
+HOSTILE_NAMES = ["cat\r", "a\x1cb\x1dc\x1e", "cat\x85dog", "cat\u2029", "line\nbreak", "\x00\x1b[2J", "\u2028"]
+
+
+def _coco_named(tmp_path, names):
+    PILImage.new("RGB", (64, 48), "white").save(tmp_path / "a.jpg")
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
+    annotations = [{"id": i + 1, "image_id": 1, "category_id": i + 1, "bbox": [2 + i, 2, 20, 20], "area": 400,
+                    "iscrowd": 0} for i in range(len(names))]  # fmt: skip
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+                                "categories": categories, "annotations": annotations}))  # fmt: skip
+    return path
+
+
+def test_preview_draws_category_names_with_any_characters(tmp_path):
+    rows = [_row("detection", [{"bbox_2d": [5.0, 5.0, 60.0, 50.0], "label": name}], categories=name) for name in HOSTILE_NAMES]
+    out = render_preview(rows_to_dataset(rows), tmp_path / "hostile.png", n=len(rows))
+    assert _green_pixels(out) > 0
+
+
+def test_captions_are_one_drawable_line():
+    caption = caption_for({"task": "detection", "solution": [{"bbox_2d": [1, 1, 5, 5], "label": "cat\r\x1c\u2029\ud800"}],
+                           "image_size": [8, 8]})  # fmt: skip
+    assert caption == "detection 8x8: 1 objects: cat \ufffd" and caption.encode("utf-8")
+
+
+def test_cli_data_preview_of_a_coco_file_with_hostile_category_names(tmp_path, capsys):
+    from trl_perception.cli import main
+
+    out = tmp_path / "p.png"
+    status = main(["data", "preview", "--task", "detection", "--source", str(_coco_named(tmp_path, HOSTILE_NAMES)),
+                   "--image-dir", str(tmp_path), "--out", str(out)])  # fmt: skip
+    assert status == 0 and _green_pixels(out) > 0
+
+
+def test_an_output_without_extension_is_a_png(tmp_path):
+    ds = rows_to_dataset([_row("grounding", [10.0, 10.0, 60.0, 50.0], question="thing")])
+    out = render_preview(ds, tmp_path / "preview")
+    assert PILImage.open(out).format == "PNG"
+
+
+def test_an_unknown_output_extension_is_refused_before_drawing(tmp_path):
+    ds = rows_to_dataset([_row("grounding", [10.0, 10.0, 60.0, 50.0], question="thing")])
+    with pytest.raises(ValueError, match=r"unknown image extension '\.txt'"):
+        render_preview(ds, tmp_path / "preview.txt")

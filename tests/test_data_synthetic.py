@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_perception.data import synthetic
 from trl_perception.data.synthetic import (
     COLORS,
     SHAPES,
@@ -309,9 +308,15 @@ def test_chinese_ocr_renders_cjk_text():
 
 
 def test_chinese_without_a_cjk_font_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(synthetic, "find_cjk_font", lambda: None)
-    with pytest.raises(RuntimeError, match="fonts-wqy-microhei"):
-        make_synthetic("ocr", 1, language="zh")
+    import trl_perception.viz as viz
+
+    monkeypatch.setattr(viz, "find_cjk_font", lambda: None)  # where load_font looks it up
+    viz.load_font.cache_clear()  # a font found earlier is cached
+    try:
+        with pytest.raises(RuntimeError, match="fonts-wqy-microhei"):
+            make_synthetic("ocr", 1, language="zh")
+    finally:
+        viz.load_font.cache_clear()
 
 
 # ------------------------------------------------------------------------------------------ model families

@@ -15,6 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from trl_perception import evaluation
 from trl_perception.callbacks import PerceptionEvalCallback
 from trl_perception.data.prompts import build_prompt
 from trl_perception.data.synthetic import make_synthetic
@@ -432,6 +433,9 @@ class _FakeVLLM(types.ModuleType):
 
 
 def test_vllm_backend_gets_our_pixel_limits_and_greedy_sampling(monkeypatch):
+    import trl  # noqa: F401  (imported before the stand-in: trl probes vllm's import spec once)
+
+    tiny_vlm("qwen2_vl")  # built before the stand-in too
     fake = _FakeVLLM()
     monkeypatch.setitem(sys.modules, "vllm", fake)
     dataset = make_synthetic("grounding", 3, seed=0, box_format="qwen2_vl", image_size=(150, 90))
@@ -439,7 +443,7 @@ def test_vllm_backend_gets_our_pixel_limits_and_greedy_sampling(monkeypatch):
     result = evaluate(tiny_vlm("qwen2_vl"), dataset, backend="vllm", max_pixels=56 * 56, max_new_tokens=64, progress=False)  # fmt: skip
 
     assert fake.engine_kwargs["model"] == tiny_vlm("qwen2_vl")
-    assert fake.engine_kwargs["mm_processor_kwargs"] == {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    assert fake.engine_kwargs["mm_processor_kwargs"] == {"size": {"shortest_edge": 28 * 28, "longest_edge": 56 * 56}}
     assert fake.sampling == [{"temperature": 0.0, "max_tokens": 64, "skip_special_tokens": False}] * 3
     assert all(image.size[0] * image.size[1] <= 56 * 56 for image in fake.images)
     assert result.config["backend"] == "vllm" and result.metrics["grounding"]["num_missing"] == 0
@@ -466,7 +470,7 @@ def test_vllm_sampling_keeps_special_tokens_only_where_box_tokens_live():
         "qwen3_vl", "grounding", 8, {"do_sample": True, "temperature": 0.7, "top_k": 5}
     )
     assert (sampled["temperature"], sampled["top_k"], sampled["max_tokens"]) == (0.7, 5, 8)
-    assert vllm_engine_kwargs("m", None, None) == {"model": "m", "limit_mm_per_prompt": {"image": 1}}
+    assert vllm_engine_kwargs("m", None, None) == {"model": "m", "limit_mm_per_prompt": {"image": 1, "video": 0}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,3 +557,145 @@ def test_callback_logs_metrics_during_a_two_step_grpo_run(tmp_path):
     # GRPO's own logs are untouched: a training log at every step, evaluation steps included.
     assert [log["step"] for log in trainer.state.log_history if "reward" in log] == [1, 2]
     assert (tmp_path / "evals" / "step-2" / "report.md").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# A model's answer never loses a run's outputs
+
+
+# Characters that broke predictions.jsonl (lone surrogates) or Pillow's text layout (the rest).
+HOSTILE_LABELS = ["cat\ud800", "\udfffdog", "cat\rdog", "a\x1cb\x1dc\x1e", "cat\x85", "cat\u2029dog", "cat\u2028",
+                  "\x00\x07\x1b[31mred", "tab\tcat\n", "pipe | cat", "😀\u200d"]  # fmt: skip
+
+
+def _detection_rows(n: int = 2, label: str = "cat") -> list[dict]:
+    rows = []
+    for i in range(n):
+        rows.append({"prompt": build_prompt("detection", categories="cat, dog"), "image": Image.new("RGB", (64, 48)),
+                     "task": "detection", "image_size": [64, 48],
+                     "solution": [{"bbox_2d": [4.0 + i, 4.0, 40.0, 30.0], "label": label}]})  # fmt: skip
+    return rows
+
+
+def _answer_with_label(label: str):
+    # As a model writes it: JSON text, so "\ud800" arrives as the six characters `\ud800`.
+    text = json.dumps([{"bbox_2d": [4, 4, 40, 30], "label": label}])
+    return lambda requests: [text] * len(requests)
+
+
+def _assert_every_output_written(out, rows: int) -> list[dict]:
+    raw = (out / "predictions.jsonl").read_bytes().decode("utf-8")  # strict UTF-8: no lone surrogate
+    assert len(raw.splitlines()) == rows  # no Unicode line break left raw inside a record
+    records = [json.loads(line) for line in raw.splitlines()]
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["config"]["num_samples"] == rows
+    assert (out / "report.md").is_file()
+    return records
+
+
+@pytest.mark.parametrize("label", HOSTILE_LABELS)
+def test_hostile_labels_in_answers_and_ground_truth_keep_every_output(label, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a picture is lost: no warning either
+        result = evaluate(None, _detection_rows(2, label), box_format="qwen2_5_vl",
+                          generate_fn=_answer_with_label(label), output_dir=tmp_path, progress=False)  # fmt: skip
+
+    records = _assert_every_output_written(tmp_path, 2)
+    assert Image.open(tmp_path / "report.png").size[0] > 0
+    assert result.files["report_image"] == str(tmp_path / "report.png")
+    written = records[0]["objects"][0]["label"]
+    assert written.encode("utf-8") and written.replace("\ufffd", "") == label.encode("utf-8", "ignore").decode().strip()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    for line in report.splitlines():  # every table row stays one row with its two cells
+        if line.startswith("| ") and "AP |" not in line and "value |" not in line:
+            assert line.replace("\\|", "").count("|") == 3, line
+
+
+def test_a_lone_surrogate_label_matches_no_category_but_scores_the_rest(tmp_path):
+    answer = json.dumps([{"bbox_2d": [4, 4, 40, 30], "label": "cat\ud800"}, {"bbox_2d": [4, 4, 40, 30], "label": "cat"}])
+    result = evaluate(None, _detection_rows(1), box_format="qwen2_5_vl", generate_fn=lambda r: [answer] * len(r),
+                      output_dir=tmp_path, progress=False)  # fmt: skip
+    assert result.metrics["detection"]["objects_dropped"]["unknown_label"] == 1
+    assert result.metrics["detection"]["AP50"] == pytest.approx(1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(label=st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=12),
+       text=st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=20))  # fmt: skip
+def test_any_label_or_text_leaves_every_output_written(tmp_path_factory, label, text):
+    out = tmp_path_factory.mktemp("eval")
+    answers = [json.dumps([{"bbox_2d": [4, 4, 40, 30], "label": label}]), text]
+    result = evaluate(None, _detection_rows(2, label), box_format="qwen2_5_vl",
+                      generate_fn=lambda requests: answers[: len(requests)], output_dir=out, batch_size=2,
+                      progress=False)  # fmt: skip
+    _assert_every_output_written(out, 2)
+    assert "report_image" in result.files
+
+
+def test_a_picture_that_fails_is_a_warning_and_nothing_else_is_lost(tmp_path, monkeypatch):
+    def broken_grid(*args, **kwargs):
+        raise RuntimeError("raqm_layout() failed")
+
+    monkeypatch.setattr(evaluation, "image_grid", broken_grid)
+    with pytest.warns(UserWarning, match="report.png could not be written"):
+        result = evaluate(None, _detection_rows(2), box_format="qwen2_5_vl", generate_fn=_answer_with_label("cat"),
+                          output_dir=tmp_path, progress=False)  # fmt: skip
+
+    _assert_every_output_written(tmp_path, 2)
+    assert not (tmp_path / "report.png").exists() and "report_image" not in result.files
+    assert "report.png" not in (tmp_path / "report.md").read_text()
+    assert result.metrics["detection"]["AP50"] == pytest.approx(1.0)
+
+
+def test_one_row_that_cannot_be_drawn_leaves_an_empty_cell(tmp_path, monkeypatch):
+    calls = []
+
+    def draw_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("cannot draw")
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr(evaluation, "draw_objects", draw_once)
+    with pytest.warns(UserWarning, match="row 0 could not be drawn"):
+        evaluate(None, _detection_rows(2), box_format="qwen2_5_vl", generate_fn=_answer_with_label("cat"),
+                 output_dir=tmp_path, progress=False)  # fmt: skip
+    assert (tmp_path / "report.png").is_file()
+
+
+def test_an_output_dir_that_is_a_file_fails_before_any_generation(tmp_path):
+    calls = []
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+
+    def generate(requests):
+        calls.append(len(requests))
+        return [""] * len(requests)
+
+    with pytest.raises(NotADirectoryError, match="taken"):
+        evaluate(None, _detection_rows(2), generate_fn=generate, output_dir=target, progress=False)
+    assert calls == [] and target.read_text() == "not a folder"
+
+
+def test_rows_scored_before_a_crash_are_already_in_predictions_jsonl(tmp_path):
+    def generate(requests):
+        if requests[0].index >= 2:
+            raise RuntimeError("CUDA out of memory")
+        return [json.dumps([{"bbox_2d": [4, 4, 40, 30], "label": "cat"}])] * len(requests)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(None, _detection_rows(4), box_format="qwen2_5_vl", generate_fn=generate, batch_size=2,
+                 output_dir=tmp_path, progress=False)  # fmt: skip
+    lines = (tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["index"] for line in lines] == [0, 1]
+
+
+def test_every_task_has_an_evaluation_and_a_generation_budget():
+    # The one table new tasks are added to (scoring, metrics, caption, picture) and their token budget.
+    assert set(evaluation._TASK_EVALUATIONS) <= set(DEFAULT_MAX_NEW_TOKENS)
+    assert {"grounding", "counting", "ocr", "detection"} <= set(evaluation._TASK_EVALUATIONS)
+
+
+def test_rows_of_a_task_without_an_evaluation_are_refused_by_name():
+    row = dict(_detection_rows(1)[0], task="segmentation")
+    with pytest.raises(ValueError, match="no evaluation for task 'segmentation'"):
+        evaluate(None, [row], generate_fn=lambda r: [""] * len(r), progress=False)

@@ -677,3 +677,123 @@ class TestObjectsToCocoResults:
             ]
             results += objects_to_coco_results(image["id"], objs, name_to_id)[0]
         assert coco_metrics(gt, results)["AP"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# COCO detection: hand-built ground truth
+# ------------------------------------------------------------------------------------------------
+
+
+def _pycocotools_stats(gt: dict, dts: list[dict]) -> list[float]:
+    """COCOeval run directly (no wrapper), the reference for parity."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(dts)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats]
+
+
+def _some_predictions(gt: dict) -> list[dict]:
+    shifted = [
+        {"image_id": a["image_id"], "category_id": a["category_id"],
+         "bbox": [a["bbox"][0] + 3, a["bbox"][1] - 2, a["bbox"][2], a["bbox"][3] + 4], "score": 0.5 + 0.1 * i}
+        for i, a in enumerate(gt["annotations"])
+    ]  # fmt: skip
+    return shifted + [{"image_id": 1, "category_id": 90, "bbox": [1, 1, 5, 5], "score": 0.3}]
+
+
+class TestCocoHandBuiltGroundTruth:
+    @pytest.mark.parametrize("missing", [("iscrowd",), ("area",), ("id",), ("iscrowd", "area", "id")])
+    def test_standard_defaults_are_filled_with_pycocotools_parity(self, missing):
+        full = tiny_gt()
+        stripped = copy.deepcopy(full)
+        for ann in stripped["annotations"]:
+            for key in missing:
+                del ann[key]
+        dts = _some_predictions(full)
+        result = coco_metrics(stripped, dts)
+        assert stats(result) == _pycocotools_stats(full, dts)  # exactly, as pycocotools on the complete file
+
+    def test_only_some_annotations_lacking_an_id_get_fresh_ones(self):
+        gt = tiny_gt()
+        del gt["annotations"][0]["id"]  # ids 2 and 3 remain; the filled one must not collide (nor be 0)
+        dts = _some_predictions(tiny_gt())
+        assert stats(coco_metrics(gt, dts)) == _pycocotools_stats(tiny_gt(), dts)
+
+    def test_string_iscrowd_is_read_as_a_number(self):
+        gt = tiny_gt()
+        for ann in gt["annotations"]:
+            ann["iscrowd"] = "0"
+        assert coco_metrics(gt, perfect_results(tiny_gt()))["AP"] == 1.0
+
+    def test_the_callers_incomplete_dict_is_left_alone(self):
+        gt = tiny_gt()
+        for ann in gt["annotations"]:
+            del ann["area"], ann["id"]
+        before = copy.deepcopy(gt)
+        coco_metrics(gt, perfect_results(gt))
+        assert gt == before
+
+    def test_an_incomplete_coco_object_is_completed_on_a_copy(self):
+        from pycocotools.coco import COCO
+
+        gt = tiny_gt()
+        for ann in gt["annotations"]:
+            del ann["iscrowd"]
+        coco = COCO()
+        coco.dataset = gt
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+        assert coco_metrics(coco, perfect_results(gt))["AP"] == 1.0
+        assert all("iscrowd" not in ann for ann in coco.dataset["annotations"])
+
+    @pytest.mark.parametrize(
+        ("where", "key", "message"),
+        [
+            ("images", "id", r"images\[1\] has no 'id'"),
+            ("categories", "id", r"categories\[0\] has no 'id'"),
+            ("annotations", "image_id", r"annotations\[1\] has no 'image_id'"),
+            ("annotations", "category_id", r"annotations\[1\] has no 'category_id'"),
+            ("annotations", "bbox", r"annotations\[1\] has bbox None"),
+        ],
+    )
+    def test_a_key_that_cannot_be_filled_is_named(self, where, key, message):
+        gt = tiny_gt()
+        del gt[where][1 if where != "categories" else 0][key]
+        with pytest.raises(ValueError, match=message):
+            coco_metrics(gt, [])
+
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            (lambda gt: gt["annotations"][2].update(id=1), r"annotations\[2\] repeats id 1"),
+            (lambda gt: gt["images"][1].update(id=1), r"images\[1\] repeats id 1"),
+            (lambda gt: gt["annotations"][0].update(iscrowd="maybe"), "iscrowd 'maybe'"),
+            (lambda gt: gt["annotations"][0].update(area="big"), "area 'big'"),
+            (lambda gt: gt["annotations"][0].update(id=[1]), r"id \[1\]"),
+            (lambda gt: gt.update(annotations=5), "'annotations' must be a list"),
+            (lambda gt: gt["annotations"].append("x"), r"annotations\[3\] must be an object"),
+        ],
+    )
+    def test_malformed_records_are_named_not_keyerrors(self, change, message):
+        gt = tiny_gt()
+        change(gt)
+        with pytest.raises(ValueError, match=message):
+            coco_metrics(gt, [])
+
+    @settings(max_examples=40, deadline=None)
+    @given(drops=st.lists(st.sets(st.sampled_from(["iscrowd", "area", "id"])), min_size=3, max_size=3))
+    def test_any_mix_of_left_out_keys_gives_the_complete_files_stats(self, drops):
+        gt = tiny_gt()
+        for ann, keys in zip(gt["annotations"], drops):
+            for key in keys:
+                del ann[key]
+        dts = _some_predictions(tiny_gt())
+        assert stats(coco_metrics(gt, dts)) == _pycocotools_stats(tiny_gt(), dts)

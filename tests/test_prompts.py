@@ -40,7 +40,7 @@ def prompt_text(messages):
 
 
 def test_table_8_templates_verbatim():
-    assert TASKS == ("grounding", "counting", "ocr", "detection", "ovd")
+    assert TASKS[:5] == ("grounding", "counting", "ocr", "detection", "ovd")  # newer tasks (jigsaw) follow
     assert {k: v for k, v in TASK_TEMPLATES.items() if k != "ovd"} == {
         "grounding": "Output the bounding box of the {question} in the image.",
         "counting": "Output all the bounding boxes of the {label}",

@@ -30,6 +30,7 @@ SOURCE_FORMS = {
     "ocr": {".json"},
     "detection": {".json"},
     "ovd": {".json", ".jsonl"},
+    "jigsaw": {""},  # any image folder
 }
 PAPER_CONFIGS = {
     # Perception-R1's four released settings: config -> task, subset size,
@@ -85,7 +86,7 @@ def test_recipe_parses_and_names_only_existing_things(path):
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
     assert training_args.box_format in ("auto", *BOX_FORMATS)
-    assert script_args.task in (*TASKS, "ovd", "mixed")
+    assert script_args.task in (*TASKS, "ovd", "jigsaw", "mixed")
 
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture
@@ -233,3 +234,14 @@ def test_accelerate_config_is_valid(path):
 def test_zero3_saves_whole_weights():
     # The recipe evaluates and pushes the saved folder: ZeRO-3 must gather a full 16-bit model when saving.
     assert raw(RECIPES / "accelerate_configs" / "zero3.yaml")["deepspeed_config"]["zero3_save_16bit_model"]
+
+
+def test_the_jigsaw_demo_builds_a_curriculum_dataset_and_its_callback():
+    from trl_perception.callbacks import JigsawCurriculumCallback
+    from trl_perception.data import build_dataset
+    from trl_perception.scripts.grpo import curriculum_callbacks
+
+    train = build_dataset("jigsaw", "synthetic", num_samples=4, seed=0, curriculum=[[0, [2, 1]], [2, [2, 2]]])
+    assert len(train) == 4 and train[0]["task"] == "jigsaw" and train[0]["grid"] == [2, 1]
+    (callback,) = curriculum_callbacks(train)
+    assert isinstance(callback, JigsawCurriculumCallback) and callback.curriculum.grid_at(2) == (2, 2)

@@ -321,11 +321,24 @@ def test_vllm_colocate_gets_the_trainer_pixel_limits(fake_vllm, tmp_path):
     )
 
     (kwargs,) = FakeLLM.built
-    assert kwargs["mm_processor_kwargs"] == {"min_pixels": 784, "max_pixels": 7056}
+    assert kwargs["mm_processor_kwargs"] == {"size": {"shortest_edge": 784, "longest_edge": 7056}}
+    assert kwargs["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     assert kwargs["max_num_batched_tokens"] == 4096  # TRL's own value, untouched by default
     assert kwargs["model"] == trainer.model.name_or_path
     assert fake_vllm.LLM is FakeLLM  # the hook is gone once the trainer is built
-    assert trainer.max_image_tokens == 4096
+    assert trainer.vllm_generation.llm.llm is not None  # TRL holds our wrapper, which delegates to the engine
+    # 4096 is a scheduler budget, not a cap on one image (vLLM's encoder budget is max(4096, largest image))
+    assert trainer.max_image_tokens is None
+
+
+def test_vllm_colocate_budget_comes_from_max_model_length(fake_vllm, tmp_path):
+    trainer = PerceptionGRPOTrainer(
+        tiny_vlm("qwen2_vl"),
+        length_reward,
+        make_args(tmp_path, use_vllm=True, vllm_max_model_length=600, max_completion_length=100),
+        train_dataset=make_synthetic("grounding", 2),
+    )
+    assert trainer.max_image_tokens == 500
 
 
 def test_vllm_colocate_batched_tokens_can_be_raised(fake_vllm, tmp_path):
@@ -337,7 +350,7 @@ def test_vllm_colocate_batched_tokens_can_be_raised(fake_vllm, tmp_path):
     )
 
     assert FakeLLM.built[-1]["max_num_batched_tokens"] == 16384
-    assert trainer.max_image_tokens == 16384
+    assert trainer.max_image_tokens is None
 
 
 def test_vllm_serve_args_carry_the_resolved_limits(tmp_path):
@@ -350,15 +363,15 @@ def test_vllm_serve_args_carry_the_resolved_limits(tmp_path):
 
     args = trainer.vllm_serve_args()
     assert args[0] == "--mm-processor-kwargs"
-    assert json.loads(args[1]) == {"min_pixels": trainer.min_pixels, "max_pixels": 7056}
-    assert args[2:] == ["--max-num-batched-tokens", "8192"]
+    assert json.loads(args[1]) == {"size": {"shortest_edge": trainer.min_pixels, "longest_edge": 7056}}
+    assert args[2:4] == ["--limit-mm-per-prompt", '{"image": 1, "video": 0}']
+    assert args[4:] == ["--max-num-batched-tokens", "8192"]
 
 
 def test_vllm_serve_args_fill_missing_limits_from_the_family_defaults(tmp_path):
     args = make_args(tmp_path, max_pixels=None)
     assert json.loads(vllm_serve_args(args, box_format="qwen3_vl")[1]) == {
-        "min_pixels": 65536,
-        "max_pixels": 16777216,
+        "size": {"shortest_edge": 65536, "longest_edge": 16777216}
     }
     with pytest.raises(ValueError, match="min_pixels and max_pixels"):
         vllm_serve_args(args)

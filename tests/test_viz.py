@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import io
 import math
+import unicodedata
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from trl_perception.formats import DetectedObject, ParsedOutput
-from trl_perception.viz import GT_COLOR, PRED_COLOR, draw_objects, image_grid, save_plot, to_pil
+from trl_perception.viz import (
+    GT_COLOR,
+    PRED_COLOR,
+    display_text,
+    draw_objects,
+    image_grid,
+    load_font,
+    save_plot,
+    to_pil,
+)
+
+# Characters Pillow 13's text layout (raqm) refuses, or that break a label over lines.
+LAYOUT_BREAKERS = ["\r", "\n", "\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\u2028", "\u2029", "\x0b", "\x0c"]
+# Any code point, lone surrogates and control characters included (what a model or a data file can hand us).
+any_label = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=40)
 
 
 def _blank(size=(96, 64), colour=(255, 255, 255)) -> Image.Image:
@@ -140,6 +155,43 @@ def test_long_labels_are_truncated_and_stay_in_the_image():
     assert out.size == (60, 40)
 
 
+@pytest.mark.parametrize("char", [*LAYOUT_BREAKERS, "\x00", "\x7f", "\ud800", "\udfff", "\u200b", "\ufeff"])
+def test_labels_with_control_characters_or_surrogates_are_drawn(char):
+    out = draw_objects(_blank(), [{"bbox_2d": [5, 5, 40, 40], "label": f"cat{char}"}], [{"bbox_2d": [50, 5, 90, 40],
+                       "label": f"{char}dog"}], points=[{"point_2d": [20, 50], "label": char * 3}])  # fmt: skip
+    assert out.size == (96, 64) and _has(out, PRED_COLOR) and _has(out, GT_COLOR)
+
+
+def test_a_label_is_drawn_on_one_line():
+    # A line break inside a label would stack the tag over the box; it is drawn as a space.
+    one_line = draw_objects(_blank((200, 100)), [{"bbox_2d": [5, 30, 100, 90], "label": "cat dog"}])
+    broken = draw_objects(_blank((200, 100)), [{"bbox_2d": [5, 30, 100, 90], "label": "cat\r\ndog"}])
+    assert _same(one_line, broken)
+
+
+@settings(max_examples=300)
+@given(text=any_label)
+def test_display_text_is_one_drawable_line(text):
+    line = display_text(text)
+    assert line == line.strip() and "  " not in line
+    line.encode("utf-8")  # raises on a lone surrogate
+    assert all(ch == " " or not ch.isspace() for ch in line)
+    assert not any(unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") for ch in line)
+    assert display_text(line) == line
+
+
+def test_display_text_keeps_ordinary_labels_and_cuts_long_ones():
+    assert display_text("traffic light") == "traffic light"
+    assert display_text("猫 cat") == "猫 cat"
+    assert display_text("x" * 50, max_chars=10) == "xxxxxxx..."
+    assert display_text(12.5) == "12.5"
+
+
+def test_a_missing_font_file_is_named(tmp_path):
+    with pytest.raises(OSError, match="nowhere.ttf"):
+        load_font(12, path=str(tmp_path / "nowhere.ttf"))
+
+
 def test_cjk_labels_draw_without_error():
     assert draw_objects(_blank(), [{"bbox_2d": [5, 5, 40, 40], "label": "猫"}]).size == (96, 64)
 
@@ -181,10 +233,13 @@ finite_or_not = st.one_of(
 @given(
     boxes=st.lists(st.lists(finite_or_not, min_size=0, max_size=5), max_size=6),
     points=st.lists(st.lists(finite_or_not, min_size=0, max_size=3), max_size=4),
-    labels=st.lists(st.text(max_size=40), max_size=6),
+    labels=st.lists(any_label, max_size=6),
     scale=st.sampled_from([1.0, 0.5, 2.0, float("nan"), -1.0]),
     width=st.integers(1, 10),
 )
+@example(boxes=[[1, 1, 20, 20]] * len(LAYOUT_BREAKERS), points=[[5, 5]], labels=[f"cat{c}dog" for c in LAYOUT_BREAKERS],
+         scale=1.0, width=1)  # fmt: skip
+@example(boxes=[[1, 1, 20, 20]], points=[], labels=["cat\ud800"], scale=2.0, width=2)
 def test_draw_objects_never_fails_on_arbitrary_boxes(boxes, points, labels, scale, width):
     objects = [{"bbox_2d": b, "label": lab} for b, lab in zip(boxes, labels + [None] * len(boxes))]
     out = draw_objects(
@@ -233,6 +288,13 @@ def test_long_captions_are_wrapped_and_truncated():
     huge = image_grid(tiles, ncols=2, captions=["word " * 1000, "x" * 5000], max_caption_lines=3)
     assert short.height < three_lines.height == huge.height
     assert huge.width == short.width
+
+
+@settings(max_examples=60, deadline=None)
+@given(captions=st.lists(any_label | st.none() | st.integers(), max_size=4))
+def test_grid_never_fails_on_arbitrary_captions(captions):
+    tiles = [_blank((20, 20))] * max(1, len(captions))
+    assert image_grid(tiles, ncols=2, captions=captions).mode == "RGB"
 
 
 def test_grid_handles_empty_missing_and_unreadable_images():

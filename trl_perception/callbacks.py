@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 
 from .evaluation import evaluate, flatten_metrics, unwrap_model
 
-__all__ = ["PerceptionEvalCallback"]
+__all__ = ["JigsawCurriculumCallback", "PerceptionEvalCallback"]
 
 
 def _subsample(dataset: Any, num_samples: int | None, seed: int) -> Any:
@@ -184,3 +184,41 @@ class PerceptionEvalCallback(TrainerCallback):
                 )
             state.log_history.append({**logs, "step": state.global_step})
         return logs
+
+
+class JigsawCurriculumCallback(TrainerCallback):
+    """Moves a jigsaw `GridCurriculum` along with training: the dataset built with
+    `make_jigsaw(..., curriculum=curriculum)` renders each row read at the stage of the current
+    `TrainerState.global_step`.
+
+    The step is set when training begins (after a resumed run's state is loaded, so a run resumed at step
+    600 continues at the stage of step 600) and after every optimizer step (the trainer fetches a step's
+    batch before `on_step_begin`). GRPO generates for `steps_per_generation` steps at once, so a stage
+    starts at the first generation at or after its step. Keep `dataloader_num_workers=0`: worker
+    processes would hold copies of the curriculum.
+
+    Example:
+    ```python
+    >>> from transformers import TrainerControl, TrainerState, TrainingArguments
+    >>> from trl_perception.data.jigsaw import GridCurriculum
+    >>> curriculum = GridCurriculum([(0, (2, 1)), (10, (2, 2))])
+    >>> callback = JigsawCurriculumCallback(curriculum)
+    >>> _ = callback.on_train_begin(TrainingArguments("out", report_to=[]), TrainerState(global_step=12), TrainerControl())
+    >>> curriculum.grid
+    (2, 2)
+
+    ```
+    """
+
+    def __init__(self, curriculum: Any):
+        if not (hasattr(curriculum, "grid_at") and hasattr(curriculum, "step")):
+            raise TypeError(f"JigsawCurriculumCallback needs a data.jigsaw.GridCurriculum, got {curriculum!r}")
+        self.curriculum = curriculum
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.curriculum.step = int(state.global_step)
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.curriculum.step = int(state.global_step)
+        return control

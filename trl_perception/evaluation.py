@@ -1,14 +1,14 @@
 """Run a vision-language model over a perception dataset with Perception-R1's evaluation protocol: images fed
-on the family's grid, predictions mapped back to original pixels, metrics per task, and a written report."""
+on the box_format's grid, predictions mapped back to original pixels, metrics per task, and a written report."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +16,20 @@ from typing import Any
 
 from ._json import unquote_text
 from .boxes import paired_box_iou
+from .data.jigsaw import reassemble
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
-from .frames import (
-    BOX_FORMATS,
-    TASKS,
-    Frame,
-    box_format_of,
-    check_box_format,
-    default_pixel_limits,
-    model_input_size,
+from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
+from .metrics import (
+    coco_metrics,
+    counting_metrics,
+    grounding_metrics,
+    objects_to_coco_results,
+    ocr_metrics,
+    ovd_metrics,
 )
+from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
+from .viz import display_text, draw_objects, image_grid
+from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 
 __all__ = [
     "BACKENDS",
@@ -44,7 +48,14 @@ __all__ = [
 
 BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
 
-DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {"grounding": 512, "counting": 512, "ocr": 2048, "detection": 4096, "ovd": 2048}
+DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
+    "grounding": 512,
+    "counting": 512,
+    "ocr": 2048,
+    "detection": 4096,
+    "ovd": 2048,
+    "jigsaw": 1024,
+}
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
 _VLLM_MIN_CHUNK = 256
@@ -58,7 +69,7 @@ _VLLM_MIN_CHUNK = 256
 class GenerationRequest:
     """What a generation backend (or a test's `generate_fn`) receives for one row.
 
-    `image` is the image the model sees: already resized to the family's grid (`image.size == input_size`),
+    `image` is the image the model sees: already resized to the box_format's grid (`image.size == input_size`),
     so any processor leaves it unchanged. `image_size` is the original `[width, height]`.
     """
 
@@ -79,7 +90,7 @@ class EvaluationResult:
     Attributes:
         metrics: `{task: {metric: value}}` for every task present in the dataset.
         predictions: one record per row (what `predictions.jsonl` holds).
-        config: the settings the run used (model, family, pixel limits, backend, ...).
+        config: the settings the run used (model, box_format, pixel limits, backend, ...).
         files: paths written (`predictions`, `metrics`, `report`, `report_image`), empty without `output_dir`.
     """
 
@@ -180,13 +191,13 @@ def _processor_pixel_limits(processor: Any) -> tuple[int | None, int | None]:
 
 
 def _pixel_limits(
-    family: str | None, processor: Any, min_pixels: int | None, max_pixels: int | None
+    box_format: str | None, processor: Any, min_pixels: int | None, max_pixels: int | None
 ) -> tuple[int | None, int | None]:
-    """Explicit limits, else the processor's, else the family's checkpoints' defaults."""
+    """Explicit limits, else the processor's, else the box_format's checkpoints' defaults."""
     proc_lo, proc_hi = _processor_pixel_limits(processor)
-    fam_lo, fam_hi = default_pixel_limits(family) if family else (None, None)
-    lo = min_pixels if min_pixels is not None else proc_lo if proc_lo is not None else fam_lo
-    hi = max_pixels if max_pixels is not None else proc_hi if proc_hi is not None else fam_hi
+    format_lo, format_hi = default_pixel_limits(box_format) if box_format else (None, None)
+    lo = min_pixels if min_pixels is not None else proc_lo if proc_lo is not None else format_lo
+    hi = max_pixels if max_pixels is not None else proc_hi if proc_hi is not None else format_hi
     if lo is not None and hi is not None and lo > hi:
         raise ValueError(f"min_pixels ({lo}) must not exceed max_pixels ({hi})")
     return lo, hi
@@ -361,10 +372,10 @@ def build_coco_ground_truth(
 # Decoding
 
 
-def _keep_special_tokens(family: str | None, task: str) -> bool:
+def _keep_special_tokens(box_format: str | None, task: str) -> bool:
     """Qwen2-VL answers with box tokens, which `skip_special_tokens=True` would delete; OCR and the JSON
     families decode without special tokens, as PR1's evaluation does."""
-    return task != "ocr" and family in (None, "qwen2_vl")
+    return task != "ocr" and box_format in (None, "qwen2_vl")
 
 
 def _clean_generation(text: str, stop_strings: Sequence[str] = ("<|im_end|>", "<|endoftext|>")) -> str:
@@ -385,30 +396,28 @@ def _clean_generation(text: str, stop_strings: Sequence[str] = ("<|im_end|>", "<
 def vllm_engine_kwargs(
     model: str, min_pixels: int | None, max_pixels: int | None, **overrides: Any
 ) -> dict[str, Any]:
-    """Arguments for `vllm.LLM`: the checkpoint, one image per prompt, and the **same pixel limits** the
-    images were fitted to (`mm_processor_kwargs`), so vLLM's processor leaves them unchanged.
+    """Arguments for `vllm.LLM`: the checkpoint, one image and no video per prompt, and the **same pixel
+    limits** the images were fitted to (`vllm.mm_processor_kwargs`, transformers 5's `size` form), so vLLM's
+    processor leaves them unchanged.
 
     Example:
     ```python
     >>> vllm_engine_kwargs("Qwen/Qwen2-VL-2B-Instruct", 3136, 1_000_000)["mm_processor_kwargs"]
-    {'min_pixels': 3136, 'max_pixels': 1000000}
+    {'size': {'shortest_edge': 3136, 'longest_edge': 1000000}}
 
     ```
     """
-    kwargs: dict[str, Any] = {"model": os.fspath(model), "limit_mm_per_prompt": {"image": 1}}
-    processor_kwargs = {}
+    kwargs: dict[str, Any] = {"model": os.fspath(model), "limit_mm_per_prompt": limit_mm_per_prompt(1)}
+    if (min_pixels is None) != (max_pixels is None):
+        raise ValueError(f"vLLM needs both pixel limits or neither, got min_pixels={min_pixels}, max_pixels={max_pixels}")
     if min_pixels is not None:
-        processor_kwargs["min_pixels"] = int(min_pixels)
-    if max_pixels is not None:
-        processor_kwargs["max_pixels"] = int(max_pixels)
-    if processor_kwargs:
-        kwargs["mm_processor_kwargs"] = processor_kwargs
+        kwargs["mm_processor_kwargs"] = mm_processor_kwargs(min_pixels, max_pixels)
     kwargs.update(overrides)
     return kwargs
 
 
 def vllm_sampling_kwargs(
-    family: str | None, task: str, max_new_tokens: int, generation_kwargs: Mapping[str, Any] | None = None
+    box_format: str | None, task: str, max_new_tokens: int, generation_kwargs: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Arguments for `vllm.SamplingParams`: greedy (`temperature=0`), `max_tokens`, and
     `skip_special_tokens=False` where Qwen2-VL box tokens must survive. `generation_kwargs` use
@@ -432,7 +441,7 @@ def vllm_sampling_kwargs(
             temperature if temperature is not None and do_sample else (1.0 if do_sample else 0.0)
         ),
         "max_tokens": int(extra.pop("max_new_tokens", max_new_tokens)),
-        "skip_special_tokens": not _keep_special_tokens(family, task),
+        "skip_special_tokens": not _keep_special_tokens(box_format, task),
     }
     extra.pop("num_beams", None)
     kwargs.update(extra)
@@ -595,13 +604,42 @@ def _choose_backend(backend: str, model: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Scoring
+# Scoring, per task
+#
+# Everything task-specific lives in `_TASK_EVALUATIONS` below: how a row's answer is scored, how a task's
+# rows become metrics, the caption and the picture of a row in report.png. A new task adds one
+# `_TaskEvaluation` there (and its budget in `DEFAULT_MAX_NEW_TOKENS`); `evaluate` needs no other change.
 
 
-def _objects_to_pixels(parsed: ParsedOutput, frame: Frame) -> list[dict[str, Any]]:
-    """Parsed objects in the frame's box format -> dicts in original-image pixels (unrounded, unclipped)."""
+@dataclass
+class _Scored:
+    record: dict[str, Any]  # the row's line of predictions.jsonl
+    prediction: Any  # what the task's metrics take: a box, a count, a text, objects
+    solution: Any  # the row's decoded ground truth
+    categories: Any = None  # the row's own category list (detection), when it has one
+
+
+@dataclass(frozen=True)
+class _TaskEvaluation:
+    """How `evaluate` handles one task.
+
+    `score(request, solution, text)` returns the task's fields of the row's record and the prediction its
+    metrics take; it must accept any text. `metrics(scored, categories=..., dataset=...)` returns the
+    task's metrics over its rows. `summary(record)` is the row's caption and `ground_truth(solution)`
+    what `viz.draw_objects` draws in green (or `visual(record, image)` the whole tile, for tasks whose
+    picture is not boxes on the image)."""
+
+    score: Callable[[GenerationRequest, Any, str], tuple[dict[str, Any], Any]]
+    metrics: Callable[..., dict[str, Any]]
+    summary: Callable[[dict[str, Any]], str]
+    ground_truth: Callable[[Any], Any] = lambda solution: None
+    visual: Callable[[dict[str, Any], Any], Any] | None = None
+
+
+def _object_dicts(parsed: ParsedOutput) -> list[dict[str, Any]]:
+    """Parsed objects as row-contract dicts (`bbox_2d` or `point_2d`, and `label` when given)."""
     out = []
-    for obj in parsed.to_pixels(frame, clip=False).objects:
+    for obj in parsed.objects:
         key, coords = ("bbox_2d", obj.bbox) if obj.bbox is not None else ("point_2d", obj.point)
         if coords is None:
             continue
@@ -619,121 +657,274 @@ def _rounded(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class _Scored:
-    record: dict[str, Any]
-    prediction: Any  # grounding box | count | text | objects
+def _parsed_objects(request: GenerationRequest, text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The answer's objects in original pixels, and the record fields every box task shares."""
+    parsed = parse_objects(text, request.box_format)
+    # Unclipped: a box reaching past the image is scored as written, as COCO's evaluation does.
+    frame = Frame.of(request.box_format, request.image_size, request.input_size)
+    objects = _object_dicts(parsed.to_pixels(frame, clip=False))
+    return {"objects": _rounded(objects), "valid": parsed.valid, "truncated": parsed.truncated}, objects
 
 
-def _score_row(request: GenerationRequest, solution: Any, text: str) -> _Scored:
-    task, family = request.task, request.box_format
+def _score_grounding(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    fields, objects = _parsed_objects(request, text)
+    box = next((obj["bbox_2d"] for obj in objects if "bbox_2d" in obj), None)
+    gt = _gt_box(solution)
+    iou = 0.0
+    if box is not None and gt is not None:
+        iou = float(min(max(paired_box_iou([box], [gt])[0], 0.0), 1.0))
+    fields.update(prediction=None if box is None else [round(v, 2) for v in box], iou=round(iou, 4))
+    return fields, box
+
+
+def _score_counting(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    fields, _ = _parsed_objects(request, text)
+    count = parse_count(text, request.box_format)
+    fields["prediction"] = count
+    return fields, count
+
+
+def _score_detection(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    fields, objects = _parsed_objects(request, text)
+    fields["prediction"] = len(objects)
+    return fields, objects
+
+
+def _score_ocr(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    prediction = strip_wrappers(text)
+    return {"prediction": prediction, "valid": bool(prediction), "truncated": False}, prediction
+
+
+def _grounding_metrics(scored: list[_Scored], **_: Any) -> dict[str, Any]:
+    return grounding_metrics([s.prediction for s in scored], [_gt_box(s.solution) for s in scored])
+
+
+def _counting_metrics(scored: list[_Scored], **_: Any) -> dict[str, Any]:
+    return counting_metrics([s.prediction for s in scored], [_gt_count(s.solution) for s in scored])
+
+
+def _ocr_metrics(scored: list[_Scored], **_: Any) -> dict[str, Any]:
+    refs = [None if s.solution is None else str(s.solution) for s in scored]
+    return ocr_metrics([s.prediction for s in scored], refs)
+
+
+def _detection_metrics(
+    scored: list[_Scored], *, categories: Sequence[str] | None = None, dataset: Any = None, **_: Any
+) -> dict[str, Any]:
+    """COCO AP of every detection row against ground truth whose image ids are dataset index + 1."""
+    size = max((s.record["index"] for s in scored), default=-1) + 1
+    rows: list[Mapping[str, Any]] = [{"task": "other"}] * size
+    for s in scored:
+        rows[s.record["index"]] = {"task": "detection", "solution": s.solution,
+                                   "image_size": s.record["image_size"], "categories": s.categories}  # fmt: skip
+    coco_gt, label_to_id = build_coco_ground_truth(rows, categories, dataset=dataset)
+    results: list[dict[str, Any]] = []
+    dropped = {"unknown_label": 0, "no_box": 0, "invalid_box": 0, "inverted_box": 0}
+    for s in scored:
+        # Every box scores 1.0 (the model gives no confidence); COCOeval's stable sort then ranks an
+        # image's boxes in the order the model emitted them, and keeps the first 100.
+        image_results, counts = objects_to_coco_results(s.record["index"] + 1, s.prediction, label_to_id)
+        results.extend(image_results)
+        for key, value in counts.items():
+            dropped[key] += value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = dict(coco_metrics(coco_gt, results))
+    result["num_samples"] = len(scored)
+    result["objects_dropped"] = dropped
+    return result
+
+
+def _score_jigsaw(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    target = jigsaw_target(solution)
+    scores = jigsaw_scores(text, target)
+    fields = dict(scores, valid=scores["prediction"] is not None, truncated=False, grid=[target.rows, target.cols])
+    return fields, scores
+
+
+def _jigsaw_summary(record: dict[str, Any]) -> str:
+    rows, cols = record["grid"]
+    extra = "" if record.get("positions") is None else f", positions {record['positions']:.2f}"
+    return f"#{record['index']} jigsaw {rows}x{cols}: exact {record.get('exact', 0.0):g}{extra}"
+
+
+def _jigsaw_visual(record: dict[str, Any], puzzle: Any) -> Any:
+    """The puzzle, the model's reassembly and the original (the puzzle reassembled with the true answer);
+    for a pair/single/multiple question, the puzzle captioned with the true and the model's answer."""
+    target = jigsaw_target(record["solution"])
+    rows, cols = target.rows, target.cols
+    prediction = record.get("prediction")
+    if target.question == "full":
+        original = reassemble(puzzle, rows, cols, target.answer)
+        model = reassemble(puzzle, rows, cols, prediction if isinstance(prediction, list) else None)
+        return image_grid([puzzle, model, original], ncols=3, captions=["puzzle", "model", "original"])
+    return image_grid([puzzle], ncols=1, captions=[f"answer {target.answer}, model {prediction}"])
+
+
+def _clip(text: Any, n: int) -> str:
+    return display_text(text, n)
+
+
+_TASK_EVALUATIONS: dict[str, _TaskEvaluation] = {
+    "grounding": _TaskEvaluation(
+        score=_score_grounding,
+        metrics=_grounding_metrics,
+        summary=lambda r: f"#{r['index']} grounding: IoU {r.get('iou', 0.0):.2f}",
+        ground_truth=lambda solution: [_gt_box(solution)] if _gt_box(solution) else None,
+    ),
+    "counting": _TaskEvaluation(
+        score=_score_counting,
+        metrics=_counting_metrics,
+        summary=lambda r: f"#{r['index']} counting: pred {r.get('prediction')} / gt {_gt_count(r.get('solution')):g}",
+        ground_truth=lambda solution: solution,
+    ),
+    "ocr": _TaskEvaluation(
+        score=_score_ocr,
+        metrics=_ocr_metrics,
+        summary=lambda r: f"#{r['index']} ocr: {_clip(r.get('prediction') or '', 60)!r} (gt {_clip(r.get('solution') or '', 40)!r})",
+    ),
+    "detection": _TaskEvaluation(
+        score=_score_detection,
+        metrics=_detection_metrics,
+        summary=lambda r: f"#{r['index']} detection: {r.get('prediction')} pred / {len(_detection_objects(r.get('solution')))} gt",
+        ground_truth=lambda solution: solution,
+    ),
+    # Open-vocabulary detection: COCO AP/AR over the phrases asked, and hallucination rates.
+    "ovd": _TaskEvaluation(
+        score=_score_detection,
+        metrics=lambda scored, **_: ovd_metrics([s.prediction for s in scored], [s.solution for s in scored],
+                                                [s.record["image_size"] for s in scored]),
+        summary=lambda r: f"#{r['index']} ovd: {r.get('prediction')} pred / {len(_detection_objects(r.get('solution')))} gt",
+        ground_truth=lambda solution: solution,
+    ),
+    # Jigsaw puzzles: exact / position / connection accuracy per grid size and over all; the tile shows the
+    # puzzle, the model's reassembly and the original.
+    "jigsaw": _TaskEvaluation(
+        score=_score_jigsaw,
+        metrics=lambda scored, **_: jigsaw_metrics(s.record for s in scored),
+        summary=_jigsaw_summary,
+        visual=_jigsaw_visual,
+    ),
+}  # fmt: skip
+"""Task → how `evaluate` scores it, computes its metrics and draws it (see `_TaskEvaluation`)."""
+
+
+def _score_row(request: GenerationRequest, solution: Any, text: str, categories: Any = None) -> _Scored:
     record: dict[str, Any] = {
         "index": request.index,
-        "task": task,
-        "box_format": family,
+        "task": request.task,
+        "box_format": request.box_format,
         "image_size": list(request.image_size),
         "input_size": list(request.input_size),
         "text": text,
     }
-    if task == "ocr":
-        prediction = strip_wrappers(text)
-        record.update(prediction=prediction, valid=bool(prediction), truncated=False, solution=solution)
-        return _Scored(record, prediction)
-    parsed = parse_objects(text, family)
-    objects = _objects_to_pixels(parsed, Frame.of(family, request.image_size, request.input_size))
-    record.update(
-        objects=_rounded(objects), valid=parsed.valid, truncated=parsed.truncated, solution=solution
-    )
-    if task == "grounding":
-        box = next((obj["bbox_2d"] for obj in objects if "bbox_2d" in obj), None)
-        gt = _gt_box(solution)
-        iou = 0.0
-        if box is not None and gt is not None:
-            iou = float(min(max(paired_box_iou([box], [gt])[0], 0.0), 1.0))
-        record.update(prediction=None if box is None else [round(v, 2) for v in box], iou=round(iou, 4))
-        return _Scored(record, box)
-    if task == "counting":
-        count = parse_count(text, family)
-        record["prediction"] = count
-        return _Scored(record, count)
-    record["prediction"] = len(objects)
-    return _Scored(record, objects)
+    fields, prediction = _TASK_EVALUATIONS[request.task].score(request, solution, text)
+    record.update(fields)
+    record["solution"] = solution
+    return _Scored(_json_safe(record), prediction, solution, categories)
 
 
-def _task_metrics(
-    task: str, scored: list[_Scored], solutions: list[Any], ground_truth: Any = None
-) -> dict[str, Any]:
-    from . import metrics as m
-
-    preds = [s.prediction for s in scored]
-    if task == "grounding":
-        result = m.grounding_metrics(preds, [_gt_box(sol) for sol in solutions])
-    elif task == "counting":
-        result = m.counting_metrics(preds, [_gt_count(sol) for sol in solutions])
-    elif task == "ocr":
-        result = m.ocr_metrics(preds, [None if sol is None else str(sol) for sol in solutions])
-    elif task == "ovd":  # COCO AP/AR over the phrases asked, and hallucination rates
-        result = m.ovd_metrics(preds, solutions, [s.record["image_size"] for s in scored])
-    else:
-        coco_gt, label_to_id = ground_truth
-        results: list[dict[str, Any]] = []
-        dropped = {"unknown_label": 0, "no_box": 0, "invalid_box": 0, "inverted_box": 0}
-        for s in scored:
-            # Every box scores 1.0 (the model gives no confidence); COCOeval's stable sort then ranks an
-            # image's boxes in the order the model emitted them, and keeps the first 100.
-            image_results, counts = m.objects_to_coco_results(
-                s.record["index"] + 1, s.prediction, label_to_id
-            )
-            results.extend(image_results)
-            for key, value in counts.items():
-                dropped[key] += value
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            result = m.coco_metrics(coco_gt, results)
-        result["num_samples"] = len(scored)
-        result["objects_dropped"] = dropped
-    result = dict(result)
-    result["num_unparsed"] = sum(not s.record["valid"] for s in scored)
+def _task_metrics(task: str, scored: list[_Scored], **context: Any) -> dict[str, Any]:
+    result = dict(_TASK_EVALUATIONS[task].metrics(scored, **context))
+    result["num_unparsed"] = sum(not s.record.get("valid", True) for s in scored)
     result["num_truncated"] = sum(bool(s.record.get("truncated")) for s in scored)
     return result
 
 
 # --------------------------------------------------------------------------------------------------
-# Report
+# Outputs: predictions and metrics first, pictures last (a picture that fails is a warning)
 
 
-def _summary(record: dict[str, Any]) -> str:
-    task, pred, sol = record["task"], record.get("prediction"), record.get("solution")
-    if task == "grounding":
-        return f"#{record['index']} grounding: IoU {record.get('iou', 0.0):.2f}"
-    if task == "counting":
-        return f"#{record['index']} counting: pred {pred} / gt {_gt_count(sol):g}"
-    if task in ("detection", "ovd"):
-        return f"#{record['index']} {task}: {pred} pred / {len(_detection_objects(sol))} gt"
-    return f"#{record['index']} ocr: {str(pred or '')[:60]!r} (gt {str(sol or '')[:40]!r})"
+def _json_safe(value: Any) -> Any:
+    """`value` with every string valid Unicode: lone surrogates (a model can write `"\\ud800"` in JSON, and
+    `json.loads` keeps it) become U+FFFD, so the record can be written as UTF-8; tuples become lists."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            # Through UTF-16 so that a surrogate *pair* split in two code points is joined, not replaced.
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, Mapping):
+        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
-def _visual(record: dict[str, Any], image: Any) -> Any:
-    from .viz import draw_objects
-
-    task, sol = record["task"], record.get("solution")
-    gt: Any = None
-    if task == "grounding":
-        gt = [_gt_box(sol)] if _gt_box(sol) else None
-    elif task in ("counting", "detection", "ovd"):
-        gt = sol
-    scale = min(4.0, max(1.0, 256 / max(image.size)))
-    return draw_objects(image, record.get("objects") or None, gt, scale=scale)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
     return str(value)
 
 
+_LINE_BREAKS_IN_JSON = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def _json_line(record: Mapping[str, Any]) -> str:
+    """One JSON Lines line: UTF-8-safe, and escaped so that no reader that splits on Unicode line breaks
+    (`str.splitlines` splits on U+0085, U+2028, U+2029; JSON leaves them raw) sees two lines."""
+    text = json.dumps(_json_safe(record), ensure_ascii=False, default=_json_default)
+    return text.translate(_LINE_BREAKS_IN_JSON) + "\n"
+
+
+def _prepare_output_dir(output_dir: str | os.PathLike) -> str:
+    """Create `output_dir` (before any generation), or say why it cannot be used."""
+    path = os.fspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"output_dir {path!r} exists and is not a directory")
+    os.makedirs(path, exist_ok=True)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"output_dir {path!r} is not writable")
+    return path
+
+
+def _write_metrics(path: str, metrics_: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_json_safe({"metrics": metrics_, "config": config}), f, indent=2, ensure_ascii=False,
+                  default=_json_default)  # fmt: skip
+
+
+def _visual(record: dict[str, Any], image: Any) -> Any:
+    evaluation = _TASK_EVALUATIONS[record["task"]]
+    if evaluation.visual is not None:
+        return evaluation.visual(record, image)
+    scale = min(4.0, max(1.0, 256 / max(image.size)))
+    gt = evaluation.ground_truth(record.get("solution"))
+    return draw_objects(image, record.get("objects") or None, gt, scale=scale)
+
+
+def _write_report_image(path: str, visuals: list[tuple[dict[str, Any], Any]]) -> bool:
+    """report.png of the sampled rows; a row that cannot be drawn leaves an empty cell, and a picture that
+    cannot be written at all is a warning, never a lost run."""
+    tiles, captions = [], []
+    for record, image in visuals:
+        try:
+            tiles.append(_visual(record, image))
+        except Exception as err:  # noqa: BLE001 - one row's picture must not cost the report
+            warnings.warn(f"report.png: row {record.get('index')} could not be drawn ({err!r})", UserWarning,
+                          stacklevel=3)  # fmt: skip
+            tiles.append(None)
+        try:
+            captions.append(_TASK_EVALUATIONS[record["task"]].summary(record))
+        except Exception:  # noqa: BLE001 - a caption is a convenience
+            captions.append(f"#{record.get('index')}")
+    try:
+        image_grid(tiles, ncols=4, captions=captions).save(path, format="PNG")
+    except Exception as err:  # noqa: BLE001 - predictions and metrics are already written
+        warnings.warn(f"report.png could not be written ({err!r}); predictions and metrics are", UserWarning,
+                      stacklevel=3)  # fmt: skip
+        return False
+    return True
+
+
+def _markdown_cell(value: Any) -> str:
+    text = f"{value:.4f}" if isinstance(value, float) else display_text(value)
+    return text.replace("|", "\\|")
+
+
 def _write_report(
-    output_dir: str, metrics: dict[str, dict[str, Any]], config: dict[str, Any], has_image: bool
+    output_dir: str, metrics_: dict[str, dict[str, Any]], config: dict[str, Any], has_image: bool
 ) -> str:
     lines = ["# Perception evaluation", ""]
     lines.append("| setting | value |")
@@ -747,22 +938,22 @@ def _write_report(
         "max_new_tokens",
         "num_samples",
     ):
-        lines.append(f"| {key} | {config.get(key)} |")
+        lines.append(f"| {key} | {_markdown_cell(config.get(key))} |")
     lines.append("")
     lines.append(
         "Predicted boxes are mapped from the model's frame back to original image pixels before scoring; "
         "fractions in [0, 1] (the paper shows ×100)."
     )
-    for task, values in metrics.items():
-        lines += ["", f"## {task}", "", "| metric | value |", "|---|---|"]
+    for task, values in metrics_.items():
+        lines += ["", f"## {_markdown_cell(task)}", "", "| metric | value |", "|---|---|"]
         for name, value in values.items():
             if isinstance(value, Mapping):
                 continue
-            lines.append(f"| {name} | {_format_value(value)} |")
+            lines.append(f"| {_markdown_cell(name)} | {_markdown_cell(value)} |")
         per_class = values.get("per_class_AP")
         if isinstance(per_class, Mapping) and per_class:
             lines += ["", "| category | AP |", "|---|---|"]
-            lines += [f"| {name} | {_format_value(ap)} |" for name, ap in per_class.items()]
+            lines += [f"| {_markdown_cell(name)} | {_markdown_cell(ap)} |" for name, ap in per_class.items()]
     if has_image:
         lines += [
             "",
@@ -773,45 +964,9 @@ def _write_report(
             "Red: predictions; green: ground truth, both in original image pixels.",
         ]
     path = os.path.join(output_dir, "report.md")
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="replace") as f:
         f.write("\n".join(lines) + "\n")
     return path
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def _write_outputs(
-    output_dir: str,
-    records: list[dict[str, Any]],
-    metrics: dict[str, dict[str, Any]],
-    config: dict[str, Any],
-    visuals: list[tuple[dict[str, Any], Any]],
-) -> dict[str, str]:
-    os.makedirs(output_dir, exist_ok=True)
-    files = {
-        "predictions": os.path.join(output_dir, "predictions.jsonl"),
-        "metrics": os.path.join(output_dir, "metrics.json"),
-    }
-    with open(files["predictions"], "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-    with open(files["metrics"], "w", encoding="utf-8") as f:
-        json.dump(
-            {"metrics": metrics, "config": config}, f, indent=2, ensure_ascii=False, default=_json_default
-        )
-    if visuals:
-        from .viz import image_grid
-
-        tiles = [_visual(record, image) for record, image in visuals]
-        grid = image_grid(tiles, ncols=4, captions=[_summary(record) for record, _ in visuals])
-        files["report_image"] = os.path.join(output_dir, "report.png")
-        grid.save(files["report_image"])
-    files["report"] = _write_report(output_dir, metrics, config, bool(visuals))
-    return files
 
 
 # --------------------------------------------------------------------------------------------------
@@ -821,26 +976,19 @@ def _write_outputs(
 def _prepare(
     index: int,
     row: Mapping[str, Any],
-    family: str | None,
+    box_format: str | None,
     min_pixels: int | None,
     max_pixels: int | None,
     max_new_tokens: int | None,
 ) -> tuple[GenerationRequest, Any, Any]:
     task = row.get("task")
-    if task not in TASKS:
-        raise ValueError(f"row {index}: unknown task {task!r}; expected one of {TASKS}")
+    if task not in _TASK_EVALUATIONS:
+        raise ValueError(
+            f"row {index}: no evaluation for task {task!r}; expected one of {tuple(_TASK_EVALUATIONS)}"
+        )
     image = _row_image(row)
     image_size = tuple(int(v) for v in (row.get("image_size") or image.size))
-    if family is not None:
-        target = model_input_size(image.size, family, min_pixels=min_pixels, max_pixels=max_pixels)
-        try:
-            from .frames import fit_to_grid
-
-            model_image = fit_to_grid(image, family, min_pixels, max_pixels)
-        except ImportError:  # pragma: no cover - frames ships with the package
-            model_image = image if tuple(image.size) == target else image.resize(target, 3)  # bicubic
-    else:
-        model_image = image
+    model_image = fit_to_grid(image, box_format, min_pixels, max_pixels) if box_format is not None else image
     request = GenerationRequest(
         index=index,
         task=task,
@@ -848,7 +996,7 @@ def _prepare(
         image=model_image,
         image_size=image_size,
         input_size=tuple(model_image.size),
-        box_format=family,
+        box_format=box_format,
         max_new_tokens=int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]),
     )
     return request, _load_solution(task, row.get("solution")), image
@@ -876,12 +1024,12 @@ def evaluate(
     """Evaluate a model on a row-contract dataset with Perception-R1's protocol, mapping predictions back to
     original image pixels.
 
-    For each row: the image is resized **once** to the family's grid within the pixel limits, exactly as
+    For each row: the image is resized **once** to the box format's grid within the pixel limits, exactly as
     for training (`frames.fit_to_grid`), so the model's frame (`input_size`) is known and every
     processor (transformers or vLLM) feeds it unchanged. The model answers the row's `prompt` (batched
     `generate`, left padding, greedy unless `generation_kwargs` says otherwise; or vLLM). The text is parsed
-    as the rewards parse it (`formats.parse_objects` with the family; Qwen2-VL box tokens are kept when
-    decoding), boxes and points are mapped from the family's frame (0–1000 for Qwen2-VL / Qwen3-VL, input
+    as the rewards parse it (`formats.parse_objects` with the box format; Qwen2-VL box tokens are kept when
+    decoding), boxes and points are mapped from the box format's frame (0–1000 for Qwen2-VL / Qwen3-VL, input
     pixels for Qwen2.5-VL) to original pixels (`frames.Frame`), and scored per task:
 
     * grounding: `metrics.grounding_metrics` on the first predicted box (none → IoU 0);
@@ -897,20 +1045,23 @@ def evaluate(
     Every task also reports `num_unparsed` (no answer structure found) and `num_truncated`. Empty or
     unparseable answers score 0; nothing in a model's output can crash the run.
 
-    With `output_dir`, writes `predictions.jsonl` (row index, task, raw text, parsed objects in original
-    pixels, prediction, ground truth), `metrics.json` (`{"metrics": ..., "config": ...}`), `report.png`
-    (the first `num_visual` rows: predictions in red, ground truth in green) and `report.md` (settings,
-    metrics tables, the image).
+    With `output_dir` (checked and created before any model is loaded), writes `predictions.jsonl` (row
+    index, task, raw text, parsed objects in original pixels, prediction, ground truth), one line per row
+    as soon as the row is scored, so a run stopped half way keeps its rows; then `metrics.json`
+    (`{"metrics": ..., "config": ...}`); then `report.png` (the first `num_visual` rows: predictions in
+    red, ground truth in green) and `report.md` (settings, metrics tables, the image). Records are valid
+    UTF-8 whatever the model wrote (a lone surrogate becomes U+FFFD, also in `predictions`), and labels
+    are drawn whatever characters they hold; a picture that still fails is a `UserWarning`, never a lost run.
 
     Args:
         model: a checkpoint path or a loaded model (`None` with `generate_fn`).
         dataset: a `datasets.Dataset` from the builders, or a list of row dicts (`prompt`, `image`, `task`,
             `solution`, `image_size`; optional `box_format`).
         processor: the model's processor (loaded from the model path when omitted).
-        box_format: the family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`); `"auto"` reads it from the
-            model's config, else from the rows' `box_format` column. Without a family, images are fed as is
+        box_format: the model family (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`); `"auto"` reads it from the
+            model's config, else from the rows' `box_format` column. Without one, images are fed as is
             and coordinates are taken as original pixels.
-        min_pixels, max_pixels: pixel limits of the grid resize; default: the processor's, else the family's.
+        min_pixels, max_pixels: pixel limits of the grid resize; default: the processor's, else the box format's.
         batch_size: rows per `generate` call (vLLM receives chunks of at least 256 rows).
         max_new_tokens: generation budget; default per task `DEFAULT_MAX_NEW_TOKENS` (PR1's: 512 grounding
             and counting, 2048 OCR, 4096 detection).
@@ -944,9 +1095,11 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if box_format not in (None, "auto"):
         check_box_format(box_format)
-    model_family = box_format if box_format not in (None, "auto") else _model_box_format(model)
     if generate_fn is None and model is None:
         raise ValueError("evaluate() needs a model (a path or a loaded model) or a generate_fn")
+    # The output folder is checked (and created) before any model is loaded or any row generated.
+    out_dir = _prepare_output_dir(output_dir) if output_dir is not None else None
+    model_box_format = box_format if box_format not in (None, "auto") else _model_box_format(model)
 
     generator: Callable[[list[GenerationRequest]], list[str]]
     chosen = "custom" if generate_fn is not None else _choose_backend(backend, model)
@@ -964,13 +1117,13 @@ def evaluate(
         processor_for_limits = processor
     limits: dict[str | None, tuple[int | None, int | None]] = {}
 
-    def limits_for(family: str | None) -> tuple[int | None, int | None]:
-        if family not in limits:
-            limits[family] = _pixel_limits(family, processor_for_limits, min_pixels, max_pixels)
-        return limits[family]
+    def limits_for(fmt: str | None) -> tuple[int | None, int | None]:
+        if fmt not in limits:
+            limits[fmt] = _pixel_limits(fmt, processor_for_limits, min_pixels, max_pixels)
+        return limits[fmt]
 
     if generate_fn is None:
-        lo, hi = limits_for(model_family)
+        lo, hi = limits_for(model_box_format)
         if chosen == "vllm":
             generator = _VLLMGenerator(os.fspath(model), processor, lo, hi, generation_kwargs, vllm_kwargs)
         else:
@@ -986,96 +1139,96 @@ def evaluate(
 
     total = len(dataset) if hasattr(dataset, "__len__") else None
     scored: dict[str, list[_Scored]] = {}
-    solutions: dict[str, list[Any]] = {}
-    detection_rows: list[dict[str, Any]] = []
     visuals: list[tuple[dict[str, Any], Any]] = []
     records: list[dict[str, Any]] = []
     mismatch_warned = False
-    families_seen: set[str | None] = set()
+    box_formats_seen: set[str | None] = set()
+    files: dict[str, str] = {}
+    stream = None
+    if out_dir is not None:
+        # Each row's record is written as soon as it is scored: a run stopped half way keeps its rows.
+        files["predictions"] = os.path.join(out_dir, "predictions.jsonl")
+        stream = open(files["predictions"], "w", encoding="utf-8")  # noqa: SIM115 - closed in `finally`
 
-    def flush(batch: list[tuple[GenerationRequest, Any, Any]]) -> None:
-        texts = list(generator([request for request, _, _ in batch]))
+    def flush(batch: list[tuple[GenerationRequest, Any, Any, Any]]) -> None:
+        texts = list(generator([request for request, _, _, _ in batch]))
         if len(texts) != len(batch):
             raise RuntimeError(f"generation returned {len(texts)} texts for {len(batch)} prompts")
-        for (request, solution, image), text in zip(batch, texts):
-            item = _score_row(request, solution, "" if text is None else str(text))
+        for (request, solution, image, row_categories), text in zip(batch, texts):
+            item = _score_row(request, solution, "" if text is None else str(text), row_categories)
             scored.setdefault(request.task, []).append(item)
-            solutions.setdefault(request.task, []).append(solution)
             records.append(item.record)
+            if stream is not None:
+                stream.write(_json_line(item.record))
             if len(visuals) < num_visual:
                 visuals.append((item.record, image))
+        if stream is not None:
+            stream.flush()
 
-    batch: list[tuple[GenerationRequest, Any, Any]] = []
-    with tqdm(total=total, disable=not progress, desc="evaluate", unit="row") as bar:
-        for index, row in enumerate(dataset):
-            row_family = row.get("box_format") if isinstance(row.get("box_format"), str) else None
-            family = model_family or (row_family if row_family in BOX_FORMATS else None)
-            if model_family and row_family and row_family != model_family and not mismatch_warned:
-                mismatch_warned = True
-                warnings.warn(
-                    f"rows were built for {row_family!r} but the model is {model_family!r}; parsing and frames "
-                    f"follow {model_family!r}",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            families_seen.add(family)
-            lo, hi = limits_for(family)
-            request, solution, image = _prepare(index, row, family, lo, hi, max_new_tokens)
-            if request.task == "detection":
-                detection_rows.append(
-                    {"index": index, "task": "detection", "solution": solution, "image_size": list(request.image_size),
-                     "categories": row.get("categories")}
-                )  # fmt: skip
-            batch.append((request, solution, image if len(visuals) + len(batch) < num_visual else None))
-            if len(batch) >= chunk:
+    try:
+        batch: list[tuple[GenerationRequest, Any, Any, Any]] = []
+        with tqdm(total=total, disable=not progress, desc="evaluate", unit="row") as bar:
+            for index, row in enumerate(dataset):
+                row_box_format = row.get("box_format") if isinstance(row.get("box_format"), str) else None
+                row_format = model_box_format or (row_box_format if row_box_format in BOX_FORMATS else None)
+                if (
+                    model_box_format
+                    and row_box_format
+                    and row_box_format != model_box_format
+                    and not mismatch_warned
+                ):
+                    mismatch_warned = True
+                    warnings.warn(
+                        f"rows were built for {row_box_format!r} but the model is {model_box_format!r}; parsing and "
+                        f"frames follow {model_box_format!r}",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                box_formats_seen.add(row_format)
+                lo, hi = limits_for(row_format)
+                request, solution, image = _prepare(index, row, row_format, lo, hi, max_new_tokens)
+                keep_image = image if len(visuals) + len(batch) < num_visual else None
+                batch.append((request, solution, keep_image, row.get("categories")))
+                if len(batch) >= chunk:
+                    flush(batch)
+                    bar.update(len(batch))
+                    batch = []
+            if batch:
                 flush(batch)
                 bar.update(len(batch))
-                batch = []
-        if batch:
-            flush(batch)
-            bar.update(len(batch))
+    finally:
+        if stream is not None:
+            stream.close()
 
-    metrics: dict[str, dict[str, Any]] = {}
-    for task in TASKS:
-        if task not in scored:
-            continue
-        ground_truth = None
-        if task == "detection":
-            ground_truth = _detection_ground_truth(detection_rows, categories, dataset)
-        metrics[task] = _task_metrics(task, scored[task], solutions[task], ground_truth)
-
-    used_families = sorted(f for f in families_seen if f) or [None]
+    metrics_: dict[str, dict[str, Any]] = {
+        task: _task_metrics(task, scored[task], categories=categories, dataset=dataset)
+        for task in _TASK_EVALUATIONS
+        if task in scored
+    }
+    used_box_formats = sorted(f for f in box_formats_seen if f) or [None]
     config = {
         "model": model_name,
-        "box_format": used_families[0] if len(used_families) == 1 else used_families,
+        "box_format": used_box_formats[0] if len(used_box_formats) == 1 else used_box_formats,
         "backend": chosen,
-        "min_pixels": limits_for(used_families[0])[0] if len(used_families) == 1 else None,
-        "max_pixels": limits_for(used_families[0])[1] if len(used_families) == 1 else None,
+        "min_pixels": limits_for(used_box_formats[0])[0] if len(used_box_formats) == 1 else None,
+        "max_pixels": limits_for(used_box_formats[0])[1] if len(used_box_formats) == 1 else None,
         "max_new_tokens": max_new_tokens
         if max_new_tokens
         else "per task " + json.dumps(DEFAULT_MAX_NEW_TOKENS),
         "generation_kwargs": dict(generation_kwargs or {}),
         "num_samples": len(records),
     }
-    files: dict[str, str] = {}
-    if output_dir is not None:
+    if out_dir is not None:
+        files["metrics"] = os.path.join(out_dir, "metrics.json")
+        _write_metrics(files["metrics"], metrics_, config)
         shown = [(record, image) for record, image in visuals if image is not None]
-        files = _write_outputs(os.fspath(output_dir), records, metrics, config, shown)
-    return EvaluationResult(metrics=metrics, predictions=records, config=config, files=files)
-
-
-def _detection_ground_truth(
-    detection_rows: list[dict[str, Any]], categories: Sequence[str] | None, dataset: Any
-) -> tuple[dict[str, Any], dict[str, int]]:
-    """COCO ground truth whose image ids are dataset index + 1 (matching the predictions)."""
-    if not detection_rows:
-        return build_coco_ground_truth([], categories, dataset=dataset)
-    size = max(row["index"] for row in detection_rows) + 1
-    placeholder = {"task": "other"}
-    rows: list[Mapping[str, Any]] = [placeholder] * size
-    for row in detection_rows:
-        rows[row["index"]] = row
-    return build_coco_ground_truth(rows, categories, dataset=dataset)
+        has_image = False
+        if shown:
+            has_image = _write_report_image(os.path.join(out_dir, "report.png"), shown)
+            if has_image:
+                files["report_image"] = os.path.join(out_dir, "report.png")
+        files["report"] = _write_report(out_dir, metrics_, config, has_image)
+    return EvaluationResult(metrics=metrics_, predictions=records, config=config, files=files)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1083,7 +1236,7 @@ def _detection_ground_truth(
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the `trl-perception eval` options to `parser` (run them with `run_eval_from_args`).
+    """Add the `trl-perception eval` options to `parser` (check and run them with `run_eval_from_args`).
 
     Example:
     ```python
@@ -1095,8 +1248,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
     ```
     """
-    parser.add_argument("--model", required=True, help="checkpoint path or Hub id")
-    parser.add_argument("--task", required=True, choices=[*TASKS, "mixed"], help="task to evaluate")
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=[*_TASK_EVALUATIONS, "mixed"],
+        help="task to evaluate ('mixed': synthetic rows of every task, with --source synthetic)",
+    )
     parser.add_argument(
         "--source",
         default="synthetic",
@@ -1112,7 +1270,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         metavar="KEY=VALUE",
         help="extra builder argument (repeatable); VALUE is read as JSON when it parses, else as text",
     )
-    parser.add_argument("--box-format", default="auto", choices=["auto", *BOX_FORMATS], help="box format (model family)")
+    parser.add_argument(
+        "--box-format", default="auto", choices=["auto", *BOX_FORMATS], help="box format (model family)"
+    )
     parser.add_argument("--min-pixels", type=int, default=None)
     parser.add_argument("--max-pixels", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -1121,7 +1281,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--generation-kwargs",
         default=None,
-        help="JSON of extra generate arguments, e.g. '{\"repetition_penalty\": 1.05}'",
+        help="JSON object of extra generate arguments, e.g. '{\"repetition_penalty\": 1.05}'",
     )
     parser.add_argument(
         "--output-dir", default="eval_results", help="where predictions, metrics and report go"
@@ -1131,28 +1291,107 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _is_hub_id(text: str) -> bool:
+    """Whether `text` has the shape of a Hugging Face Hub repository id (`name` or `owner/name`)."""
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text and "--" not in text and len(text) <= 96
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
         raise ValueError(f"--source-option expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
     try:
         return key.strip().replace("-", "_"), json.loads(value)
     except ValueError:
         return key.strip().replace("-", "_"), value
 
 
-def _build_dataset(task: str, source: str, family: str | None, args: argparse.Namespace) -> Any:
-    options = dict(_parse_option(option) for option in (getattr(args, "source_option", None) or []))
-    if getattr(args, "split", None) is not None:
-        options.setdefault("split", args.split)
-    from .data import build_dataset
+def _check_eval_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Every check that needs neither a model nor data, so that a bad argument fails at once: returns the
+    builder options of `--split` / `--source-option` and the decoded `--generation-kwargs`; a `ValueError`
+    (or `OSError`) naming the option otherwise."""
+    for name in ("num_samples", "batch_size", "max_new_tokens", "min_pixels", "max_pixels"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.num_visual < 0:
+        raise ValueError(f"--num-visual must be >= 0, got {args.num_visual}")
+    if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
+        raise ValueError(f"--min-pixels ({args.min_pixels}) exceeds --max-pixels ({args.max_pixels})")
+    generation_kwargs = None
+    if args.generation_kwargs:
+        try:
+            generation_kwargs = json.loads(args.generation_kwargs)
+        except ValueError as err:
+            raise ValueError(
+                f"--generation-kwargs is not valid JSON ({err}): {args.generation_kwargs!r}"
+            ) from None
+        if not isinstance(generation_kwargs, dict):
+            raise ValueError(f"--generation-kwargs must be a JSON object, got {args.generation_kwargs!r}")
+        from transformers import GenerationConfig
 
-    return build_dataset(task, source, num_samples=args.num_samples, seed=args.seed, box_format=family, **options)
+        unknown = sorted(key for key in generation_kwargs if not hasattr(GenerationConfig(), key))
+        if unknown:
+            raise ValueError(
+                f"--generation-kwargs: {unknown} are not generation arguments (transformers' names)"
+            )
+    options = dict(_parse_option(option) for option in (args.source_option or []))
+    if args.split is not None:
+        options.setdefault("split", args.split)
+    model = os.path.expanduser(args.model)
+    if os.path.exists(model):
+        if not os.path.isdir(model):
+            raise NotADirectoryError(f"--model {args.model}: not a checkpoint folder")
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise FileNotFoundError(f"--model {args.model}: the folder has no config.json (not a checkpoint)")
+    elif not _is_hub_id(args.model):
+        raise FileNotFoundError(f"--model {args.model}: no such checkpoint folder (nor a Hub id)")
+    source = str(args.source)
+    if source != "synthetic" and not os.path.exists(source) and not _is_hub_id(source):
+        raise FileNotFoundError(f"--source {source}: no such file or folder")
+    if args.task == "mixed" and source != "synthetic":
+        raise ValueError(
+            "--task mixed evaluates synthetic rows of every task; use it with --source synthetic"
+        )
+    output_dir = os.path.abspath(args.output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"--output-dir {args.output_dir}: exists and is not a folder")
+    parent = output_dir
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output-dir {args.output_dir}: cannot write in {parent}")
+    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("--backend vllm: vllm is not installed (pip install 'trl-perception[vllm]')")
+    return options, generation_kwargs
+
+
+def _checked_box_format(model: str, box_format: str) -> str | None:
+    """`--box-format`, else the checkpoint's (a local folder's config.json, or a Hub id's config, fetched
+    once here so that a wrong id fails before any data is built)."""
+    if box_format != "auto":
+        return box_format
+    if os.path.isdir(os.path.expanduser(model)):
+        return box_format_of(os.path.expanduser(model))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, HTTP errors...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(
+            f"--model {model}: cannot read its config from the Hub or the cache ({first_line})"
+        ) from err
+    return box_format_of(config)
 
 
 def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
-    """Build the dataset named by `--task/--source`, evaluate `--model` on it, print the metrics; the body of
-    `trl-perception eval`.
+    """Check the arguments, build the dataset named by `--task/--source`, evaluate `--model` on it and print
+    the metrics; the body of `trl-perception eval`. Arguments are checked before any model or data is
+    loaded; a bad one raises a `ValueError` or `OSError` naming it.
 
     Example:
     ```python
@@ -1168,9 +1407,23 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
 
     ```
     """
-    family = args.box_format if args.box_format != "auto" else _model_box_format(args.model)
-    dataset = _build_dataset(args.task, args.source, family, args)
-    generation_kwargs = json.loads(args.generation_kwargs) if args.generation_kwargs else None
+    from .data import build_dataset
+
+    options, generation_kwargs = _check_eval_arguments(args)
+    box_format = _checked_box_format(args.model, args.box_format)
+    try:
+        dataset = build_dataset(
+            args.task,
+            args.source,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            box_format=box_format,
+            **options,
+        )
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ValueError(f"--source-option: the {args.task} builder takes no such option ({err})") from None
     result = evaluate(
         args.model,
         dataset,

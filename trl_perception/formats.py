@@ -30,6 +30,7 @@ from .frames import Frame, check_box_format, convert_frame, frame_of
 __all__ = [
     "MAX_ABS_COORD",
     "MAX_OBJECTS",
+    "JIGSAW_QUESTIONS",
     "DetectedObject",
     "ParsedBoxes",
     "ParsedOutput",
@@ -38,7 +39,10 @@ __all__ = [
     "format_instruction",
     "parse_count",
     "parse_boxes",
+    "parse_jigsaw_choice",
+    "parse_jigsaw_grid",
     "parse_objects",
+    "render_jigsaw_answer",
     "render_objects",
     "strip_wrappers",
 ]
@@ -869,3 +873,85 @@ def format_instruction(box_format: str | None, task: str) -> str:
         return ""
     check_box_format(box_format)
     return _INSTRUCTIONS[box_format].format(what=_WHAT[task])
+
+
+# --------------------------------------------------------------------------------------------------
+# Jigsaw answers: a grid of position indices, one number, or one letter
+
+JIGSAW_QUESTIONS: tuple[str, ...] = ("full", "pair", "single", "multiple")
+"""Jigsaw question types: the whole grid of original positions, the relation of two patches (a letter),
+one patch's original position (a number), or the right grid among candidates (a letter)."""
+
+_JIGSAW_SEPARATORS_RE = re.compile(r"[\s`,;\[\]()]+")
+_JIGSAW_INDEX_RE = re.compile(r"\d{1,6}")
+_JIGSAW_CHOICE_RE = re.compile(r"\(?\s*([A-Za-z]|\d{1,6})\s*\)?\s*\.?")
+
+
+def parse_jigsaw_grid(text: Any, size: int) -> list[int] | None:
+    """The position indices of a full jigsaw answer, or `None` unless the answer (after `strip_wrappers`)
+    is exactly `size` integers in `[1, size]` separated by spaces, newlines, commas, semicolons, brackets
+    or backticks. Repeated indices are returned as written (a permutation check is the reward's job).
+    Linear time: the answer is split once and the split stops counting past `size` tokens.
+
+    Example:
+    ```python
+    >>> parse_jigsaw_grid("<answer>\\n2 1\\n4 3\\n</answer>", 4)
+    [2, 1, 4, 3]
+    >>> parse_jigsaw_grid("[3, 1, 2]", 3), parse_jigsaw_grid("1 2 3", 4), parse_jigsaw_grid("1 2 5 3", 4)
+    ([3, 1, 2], None, None)
+
+    ```
+    """
+    body = strip_wrappers(text)
+    values: list[int] = []
+    for token in _JIGSAW_SEPARATORS_RE.split(body):
+        if not token:
+            continue
+        if len(values) == size or _JIGSAW_INDEX_RE.fullmatch(token) is None:
+            return None
+        value = int(token)
+        if not 1 <= value <= size:
+            return None
+        values.append(value)
+    return values if len(values) == size else None
+
+
+def parse_jigsaw_choice(text: Any) -> str | None:
+    """The single letter (upper-cased) or number of a `pair`, `multiple` or `single` jigsaw answer, or
+    `None` unless the answer (after `strip_wrappers`) is that one token, optionally in parentheses and
+    followed by a period. Listing several options is not an answer.
+
+    Example:
+    ```python
+    >>> parse_jigsaw_choice("(b)"), parse_jigsaw_choice("<answer> 3. </answer>"), parse_jigsaw_choice("A or B")
+    ('B', '3', None)
+
+    ```
+    """
+    body = strip_wrappers(text)
+    if len(body) > 16:
+        return None
+    match = _JIGSAW_CHOICE_RE.fullmatch(body)
+    return match.group(1).upper() if match else None
+
+
+def render_jigsaw_answer(answer: Any, cols: int = 1, think: bool = False) -> str:
+    """The target text of a jigsaw answer (for SFT): a full answer as `cols` indices per line, a number
+    or letter as itself, wrapped in `<think></think><answer>…</answer>` when thinking was asked for.
+
+    Example:
+    ```python
+    >>> render_jigsaw_answer([2, 1, 4, 3], cols=2)
+    '2 1\\n4 3'
+    >>> render_jigsaw_answer("B", think=True)
+    '<think></think><answer>B</answer>'
+
+    ```
+    """
+    if isinstance(answer, (list, tuple)):
+        values = [str(int(v)) for v in answer]
+        cols = max(int(cols), 1)
+        body = "\n".join(" ".join(values[i : i + cols]) for i in range(0, len(values), cols))
+    else:
+        body = str(answer)
+    return f"<think></think><answer>{body}</answer>" if think else body

@@ -456,23 +456,46 @@ def ocr_metrics(
 
 
 def _load_coco_gt(coco_gt: str | os.PathLike | Mapping[str, Any] | Any) -> Any:
-    """A pycocotools `COCO` index of the ground truth, built without printing."""
+    """A pycocotools `COCO` index of the ground truth, completed (`_complete_ground_truth`) and built
+    without printing."""
     from pycocotools.coco import COCO
 
     if isinstance(coco_gt, COCO):
-        return coco_gt
-    if isinstance(coco_gt, (str, os.PathLike)):
+        dataset = copy.deepcopy(coco_gt.dataset)
+        if not _complete_ground_truth(dataset, "the COCO object's dataset"):
+            return coco_gt  # complete already: used as is
+    elif isinstance(coco_gt, (str, os.PathLike)):
         with open(coco_gt, encoding="utf-8") as f:
             dataset = json.load(f)
-        source = os.fspath(coco_gt)
+        _complete_ground_truth(dataset, os.fspath(coco_gt))
     elif isinstance(coco_gt, Mapping):
         # COCOeval writes an "ignore" flag into every GT annotation: never touch the caller's dict.
         dataset = copy.deepcopy(dict(coco_gt))
-        source = "the ground-truth dict"
+        _complete_ground_truth(dataset, "the ground-truth dict")
     else:
         raise TypeError(
             f"coco_metrics: coco_gt must be a path, a COCO-format dict or a pycocotools COCO, got {type(coco_gt).__name__}"
         )
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _id_key(value: Any) -> Any:
+    """An id as pycocotools indexes it (hashable), or `None` when it cannot be one."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    return value
+
+
+def _complete_ground_truth(dataset: Any, source: str) -> bool:
+    """Check a COCO ground truth in place and fill the keys hand-built ones often leave out, with COCO's
+    standard meanings: `annotations` `[]`, an annotation's `iscrowd` 0 (`"0"` / `"1"` read as numbers),
+    its `area` the box's `w * h`, its `id` the next free integer. Anything that cannot be filled raises a
+    `ValueError` naming the record and the key (pycocotools would raise a bare `KeyError` or silently
+    merge records sharing an id). Returns whether anything was filled."""
     if not isinstance(dataset, dict):
         raise ValueError(f"coco_metrics: {source} must hold a JSON object, got {type(dataset).__name__}")
     for key in ("images", "categories"):
@@ -480,12 +503,69 @@ def _load_coco_gt(coco_gt: str | os.PathLike | Mapping[str, Any] | Any) -> Any:
             raise ValueError(
                 f"coco_metrics: {source} has no {key!r} list; expected a COCO-format annotation file"
             )
+    changed = "annotations" not in dataset
     dataset.setdefault("annotations", [])
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    if not isinstance(dataset["annotations"], list):
+        raise ValueError(f"coco_metrics: {source}: 'annotations' must be a list")
+    for key in ("images", "categories"):
+        seen: set = set()
+        for i, record in enumerate(dataset[key]):
+            what = f"coco_metrics: {source}: {key}[{i}]"
+            if not isinstance(record, dict):
+                raise ValueError(f"{what} must be an object, got {type(record).__name__}")
+            if "id" not in record:
+                raise ValueError(f"{what} has no 'id'")
+            ident = _id_key(record["id"])
+            if ident is None:
+                raise ValueError(f"{what} has id {record['id']!r}; expected an integer or a string")
+            if ident in seen:
+                raise ValueError(f"{what} repeats id {ident!r}; ids must be unique")
+            seen.add(ident)
+    annotations = dataset["annotations"]
+    next_id = (
+        max((a["id"] for a in annotations if isinstance(a, dict) and type(a.get("id")) is int), default=0) + 1
+    )
+    seen = set()
+    for i, ann in enumerate(annotations):
+        what = f"coco_metrics: {source}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise ValueError(f"{what} must be an object, got {type(ann).__name__}")
+        for key in ("image_id", "category_id"):
+            # An id absent from `images` / `categories` is left to pycocotools, which ignores the annotation.
+            if key not in ann:
+                raise ValueError(f"{what} has no {key!r}")
+        box = _as_box(ann.get("bbox"))
+        if box is None:
+            raise ValueError(
+                f"{what} has bbox {ann.get('bbox')!r}; expected [x, y, width, height] (4 finite numbers)"
+            )
+        if "id" not in ann:
+            ann["id"] = next_id  # COCOeval treats id 0 as "unmatched": fill from max(id) + 1 >= 1
+            next_id += 1
+            changed = True
+        ident = _id_key(ann["id"])
+        if ident is None:
+            raise ValueError(f"{what} has id {ann['id']!r}; expected an integer or a string")
+        if ident in seen:
+            raise ValueError(f"{what} repeats id {ident!r}; annotation ids must be unique")
+        seen.add(ident)
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            changed = True
+        elif ann["iscrowd"] not in (0, 1):  # True/False and 0.0/1.0 compare equal to 0/1 and are kept
+            if isinstance(ann["iscrowd"], str) and ann["iscrowd"].strip() in ("0", "1"):
+                ann["iscrowd"] = int(
+                    ann["iscrowd"]
+                )  # pycocotools would read "0" as crowd (a non-empty string)
+                changed = True
+            else:
+                raise ValueError(f"{what} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
+        if "area" not in ann:
+            ann["area"] = float(box[2] * box[3])  # the box's area, as pycocotools' loadRes gives results
+            changed = True
+        elif _as_count(ann["area"]) is None:
+            raise ValueError(f"{what} has area {ann['area']!r}; expected a finite number")
+    return changed
 
 
 def _clean_predictions(
@@ -581,7 +661,12 @@ def coco_metrics(
     * a negative width or height (e.g. an inverted xyxy box converted to xywh) is clamped to 0, so the box is
       kept as an unmatched false positive (counted in `num_clamped`).
 
-    Neither the ground-truth dict nor the prediction dicts are modified.
+    Hand-built ground truth may leave out an annotation's `iscrowd` (0), `area` (the box's `w * h`) and `id`
+    (numbered after the largest id); other missing or malformed keys (an image or category without `id`, an
+    annotation without `image_id`, `category_id` or a 4-number `bbox`, repeated ids) raise a `ValueError`
+    naming the record and the key.
+
+    Neither the ground-truth dict (nor a given `COCO` object) nor the prediction dicts are modified.
 
     Args:
         coco_gt: COCO-format ground truth: a path to an annotation JSON, a loaded dict with `images`,
@@ -739,7 +824,7 @@ def objects_to_coco_results(
 
 
 # ======================================================================================================
-# Open-vocabulary detection (issue 15): COCO metrics over phrase categories, plus hallucination rates.
+# Open-vocabulary detection: COCO metrics over phrase categories, plus hallucination rates.
 
 
 def _phrase(label: Any) -> str | None:

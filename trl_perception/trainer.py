@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,9 +37,9 @@ from .frames import (
     resolve_box_format,
 )
 from .hub import CARD_HYPERPARAMETERS, CARD_INPUTS_FILE, adapter_summary, build_model_card
+from .vllm import colocate_llm, limit_mm_per_prompt, mm_processor_kwargs, serve_args
 
 __all__ = [
-    "VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS",
     "PerceptionGRPOConfig",
     "PerceptionGRPOTrainer",
     "vllm_serve_args",
@@ -47,9 +47,6 @@ __all__ = [
 
 logger = logging.getLogger("trl_perception.trainer")
 
-VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS = 4096
-"""The `max_num_batched_tokens` TRL 1.16 hard-codes when it builds `vllm.LLM` in colocate mode. One image
-must fit in it, since vLLM never splits an image's tokens over two batches."""
 
 # Qwen2-VL writes grounding answers with these tokens; TRL decodes with `skip_special_tokens=True`.
 _BOX_TOKENS = (
@@ -87,11 +84,13 @@ class PerceptionGRPOConfig(GRPOConfig):
             `generate` or vLLM) and training then see the same pixels, whatever limits vLLM applies.
         max_image_tokens (`int`, *optional*):
             Largest number of visual tokens one image may take (resized area / (patch size × merge size)²).
-            Checked for every row at start-up. `None` means `vllm_max_num_batched_tokens` (TRL's 4096 when
-            unset) with vLLM in colocate mode, and no limit otherwise.
+            Checked for every row at start-up. `None` means `vllm_max_model_length - max_completion_length`
+            with vLLM in colocate mode when `vllm_max_model_length` is set (vLLM refuses longer prompts), and
+            no limit otherwise.
         vllm_max_num_batched_tokens (`int`, *optional*):
-            Overrides the `max_num_batched_tokens=4096` that TRL hard-codes for vLLM in colocate mode (raise
-            it for high-resolution OCR pages). In server mode it is added to `vllm_serve_args`.
+            Overrides the `max_num_batched_tokens=4096` that TRL hard-codes for vLLM in colocate mode (a
+            scheduler budget: vLLM's encoder budget is max(it, the largest image), so it does not cap one
+            image). In server mode it is added to `vllm_serve_args`.
 
         > Parameters that control decoding
 
@@ -153,13 +152,15 @@ class PerceptionGRPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Largest number of visual tokens one image may take, checked for every row at start-up. "
-            "None: vllm_max_num_batched_tokens (TRL's 4096) with vLLM colocate, no limit otherwise."
+            "None: vllm_max_model_length - max_completion_length with vLLM colocate when vllm_max_model_length "
+            "is set, no limit otherwise."
         },
     )
     vllm_max_num_batched_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "Overrides the max_num_batched_tokens=4096 TRL hard-codes for vLLM colocate; added to "
+            "help": "Overrides the max_num_batched_tokens=4096 TRL hard-codes for vLLM colocate (a scheduler "
+            "budget, not a cap on one image); added to "
             "vllm_serve_args in server mode."
         },
     )
@@ -208,8 +209,9 @@ class PerceptionGRPOConfig(GRPOConfig):
 
 def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -> list[str]:
     """Extra arguments for `trl vllm-serve` (or `vllm serve`) so that a vLLM server preprocesses images with
-    the trainer's pixel limits: `--mm-processor-kwargs '{"min_pixels": ..., "max_pixels": ...}'`, plus
-    `--max-num-batched-tokens` when `vllm_max_num_batched_tokens` is set.
+    the trainer's pixel limits (`--mm-processor-kwargs '{"size": {"shortest_edge": ..., "longest_edge": ...}}'`),
+    one image per prompt and no video (`--limit-mm-per-prompt`), plus `--max-num-batched-tokens` when
+    `vllm_max_num_batched_tokens` is set.
 
     Limits come from `args`; a limit left `None` there is the checkpoint default of `box_format` (or of
     `args.box_format`). [`PerceptionGRPOTrainer.vllm_serve_args`] gives the arguments for the limits the
@@ -218,8 +220,8 @@ def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -
     Example:
     ```python
     >>> args = PerceptionGRPOConfig("out", max_pixels=1003520, use_cpu=True, report_to="none")
-    >>> vllm_serve_args(args, box_format="qwen2_5_vl")
-    ['--mm-processor-kwargs', '{"min_pixels": 3136, "max_pixels": 1003520}']
+    >>> vllm_serve_args(args, box_format="qwen2_5_vl")[:2]
+    ['--mm-processor-kwargs', '{"size": {"shortest_edge": 3136, "longest_edge": 1003520}}']
 
     ```
     """
@@ -234,44 +236,7 @@ def vllm_serve_args(args: PerceptionGRPOConfig, box_format: str | None = None) -
         default_lo, default_hi = default_pixel_limits(family)
         lo = default_lo if lo is None else lo
         hi = default_hi if hi is None else hi
-    return _serve_args(int(lo), int(hi), args.vllm_max_num_batched_tokens)
-
-
-def _serve_args(min_pixels: int, max_pixels: int, max_num_batched_tokens: int | None) -> list[str]:
-    out = ["--mm-processor-kwargs", json.dumps(_mm_processor_kwargs(min_pixels, max_pixels))]
-    if max_num_batched_tokens is not None:
-        out += ["--max-num-batched-tokens", str(int(max_num_batched_tokens))]
-    return out
-
-
-def _mm_processor_kwargs(min_pixels: int, max_pixels: int) -> dict[str, int]:
-    # vLLM builds the HF processor with these kwargs; Qwen-VL image processors accept min_pixels/max_pixels
-    # at construction in transformers 4 and 5 (transformers 5 maps them onto size={shortest,longest}_edge).
-    return {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
-
-
-@contextlib.contextmanager
-def _vllm_llm_kwargs(extra: Mapping[str, Any], overrides: Mapping[str, Any]) -> Iterator[None]:
-    """While GRPOTrainer builds its colocated `vllm.LLM`, add `extra` (unless TRL passes them itself) and
-    force `overrides` (values TRL hard-codes). TRL 1.16 has no config field for either."""
-    from trl.generation import vllm_generation
-
-    original = getattr(vllm_generation, "LLM", None)
-    if original is None:  # vLLM not installed: TRL raises its own clear ImportError
-        yield
-        return
-
-    def build_llm(*args: Any, **kwargs: Any) -> Any:
-        for key, value in extra.items():
-            kwargs.setdefault(key, value)
-        kwargs.update(overrides)
-        return original(*args, **kwargs)
-
-    vllm_generation.LLM = build_llm
-    try:
-        yield
-    finally:
-        vllm_generation.LLM = original
+    return serve_args(int(lo), int(hi), max_num_batched_tokens=args.vllm_max_num_batched_tokens)
 
 
 class _DecodeKeepingTokens:
@@ -399,7 +364,7 @@ class PerceptionRowTransform:
 
     @staticmethod
     def _scale(task: Any, solution: Any, frame: tuple[int, int], target: tuple[int, int]) -> Any:
-        if solution is None or task == "ocr":
+        if solution is None or task in ("ocr", "jigsaw"):  # no coordinates to scale
             return solution
         if task not in TASKS:
             raise ValueError(
@@ -499,8 +464,10 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         self.min_pixels, self.max_pixels = self._pixel_limits(processing_class)
         self.patch_factor = self._check_patch_factor(processing_class)
         self.max_image_tokens = self._token_budget(args)
+        self._budget_from_vllm = args.max_image_tokens is None
         self._resize_images = bool(args.resize_images)
         self._sizes_within_budget: set[tuple[int, int]] = set()
+        self._dataset_max_images = 1
         self._uses_vllm = bool(args.use_vllm)
         keep = args.keep_box_tokens if args.keep_box_tokens is not None else self.box_format == "qwen2_vl"
         self._decode_drop_ids = self._drop_ids(processing_class) if keep else None
@@ -522,14 +489,18 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, "eval_dataset", needs_solution)
 
         self._pending_box_images: list | None = None
+        self._max_images_per_prompt = self._image_limit(args, kwargs.get("tools"))
         vllm_patch = contextlib.nullcontext()
         if args.use_vllm and args.vllm_mode == "colocate":
             overrides = {}
             if args.vllm_max_num_batched_tokens is not None:
                 overrides["max_num_batched_tokens"] = int(args.vllm_max_num_batched_tokens)
-            vllm_patch = _vllm_llm_kwargs(
-                {"mm_processor_kwargs": _mm_processor_kwargs(self.min_pixels, self.max_pixels)}, overrides
-            )
+            extra = {
+                "mm_processor_kwargs": mm_processor_kwargs(self.min_pixels, self.max_pixels),
+                "limit_mm_per_prompt": limit_mm_per_prompt(self._max_images_per_prompt),
+            }
+            image_token_id = getattr(processing_class, "image_token_id", None)
+            vllm_patch = colocate_llm(image_token_id, extra, overrides)
         with vllm_patch:
             super().__init__(
                 model=model,
@@ -632,9 +603,21 @@ class PerceptionGRPOTrainer(GRPOTrainer):
     def _token_budget(self, args: PerceptionGRPOConfig) -> int | None:
         if args.max_image_tokens is not None:
             return int(args.max_image_tokens)
-        if args.use_vllm and args.vllm_mode == "colocate":
-            return int(args.vllm_max_num_batched_tokens or VLLM_COLOCATE_MAX_NUM_BATCHED_TOKENS)
+        # `max_num_batched_tokens` does not bound one image (vLLM's encoder budget is max(it, the largest
+        # image)); what vLLM does refuse is a prompt over `max_model_len`, which must also hold the completion.
+        if args.use_vllm and args.vllm_mode == "colocate" and args.vllm_max_model_length:
+            return max(1, int(args.vllm_max_model_length) - int(args.max_completion_length or 0))
         return None
+
+    def _image_limit(self, args: PerceptionGRPOConfig, tools: Any) -> int | None:
+        """Most images one vLLM prompt can hold: the dataset's, plus one per tool call when tools may return
+        images (`None`, vLLM's default, when the number of tool calls is not capped)."""
+        images = max(1, self._dataset_max_images)
+        if tools:
+            if args.max_tool_calling_iterations is None:
+                return None
+            images += int(args.max_tool_calling_iterations)
+        return images
 
     @staticmethod
     def _drop_ids(processing_class: Any) -> frozenset[int] | None:
@@ -660,7 +643,12 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         Example: `trl vllm-serve --model Qwen/Qwen2.5-VL-3B-Instruct --mm-processor-kwargs
         '{"min_pixels": 3136, "max_pixels": 1003520}'`.
         """
-        return _serve_args(self.min_pixels, self.max_pixels, self.args.vllm_max_num_batched_tokens)
+        return serve_args(
+            self.min_pixels,
+            self.max_pixels,
+            max_images=self._max_images_per_prompt,
+            max_num_batched_tokens=self.args.vllm_max_num_batched_tokens,
+        )
 
     # ---------------------------------------------------------------------------------------- datasets
 
@@ -756,6 +744,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             images = list(value or []) if image_key == "images" else [value]
             if not images or any(im is None for im in images):
                 raise ValueError(f"{name} row {i}: no image (the row would train as text only)")
+            self._dataset_max_images = max(self._dataset_max_images, len(images))
             for im in images:
                 self._check_tokens(name, i, tuple(im.size))
 
@@ -784,6 +773,11 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 raise ValueError(
                     f"{name} row {offset + missing[0]}: no image (the row would train as text only)"
                 )
+            if image_key == "images":
+                import pyarrow.compute as pc
+
+                lengths = pc.max(pc.list_value_length(images)).as_py()
+                self._dataset_max_images = max(self._dataset_max_images, int(lengths or 1))
             if self.max_image_tokens is not None:
                 sizes = batch.column("image_size").to_pylist() if has_sizes else None
                 values = None if has_sizes else images.to_pylist()
@@ -809,14 +803,14 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 f"{name} row {row}: its {image_size[0]}x{image_size[1]} image is fed at {w}x{h}, i.e. {tokens} "
                 f"visual tokens, over max_image_tokens={self.max_image_tokens}"
                 + (
-                    " (vLLM colocate batches at most that many tokens and never splits an image)"
-                    if self._uses_vllm
+                    " (vllm_max_model_length minus max_completion_length: vLLM refuses longer prompts)"
+                    if self._uses_vllm and self._budget_from_vllm
                     else ""
                 )
                 + f". Lower max_pixels to at most {hint} (= {self.max_image_tokens} x {self.patch_factor}^2)"
                 + (
-                    ", or raise vllm_max_num_batched_tokens"
-                    if self._uses_vllm
+                    ", or raise vllm_max_model_length"
+                    if self._uses_vllm and self._budget_from_vllm
                     else ", or raise max_image_tokens"
                 )
             )

@@ -1,19 +1,37 @@
 """Pictures for humans: boxes, points and labels drawn on images (predictions red, ground truth green),
-grids of captioned samples, and line plots of reward curves."""
+grids of captioned samples, line plots of reward curves, and the fonts they (and synthetic OCR pages) use."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+import os
+import shutil
+import subprocess
+import unicodedata
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["GT_COLOR", "PRED_COLOR", "draw_objects", "image_grid", "save_plot", "to_pil"]
+from .formats import parse_objects
+
+__all__ = [
+    "GT_COLOR",
+    "PRED_COLOR",
+    "display_text",
+    "draw_objects",
+    "find_cjk_font",
+    "image_grid",
+    "latin_font_path",
+    "load_font",
+    "save_plot",
+    "to_pil",
+]
 
 PRED_COLOR: tuple[int, int, int] = (235, 40, 40)
 """Predictions: red boxes, filled dots."""
@@ -28,15 +46,177 @@ _MAX_LABEL_CHARS = 32
 _MAX_ITEMS = 10_000
 _MAX_DEPTH = 8
 
+_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+_CJK_FONT_ENV = "TRL_PERCEPTION_CJK_FONT"
+_CJK_FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/arphic/uming.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/STHeiti Light.ttc",
+    "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "C:/Windows/Fonts/simhei.ttf",
+)
+_CJK_INSTALL_HINT = (
+    "no CJK font found for language='zh'. Install one, e.g. `apt-get install fonts-wqy-microhei` "
+    "(or fonts-noto-cjk / fonts-droid-fallback), or point the environment variable "
+    f"{_CJK_FONT_ENV} (or font=) at a .ttf/.ttc file that has Chinese glyphs"
+)
+
+
+# ------------------------------------------------------------------------------------------ fonts
+
+
+@lru_cache(maxsize=1)
+def latin_font_path() -> str | None:
+    """Path of a DejaVuSans TrueType font: the system copy, else matplotlib's bundled one, else `None`
+    (then `load_font` falls back to Pillow's built-in font).
+
+    Example:
+    ```python
+    >>> path = latin_font_path()
+    >>> path is None or path.endswith("DejaVuSans.ttf")
+    True
+
+    ```
+    """
+    if os.path.isfile(_DEJAVU):
+        return _DEJAVU
+    try:
+        import matplotlib
+
+        bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except Exception:  # matplotlib missing or broken: Pillow's default font still works
+        return None
+    return str(bundled) if bundled.is_file() else None
+
+
+def _fc_list_cjk() -> list[str]:
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        return []
+    try:
+        out = subprocess.run(
+            [fc_list, ":lang=zh", "file"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = [line.split(":")[0].strip() for line in out.splitlines() if line.strip()]
+    preferred = ("wqy", "noto", "droid", "source-han", "sourcehan")
+    # Well-known families first, then the rest in a stable order.
+    return sorted(
+        (p for p in paths if p.lower().endswith((".ttf", ".ttc", ".otf", ".otc"))),
+        key=lambda p: (not any(k in p.lower() for k in preferred), p),
+    )
+
+
+@lru_cache(maxsize=1)
+def find_cjk_font() -> str | None:
+    """Path of an installed font with Chinese glyphs, or `None`.
+
+    Looks at `$TRL_PERCEPTION_CJK_FONT`, then well-known paths (WenQuanYi Micro Hei, Noto CJK, Droid Sans
+    Fallback, macOS and Windows system fonts), then asks `fc-list :lang=zh`.
+
+    Example:
+    ```python
+    >>> path = find_cjk_font()
+    >>> path is None or os.path.isfile(path)
+    True
+
+    ```
+    """
+    env = os.environ.get(_CJK_FONT_ENV)
+    candidates = ([env] if env else []) + list(_CJK_FONT_CANDIDATES) + _fc_list_cjk()
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        try:
+            ImageFont.truetype(path, 12)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+@lru_cache(maxsize=256)
+def load_font(
+    size: int, language: str = "en", path: str | None = None
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A font of `size` pixels: `path` when given, else a CJK font for `language="zh"` (raising a
+    `RuntimeError` naming what to install when none exists), else DejaVuSans, else Pillow's default font.
+
+    Example:
+    ```python
+    >>> font = load_font(16)
+    >>> font.getbbox("Hello")[2] > 0
+    True
+
+    ```
+    """
+    size = max(1, int(size))
+    if path is None and language == "zh":
+        path = find_cjk_font()
+        if path is None:
+            raise RuntimeError(_CJK_INSTALL_HINT)
+    if path is None:
+        path = latin_font_path()
+    if path is not None:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError as err:  # Pillow's message ("cannot open resource") does not say which file
+            raise OSError(f"cannot load the font file {path!r}: {err}") from None
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
 
 def _font(size: int, texts: Sequence[str] = ()) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVuSans of `size`, or a CJK font when any of `texts` has CJK characters and one is installed."""
-    from .data.synthetic import find_cjk_font, load_font
-
     size = max(6, int(size))
     if any(ord(ch) >= 0x2E80 for text in texts for ch in str(text)) and find_cjk_font() is not None:
         return load_font(size, "zh")
     return load_font(size)
+
+
+def display_text(text: Any, max_chars: int | None = None) -> str:
+    """`text` as one line that any font and Pillow's text layout can draw: every whitespace character
+    (line and paragraph separators, `\\r`, `\\x1c`–`\\x1f`, `\\x85`, tabs, ...) becomes a space, runs
+    of spaces collapse, and other control characters and lone surrogates become U+FFFD; cut to
+    `max_chars` with "...". Labels and captions come from model output and data files, and Pillow's
+    layout engine raises on some control characters, so everything drawn goes through here.
+
+    Example:
+    ```python
+    >>> display_text("cat\\r\\x1cdog\\u2029 \\x00bird\\ud800")
+    'cat dog \ufffdbird\ufffd'
+    >>> display_text("a very long label", max_chars=10)
+    'a very ...'
+
+    ```
+    """
+    try:
+        text = text if isinstance(text, str) else str(text)
+    except Exception:  # an object whose __str__ fails is still drawn, as a placeholder
+        text = "?"
+    chars = []
+    for ch in text:
+        if ch.isspace():
+            chars.append(" ")
+        elif unicodedata.category(ch) in ("Cc", "Cs"):
+            chars.append("\ufffd")
+        else:
+            chars.append(ch)
+    line = " ".join("".join(chars).split())
+    if max_chars is not None and len(line) > max_chars:
+        line = line[: max(0, max_chars - 3)] + "..."
+    return line
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -100,7 +280,7 @@ def _label_of(item: Any) -> str | None:
     for key in _LABEL_KEYS:
         value = item.get(key) if isinstance(item, Mapping) else None
         if value is not None:
-            return str(value)
+            return display_text(value) or None
     return None
 
 
@@ -118,10 +298,6 @@ def _collect(
             return
         except (ValueError, RecursionError):
             pass
-        try:
-            from .formats import parse_objects
-        except ImportError:
-            return
         _collect(parse_objects(text).objects, boxes, points, depth + 1)
         return
     if isinstance(item, Mapping):
@@ -151,7 +327,7 @@ def _collect(
         return
     if hasattr(item, "bbox") or hasattr(item, "point"):  # formats.DetectedObject and look-alikes
         label = getattr(item, "label", None)
-        label = None if label is None else str(label)
+        label = None if label is None else display_text(label) or None
         box = _finite_numbers(getattr(item, "bbox", None), 4)
         point = _finite_numbers(getattr(item, "point", None), 2)
         if box is not None:
@@ -205,7 +381,7 @@ def _text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def _draw_tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill, font, size) -> None:
     """A label on a filled background, kept inside the image."""
-    text = text if len(text) <= _MAX_LABEL_CHARS else text[: _MAX_LABEL_CHARS - 3] + "..."
+    text = display_text(text, _MAX_LABEL_CHARS)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left + 4, bottom - top + 2
     x = min(max(0.0, xy[0]), max(0.0, size[0] - tw))
@@ -316,9 +492,11 @@ def draw_objects(
 
 
 def _wrap(text: str, font, max_width: int, max_lines: int, draw: ImageDraw.ImageDraw) -> list[str]:
-    """Greedy word wrap (breaking over-long words), truncated to `max_lines` with an ellipsis."""
+    """Greedy word wrap (breaking over-long words), truncated to `max_lines` with an ellipsis; each line
+    made drawable by `display_text`."""
     lines: list[str] = []
     for paragraph in str(text).splitlines() or [""]:
+        paragraph = display_text(paragraph)
         current = ""
         for word in paragraph.split(" "):
             candidate = f"{current} {word}" if current else word
@@ -391,7 +569,9 @@ def image_grid(
         cell_w, cell_h = (int(v) for v in cell_size)
     cell_w, cell_h = max(1, cell_w), max(1, cell_h)
     pad = max(0, int(padding))
-    font = _font(max(9, min(14, cell_w // 12)), [] if captions is None else [str(c) for c in captions])
+    font = _font(
+        max(9, min(14, cell_w // 12)), [] if captions is None else [display_text(c) for c in captions]
+    )
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     _, top, _, bottom = probe.textbbox((0, 0), "Ag", font=font)
     line_h = bottom - top + 2
@@ -399,7 +579,14 @@ def image_grid(
     if captions is not None:
         texts = list(captions) + [""] * (len(pictures) - len(captions))
         wrapped = [
-            _wrap("" if t is None else str(t), font, cell_w, max(1, max_caption_lines), probe) for t in texts
+            _wrap(
+                "" if t is None else t if isinstance(t, str) else display_text(t),
+                font,
+                cell_w,
+                max(1, max_caption_lines),
+                probe,
+            )
+            for t in texts
         ]
     caption_h = (max((len(w) for w in wrapped), default=0) * line_h + 2) if captions is not None else 0
     grid = Image.new(

@@ -7,10 +7,11 @@ Importing the package imports each builder module, which registers its builder i
 
 from __future__ import annotations
 
-from . import coco, ovd, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
+from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
 from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
+from .jigsaw import make_jigsaw
 from .ovd import build_ovd
 from .pageocr import build_pageocr
 from .pixmo_count import build_pixmo_count
@@ -38,4 +39,5 @@ __all__ = [
     "register_builder",
     "render_completion",
     "build_ovd",
+    "make_jigsaw",
 ]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..formats import render_objects
+from ..formats import render_jigsaw_answer, render_objects
 from ..frames import TASKS, check_box_format
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,6 +113,8 @@ def render_completion(
             answer = str(int(count))
         elif task == "ovd":
             answer = "None"  # what the OVD prompt asks for when nothing is present
+        elif task == "jigsaw":  # {"question", "grid": [rows, cols], "answer", ...} as make_jigsaw writes it
+            answer = render_jigsaw_answer(solution["answer"], cols=solution["grid"][1])
         else:
             answer = "" if solution is None else str(solution)
     else:

@@ -120,7 +120,7 @@ def build_ovd(
     ...     "images": [{"id": 1, "file_name": "1.jpg", "width": 640, "height": 480}],
     ...     "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "cat"}, {"id": 3, "name": "dog"}],
     ...     "annotations": [{"id": 5, "image_id": 1, "category_id": 3, "bbox": [10, 20, 30, 40]}]}))
-    >>> ds = build_ovd(root / "instances.json", root, num_negatives=1, seed=0)
+    >>> ds = build_ovd(root / "instances.json", image_dir=root, num_negatives=1, seed=0)
     >>> row = ds.select_columns(["prompt", "task", "solution"])[0]  # without decoding the (empty) image
     >>> row["task"], row["solution"]
     ('ovd', [{'bbox_2d': [10.0, 20.0, 40.0, 60.0], 'label': 'dog'}])

@@ -9,6 +9,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from PIL import Image
+
+from ..viz import display_text, draw_objects, image_grid
+
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
@@ -75,7 +79,7 @@ def caption_for(row: dict[str, Any], max_chars: int = 160) -> str:
         else:
             gt = str(solution)
         text = f"{head}: {_prompt_text(row.get('prompt')).split(' Answer with')[0]} -> {gt}"
-    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+    return display_text(text, max_chars)
 
 
 def render_preview(
@@ -83,7 +87,8 @@ def render_preview(
 ) -> str:
     """Render the first `n` rows of `dataset` in a grid of `ncols` columns, ground truth drawn in green on
     each image (boxes, labels, counting points), captioned with the task, the question and the answer;
-    write it as an image (PNG unless `out_path` says otherwise) and return the path.
+    write it as an image (PNG unless `out_path`'s extension names another format) and return the path.
+    Labels and captions are drawn whatever characters they hold (`viz.display_text`).
 
     The images are the rows' own (resized to the model's grid when the dataset was built with pixel
     limits), so the drawing shows exactly what training sees. Works with any row-contract dataset,
@@ -101,10 +106,11 @@ def render_preview(
 
     ```
     """
-    from ..viz import draw_objects, image_grid
-
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
+    out = Path(out_path)
+    if out.suffix and out.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{out}: unknown image extension {out.suffix!r} (e.g. .png, .jpg)")
     rows = dataset.select(range(min(n, len(dataset))))
     pictures, captions = [], []
     for row in rows:
@@ -133,7 +139,6 @@ def render_preview(
         max(1, math.ceil(max(s[1] for s in sizes) * ratio)),
     )
     grid = image_grid(pictures, ncols=ncols, captions=captions, cell_size=cell)
-    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    grid.save(out, format=None if out.suffix else "PNG")
     return str(out)

@@ -47,12 +47,18 @@ def register_builder(task: str) -> Callable[[Builder], Builder]:
     """
 
     def register(builder: Builder) -> Builder:
-        if BUILDERS.get(task, builder) is not builder:
-            raise ValueError(f"task {task!r} already has a builder: {BUILDERS[task].__qualname__}")
+        known = BUILDERS.get(task, builder)
+        # The same function from a module loaded again (importlib.reload, pytest's importlib mode) replaces itself.
+        if _name(known) != _name(builder):
+            raise ValueError(f"task {task!r} already has a builder: {_name(known)}")
         BUILDERS[task] = builder
         return builder
 
     return register
+
+
+def _name(builder: Callable[..., Any]) -> str:
+    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', repr(builder))}"
 
 
 def build_dataset(task: str, source: str | os.PathLike, **options: Any) -> datasets.Dataset:
@@ -71,12 +77,12 @@ def build_dataset(task: str, source: str | os.PathLike, **options: Any) -> datas
     >>> ds = build_dataset("counting", "synthetic", num_samples=2, seed=0)
     >>> len(ds), ds[0]["task"]
     (2, 'counting')
-    >>> sorted(BUILDERS)[:4]
-    ['counting', 'detection', 'grounding', 'ocr']
+    >>> {"grounding", "counting", "ocr", "detection"} <= set(BUILDERS)
+    True
 
     ```
     """
-    if str(source) == SYNTHETIC:
+    if str(source) == SYNTHETIC and task != "jigsaw":  # jigsaw cuts its puzzles from synthetic scenes itself
         unused = sorted(k for k in ("split", "image_dir") if options.get(k) is not None)
         if unused:
             raise ValueError(f"the synthetic source takes no {unused}")

@@ -120,6 +120,8 @@ def solution_feature(task: str) -> Any:
         return Value("string")
     if task in ("detection", "ovd"):  # OVD: the boxes of the phrases asked ([] when none is present)
         return List({"bbox_2d": List(Value("float64")), "label": Value("string")})
+    if task == "jigsaw":
+        return Value("string")  # JSON: {"question", "grid", "answer", "think"[, "options"]}
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 

@@ -7,18 +7,16 @@ import io
 import json
 import math
 import os
-import shutil
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..frames import TASKS, grid_size, model_input_size
+from ..viz import find_cjk_font, latin_font_path, load_font
 from .rows import PromptCache, row_features, rows_to_dataset
 
 if TYPE_CHECKING:
@@ -79,29 +77,6 @@ _MIXED_TASKS = ("grounding", "counting", "ocr", "detection")  # task="mixed": Pe
 _DEFAULT_WORDS = {"en": (1, 6), "zh": (1, 4)}
 _MIN_SHAPE_PX = 6
 
-_DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-_CJK_FONT_ENV = "TRL_PERCEPTION_CJK_FONT"
-_CJK_FONT_CANDIDATES = (
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-    "/usr/share/fonts/truetype/arphic/uming.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-    "/System/Library/Fonts/STHeiti Light.ttc",
-    "/Library/Fonts/Arial Unicode.ttf",
-    "C:/Windows/Fonts/msyh.ttc",
-    "C:/Windows/Fonts/simhei.ttf",
-)
-_CJK_INSTALL_HINT = (
-    "no CJK font found for language='zh'. Install one, e.g. `apt-get install fonts-wqy-microhei` "
-    "(or fonts-noto-cjk / fonts-droid-fallback), or point the environment variable "
-    f"{_CJK_FONT_ENV} (or font=) at a .ttf/.ttc file that has Chinese glyphs"
-)
-
 _EN_WORDS = tuple(
     """the of and to in is that for it as was with be by on not he this are or his from at which but have
     an they you were her she there one all we their can has more when will would if what so no about up out
@@ -122,113 +97,6 @@ _ZH_CHARS = (
     "流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造"
     "百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例"
 )
-
-
-# --------------------------------------------------------------------------------------------- fonts
-
-
-@lru_cache(maxsize=1)
-def latin_font_path() -> str | None:
-    """Path of a DejaVuSans TrueType font: the system copy, else matplotlib's bundled one, else `None`
-    (then `load_font` falls back to Pillow's built-in font).
-
-    Example:
-    ```python
-    >>> path = latin_font_path()
-    >>> path is None or path.endswith("DejaVuSans.ttf")
-    True
-
-    ```
-    """
-    if os.path.isfile(_DEJAVU):
-        return _DEJAVU
-    try:
-        import matplotlib
-
-        bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    except Exception:  # matplotlib missing or broken: Pillow's default font still works
-        return None
-    return str(bundled) if bundled.is_file() else None
-
-
-def _fc_list_cjk() -> list[str]:
-    fc_list = shutil.which("fc-list")
-    if fc_list is None:
-        return []
-    try:
-        out = subprocess.run(
-            [fc_list, ":lang=zh", "file"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    paths = [line.split(":")[0].strip() for line in out.splitlines() if line.strip()]
-    preferred = ("wqy", "noto", "droid", "source-han", "sourcehan")
-    # Well-known families first, then the rest in a stable order.
-    return sorted(
-        (p for p in paths if p.lower().endswith((".ttf", ".ttc", ".otf", ".otc"))),
-        key=lambda p: (not any(k in p.lower() for k in preferred), p),
-    )
-
-
-@lru_cache(maxsize=1)
-def find_cjk_font() -> str | None:
-    """Path of an installed font with Chinese glyphs, or `None`.
-
-    Looks at `$TRL_PERCEPTION_CJK_FONT`, then well-known paths (WenQuanYi Micro Hei, Noto CJK, Droid Sans
-    Fallback, macOS and Windows system fonts), then asks `fc-list :lang=zh`.
-
-    Example:
-    ```python
-    >>> path = find_cjk_font()
-    >>> path is None or os.path.isfile(path)
-    True
-
-    ```
-    """
-    env = os.environ.get(_CJK_FONT_ENV)
-    candidates = ([env] if env else []) + list(_CJK_FONT_CANDIDATES) + _fc_list_cjk()
-    for path in candidates:
-        if not os.path.isfile(path):
-            continue
-        try:
-            ImageFont.truetype(path, 12)
-        except OSError:
-            continue
-        return path
-    return None
-
-
-@lru_cache(maxsize=256)
-def load_font(
-    size: int, language: str = "en", path: str | None = None
-) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """A font of `size` pixels: `path` when given, else a CJK font for `language="zh"` (raising a
-    `RuntimeError` naming what to install when none exists), else DejaVuSans, else Pillow's default font.
-
-    Example:
-    ```python
-    >>> font = load_font(16)
-    >>> font.getbbox("Hello")[2] > 0
-    True
-
-    ```
-    """
-    size = max(1, int(size))
-    if path is None and language == "zh":
-        path = find_cjk_font()
-        if path is None:
-            raise RuntimeError(_CJK_INSTALL_HINT)
-    if path is None:
-        path = latin_font_path()
-    if path is not None:
-        try:
-            return ImageFont.truetype(path, size)
-        except OSError as err:  # Pillow's message ("cannot open resource") does not say which file
-            raise OSError(f"cannot load the font file {path!r}: {err}") from None
-    try:
-        return ImageFont.load_default(size)
-    except TypeError:  # Pillow < 10.1 has no sized default font
-        return ImageFont.load_default()
 
 
 # --------------------------------------------------------------------------------------------- shapes
@@ -874,8 +742,8 @@ def _options(
 
 def _require_cjk_font(needs_ocr: bool, language: str, font: str | None) -> None:
     """Chinese OCR samples need a CJK font: fail early, with the install hint, when none is found."""
-    if needs_ocr and language == "zh" and font is None and find_cjk_font() is None:
-        raise RuntimeError(_CJK_INSTALL_HINT)
+    if needs_ocr and language == "zh" and font is None:
+        load_font(12, "zh")  # raises RuntimeError naming a CJK font to install when none is found
 
 
 def make_sample(
@@ -1046,8 +914,8 @@ def make_synthetic(
         tasks = _MIXED_TASKS if task == "mixed" else (task,)
     else:
         tasks = tuple(task)
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}, 'mixed' or a list of them")
+    if not tasks or any(t not in TASKS or t == "jigsaw" for t in tasks):  # puzzles come from make_jigsaw
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} but jigsaw, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
     if int(num_samples) < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")

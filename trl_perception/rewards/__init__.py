@@ -13,6 +13,7 @@ from .counting import count_reward
 from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
 from .format import format_reward, json_format_reward, qwen2_vl_format_reward
 from .grounding import grounding_format_reward, iou_reward, make_iou_reward
+from .jigsaw import jigsaw_format_reward, jigsaw_reward, make_jigsaw_reward
 from .ocr import ocr_reward
 from .ovd import make_od_reward, od_ap50_reward, od_ap_reward, od_length_reward, od_weighted_reward
 
@@ -24,11 +25,14 @@ __all__ = [
     "get_reward",
     "grounding_format_reward",
     "iou_reward",
+    "jigsaw_format_reward",
+    "jigsaw_reward",
     "json_format_reward",
     "list_rewards",
     "make_detection_reward",
     "make_iou_reward",
     "make_od_reward",
+    "make_jigsaw_reward",
     "ocr_reward",
     "od_ap50_reward",
     "od_ap_reward",
@@ -139,6 +143,7 @@ def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]
     `format`, `qwen2_vl_format`, `json_format`, the open-vocabulary detection rewards `od_ap`, `od_ap50`,
     `od_length` (alias `odLength`), `od_weighted` (alias `weighted_sum`) and their VLM-R1-compatible
     `*_vlm_r1` variants (`make_od_reward(..., vlm_r1=True)`); plus anything added with `register_reward`. Names ignore case
+    `format`, `qwen2_vl_format`, `json_format`, `jigsaw` (`metric="connections"` or `jigsaw_connections`), `jigsaw_format`; plus anything added with `register_reward`. Names ignore case
     and a trailing `_reward`. Parameters go to the reward's factory (`make_iou_reward`,
     `make_detection_reward`); for a plain function they are bound with `functools.partial` and must be named
     parameters of it. The result is picklable whenever the registered object is.
@@ -236,3 +241,10 @@ for _kind, _reward in (
 ):
     _register(f"od_{_kind}", _reward, _ODFactory(_kind), False)
     _register(f"od_{_kind}_vlm_r1", make_od_reward(_kind, vlm_r1=True), _ODFactory(_kind, vlm_r1=True), False)
+def _jigsaw_connections_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_jigsaw_reward(**{"metric": "connections", **params})
+
+
+_register("jigsaw", jigsaw_reward, make_jigsaw_reward, False)
+_register("jigsaw_connections", make_jigsaw_reward("connections"), _jigsaw_connections_factory, False)
+_register("jigsaw_format", jigsaw_format_reward, None, False)

@@ -101,7 +101,12 @@ def _category_precision_sums(
     lowest = min(min(thresholds), 1 - 1e-10)
     # Per detection, the ground truth it may match at some threshold, best first. COCOeval's scan keeps the
     # *last* of equal IoUs, hence the ties by descending index.
-    candidates = [sorted(((v, g) for g, v in enumerate(row) if v >= lowest), reverse=True) for row in ious]
+    candidates = []
+    for row in ious:
+        cands = [(v, g) for g, v in enumerate(row) if v >= lowest]
+        if len(cands) > 1:
+            cands.sort(reverse=True)
+        candidates.append(cands)
     values = sorted(v for cands in candidates for v, _ in cands)
     total = 0.0
     cache: dict[Any, float] = {}

@@ -27,6 +27,7 @@ from transformers import AutoConfig, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
+from trl_perception.callbacks import JigsawCurriculumCallback
 from trl_perception.data import BUILDERS, build_dataset
 from trl_perception.evaluation import evaluate
 from trl_perception.frames import resolve_box_format
@@ -153,6 +154,14 @@ class PerceptionScriptArguments:
                                         self.num_samples, self.dataset_seed, self.dataset_kwargs)]  # fmt: skip
 
 
+
+def curriculum_callbacks(dataset: Any) -> list[Any]:
+    """A `JigsawCurriculumCallback` when the training set is a jigsaw dataset that follows a grid curriculum
+    (`dataset_kwargs: {curriculum: [[0, [2, 1]], [1000, [2, 2]]]}`), so that it moves with `global_step`."""
+    transform = (getattr(dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    curriculum = getattr(transform, "curriculum", None)
+    return [JigsawCurriculumCallback(curriculum)] if curriculum is not None else []
+
 def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOConfig, model_args: ModelConfig):
     # ------------------------------------------------------------------------------------------- logging and seed
     logging.basicConfig(
@@ -218,6 +227,7 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
         eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
+        callbacks=curriculum_callbacks(train_dataset),
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", train_result.metrics)
