@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,22 +30,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MODEL_CONFIG: dict[str, Any] = {
-    # The tiny Qwen2.5-VL that learns (docs: "Learning"): high-frequency M-RoPE, full attention in the vision tower.
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "rope_theta": 4.0,
-    "mrope_section": [2, 7, 7],
-    "vision_depth": 3,
-    "vision_hidden_size": 64,
-    "vision_num_heads": 2,
-    "fullatt_block_indexes": [0, 1, 2],
-    "tokenizer_vocab_size": 1024,
-}
-IMAGE_SIZE = 112
+# The tiny Qwen2.5-VL that learns and its image size: one definition, in the sibling experiment script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_experiment import IMAGE_SIZE  # noqa: E402
+from tiny_experiment import LEARNING_CONFIG as MODEL_CONFIG  # noqa: E402
+
 TEMPLATE = "Solve this {rows}x{cols} jigsaw puzzle: give the original position of each patch."
 """A short prompt: the tiny model cannot read Jigsaw-R1's 300-token instructions, and they would dominate compute."""
 TRAIN_GRIDS = ((2, 1), (2, 2))
