@@ -62,8 +62,8 @@ def _scale_xy(values: Any, sx: float, sy: float, what: str) -> list[float]:
 def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
     """Scale a ground truth by `sx` horizontally and `sy` vertically (x at even, y at odd positions).
 
-    Grounding boxes, counting points and detection `bbox_2d` / `point_2d` are scaled; counts and OCR
-    text are returned unchanged. JSON-string solutions (mixed-task datasets) come back as JSON strings.
+    Grounding boxes, counting points and detection `bbox_2d` / `point_2d` are scaled; counts, OCR text
+    and VQA answers are returned unchanged. JSON-string solutions (mixed-task datasets) come back as JSON strings.
 
     Example:
     ```python
@@ -78,7 +78,7 @@ def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
 
     ```
     """
-    if solution is None or task == "ocr":
+    if solution is None or task in ("ocr", "vqa"):
         return solution
     if isinstance(solution, str):
         return json.dumps(scale_solution(task, json.loads(solution), sx, sy), ensure_ascii=False)
