@@ -982,7 +982,7 @@ _ANSWER_PREFIX_RE = re.compile(
     re.IGNORECASE,
 )
 _CHOICE_RE = re.compile(r"\(?\s?([A-Za-z])\s?\)?[.:)]?")
-_CHOICE_LEAD_RE = re.compile(r"\(?([A-Z])\)?[.:)]?\s+(\S.*)", re.DOTALL)
+_CHOICE_LEAD_RE = re.compile(r"\(([A-Za-z])\)[.:]?\s{0,3}(\S.*)|([A-Z])[.:)]?\s+(\S.*)", re.DOTALL)
 _LETTER_TOKEN_RE = re.compile(r"\(?[A-Z]\)?[.:),]?")
 _NUMBER_RE = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d{1,30})(\.\d{1,30})?|([-+]?)\.(\d{1,30})")
 _EDGE_PUNCTUATION = " \t\n\r.,;:!?\"'`()[]{}"
@@ -1100,7 +1100,7 @@ def parse_choice(completion: Any, options: Sequence[str] | None = None) -> str |
 
     The answer body (`vqa_answer_body`: the last `\\boxed{}`, else the `<answer>` or whole final turn, with
     "Answer:" / "The answer is" removed) must be one letter — `B`, `(b)`, `B.`, `B)` — or an upper-case letter
-    followed by that option's text (`(B) red`, `B. red`; without `options`, by text holding no other option
+    (or a bracketed one, `(b)`) followed by that option's text (`(B) red`, `B. red`; without `options`, by text holding no other option
     letter), or exactly one option's text. With `options`, the letter must be one of theirs. Listing several
     letters (`A B C D`, `A or B`) picks nothing.
 
@@ -1124,13 +1124,14 @@ def parse_choice(completion: Any, options: Sequence[str] | None = None) -> str |
     else:
         lead = _CHOICE_LEAD_RE.fullmatch(body)
         if lead:
-            rest = lead.group(2)
+            first = (lead.group(1) or lead.group(3)).upper()
+            rest = lead.group(2) if lead.group(1) else lead.group(4)
             if options is not None:
-                index = CHOICE_LETTERS.find(lead.group(1))
+                index = CHOICE_LETTERS.find(first)
                 if index < len(options) and normalize_answer(rest) == normalize_answer(options[index]):
-                    letter = lead.group(1)
+                    letter = first
             elif not any(_LETTER_TOKEN_RE.fullmatch(token) for token in rest.split()):
-                letter = lead.group(1)
+                letter = first
         elif options:
             wanted = normalize_answer(body)
             hits = [i for i, option in enumerate(options) if normalize_answer(option) == wanted]

@@ -7,7 +7,7 @@ Importing the package imports each builder module, which registers its builder i
 
 from __future__ import annotations
 
-from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
+from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco, vqa  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
 from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
@@ -20,6 +20,7 @@ from .refcoco import build_refcoco
 from .registry import BUILDERS, build_dataset, register_builder
 from .resize import fit_dataset_to_grid
 from .synthetic import make_synthetic
+from .vqa import build_vqa
 
 __all__ = [
     "BUILDERS",
@@ -40,4 +41,5 @@ __all__ = [
     "render_completion",
     "build_ovd",
     "make_jigsaw",
+    "build_vqa",
 ]
