@@ -26,8 +26,10 @@ from .metrics import (
     objects_to_coco_results,
     ocr_metrics,
     ovd_metrics,
+    vqa_metrics,
 )
 from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
+from .rewards.vqa import vqa_answer
 from .viz import display_text, draw_objects, image_grid
 from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 
@@ -55,6 +57,7 @@ DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "detection": 4096,
     "ovd": 2048,
     "jigsaw": 1024,
+    "vqa": 1024,
 }
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
@@ -627,13 +630,15 @@ class _TaskEvaluation:
     metrics take; it must accept any text. `metrics(scored, categories=..., dataset=...)` returns the
     task's metrics over its rows. `summary(record)` is the row's caption and `ground_truth(solution)`
     what `viz.draw_objects` draws in green (or `visual(record, image)` the whole tile, for tasks whose
-    picture is not boxes on the image)."""
+    picture is not boxes on the image). `solution(row)`, when set, reads the ground truth from the whole row
+    (VQA: the answer with the row's `options` and `target_box`)."""
 
     score: Callable[[GenerationRequest, Any, str], tuple[dict[str, Any], Any]]
     metrics: Callable[..., dict[str, Any]]
     summary: Callable[[dict[str, Any]], str]
     ground_truth: Callable[[Any], Any] = lambda solution: None
     visual: Callable[[dict[str, Any], Any], Any] | None = None
+    solution: Callable[[Mapping[str, Any]], Any] | None = None  # the row's ground truth, when not `solution` alone
 
 
 def _object_dicts(parsed: ParsedOutput) -> list[dict[str, Any]]:
@@ -761,6 +766,27 @@ def _jigsaw_visual(record: dict[str, Any], puzzle: Any) -> Any:
     return image_grid([puzzle], ncols=1, captions=[f"answer {target.answer}, model {prediction}"])
 
 
+def _vqa_solution(row: Mapping[str, Any]) -> dict[str, Any]:
+    options = row.get("options")
+    target = row.get("target_box")
+    return {
+        "answer": row.get("solution"),
+        "options": [str(o) for o in options] if options is not None else [],
+        "target_box": [float(v) for v in target] if target is not None and len(target) == 4 else None,
+    }
+
+
+def _score_vqa(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    prediction, correct = vqa_answer(text, solution["answer"], solution["options"] or None)
+    fields = {"prediction": prediction, "correct": correct, "valid": prediction is not None, "truncated": False}
+    return fields, correct
+
+
+def _vqa_summary(record: dict[str, Any]) -> str:
+    solution = record.get("solution") or {}
+    return f"#{record['index']} vqa: {record.get('prediction')} / gt {solution.get('answer')}"
+
+
 def _clip(text: Any, n: int) -> str:
     return display_text(text, n)
 
@@ -804,6 +830,15 @@ _TASK_EVALUATIONS: dict[str, _TaskEvaluation] = {
         metrics=lambda scored, **_: jigsaw_metrics(s.record for s in scored),
         summary=_jigsaw_summary,
         visual=_jigsaw_visual,
+    ),
+    # Multiple-choice / short-answer VQA (the "look again" task): accuracy as the VQA reward judges it; the
+    # tile shows the target region (green) and, with crop turns, the crop (red).
+    "vqa": _TaskEvaluation(
+        score=_score_vqa,
+        metrics=lambda scored, **_: vqa_metrics([s.prediction for s in scored]),
+        summary=_vqa_summary,
+        ground_truth=lambda solution: [solution["target_box"]] if solution and solution.get("target_box") else None,
+        solution=_vqa_solution,
     ),
 }  # fmt: skip
 """Task → how `evaluate` scores it, computes its metrics and draws it (see `_TaskEvaluation`)."""
@@ -999,7 +1034,9 @@ def _prepare(
         box_format=box_format,
         max_new_tokens=int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]),
     )
-    return request, _load_solution(task, row.get("solution")), image
+    load = _TASK_EVALUATIONS[task].solution
+    solution = load(row) if load is not None else _load_solution(task, row.get("solution"))
+    return request, solution, image
 
 
 def evaluate(

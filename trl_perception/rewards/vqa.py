@@ -12,7 +12,7 @@ from .._json import unquote_text
 from ..formats import CHOICE_LETTERS, final_turn_text, normalize_answer, parse_choice, parse_number, vqa_answer_body
 from ._common import ComponentLog, MalformedSolution, call_safely, select_rows
 
-__all__ = ["VQA_MODES", "VQAReward", "make_vqa_reward", "vqa_reward"]
+__all__ = ["VQA_MODES", "VQAReward", "make_vqa_reward", "vqa_answer", "vqa_reward"]
 
 _TASKS = ("vqa",)
 VQA_MODES: tuple[str, ...] = ("auto", "choice", "number", "text")
@@ -79,6 +79,40 @@ def _score(completion: Any, truth: str, options: list[str] | None, mode: str) ->
     if not body:
         return 0.0, 1.0
     return float(normalize_answer(body) == normalize_answer(truth)), 0.0
+
+
+def vqa_answer(
+    completion: Any, solution: Any, options: Sequence[str] | None = None, mode: str = "auto"
+) -> tuple[str | None, bool]:
+    """`(prediction, correct)` of one VQA completion, judged exactly as `make_vqa_reward(mode)` judges it: the
+    option letter, number or normalised text read from the final turn (`None` when none can be read), and
+    whether it matches `solution`. A malformed solution raises `ValueError`.
+
+    Example:
+    ```python
+    >>> vqa_answer("I see it now. \\boxed{(C)}", "C", ["a", "b", "c", "d"])
+    ('C', True)
+    >>> vqa_answer("A, B, C or D", "C", ["a", "b", "c", "d"])
+    (None, False)
+
+    ```
+    """
+    if mode not in VQA_MODES:
+        raise ValueError(f"unknown VQA reward mode {mode!r}; expected one of {VQA_MODES}")
+    truth = _solution_text(solution)
+    options = _options(options)
+    reward, failed = _score(completion, truth, options, mode)
+    chosen = _mode(mode, truth, options)
+    if failed:
+        return None, False
+    if chosen == "choice":
+        prediction: str | None = parse_choice(completion, options)
+    elif chosen == "number":
+        value = parse_number(completion)
+        prediction = None if value is None else f"{value:g}"
+    else:
+        prediction = normalize_answer(vqa_answer_body(completion))
+    return prediction, bool(reward)
 
 
 class VQAReward:
