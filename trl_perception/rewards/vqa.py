@@ -65,6 +65,8 @@ def _score(completion: Any, truth: str, options: list[str] | None, mode: str) ->
                 letter = CHOICE_LETTERS[hits[0]]
             else:
                 raise MalformedSolution(f"a multiple-choice solution must be a letter, got {truth[:40]!r}")
+        if options and CHOICE_LETTERS.index(letter) >= len(options):
+            raise MalformedSolution(f"solution {letter!r} is no letter of the {len(options)} options")
         picked = parse_choice(completion, options)
         return float(picked == letter), float(picked is None)
     if mode == "number":
