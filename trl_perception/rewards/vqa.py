@@ -86,7 +86,7 @@ def _score(completion: Any, truth: str, options: list[str] | None, mode: str) ->
 def vqa_answer(
     completion: Any, solution: Any, options: Sequence[str] | None = None, mode: str = "auto"
 ) -> tuple[str | None, bool]:
-    """`(prediction, correct)` of one VQA completion, judged exactly as `make_vqa_reward(mode)` judges it: the
+    r"""`(prediction, correct)` of one VQA completion, judged exactly as `make_vqa_reward(mode)` judges it: the
     option letter, number or normalised text read from the final turn (`None` when none can be read), and
     whether it matches `solution`. A malformed solution raises `ValueError`.
 
