@@ -4,6 +4,8 @@ on the box_format's grid, predictions mapped back to original pixels, metrics pe
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -16,8 +18,9 @@ from typing import Any
 
 from ._json import unquote_text
 from .boxes import paired_box_iou
+from .crop import CROP_TOOL_NAME, CropEnvironment, crop_pixel_limits, tool_chat_template
 from .data.jigsaw import reassemble
-from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
+from .formats import ParsedOutput, completion_text, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
 from .metrics import (
     coco_metrics,
@@ -568,6 +571,163 @@ class _TransformersGenerator:
                     stacklevel=3,
                 )
                 request.input_size = fed
+
+
+class _CropTurnsGenerator:
+    """The two-turn ("look again") generation for evaluation, with transformers and greedy decoding, on the same
+    pieces as training: a `crop.CropEnvironment` per row (its `reset` instruction appended to the last user turn,
+    as TRL does), the `crop_image` tool in the chat template (the library's tool template for Qwen2-VL and
+    Qwen2.5-VL), TRL's `parse_response` to read tool calls, and MGPO's forced second turn (a row that names no
+    box gets the original image back). Each turn is one batched `generate` over the rows still talking."""
+
+    def __init__(self, base: _TransformersGenerator, crop_turns: int, crop_min_pixels: int | None,
+                 crop_max_pixels: int | None, forced: bool = True):  # fmt: skip
+        from trl.chat_template_utils import add_response_schema, supports_tool_calling
+
+        self.base, self.crop_turns, self.forced = base, int(crop_turns), bool(forced)
+        self.limits = crop_pixel_limits(crop_min_pixels, crop_max_pixels, _processor_pixel_limits(base.processor))
+        self.processor = copy.copy(base.processor)  # the tool template must not leak into the caller's processor
+        self.tokenizer = copy.copy(base.tokenizer)
+        if hasattr(self.processor, "tokenizer"):
+            self.processor.tokenizer = self.tokenizer
+        self.box_format: str | None = None
+        self._supports_tools = supports_tool_calling(self.processor)
+        self._add_schema = add_response_schema
+
+    def _prepare_template(self, box_format: str) -> None:
+        if self.box_format == box_format:
+            return
+        self.box_format = box_format
+        template = tool_chat_template(box_format)
+        if template is not None and not self._supports_tools:
+            self.processor.chat_template = template
+            self.tokenizer.chat_template = template
+        if getattr(self.tokenizer, "response_template", None) is None and not getattr(
+            self.tokenizer, "response_schema", None
+        ):
+            try:
+                self._add_schema(self.tokenizer)
+            except ValueError:  # a template TRL does not know: Qwen's <tool_call> JSON, as the trainer reads it
+                from trl.chat_template_utils import qwen3_schema
+
+                self.tokenizer.response_schema = qwen3_schema
+
+    def __call__(self, items: Sequence[CropTurnsRequest]) -> list[CropTurnsOutput]:
+        rows = []
+        for item in items:
+            request = item.request
+            if request.box_format is None:
+                raise ValueError("crop turns need the model's box format (its frame for the crop box)")
+            self._prepare_template(request.box_format)
+            environment = CropEnvironment(request.box_format, min_pixels=self.limits[0], max_pixels=self.limits[1],
+                                          max_crops=self.crop_turns)  # fmt: skip
+            instruction = environment.reset(prompt=request.prompt, image=request.image,
+                                            original_image=item.original_image, input_size=list(request.input_size),
+                                            target_box=item.target_box)  # fmt: skip
+            messages = copy.deepcopy(request.prompt)
+            if instruction:
+                content = messages[-1]["content"]
+                content = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+                messages[-1] = {**messages[-1], "content": content + [{"type": "text", "text": instruction}]}
+            rows.append({"env": environment, "messages": messages, "images": [request.image], "turns": [],
+                         "text": "", "done": False, "request": request})  # fmt: skip
+        for turn in range(self.crop_turns + 1):
+            active = [row for row in rows if not row["done"]]
+            if not active:
+                break
+            for row, message in zip(active, self._generate(active)):
+                content = message.get("content") or ""
+                content = content if isinstance(content, str) else completion_text(content)
+                row["turns"].append(content)
+                row["text"] = content
+                calls = [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
+                if turn == self.crop_turns or (not calls and not (turn == 0 and self.forced)):
+                    row["done"] = True
+                    continue
+                tool_calls = calls or [{"type": "function", "function": {"name": CROP_TOOL_NAME, "arguments": {}}}]
+                row["messages"].append({"role": "assistant", "content": content, "tool_calls": tool_calls})
+                for call in tool_calls:
+                    blocks = self._call_tool(row["env"], call, forced=not calls)
+                    row["messages"].append({"role": "tool", "name": CROP_TOOL_NAME, "content": blocks})
+                    row["images"].extend(b["image"] for b in blocks if b.get("type") == "image")
+        return [CropTurnsOutput(text=_clean_generation(row["text"], self.base.stop_strings), turns=row["turns"],
+                                records=list(row["env"].records)) for row in rows]  # fmt: skip
+
+    @staticmethod
+    def _call_tool(environment: CropEnvironment, call: Mapping[str, Any], forced: bool) -> list:
+        if forced:  # MGPO's second turn without a box: the original image comes back, recorded as forced
+            blocks = environment.crop_image(None)
+            environment.records[-1] = dataclasses.replace(environment.records[-1], forced=True)
+            return blocks
+        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        arguments = function.get("arguments")
+        if function.get("name") != CROP_TOOL_NAME or not isinstance(arguments, Mapping):
+            return [{"type": "text", "text": f"Unknown tool call; the tool is {CROP_TOOL_NAME}(bbox_2d)."}]
+        try:
+            return environment.crop_image(arguments.get("bbox_2d"), str(arguments.get("label") or ""))
+        except Exception as err:  # noqa: BLE001 - a malformed call is the model's error, answered as TRL does
+            return [{"type": "text", "text": f"error: {err}"}]
+
+    def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import torch
+        from trl.chat_template_utils import parse_response
+
+        base = self.base
+        tools = [rows[0]["env"].crop_image]
+        texts = [self.processor.apply_chat_template(row["messages"], tools=tools, add_generation_prompt=True,
+                                                    tokenize=False) for row in rows]  # fmt: skip
+        images_kwargs = {}
+        if base.min_pixels is not None and base.max_pixels is not None:
+            images_kwargs["size"] = {"shortest_edge": int(base.min_pixels), "longest_edge": int(base.max_pixels)}
+        padding_side = getattr(self.tokenizer, "padding_side", None)
+        self.tokenizer.padding_side = "left"
+        try:
+            inputs = self.processor(text=texts, images=[image for row in rows for image in row["images"]],
+                                    padding=True, return_tensors="pt",
+                                    **({"images_kwargs": images_kwargs} if images_kwargs else {}))  # fmt: skip
+        finally:
+            if padding_side is not None:
+                self.tokenizer.padding_side = padding_side
+        # TRL parses a response after its prompt (the prefix): the unpadded prompt ids of each row.
+        prefixes = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        parameter = next(base.model.parameters())
+        inputs = {
+            k: (v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device))
+            if hasattr(v, "to") else v
+            for k, v in inputs.items()
+        }  # fmt: skip
+        kwargs = {"max_new_tokens": max(row["request"].max_new_tokens for row in rows), "do_sample": False}
+        kwargs.update(base.generation_kwargs)
+        if not kwargs.get("do_sample"):
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        was_training = getattr(base.model, "training", False)
+        base.model.eval()
+        try:
+            with torch.no_grad():
+                output = base.model.generate(**inputs, **kwargs)
+        finally:
+            if was_training:
+                base.model.train()
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        pad = self.tokenizer.pad_token_id
+        messages = []
+        for ids, prefix in zip(sequences[:, inputs["input_ids"].shape[1] :].tolist(), prefixes):
+            while ids and ids[-1] == pad:
+                ids.pop()
+            try:
+                message = parse_response(self.tokenizer, ids, prefix=prefix, tools=tools)
+            except Exception:  # noqa: BLE001 - unparseable output is a plain answer
+                message = {"role": "assistant", "content": self.tokenizer.decode(ids, skip_special_tokens=True)}
+            messages.append(message if isinstance(message, Mapping) else {"content": str(message)})
+        return messages
+
+
+def _crop_turns_generator(
+    generator: Any, crop_turns: int, crop_min_pixels: int | None, crop_max_pixels: int | None
+) -> _CropTurnsGenerator:
+    if not isinstance(generator, _TransformersGenerator):
+        raise ValueError("crop turns run with the transformers backend (backend='transformers')")
+    return _CropTurnsGenerator(generator, crop_turns, crop_min_pixels, crop_max_pixels)
 
 
 class _VLLMGenerator:
@@ -1258,9 +1418,7 @@ def evaluate(
             generator = _TransformersGenerator(loaded, processor, lo, hi, generation_kwargs)
     crop_generator = crop_generate_fn
     if crop_turns and crop_generator is None:
-        crop_generator = _crop_turns_generator(
-            generator, model, processor, crop_turns, crop_min_pixels, crop_max_pixels, generation_kwargs
-        )
+        crop_generator = _crop_turns_generator(generator, crop_turns, crop_min_pixels, crop_max_pixels)
     chunk = max(batch_size, _VLLM_MIN_CHUNK) if chosen == "vllm" else batch_size
 
     from tqdm.auto import tqdm
