@@ -29,6 +29,7 @@ __all__ = [
     "CropEnvironment",
     "CropRecord",
     "CropResult",
+    "ForcedCrop",
     "crop_instruction",
     "crop_pixel_limits",
     "crop_region",
@@ -421,6 +422,34 @@ class CropEnvironment:
             iou = float(paired_box_iou([box], [self._target])[0])
         self.records.append(CropRecord(True, box, "", area, iou, forced))
         return [{"type": "image", "image": result.image}, {"type": "text", "text": CROP_RESULT_TEXT.format(question=question)}]
+
+
+class ForcedCrop:
+    """The crop tool of a rollout given MGPO's fixed second turn although the model called no tool: the first
+    call is the system's (no box: the original image comes back with `CROP_INVALID_TEXT`, recorded with
+    `forced=True`); any later call is the model's own `crop_image`.
+
+    Example:
+    ```python
+    >>> from PIL import Image
+    >>> env = CropEnvironment("qwen3_vl")
+    >>> _ = env.reset(prompt="What colour?", image=Image.new("RGB", (64, 64)))
+    >>> blocks = ForcedCrop(env)()
+    >>> env.records[0].forced, env.records[0].reason
+    (True, 'no box was given')
+
+    ```
+    """
+
+    def __init__(self, environment: CropEnvironment):
+        self.environment = environment
+        self.used = False
+
+    def __call__(self, **arguments: Any) -> list[dict[str, Any]]:
+        if not self.used:
+            self.used = True
+            return self.environment._crop(None, forced=True)
+        return self.environment.crop_image(**arguments)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -19,6 +20,7 @@ from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from .callbacks import PerceptionEvalCallback
+from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, tool_chat_template
 from .data.errors import RecordError
 from .data.images import read_image_size
 from .data.resize import scale_solution
@@ -110,6 +112,27 @@ class PerceptionGRPOConfig(GRPOConfig):
             and the off-policy mask compares it with the current policy. Groups whose own samples never earn a
             reward then still have a non-zero advantage. Must be smaller than `num_generations`.
 
+        > Parameters that control crop turns ("look again", after MGPO)
+
+        crop_turns (`int`, *optional*, defaults to `0`):
+            Let the model crop the original high-resolution image this many times per rollout before it answers
+            (MGPO: 1). The model calls the `crop_image` tool with a box in its family's frame; a
+            [`~trl_perception.crop.CropEnvironment`] per rollout crops the row's original (un-resized) image,
+            resizes the crop to `crop_min_pixels`/`crop_max_pixels` and shows it in a tool turn, which is masked
+            out of the loss (TRL's `tool_mask`). Sets `max_tool_calling_iterations`. Qwen2-VL and Qwen2.5-VL get
+            the library's tool-capable chat template (`crop.tool_chat_template`). Rows may carry `target_box`
+            (original pixels) for the `crop/iou` metric.
+        crop_min_pixels (`int`, *optional*):
+            Smallest area a crop is resized to; `None` is MGPO's 200,704. Kept within the processor's limits.
+        crop_max_pixels (`int`, *optional*):
+            Largest area a crop is resized to; `None` is MGPO's 1,003,520. Kept within the processor's limits.
+        crop_forced (`bool`, *optional*, defaults to `True`):
+            MGPO's fixed two-turn template: a rollout that ends its first turn without calling the tool gets the
+            second turn anyway, with the original image and the "could not be cropped (no box was given)" text,
+            as MGPO does for a missing or invalid box. Without it, a model that never calls the tool never sees a
+            second turn (MGPO reports that models "struggle to autonomously trigger visual grounding during the
+            rollout process"). Logged as `crop/forced_rate`.
+
         > Parameters that control logging
 
         log_box_images (`bool`, *optional*, defaults to `False`):
@@ -178,6 +201,28 @@ class PerceptionGRPOConfig(GRPOConfig):
             "'completion' column), after ViSurf. Must be smaller than num_generations."
         },
     )
+    crop_turns: int = field(
+        default=0,
+        metadata={
+            "help": "Crops of the original high-resolution image the model may request per rollout before "
+            "answering (MGPO: 1); sets max_tool_calling_iterations."
+        },
+    )
+    crop_min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Smallest area a crop is resized to; None is MGPO's 200704 (kept within the processor's)."},
+    )
+    crop_max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest area a crop is resized to; None is MGPO's 1003520 (kept within the processor's)."},
+    )
+    crop_forced: bool = field(
+        default=True,
+        metadata={
+            "help": "MGPO's fixed two-turn template: a rollout that answers without calling the crop tool still "
+            "gets the second turn, with the original image."
+        },
+    )
     log_box_images: bool = field(
         default=False,
         metadata={
@@ -188,12 +233,31 @@ class PerceptionGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         check_box_format(self.box_format, allow_auto=True)
-        for name in ("min_pixels", "max_pixels", "max_image_tokens", "vllm_max_num_batched_tokens"):
+        for name in (
+            "min_pixels",
+            "max_pixels",
+            "max_image_tokens",
+            "vllm_max_num_batched_tokens",
+            "crop_min_pixels",
+            "crop_max_pixels",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        turns = self.crop_turns
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
+            raise ValueError(f"crop_turns must be a non-negative integer, got {turns!r}")
+        if turns:
+            crop_pixel_limits(self.crop_min_pixels, self.crop_max_pixels)  # raises for min > max
+            if self.max_tool_calling_iterations is None:
+                self.max_tool_calling_iterations = turns
+            elif self.max_tool_calling_iterations != turns:
+                raise ValueError(
+                    f"crop_turns={turns} sets max_tool_calling_iterations, but it is set to "
+                    f"{self.max_tool_calling_iterations}; leave it unset or equal"
+                )
         if self.log_box_images:
             if not self.log_multimodal:
                 raise ValueError("log_box_images draws on the logged images: it needs log_multimodal=True")
@@ -255,6 +319,21 @@ class _DecodeKeepingTokens:
         return self.decode(kept, skip_special_tokens=False, **kwargs)
 
 
+def _set_tool_call_parser(tokenizer: Any) -> None:
+    """Give the tokenizer TRL's parser for Qwen's `<tool_call>` JSON format (TRL only recognises its own
+    templates), unless it has one."""
+    from packaging.version import Version
+    from transformers import __version__ as transformers_version
+    from trl.chat_template_utils import qwen3_schema, qwen3_template
+
+    if getattr(tokenizer, "response_template", None) is not None or getattr(tokenizer, "response_schema", None):
+        return
+    if Version(transformers_version) >= Version("5.13.0.dev0"):
+        tokenizer.response_template = qwen3_template
+    else:
+        tokenizer.response_schema = qwen3_schema
+
+
 def _size_pair(value: Any) -> tuple[int, int] | None:
     """A valid `[width, height]` as ints, else `None`."""
     if isinstance(value, str):
@@ -306,7 +385,9 @@ class PerceptionRowTransform:
         max_pixels: int,
         resize: bool = True,
         inner: Callable[[dict], dict] | None = None,
+        keep_original: bool = False,
     ):
+        self.keep_original = bool(keep_original)  # crop turns crop the un-resized image
         self.box_format = box_format
         self.model_box_format = model_box_format  # the model's own family: its processor's grid
         self.min_pixels = int(min_pixels)
@@ -330,12 +411,13 @@ class PerceptionRowTransform:
         tasks = batch.get("task") or [None] * n
         solutions = batch.get("solution")
         declared = batch.get("image_size") or [None] * n
-        images_out, sizes_out, inputs_out = [], [], []
+        images_out, sizes_out, inputs_out, originals_out = [], [], [], []
         solutions_out = list(solutions) if solutions is not None else None
         for i in range(n):
             value = batch[key][i] if key is not None else None
             images = list(value) if key == "images" and value is not None else [value]
             first = images[0] if images else None
+            originals_out.append(first)
             if first is None or not hasattr(first, "size"):
                 images_out.append(value)
                 sizes_out.append(_size_pair(declared[i]) and list(_size_pair(declared[i])))
@@ -358,6 +440,8 @@ class PerceptionRowTransform:
         batch["image_size"] = sizes_out
         batch["input_size"] = inputs_out
         batch["box_format"] = [self.box_format] * n
+        if self.keep_original:
+            batch["original_image"] = originals_out
         if solutions_out is not None:
             batch["solution"] = solutions_out
         return batch
@@ -376,7 +460,8 @@ class PerceptionRowTransform:
     def __repr__(self) -> str:
         return (
             f"PerceptionRowTransform({self.box_format!r}, model_box_format={self.model_box_format!r}, min_pixels="
-            f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize})"
+            f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize}"
+            + (", keep_original=True)" if self.keep_original else ")")
         )
 
 
@@ -469,6 +554,10 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         self._sizes_within_budget: set[tuple[int, int]] = set()
         self._dataset_max_images = 1
         self._uses_vllm = bool(args.use_vllm)
+        self._crop_turns = int(args.crop_turns)
+        self._forced_rollouts: list[int] = []
+        if self._crop_turns:
+            kwargs = self._add_crop_environment(processing_class, args, kwargs)
         keep = args.keep_box_tokens if args.keep_box_tokens is not None else self.box_format == "qwen2_vl"
         self._decode_drop_ids = self._drop_ids(processing_class) if keep else None
 
@@ -489,7 +578,9 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, "eval_dataset", needs_solution)
 
         self._pending_box_images: list | None = None
-        self._max_images_per_prompt = self._image_limit(args, kwargs.get("tools"))
+        self._max_images_per_prompt = self._image_limit(
+            args, kwargs.get("tools") or kwargs.get("environment_factory")
+        )
         vllm_patch = contextlib.nullcontext()
         if args.use_vllm and args.vllm_mode == "colocate":
             overrides = {}
@@ -582,6 +673,28 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 setattr(image_processor, name, int(value))
         return processing_class
 
+    def _add_crop_environment(self, processing_class: Any, args: PerceptionGRPOConfig, kwargs: dict) -> dict:
+        """Crop turns: one `CropEnvironment` per rollout through TRL's `environment_factory`, and a chat
+        template that can call tools (Qwen2-VL and Qwen2.5-VL ship one that cannot)."""
+        if kwargs.get("environment_factory") is not None:
+            raise ValueError(
+                "crop_turns > 0 provides the environment_factory (a CropEnvironment per rollout); pass either "
+                "crop_turns or your own environment_factory"
+            )
+        from trl.chat_template_utils import supports_tool_calling
+
+        template = tool_chat_template(self.model_box_format)
+        if template is not None and not supports_tool_calling(processing_class):
+            processing_class.chat_template = template
+            processing_class.tokenizer.chat_template = template
+            _set_tool_call_parser(processing_class.tokenizer)
+        lo, hi = self._pixel_limits(processing_class)
+        crop_lo, crop_hi = crop_pixel_limits(args.crop_min_pixels, args.crop_max_pixels, (lo, hi))
+        factory = functools.partial(
+            CropEnvironment, self.box_format, min_pixels=crop_lo, max_pixels=crop_hi, max_crops=self._crop_turns
+        )
+        return {**kwargs, "environment_factory": factory}
+
     @staticmethod
     def _pixel_limits(processing_class: Any) -> tuple[int, int]:
         lo, hi = _processor_limits(processing_class.image_processor)
@@ -668,11 +781,17 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 self.max_pixels,
                 self._resize_images,
                 inner,
+                keep_original=bool(self._crop_turns),
             )
             return dataset.with_transform(transform)
         if isinstance(dataset, IterableDataset):
             transform = PerceptionRowTransform(
-                self.box_format, self.model_box_format, self.min_pixels, self.max_pixels, self._resize_images
+                self.box_format,
+                self.model_box_format,
+                self.min_pixels,
+                self.max_pixels,
+                self._resize_images,
+                keep_original=bool(self._crop_turns),
             )
             return dataset.map(transform, batched=True, batch_size=16)
         raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
@@ -873,6 +992,79 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             else:
                 processor.batch_decode = previous
 
+    # ------------------------------------------------------------------------------------------ crop turns
+
+    def _tool_call_loop(self, prompts, prompt_ids, completion_ids, completions, logprobs, images, multimodal_fields):
+        """TRL's tool loop; with `crop_forced`, MGPO's fixed second turn for rollouts whose first turn ended
+        without a tool call: their crop tool is called with no box (the original image comes back with the
+        invalid-box text), so they too answer in a second turn. The model's own tokens are unchanged."""
+        forced = self._force_crop_calls(completion_ids, completions) if self._crop_turns else []
+        self._forced_rollouts = forced
+        try:
+            return super()._tool_call_loop(
+                prompts, prompt_ids, completion_ids, completions, logprobs, images, multimodal_fields
+            )
+        finally:
+            for i in forced:  # the call was the trainer's, not the model's: keep it out of the logged messages
+                completions[i][0].pop("tool_calls", None)
+                self._sync_tool_dicts[i][CROP_TOOL_NAME] = self.environments[i].crop_image
+
+    def _force_crop_calls(self, completion_ids: list, completions: list) -> list[int]:
+        if not self.args.crop_forced or not self.environments:
+            return []
+        ends = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        injected = set(self._injected_rows)  # a ground-truth answer stays a one-turn answer
+        forced = []
+        for i, (ids, completion) in enumerate(zip(completion_ids, completions)):
+            first = completion[0] if completion else None
+            if i in injected or not isinstance(first, dict) or first.get("tool_calls"):
+                continue
+            if not ids or ids[-1] not in ends:  # cut at max_completion_length: no room for a second turn
+                continue
+            environment = self.environments[i]
+            if not isinstance(environment, CropEnvironment):
+                continue
+            first["tool_calls"] = [{"type": "function", "function": {"name": CROP_TOOL_NAME, "arguments": {}}}]
+            self._sync_tool_dicts[i][CROP_TOOL_NAME] = ForcedCrop(environment)
+            forced.append(i)
+        return forced
+
+    def _log_crop_stats(self, mode: str) -> None:
+        """`crop/rate` (rollouts where the model called the tool), `crop/invalid_box_rate` (of its calls),
+        `crop/forced_rate`, `crop/area_fraction` (crop area / image area) and `crop/iou` (with the row's
+        `target_box`, over valid crops of rows that have one)."""
+        # rollouts, rollouts that called, calls, invalid calls, forced, valid crops, area sum, iou count, iou sum
+        stats = [0.0] * 9
+        for environment in self.environments or []:
+            if not isinstance(environment, CropEnvironment):
+                continue
+            own = [r for r in environment.records if not r.forced]
+            stats[0] += 1
+            stats[1] += bool(own)
+            stats[2] += len(own)
+            stats[3] += sum(not r.valid for r in own)
+            stats[4] += any(r.forced for r in environment.records)
+            for r in environment.records:
+                if r.valid:
+                    stats[5] += 1
+                    stats[6] += r.area_fraction or 0.0
+                    if r.iou is not None:
+                        stats[7] += 1
+                        stats[8] += r.iou
+        device = self.accelerator.device
+        totals = self.accelerator.gather(torch.tensor(stats, device=device, dtype=torch.float64)).view(-1, 9).sum(0)
+        n, called, calls, invalid, forced, valid, area, n_iou, iou = totals.tolist()
+        metrics = self._metrics[mode]
+        if n:
+            metrics["crop/rate"].append(called / n)
+            metrics["crop/forced_rate"].append(forced / n)
+        if calls:
+            metrics["crop/invalid_box_rate"].append(invalid / calls)
+        if valid:
+            metrics["crop/area_fraction"].append(area / valid)
+        if n_iou:
+            metrics["crop/iou"].append(iou / n_iou)
+
     # ------------------------------------------------------------------------------------------ rewards
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -880,6 +1072,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._log_task_rewards(mode, inputs, rewards_per_func)
         self._log_answer_stats(mode, inputs, completions)
+        if self._crop_turns:
+            self._log_crop_stats(mode)
         return rewards_per_func
 
     def _log_task_rewards(self, mode: str, inputs: list[dict], rewards_per_func: torch.Tensor) -> None:
