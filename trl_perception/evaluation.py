@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import importlib.util
 import json
 import math
@@ -18,7 +17,7 @@ from typing import Any
 
 from ._json import unquote_text
 from .boxes import paired_box_iou
-from .crop import CROP_TOOL_NAME, CropEnvironment, crop_pixel_limits, tool_chat_template
+from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, tool_chat_template
 from .data.jigsaw import reassemble
 from .formats import ParsedOutput, completion_text, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
@@ -656,9 +655,7 @@ class _CropTurnsGenerator:
     @staticmethod
     def _call_tool(environment: CropEnvironment, call: Mapping[str, Any], forced: bool) -> list:
         if forced:  # MGPO's second turn without a box: the original image comes back, recorded as forced
-            blocks = environment.crop_image(None)
-            environment.records[-1] = dataclasses.replace(environment.records[-1], forced=True)
-            return blocks
+            return ForcedCrop(environment)()
         function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
         arguments = function.get("arguments")
         if function.get("name") != CROP_TOOL_NAME or not isinstance(arguments, Mapping):
