@@ -72,7 +72,10 @@ def test_the_answer_names_what_is_drawn_in_the_target_box():
         # Every other object differs from the target in colour and in shape: the question names one thing.
         for other in sample["objects"]:
             if other is not target:
-                assert other["label"].split()[0] != color and other["label"].split()[1] != target["label"].split()[1]
+                assert (
+                    other["label"].split()[0] != color
+                    and other["label"].split()[1] != target["label"].split()[1]
+                )
 
 
 def test_digit_signs_show_their_digits_among_three_wrong_readings():
@@ -80,10 +83,15 @@ def test_digit_signs_show_their_digits_among_three_wrong_readings():
     for row in ds:
         options, answer = row["options"], row["solution"]
         truth = options[CHOICE_LETTERS.index(answer)]
-        assert all(len(o) == 3 and o.isdigit() for o in options) and truth in row["prompt"][0]["content"][1]["text"]
+        assert (
+            all(len(o) == 3 and o.isdigit() for o in options)
+            and truth in row["prompt"][0]["content"][1]["text"]
+        )
         x1, y1, x2, y2 = (int(v) for v in row["target_box"])
         sign = np.asarray(row["image"])[y1:y2, x1:x2]
-        assert (sign == COLORS["white"]).all(axis=2).mean() > 0.4 and (sign == COLORS["black"]).all(axis=2).any()
+        assert (sign == COLORS["white"]).all(axis=2).mean() > 0.4 and (sign == COLORS["black"]).all(
+            axis=2
+        ).any()
 
 
 def test_the_target_is_tiny_at_the_pixel_budget_and_legible_in_a_crop():
@@ -98,7 +106,6 @@ def test_the_target_is_tiny_at_the_pixel_budget_and_legible_in_a_crop():
         side, long_side = min(x2 - x1, y2 - y1), max(x2 - x1, y2 - y1)
         # A few pixels for the model: a shape's side, or a sign's height (its digits are shorter still).
         assert side * scale < 7 and long_side * scale < 15
-
 
 
 def test_a_crop_around_the_target_shows_it_large():
@@ -167,7 +174,9 @@ def test_vstar_layout_with_its_sidecar_annotation(images):
     row = build_vqa(write(images / "test_questions.jsonl", [VSTAR]), box_format="qwen3_vl")[0]
     assert row["solution"] == "B" and row["options"] == ["black", "red", "white", "blue"]
     assert row["target_box"] == [100.0, 50.0, 170.0, 80.0]  # the union of the xywh boxes
-    assert row["image"].size == (640, 480) and row["input_size"] == list(model_input_size((640, 480), "qwen3_vl"))
+    assert row["image"].size == (640, 480) and row["input_size"] == list(
+        model_input_size((640, 480), "qwen3_vl")
+    )
     text = row["prompt"][0]["content"][1]["text"]
     assert text.startswith("What is the color of the woman's bag?\n(A) black") and "directly" not in text
 
@@ -267,3 +276,14 @@ def test_hostile_records_raise_data_error_or_build(tmp_path_factory, records):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build_vqa(path, on_error="skip")
+
+
+def test_fitting_a_vqa_dataset_to_the_grid_scales_its_target_box():
+    from trl_perception.data import fit_dataset_to_grid
+
+    ds = make_synthetic("vqa", 2, seed=0, image_size=(640, 480))
+    fitted = fit_dataset_to_grid(ds, "qwen2_5_vl", max_pixels=50_176)
+    for before, after in zip(meta(ds, "target_box")["target_box"], fitted.select_columns(["target_box", "image_size"])):
+        sx, sy = after["image_size"][0] / 640, after["image_size"][1] / 480
+        assert after["target_box"] == pytest.approx([before[0] * sx, before[1] * sy, before[2] * sx, before[3] * sy])
+    assert fitted[0]["image"].size == tuple(fitted[0]["image_size"])

@@ -50,7 +50,9 @@ def test_crop_turn_metrics_from_a_scripted_two_turn_generator(tmp_path):
             i = item.request.index
             x1, y1, x2, y2 = item.target_box
             if i == 0:  # a crop around the target, then the right answer
-                records = [CropRecord(True, (int(x1) - 30, int(y1) - 30, int(x2) + 30, int(y2) + 30), "", 0.05, 0.02)]
+                records = [
+                    CropRecord(True, (int(x1) - 30, int(y1) - 30, int(x2) + 30, int(y2) + 30), "", 0.05, 0.02)
+                ]
                 text = f"\\boxed{{{truth[i]}}}"
             elif i == 1:  # a crop beside the target
                 records = [CropRecord(True, (0, 0, 40, 40), "", 0.01, 0.0)]
@@ -76,7 +78,10 @@ def test_crop_turn_metrics_from_a_scripted_two_turn_generator(tmp_path):
     assert metrics == {**metrics, **{k: v for k, v in crop_metrics(
         [p["crop"]["records"] for p in result.predictions], boxes).items() if k != "num_samples"}}  # fmt: skip
     lines = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]
-    assert lines[0]["crop"]["turns"] == ["turn 1", f"\\boxed{{{truth[0]}}}"] and lines[0]["objects"][0]["label"] == "crop"
+    assert (
+        lines[0]["crop"]["turns"] == ["turn 1", f"\\boxed{{{truth[0]}}}"]
+        and lines[0]["objects"][0]["label"] == "crop"
+    )
     assert "crop_accuracy" in (tmp_path / "report.md").read_text()
 
 
@@ -115,7 +120,9 @@ class ScriptedGenerate:
     def __call__(self, input_ids, **kwargs):
         texts = self.turns[min(self.calls, len(self.turns) - 1)]
         self.calls += 1
-        self.images.append(None if kwargs.get("image_grid_thw") is None else kwargs["image_grid_thw"].shape[0])
+        self.images.append(
+            None if kwargs.get("image_grid_thw") is None else kwargs["image_grid_thw"].shape[0]
+        )
         new = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
         width = max(len(ids) for ids in new)
         pad = self.tokenizer.pad_token_id
@@ -132,10 +139,13 @@ def test_a_scripted_crop_reaches_the_second_turn_and_is_scored():
     calls = []
     for x1, y1, x2, y2 in boxes:
         cx, cy = (x1 + x2) / 2 / 512 * 1000, (y1 + y2) / 2 / 384 * 1000
-        left, top = int(min(max(cx - 250, 0), 500)), int(min(max(cy - 250, 0), 500))  # > 28 input pixels a side
+        left, top = (
+            int(min(max(cx - 250, 0), 500)),
+            int(min(max(cy - 250, 0), 500)),
+        )  # > 28 input pixels a side
         box = [left, top, left + 500, top + 500]
-        calls.append('<tool_call>\n{"name": "crop_image", "arguments": {"bbox_2d": %s}}\n</tool_call><|im_end|>'
-                     % json.dumps(box))  # fmt: skip
+        call = json.dumps({"name": "crop_image", "arguments": {"bbox_2d": box}})
+        calls.append(f"<tool_call>\n{call}\n</tool_call><|im_end|>")
     single = ["\\boxed{Z}<|im_end|>"] * 2
     final = [f"It is clear now. \\boxed{{{t}}}<|im_end|>" for t in truth]
     scripted = ScriptedGenerate(model, processor.tokenizer, [single, calls, final])
@@ -144,7 +154,9 @@ def test_a_scripted_crop_reaches_the_second_turn_and_is_scored():
                       **BUDGET, **CROP)  # fmt: skip
     metrics = result.metrics["vqa"]
     assert metrics["accuracy"] == 0.0 and metrics["crop_accuracy"] == 1.0 and metrics["crop_rate"] == 1.0
-    assert metrics["target_inside"] == 1.0 and metrics["invalid_rate"] == 0.0 and metrics["no_call_rate"] == 0.0
+    assert (
+        metrics["target_inside"] == 1.0 and metrics["invalid_rate"] == 0.0 and metrics["no_call_rate"] == 0.0
+    )
     assert scripted.images == [2, 2, 4]  # turn 2 sees each row's image and its crop
     for record, target in zip(result.predictions, boxes):
         (crop,) = record["crop"]["records"]
@@ -166,11 +178,16 @@ def test_a_scripted_crop_reaches_the_second_turn_and_is_scored():
         (["--task", "vqa", "--crop-turns", "-1"], "--crop-turns must be >= 0"),
         (["--task", "vqa", "--crop-turns", "1", "--backend", "vllm"], "--backend"),
         (["--task", "vqa", "--crop-min-pixels", "5000"], "need --crop-turns"),
-        (["--task", "vqa", "--crop-turns", "1", "--crop-min-pixels", "9000", "--crop-max-pixels", "4000"], "exceeds"),
+        (
+            ["--task", "vqa", "--crop-turns", "1", "--crop-min-pixels", "9000", "--crop-max-pixels", "4000"],
+            "exceeds",
+        ),
     ],
 )
 def test_cli_crop_errors_are_one_line(capsys, tmp_path, extra, message):
-    status, _, err = run(capsys, "eval", "--model", tiny_vlm("qwen3_vl"), "--output-dir", str(tmp_path), *extra)
+    status, _, err = run(
+        capsys, "eval", "--model", tiny_vlm("qwen3_vl"), "--output-dir", str(tmp_path), *extra
+    )
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1
 
 

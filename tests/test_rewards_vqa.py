@@ -71,7 +71,9 @@ def test_spraying_every_option_earns_less_than_one_honest_guess():
     letters = ["A", "B", "C", "D"]
     sprays = ["A B C D", "\\boxed{A B C D}", "A/B/C/D", "(A)(B)(C)(D)", "A, B, C or D"]
     for truth in letters:
-        assert vqa_reward(sprays, [truth] * len(sprays), options=[OPTIONS] * len(sprays)) == [0.0] * len(sprays)
+        assert vqa_reward(sprays, [truth] * len(sprays), options=[OPTIONS] * len(sprays)) == [0.0] * len(
+            sprays
+        )
     # Always answering "A" earns exactly the share of rows whose answer is A (chance).
     assert vqa_reward(["A"] * 4, letters, options=[OPTIONS] * 4) == [1.0, 0.0, 0.0, 0.0]
 
@@ -98,12 +100,21 @@ def test_numbers(text, value):
 
 
 def test_number_rewards_compare_values():
-    assert make_vqa_reward("number")(["\\boxed{1,000}", "1000.0", "999", "many"], ["1000"] * 4) == [1.0, 1.0, 0.0, 0.0]
-    assert vqa_reward(["\\boxed{3}", "3.0", "three"], ["3"] * 3) == [1.0, 1.0, 0.0]  # auto: the solution is a number
+    assert make_vqa_reward("number")(["\\boxed{1,000}", "1000.0", "999", "many"], ["1000"] * 4) == [
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+    ]
+    assert vqa_reward(["\\boxed{3}", "3.0", "three"], ["3"] * 3) == [
+        1.0,
+        1.0,
+        0.0,
+    ]  # auto: the solution is a number
 
 
 def test_short_text_is_normalised_exact_match():
-    completions = ["\\boxed{The Eiffel Tower.}", "eiffel   tower", "Answer: \"eiffel tower\"", "a tower", ""]
+    completions = ["\\boxed{The Eiffel Tower.}", "eiffel   tower", 'Answer: "eiffel tower"', "a tower", ""]
     assert vqa_reward(completions, ["Eiffel Tower"] * 5) == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert normalize_answer("  A  Cat! ") == "cat"
 
@@ -151,7 +162,10 @@ def test_logging_hooks_receive_accuracy_and_parse_failures():
     logged, extra = {}, {}
     vqa_reward(["B", "A B", "C"], ["B", "B", "B"], options=[OPTIONS] * 3,
                log_metric=logged.__setitem__, log_extra=extra.__setitem__)  # fmt: skip
-    assert logged == {"vqa_reward/accuracy": pytest.approx(1 / 3), "vqa_reward/parse_failure": pytest.approx(1 / 3)}
+    assert logged == {
+        "vqa_reward/accuracy": pytest.approx(1 / 3),
+        "vqa_reward/parse_failure": pytest.approx(1 / 3),
+    }
     assert extra["vqa_reward/accuracy"] == [1.0, 0.0, 0.0]
 
 
@@ -197,7 +211,7 @@ def test_a_parsed_letter_is_a_single_option_letter(text):
     assert sum(vqa_reward([text] * 4, list("ABCD"), options=[OPTIONS] * 4)) <= 1.0
 
 
-@given(st.integers(-10**9, 10**9), st.booleans())
+@given(st.integers(-(10**9), 10**9), st.booleans())
 def test_numbers_round_trip_with_thousands_separators(value, commas):
     text = f"{value:,}" if commas else str(value)
     assert parse_number(f"\\boxed{{{text}}}") == float(value)

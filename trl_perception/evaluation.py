@@ -24,10 +24,10 @@ from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default
 from .metrics import (
     coco_metrics,
     counting_metrics,
+    crop_metrics,
     grounding_metrics,
     objects_to_coco_results,
     ocr_metrics,
-    crop_metrics,
     ovd_metrics,
     vqa_metrics,
 )
@@ -1301,6 +1301,8 @@ def evaluate(
     * detection: `metrics.coco_metrics` (pycocotools) against a COCO ground truth built from the rows
       (`build_coco_ground_truth`: every image kept, none dropped); each box scores 1.0, so COCOeval ranks an
       image's boxes in the order the model emitted them (the model gives no confidence; PR1 does the same).
+    * vqa: `metrics.vqa_metrics` on the answer as `rewards.vqa_reward` judges it (option letter, number or
+      short text from the last `\\boxed{}`); with `crop_turns`, also after a crop turn (see below).
 
     The model frame is the size this evaluation fed the image at (a row's own `input_size` column, computed
     for training with possibly other limits, is not used), checked against the processor's `image_grid_thw`.

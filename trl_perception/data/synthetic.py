@@ -3,12 +3,12 @@ and text rendered with a real font for OCR, returned in the row contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any

@@ -111,7 +111,10 @@ def _options(value: Any) -> list[str]:
         value = [value[k] for k in keys]
     if not isinstance(value, (list, tuple)) or not 2 <= len(value) <= len(CHOICE_LETTERS):
         raise RecordError("bad options", f"options must be a list of 2-26 texts, got {short_repr(value)}")
-    return [_text(str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v, "an option") for v in value]
+    return [
+        _text(str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v, "an option")
+        for v in value
+    ]
 
 
 def _answer(value: Any, options: list[str]) -> str:
@@ -131,7 +134,8 @@ def _answer(value: Any, options: list[str]) -> str:
     if len(matches) == 1:
         return CHOICE_LETTERS[matches[0]]
     raise RecordError(
-        "bad answer", f"answer {short_repr(text)} is neither a letter of the {len(options)} options nor one of them"
+        "bad answer",
+        f"answer {short_repr(text)} is neither a letter of the {len(options)} options nor one of them",
     )
 
 
@@ -139,20 +143,35 @@ def _box(value: Any, size: tuple[int, int], xywh: bool) -> list[float]:
     """A target box in pixels, `[x1, y1, x2, y2]`; several boxes (V*'s `bbox` lists) become their union."""
     if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
         return []
-    boxes = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)) else [value]
+    boxes = (
+        value
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple))
+        else [value]
+    )
     out = None
     for box in boxes:
         ok = isinstance(box, (list, tuple)) and len(box) == 4
-        ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        ok = ok and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box
+        )
         if not ok:
             raise RecordError("bad bbox", f"a target box must be 4 finite numbers, got {short_repr(box)}")
         x1, y1, a, b = (float(v) for v in box)
         x2, y2 = (x1 + a, y1 + b) if xywh else (a, b)
         if not (x1 < x2 and y1 < y2):
             raise RecordError("bad bbox", f"target box {short_repr(box)} is empty")
-        out = [x1, y1, x2, y2] if out is None else [min(out[0], x1), min(out[1], y1), max(out[2], x2), max(out[3], y2)]
+        out = (
+            [x1, y1, x2, y2]
+            if out is None
+            else [min(out[0], x1), min(out[1], y1), max(out[2], x2), max(out[3], y2)]
+        )
     w, h = size
-    clipped = [min(max(out[0], 0.0), w), min(max(out[1], 0.0), h), min(max(out[2], 0.0), w), min(max(out[3], 0.0), h)]
+    clipped = [
+        min(max(out[0], 0.0), w),
+        min(max(out[1], 0.0), h),
+        min(max(out[2], 0.0), w),
+        min(max(out[3], 0.0), h),
+    ]
     if not (clipped[0] < clipped[2] and clipped[1] < clipped[3]):
         raise RecordError("bad bbox", f"target box {short_repr(out)} lies outside the {w}x{h} image")
     return clipped
@@ -193,7 +212,9 @@ def _read(entries: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[tu
             if raw_answer is None and isinstance(record.get("reward_model"), Mapping):
                 raw_answer = record["reward_model"]
             if raw_answer is None:
-                raise RecordError("bad record", f"record has no answer ({', '.join(_ANSWER_KEYS)} or reward_model)")
+                raise RecordError(
+                    "bad record", f"record has no answer ({', '.join(_ANSWER_KEYS)} or reward_model)"
+                )
             _, image = _first(record, _IMAGE_KEYS)
             if not isinstance(image, str) or not image:
                 raise RecordError("bad record", f"image must be a relative path, got {short_repr(image)}")
@@ -288,7 +309,9 @@ def build_vqa(
     records, failures = _read(entries)
     for where, err in failures:
         policy.failed(where, err)
-    folder = ImageFolder(path.parent if image_dir is None else image_dir, allow_outside=allow_outside_image_dir)
+    folder = ImageFolder(
+        path.parent if image_dir is None else image_dir, allow_outside=allow_outside_image_dir
+    )
 
     def accept(i: int) -> bool:
         record = records[i]

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from .._json import unquote_text
-from ..formats import CHOICE_LETTERS, final_turn_text, normalize_answer, parse_choice, parse_number, vqa_answer_body
+from ..formats import (
+    CHOICE_LETTERS,
+    normalize_answer,
+    parse_choice,
+    parse_number,
+    vqa_answer_body,
+)
 from ._common import ComponentLog, MalformedSolution, call_safely, select_rows
 
 __all__ = ["VQA_MODES", "VQAReward", "make_vqa_reward", "vqa_answer", "vqa_reward"]
@@ -126,7 +132,9 @@ class VQAReward:
         self.mode = mode
         self.__name__ = "vqa_reward" if mode == "auto" else f"vqa_{mode}_reward"
 
-    def __call__(self, completions: list, solution: list, options: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    def __call__(
+        self, completions: list, solution: list, options: Sequence[Any] | None = None, **kwargs: Any
+    ) -> list[float | None]:
         rows, n = select_rows(self.__name__, _TASKS, completions, solution, kwargs)
         if options is not None and (isinstance(options, (str, bytes)) or len(options) != n):
             raise ValueError(f"{self.__name__}: options must hold one list per completion ({n})")
@@ -137,7 +145,9 @@ class VQAReward:
             result = call_safely(
                 self.__name__,
                 row,
-                lambda r: _score(completions[r.index], _solution_text(r.solution), row_options, self.mode),
+                lambda r, opts=row_options: _score(
+                    completions[r.index], _solution_text(r.solution), opts, self.mode
+                ),
                 failure=(0.0, 1.0),
             )
             if result is None:
@@ -195,7 +205,9 @@ def make_vqa_reward(mode: str = "auto") -> VQAReward:
 _AUTO = VQAReward("auto")
 
 
-def vqa_reward(completions: list, solution: list, options: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+def vqa_reward(
+    completions: list, solution: list, options: Sequence[Any] | None = None, **kwargs: Any
+) -> list[float | None]:
     r"""
     VQA answer reward in `"auto"` mode: 1.0 for the right final answer (an option letter, a number or a short
     text), else 0.0; see `make_vqa_reward` for the rules.
