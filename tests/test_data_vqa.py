@@ -287,3 +287,16 @@ def test_fitting_a_vqa_dataset_to_the_grid_scales_its_target_box():
         sx, sy = after["image_size"][0] / 640, after["image_size"][1] / 480
         assert after["target_box"] == pytest.approx([before[0] * sx, before[1] * sy, before[2] * sx, before[3] * sy])
     assert fitted[0]["image"].size == tuple(fitted[0]["image_size"])
+
+
+def test_preview_and_fine_tuning_answers(tmp_path):
+    from trl_perception.data import add_completions
+    from trl_perception.data.preview import render_preview
+    from trl_perception.rewards import vqa_reward
+
+    ds = make_synthetic("vqa", 2, seed=0, image_size=(400, 300))
+    assert render_preview(ds, tmp_path / "preview.png", n=2).endswith("preview.png")
+    completions = add_completions(ds).select_columns(["completion", "solution", "options"])[:]
+    answers = [c[0]["content"][0]["text"] for c in completions["completion"]]  # TRL's conversational form
+    assert answers == [f"\\boxed{{{s}}}" for s in completions["solution"]]
+    assert vqa_reward(answers, completions["solution"], options=completions["options"]) == [1.0, 1.0]
