@@ -581,7 +581,7 @@ class _CropTurnsGenerator:
 
     def __init__(self, base: _TransformersGenerator, crop_turns: int, crop_min_pixels: int | None,
                  crop_max_pixels: int | None, forced: bool = True):  # fmt: skip
-        from trl.chat_template_utils import add_response_schema, supports_tool_calling
+        from trl.chat_template_utils import supports_tool_calling
 
         self.base, self.crop_turns, self.forced = base, int(crop_turns), bool(forced)
         self.limits = crop_pixel_limits(crop_min_pixels, crop_max_pixels, _processor_pixel_limits(base.processor))
@@ -591,7 +591,6 @@ class _CropTurnsGenerator:
             self.processor.tokenizer = self.tokenizer
         self.box_format: str | None = None
         self._supports_tools = supports_tool_calling(self.processor)
-        self._add_schema = add_response_schema
 
     def _prepare_template(self, box_format: str) -> None:
         if self.box_format == box_format:
@@ -604,11 +603,15 @@ class _CropTurnsGenerator:
         if getattr(self.tokenizer, "response_template", None) is None and not getattr(
             self.tokenizer, "response_schema", None
         ):
-            try:
-                self._add_schema(self.tokenizer)
-            except ValueError:  # a template TRL does not know: Qwen's <tool_call> JSON, as the trainer reads it
-                from trl.chat_template_utils import qwen3_schema
+            # Qwen's <tool_call> JSON, read with TRL's parser as the trainer does (TRL only recognises its own
+            # templates; the new-style response template from transformers 5.13 on, the legacy schema before).
+            from packaging.version import Version
+            from transformers import __version__ as transformers_version
+            from trl.chat_template_utils import qwen3_schema, qwen3_template
 
+            if Version(transformers_version) >= Version("5.13.0.dev0"):
+                self.tokenizer.response_template = qwen3_template
+            else:
                 self.tokenizer.response_schema = qwen3_schema
 
     def __call__(self, items: Sequence[CropTurnsRequest]) -> list[CropTurnsOutput]:
