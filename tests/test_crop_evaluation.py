@@ -2,6 +2,8 @@
 turn 2 on the crop, greedy, with the training-time environment, instruction and template. The model's `generate`
 is scripted (a random tiny model never calls a tool); rendering, parsing, cropping and the processor are real."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -37,7 +39,8 @@ def test_two_turns_crop_the_original_and_answer(box_format, box):
     rows = rows.add_column("target_box", [[0.0, 0.0, 100.0, 100.0]] * 3)
     model = AutoModelForImageTextToText.from_pretrained(tiny_vlm(box_format))
     processor = AutoProcessor.from_pretrained(tiny_vlm(box_format))
-    call = '<tool_call>\n{"name": "crop_image", "arguments": {"bbox_2d": %s}}\n</tool_call><|im_end|>' % box
+    arguments = json.dumps({"bbox_2d": box})
+    call = f'<tool_call>\n{{"name": "crop_image", "arguments": {arguments}}}\n</tool_call><|im_end|>'
     calls = scripted(
         model,
         processor,

@@ -453,7 +453,7 @@ class ForcedCrop:
         return self.environment.crop_image(**arguments)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_text(name: str) -> str:
     return resources.files("trl_perception").joinpath("assets", "chat_templates", name).read_text(encoding="utf-8")
 
