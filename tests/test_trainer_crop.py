@@ -268,3 +268,16 @@ def test_the_shipped_template_renders_tools_and_image_tool_responses():
         "<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|vision_end|>enlarged\n</tool_response>"
         "<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_crop_turns_provide_the_environment_factory(tmp_path):
+    from trl_perception.crop import CropEnvironment
+
+    with pytest.raises(ValueError, match="environment_factory"):
+        PerceptionGRPOTrainer(
+            tiny_vlm("qwen3_vl"),
+            reward_funcs=[zero_reward],
+            args=make_args(tmp_path),
+            train_dataset=rows_with_targets("qwen3_vl"),
+            environment_factory=lambda: CropEnvironment("qwen3_vl"),
+        )
