@@ -191,3 +191,20 @@ def test_the_environment_exposes_exactly_one_tool_to_trl():
 
     public = [n for n, _ in inspect.getmembers(CropEnvironment, predicate=inspect.isfunction) if not n.startswith("_")]
     assert sorted(public) == ["crop_image", "reset"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(JSON_VALUES, st.lists(st.floats(allow_nan=True), min_size=4, max_size=4)), JSON_VALUES)
+def test_any_tool_arguments_give_an_image_and_a_text_and_one_record(bbox, label):
+    env = CropEnvironment("qwen2_5_vl", min_pixels=3136, max_pixels=12544)
+    env.reset(**_row())
+    blocks = env.crop_image(bbox_2d=bbox, label=label)
+    assert [b["type"] for b in blocks] == ["image", "text"] and len(env.records) == 1
+    assert env.records[0].valid == (env.records[0].box is not None)

@@ -24,7 +24,7 @@ from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 pytestmark = pytest.mark.slow
 
 # The box each family's tool call names: 0-1000 for Qwen3-VL, input pixels for Qwen2.5-VL (inputs are ~112x84)
-BOXES = {"qwen3_vl": [100, 100, 600, 700], "qwen2_5_vl": [14, 7, 84, 70]}
+BOXES = {"qwen3_vl": [100, 100, 600, 700], "qwen2_vl": [100, 100, 600, 700], "qwen2_5_vl": [14, 7, 84, 70]}
 FIRST_TURNS = (
     '<tool_call>\n{{"name": "crop_image", "arguments": {{"bbox_2d": {box}}}}}\n</tool_call><|im_end|>',  # a crop
     "The answer is 3.<|im_end|>",  # answers without calling the tool: MGPO's forced second turn
@@ -50,12 +50,12 @@ def rows_with_targets(box_format):
     return rows.add_column("target_box", [[float(v) for v in s] for s in rows["solution"]])
 
 
-def crop_trainer(box_format, tmp_path, **overrides):
+def crop_trainer(box_format, tmp_path, rows=None, **overrides):
     trainer = PerceptionGRPOTrainer(
         tiny_vlm(box_format),
         reward_funcs=[zero_reward],
         args=make_args(tmp_path, **overrides),
-        train_dataset=rows_with_targets(box_format),
+        train_dataset=rows if rows is not None else rows_with_targets(box_format),
     )
     tokenizer = trainer.processing_class.tokenizer
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -65,7 +65,8 @@ def crop_trainer(box_format, tmp_path, **overrides):
     def scripted(prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         ids, logprobs = generate(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         if not has_tool_images:
-            return [encode(first[i % 4]) for i in range(len(ids))], logprobs
+            injected = set(trainer._injected_rows)  # ground-truth answers (solution_in_group) stay as injected
+            return [ids[i] if i in injected else encode(first[i % 4]) for i in range(len(ids))], logprobs
         return [encode(SECOND_TURN) for _ in ids], logprobs
 
     trainer._generate_single_turn = scripted
@@ -123,7 +124,7 @@ def test_the_crop_reaches_the_loss_forward_pass(box_format, tmp_path):
     assert out["num_images"] == [2, 2, 1, 2] * 2  # crop, forced original, none, invalid box -> original
 
 
-@pytest.mark.parametrize("box_format", ["qwen3_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("box_format", ["qwen3_vl", "qwen2_5_vl", "qwen2_vl"])
 def test_the_inserted_turn_is_masked_exactly(box_format, tmp_path):
     trainer = crop_trainer(box_format, tmp_path)
     _, out, _ = run_one_step(trainer)
@@ -162,6 +163,22 @@ def test_without_forcing_an_answer_without_a_crop_ends_the_rollout(tmp_path):
     _, out, _ = run_one_step(trainer)
     assert out["num_images"] == [2, 1, 1, 2] * 2
     assert trainer.state.log_history[0]["crop/forced_rate"] == 0.0
+
+
+def test_a_ground_truth_answer_in_the_group_gets_no_forced_turn(tmp_path):
+    from trl_perception.formats import render_objects
+
+    rows = rows_with_targets("qwen3_vl")
+    answers = [
+        [{"role": "assistant", "content": render_objects([box], "qwen3_vl", size)}]
+        for box, size in zip(rows["solution"], rows["image_size"])
+    ]
+    trainer = crop_trainer("qwen3_vl", tmp_path, rows=rows.add_column("completion", answers), solution_in_group=1)
+    _, out, _ = run_one_step(trainer)
+    assert out["num_images"] == [2, 2, 1, 1] * 2  # rollout 3 of each group is the answer: one turn
+    ids = out["completion_ids"][3][out["completion_mask"][3].bool()]
+    assert out["tool_mask"][3][: len(ids)].all()
+    assert trainer.state.log_history[0]["crop/forced_rate"] == 0.25
 
 
 @pytest.mark.parametrize("turns", [-1, 1.5, True])
@@ -251,3 +268,16 @@ def test_the_shipped_template_renders_tools_and_image_tool_responses():
         "<|im_start|>user\n<tool_response>\n<|vision_start|><|image_pad|><|vision_end|>enlarged\n</tool_response>"
         "<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_crop_turns_provide_the_environment_factory(tmp_path):
+    from trl_perception.crop import CropEnvironment
+
+    with pytest.raises(ValueError, match="environment_factory"):
+        PerceptionGRPOTrainer(
+            tiny_vlm("qwen3_vl"),
+            reward_funcs=[zero_reward],
+            args=make_args(tmp_path),
+            train_dataset=rows_with_targets("qwen3_vl"),
+            environment_factory=lambda: CropEnvironment("qwen3_vl"),
+        )

@@ -34,6 +34,7 @@ __all__ = [
     "crop_pixel_limits",
     "crop_region",
     "map_crop_box",
+    "prepare_tool_processor",
     "tool_chat_template",
 ]
 
@@ -452,7 +453,7 @@ class ForcedCrop:
         return self.environment.crop_image(**arguments)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template_text(name: str) -> str:
     return resources.files("trl_perception").joinpath("assets", "chat_templates", name).read_text(encoding="utf-8")
 
@@ -477,3 +478,51 @@ def tool_chat_template(box_format: str) -> str | None:
     if check_box_format(box_format) == "qwen3_vl":
         return None
     return _template_text("qwen2_5_vl_tools.jinja")
+
+
+def prepare_tool_processor(processing_class: Any, box_format: str) -> Any:
+    """Make a Qwen-VL processor ready for crop turns, in place: the shipped tool-capable chat template for
+    Qwen2-VL / Qwen2.5-VL when its own cannot call tools (`tool_chat_template`), and a tool-call parser on the
+    tokenizer (TRL's for a template it knows, else TRL's `qwen3_template`, which reads the `<tool_call>` JSON
+    format both templates write). A parser already set is kept. Returns the processor.
+
+    Example:
+    ```python
+    >>> from transformers import AutoProcessor
+    >>> from trl.chat_template_utils import supports_tool_calling
+    >>> from trl_perception.testing import tiny_vlm
+    >>> processor = prepare_tool_processor(AutoProcessor.from_pretrained(tiny_vlm("qwen2_5_vl")), "qwen2_5_vl")
+    >>> call = '<tool_call>\\n{"name": "crop_image", "arguments": {"bbox_2d": [1, 2, 30, 40]}}\\n</tool_call><|im_end|>'
+    >>> parsed = processor.tokenizer.parse_response(call, prefix="<|im_start|>assistant\\n")
+    >>> supports_tool_calling(processor), parsed["tool_calls"][0]["function"]["arguments"]
+    (True, {'bbox_2d': [1, 2, 30, 40]})
+
+    ```
+    """
+    from trl.chat_template_utils import add_response_schema, supports_tool_calling
+
+    template = tool_chat_template(box_format)
+    if template is not None and not supports_tool_calling(processing_class):
+        processing_class.chat_template = template
+        if getattr(processing_class, "tokenizer", None) is not None:
+            processing_class.tokenizer.chat_template = template
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if getattr(tokenizer, "response_template", None) is not None or getattr(tokenizer, "response_schema", None):
+        return processing_class
+    try:
+        add_response_schema(processing_class)
+    except ValueError:  # a template TRL does not know, e.g. the shipped one: Qwen's <tool_call> JSON format
+        from trl.chat_template_utils import qwen3_schema, qwen3_template
+
+        if _supports_response_template():
+            tokenizer.response_template = qwen3_template
+        else:
+            tokenizer.response_schema = qwen3_schema
+    return processing_class
+
+
+def _supports_response_template() -> bool:
+    from packaging.version import Version
+    from transformers import __version__ as transformers_version
+
+    return Version(transformers_version) >= Version("5.13.0.dev0")

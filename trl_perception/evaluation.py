@@ -17,9 +17,9 @@ from typing import Any
 
 from ._json import unquote_text
 from .boxes import paired_box_iou
-from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, tool_chat_template
+from .crop import CropEnvironment, CropRecord, ForcedCrop, crop_pixel_limits, prepare_tool_processor
 from .data.jigsaw import reassemble
-from .formats import ParsedOutput, completion_text, parse_count, parse_objects, strip_wrappers
+from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
 from .metrics import (
     coco_metrics,
@@ -39,6 +39,7 @@ from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_NEW_TOKENS",
+    "CropTurnOutput",
     "CropTurnsOutput",
     "CropTurnsRequest",
     "EvaluationResult",
@@ -47,6 +48,7 @@ __all__ = [
     "build_coco_ground_truth",
     "evaluate",
     "flatten_metrics",
+    "generate_with_crop_turns",
     "run_eval_from_args",
     "unwrap_model",
     "vllm_engine_kwargs",
@@ -572,162 +574,53 @@ class _TransformersGenerator:
                 request.input_size = fed
 
 
-class _CropTurnsGenerator:
-    """The two-turn ("look again") generation for evaluation, with transformers and greedy decoding, on the same
-    pieces as training: a `crop.CropEnvironment` per row (its `reset` instruction appended to the last user turn,
-    as TRL does), the `crop_image` tool in the chat template (the library's tool template for Qwen2-VL and
-    Qwen2.5-VL), TRL's `parse_response` to read tool calls, and MGPO's forced second turn (a row that names no
-    box gets the original image back). Each turn is one batched `generate` over the rows still talking."""
-
-    def __init__(self, base: _TransformersGenerator, crop_turns: int, crop_min_pixels: int | None,
-                 crop_max_pixels: int | None, forced: bool = True):  # fmt: skip
-        from trl.chat_template_utils import supports_tool_calling
-
-        self.base, self.crop_turns, self.forced = base, int(crop_turns), bool(forced)
-        self.limits = crop_pixel_limits(crop_min_pixels, crop_max_pixels, _processor_pixel_limits(base.processor))
-        self.processor = copy.copy(base.processor)  # the tool template must not leak into the caller's processor
-        self.tokenizer = copy.copy(base.tokenizer)
-        if hasattr(self.processor, "tokenizer"):
-            self.processor.tokenizer = self.tokenizer
-        self.box_format: str | None = None
-        self._supports_tools = supports_tool_calling(self.processor)
-
-    def _prepare_template(self, box_format: str) -> None:
-        if self.box_format == box_format:
-            return
-        self.box_format = box_format
-        template = tool_chat_template(box_format)
-        if template is not None and not self._supports_tools:
-            self.processor.chat_template = template
-            self.tokenizer.chat_template = template
-        if getattr(self.tokenizer, "response_template", None) is None and not getattr(
-            self.tokenizer, "response_schema", None
-        ):
-            # Qwen's <tool_call> JSON, read with TRL's parser as the trainer does (TRL only recognises its own
-            # templates; the new-style response template from transformers 5.13 on, the legacy schema before).
-            from packaging.version import Version
-            from transformers import __version__ as transformers_version
-            from trl.chat_template_utils import qwen3_schema, qwen3_template
-
-            if Version(transformers_version) >= Version("5.13.0.dev0"):
-                self.tokenizer.response_template = qwen3_template
-            else:
-                self.tokenizer.response_schema = qwen3_schema
-
-    def __call__(self, items: Sequence[CropTurnsRequest]) -> list[CropTurnsOutput]:
-        rows = []
-        for item in items:
-            request = item.request
-            if request.box_format is None:
-                raise ValueError("crop turns need the model's box format (its frame for the crop box)")
-            self._prepare_template(request.box_format)
-            environment = CropEnvironment(request.box_format, min_pixels=self.limits[0], max_pixels=self.limits[1],
-                                          max_crops=self.crop_turns)  # fmt: skip
-            instruction = environment.reset(prompt=request.prompt, image=request.image,
-                                            original_image=item.original_image, input_size=list(request.input_size),
-                                            target_box=item.target_box)  # fmt: skip
-            messages = copy.deepcopy(request.prompt)
-            if instruction:
-                content = messages[-1]["content"]
-                content = [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
-                messages[-1] = {**messages[-1], "content": content + [{"type": "text", "text": instruction}]}
-            rows.append({"env": environment, "messages": messages, "images": [request.image], "turns": [],
-                         "text": "", "done": False, "request": request})  # fmt: skip
-        for turn in range(self.crop_turns + 1):
-            active = [row for row in rows if not row["done"]]
-            if not active:
-                break
-            for row, message in zip(active, self._generate(active)):
-                content = message.get("content") or ""
-                content = content if isinstance(content, str) else completion_text(content)
-                row["turns"].append(content)
-                row["text"] = content
-                calls = [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
-                if turn == self.crop_turns or (not calls and not (turn == 0 and self.forced)):
-                    row["done"] = True
-                    continue
-                tool_calls = calls or [{"type": "function", "function": {"name": CROP_TOOL_NAME, "arguments": {}}}]
-                row["messages"].append({"role": "assistant", "content": content, "tool_calls": tool_calls})
-                for call in tool_calls:
-                    blocks = self._call_tool(row["env"], call, forced=not calls)
-                    row["messages"].append({"role": "tool", "name": CROP_TOOL_NAME, "content": blocks})
-                    row["images"].extend(b["image"] for b in blocks if b.get("type") == "image")
-        return [CropTurnsOutput(text=_clean_generation(row["text"], self.base.stop_strings), turns=row["turns"],
-                                records=list(row["env"].records)) for row in rows]  # fmt: skip
-
-    @staticmethod
-    def _call_tool(environment: CropEnvironment, call: Mapping[str, Any], forced: bool) -> list:
-        if forced:  # MGPO's second turn without a box: the original image comes back, recorded as forced
-            return ForcedCrop(environment)()
-        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
-        arguments = function.get("arguments")
-        if function.get("name") != CROP_TOOL_NAME or not isinstance(arguments, Mapping):
-            return [{"type": "text", "text": f"Unknown tool call; the tool is {CROP_TOOL_NAME}(bbox_2d)."}]
-        try:
-            return environment.crop_image(arguments.get("bbox_2d"), str(arguments.get("label") or ""))
-        except Exception as err:  # noqa: BLE001 - a malformed call is the model's error, answered as TRL does
-            return [{"type": "text", "text": f"error: {err}"}]
-
-    def _generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        import torch
-        from trl.chat_template_utils import parse_response
-
-        base = self.base
-        tools = [rows[0]["env"].crop_image]
-        texts = [self.processor.apply_chat_template(row["messages"], tools=tools, add_generation_prompt=True,
-                                                    tokenize=False) for row in rows]  # fmt: skip
-        images_kwargs = {}
-        if base.min_pixels is not None and base.max_pixels is not None:
-            images_kwargs["size"] = {"shortest_edge": int(base.min_pixels), "longest_edge": int(base.max_pixels)}
-        padding_side = getattr(self.tokenizer, "padding_side", None)
-        self.tokenizer.padding_side = "left"
-        try:
-            inputs = self.processor(text=texts, images=[image for row in rows for image in row["images"]],
-                                    padding=True, return_tensors="pt",
-                                    **({"images_kwargs": images_kwargs} if images_kwargs else {}))  # fmt: skip
-        finally:
-            if padding_side is not None:
-                self.tokenizer.padding_side = padding_side
-        # TRL parses a response after its prompt (the prefix): the unpadded prompt ids of each row.
-        prefixes = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-        parameter = next(base.model.parameters())
-        inputs = {
-            k: (v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device))
-            if hasattr(v, "to") else v
-            for k, v in inputs.items()
-        }  # fmt: skip
-        kwargs = {"max_new_tokens": max(row["request"].max_new_tokens for row in rows), "do_sample": False}
-        kwargs.update(base.generation_kwargs)
-        if not kwargs.get("do_sample"):
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        was_training = getattr(base.model, "training", False)
-        base.model.eval()
-        try:
-            with torch.no_grad():
-                output = base.model.generate(**inputs, **kwargs)
-        finally:
-            if was_training:
-                base.model.train()
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        pad = self.tokenizer.pad_token_id
-        messages = []
-        for ids, prefix in zip(sequences[:, inputs["input_ids"].shape[1] :].tolist(), prefixes):
-            while ids and ids[-1] == pad:
-                ids.pop()
-            try:
-                message = parse_response(self.tokenizer, ids, prefix=prefix, tools=tools)
-            except Exception:  # noqa: BLE001 - unparseable output is a plain answer
-                message = {"role": "assistant", "content": self.tokenizer.decode(ids, skip_special_tokens=True)}
-            messages.append(message if isinstance(message, Mapping) else {"content": str(message)})
-        return messages
-
-
 def _crop_turns_generator(
     generator: Any, crop_turns: int, crop_min_pixels: int | None, crop_max_pixels: int | None
-) -> _CropTurnsGenerator:
+) -> Callable[[list[CropTurnsRequest]], list[CropTurnsOutput]]:
+    """`evaluate`'s two-turn pass: `generate_with_crop_turns` on the loaded model, with a processor whose pixel
+    limits are this evaluation's (the single-turn pass feeds the same image at the same size)."""
     if not isinstance(generator, _TransformersGenerator):
         raise ValueError("crop turns run with the transformers backend (backend='transformers')")
-    return _CropTurnsGenerator(generator, crop_turns, crop_min_pixels, crop_max_pixels)
+    if crop_turns != 1:
+        raise ValueError(f"crop_turns must be 0 or 1 (MGPO's two turns), got {crop_turns}")
+    processor = copy.deepcopy(generator.processor)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and generator.min_pixels is not None and generator.max_pixels is not None:
+        lo, hi = int(generator.min_pixels), int(generator.max_pixels)
+        image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+        for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+            if getattr(image_processor, name, None) is not None:  # transformers 4 keeps them as attributes too
+                setattr(image_processor, name, value)
+
+    def run(items: list[CropTurnsRequest]) -> list[CropTurnsOutput]:
+        by_format: dict[str | None, list[int]] = {}
+        for i, item in enumerate(items):
+            by_format.setdefault(item.request.box_format, []).append(i)
+        outputs: list[CropTurnsOutput | None] = [None] * len(items)
+        for box_format, indices in by_format.items():
+            if box_format is None:
+                raise ValueError("crop turns need the model's box format (the frame of the crop box)")
+            rows = [
+                {
+                    "prompt": items[i].request.prompt,
+                    "image": items[i].request.image,
+                    "original_image": items[i].original_image,
+                    "input_size": list(items[i].request.input_size),
+                    "target_box": items[i].target_box,
+                }
+                for i in indices
+            ]
+            results = generate_with_crop_turns(
+                generator.model, processor, rows, box_format,
+                max_new_tokens=max(items[i].request.max_new_tokens for i in indices),
+                crop_min_pixels=crop_min_pixels, crop_max_pixels=crop_max_pixels, batch_size=len(rows),
+            )  # fmt: skip
+            for i, result in zip(indices, results):
+                turns = [result.first_turn] + ([] if result.second_turn is None else [result.second_turn])
+                outputs[i] = CropTurnsOutput(text=result.answer, turns=turns, records=list(result.crops))
+        return [out for out in outputs if out is not None]
+
+    return run
 
 
 class _VLLMGenerator:
@@ -1342,7 +1235,7 @@ def evaluate(
         categories: detection category names (default: the dataset's list, else the ground-truth labels).
         generate_fn: replaces the model: called with a list of `GenerationRequest`s, returns one text each.
         vllm_kwargs: extra `vllm.LLM` arguments (e.g. `tensor_parallel_size`, `gpu_memory_utilization`).
-        crop_turns: for VQA rows, also answer after this many crop turns ("look again", after MGPO; 0: none):
+        crop_turns: 1: for VQA rows, also answer after a crop turn ("look again", after MGPO; 0: none):
             the model names a box, sees that region cropped from the original image, then answers (greedy, the
             transformers backend). The metrics then hold both accuracies (`accuracy` single-turn,
             `crop_accuracy` after the crop turn, `crop_accuracy_gain`) and the crop statistics of
@@ -1374,8 +1267,8 @@ def evaluate(
         check_box_format(box_format)
     if generate_fn is None and model is None:
         raise ValueError("evaluate() needs a model (a path or a loaded model) or a generate_fn")
-    if isinstance(crop_turns, bool) or not isinstance(crop_turns, int) or crop_turns < 0:
-        raise ValueError(f"crop_turns must be a non-negative integer, got {crop_turns!r}")
+    if isinstance(crop_turns, bool) or crop_turns not in (0, 1):
+        raise ValueError(f"crop_turns must be 0 or 1 (MGPO's two turns), got {crop_turns!r}")
     if crop_turns and crop_generate_fn is None and generate_fn is not None:
         raise ValueError("crop_turns with generate_fn needs crop_generate_fn too (the model is replaced)")
     # The output folder is checked (and created) before any model is loaded or any row generated.
@@ -1595,7 +1488,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--crop-turns",
         type=int,
         default=0,
-        help="vqa: also answer after this many crop turns (look again, after MGPO) and report both accuracies "
+        help="vqa: 1 also answers after a crop turn (look again, after MGPO) and reports both accuracies "
         "and the crop statistics (transformers backend)",
     )
     parser.add_argument("--crop-min-pixels", type=int, default=None, help="crop resize limit (default MGPO's 200704)")
@@ -1632,8 +1525,8 @@ def _check_eval_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dic
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     crop_turns = getattr(args, "crop_turns", 0) or 0
-    if crop_turns < 0:
-        raise ValueError(f"--crop-turns must be >= 0, got {crop_turns}")
+    if crop_turns not in (0, 1):
+        raise ValueError(f"--crop-turns must be 0 or 1 (MGPO's two turns), got {crop_turns}")
     if crop_turns and args.task != "vqa":
         raise ValueError(f"--crop-turns applies to --task vqa (questions about a region), not {args.task}")
     if crop_turns and args.backend == "vllm":
@@ -1771,3 +1664,223 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
     if result.files:
         print(f"wrote {', '.join(sorted(result.files.values()))}")
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Crop turns ("look again", after MGPO): two-turn greedy generation
+
+
+@dataclass
+class CropTurnOutput:
+    """One row of `generate_with_crop_turns`.
+
+    Attributes:
+        first_turn: the model's first turn (text, tool call included as written).
+        second_turn: its answer after the tool turn; `None` when there was no second turn.
+        answer: the final answer text (the second turn when there is one, else the first).
+        called: whether the model itself called the crop tool.
+        crops: the `CropRecord` of each tool call (box in original pixels, validity, area fraction, IoU with
+            the row's `target_box`, whether the call was forced).
+    """
+
+    first_turn: str
+    second_turn: str | None
+    answer: str
+    called: bool
+    crops: list[CropRecord]
+
+
+def _fill_images(prompt: Any, images: list[Any]) -> list[dict[str, Any]]:
+    from trl.data_utils import prepare_multimodal_messages
+
+    return prepare_multimodal_messages(_as_prompt(prompt), images=images)
+
+
+def _with_instruction(messages: list[dict[str, Any]], instruction: str | None) -> list[dict[str, Any]]:
+    """The instruction appended to the last turn as a text part, as TRL does with `reset`'s return value."""
+    if not instruction:
+        return messages
+    last = messages[-1]
+    return messages[:-1] + [{**last, "content": list(last["content"]) + [{"type": "text", "text": instruction}]}]
+
+
+def _image_parts(messages: list[dict[str, Any]]) -> list[Any]:
+    return [
+        part["image"]
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, Mapping) and part.get("type") == "image"
+    ]
+
+
+def _greedy(model: Any, processor: Any, conversations: list[list[dict[str, Any]]], tools: list[Any],
+            max_new_tokens: int) -> tuple[list[list[int]], list[list[int]]]:  # fmt: skip
+    """Greedy generation for rendered conversations: (prompt ids, new ids up to and including the end of turn)."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    texts = [
+        processor.apply_chat_template(c, tools=tools, add_generation_prompt=True, tokenize=False)
+        for c in conversations
+    ]
+    images = [image for c in conversations for image in _image_parts(c)]
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = padding_side
+    parameter = next(model.parameters())
+    inputs = {
+        k: (v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device))
+        for k, v in inputs.items()
+        if hasattr(v, "to")
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None
+            )
+    finally:
+        if was_training:
+            model.train()
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    width = inputs["input_ids"].shape[1]
+    ends = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id, tokenizer.pad_token_id}
+    prompts, completions = [], []
+    for ids, mask, row in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), sequences.tolist()):
+        prompts.append([t for t, m in zip(ids, mask) if m])
+        new = row[width:]
+        cut = next((i + 1 for i, t in enumerate(new) if t in ends), len(new))
+        completions.append(new[:cut])
+    return prompts, completions
+
+
+def generate_with_crop_turns(
+    model: Any,
+    processor: Any,
+    rows: Sequence[Mapping[str, Any]],
+    box_format: str,
+    *,
+    max_new_tokens: int = 512,
+    crop_min_pixels: int | None = None,
+    crop_max_pixels: int | None = None,
+    forced: bool = True,
+    batch_size: int = 8,
+) -> list[CropTurnOutput]:
+    """Crop turns at evaluation time, greedy with transformers: the same `CropEnvironment`, instruction, tool and
+    chat template as training with `crop_turns=1`.
+
+    Turn 1 sees the row's prompt (its `image` filled in) with the crop instruction; a `<tool_call>` is parsed
+    with TRL's parser and run on the row's environment, which crops `original_image` (else `image`); turn 2
+    sees the crop (or, for an invalid box, the image again) and answers. With `forced` (MGPO's fixed
+    two-turn template, as `PerceptionGRPOConfig.crop_forced`), a first turn that ends without a tool call also
+    gets the second turn, with the original image; without it, that first turn is the answer.
+
+    Args:
+        model: a Qwen-VL model (`generate`).
+        processor: its processor; a copy gets the tool template and parser (`crop.prepare_tool_processor`).
+        rows: mappings with `prompt` (conversational, `{"type": "image"}` placeholders), `image` (what the
+            model sees, on the family's grid), optional `original_image` (the high-resolution original the
+            crop is cut from), `input_size` (default: `image.size`) and `target_box` (original pixels).
+        box_format: the family's frame the model writes the box in.
+        max_new_tokens: budget of each turn.
+        crop_min_pixels, crop_max_pixels: the crop's size limits (MGPO's by default, kept within the
+            processor's limits).
+        forced: give a second turn to first turns without a tool call.
+        batch_size: rows generated together.
+
+    Returns:
+        `list[CropTurnOutput]`, one per row.
+
+    Example:
+    ```python
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> from trl_perception.data import make_synthetic
+    >>> from trl_perception.testing import tiny_vlm
+    >>> rows = make_synthetic("grounding", 2, box_format="qwen3_vl")
+    >>> model = AutoModelForImageTextToText.from_pretrained(tiny_vlm("qwen3_vl"))
+    >>> outputs = generate_with_crop_turns(model, AutoProcessor.from_pretrained(tiny_vlm("qwen3_vl")), rows,
+    ...                                    "qwen3_vl", max_new_tokens=8)
+    >>> len(outputs), outputs[0].answer == (outputs[0].second_turn or outputs[0].first_turn)
+    (2, True)
+
+    ```
+    """
+    import copy
+
+    from trl.chat_template_utils import parse_response
+
+    processor = prepare_tool_processor(copy.deepcopy(processor), box_format)
+    image_processor = getattr(processor, "image_processor", None)
+    limits = _processor_pixel_limits(processor) if image_processor is not None else (None, None)
+    lo, hi = crop_pixel_limits(
+        crop_min_pixels, crop_max_pixels, limits if None not in limits else None  # type: ignore[arg-type]
+    )
+    outputs: list[CropTurnOutput] = []
+    for start in range(0, len(rows), max(1, int(batch_size))):  # noqa: PLR1702
+        batch = [dict(rows[i]) for i in range(start, min(start + max(1, int(batch_size)), len(rows)))]
+        environments = [CropEnvironment(box_format, min_pixels=lo, max_pixels=hi, max_crops=1) for _ in batch]
+        conversations = []
+        for row, environment in zip(batch, environments):
+            image = _row_image(row)
+            if row.get("original_image") is None:
+                row["original_image"] = image
+            if None not in limits:  # what the processor feeds unchanged: the frame the model writes its box in
+                image = fit_to_grid(image, box_format, limits[0], limits[1])
+            row["image"], row["input_size"] = image, list(image.size)
+            instruction = environment.reset(**row)
+            conversations.append(_with_instruction(_fill_images(row["prompt"], [image]), instruction))
+        tools = [environments[0].crop_image] if environments else []
+        prompt_ids, first_ids = _greedy(model, processor, conversations, tools, max_new_tokens)
+        follow, pending = [], []
+        firsts: list[dict[str, Any]] = []
+        for i, environment in enumerate(environments):
+            parsed = parse_response(processor.tokenizer, first_ids[i], prefix=prompt_ids[i], tools=tools)
+            firsts.append(parsed)
+            calls = parsed.get("tool_calls") or []
+            ended = bool(first_ids[i]) and first_ids[i][-1] in {
+                processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                processor.tokenizer.eos_token_id,
+            }
+            if not calls and not (forced and ended):
+                continue
+            messages = [{**parsed, "content": parsed.get("content") or ""}]
+            if calls:
+                call = calls[0].get("function", {}) if isinstance(calls[0], Mapping) else {}
+                arguments = call.get("arguments") if isinstance(call.get("arguments"), Mapping) else {}
+                try:
+                    result: Any = environment.crop_image(**arguments)
+                except TypeError as error:  # arguments the tool does not take, as TRL reports a failed call
+                    result = str({"error": str(error)})
+                messages[0]["tool_calls"] = [{"type": "function", "function": {**call, "arguments": arguments}}]
+            else:
+                result = ForcedCrop(environment)()
+                messages[0]["tool_calls"] = [{"type": "function", "function": {"name": "crop_image", "arguments": {}}}]
+            messages.append({"role": "tool", "name": "crop_image", "content": result})
+            follow.append(conversations[i] + messages)
+            pending.append(i)
+        seconds: dict[int, str] = {}
+        if follow:
+            from trl.data_utils import prepare_multimodal_messages
+
+            follow = [prepare_multimodal_messages(c) for c in follow]
+            _, second_ids = _greedy(model, processor, follow, tools, max_new_tokens)
+            for i, ids in zip(pending, second_ids):
+                seconds[i] = _clean_generation(processor.tokenizer.decode(ids, skip_special_tokens=False))
+        for i, environment in enumerate(environments):
+            first = _clean_generation(processor.tokenizer.decode(first_ids[i], skip_special_tokens=False))
+            second = seconds.get(i)
+            outputs.append(
+                CropTurnOutput(
+                    first_turn=first,
+                    second_turn=second,
+                    answer=second if second is not None else first,
+                    called=any(not r.forced for r in environment.records) or bool(firsts[i].get("tool_calls")),
+                    crops=list(environment.records),
+                )
+            )
+    return outputs

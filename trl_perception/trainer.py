@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 
 from .callbacks import PerceptionEvalCallback
-from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, tool_chat_template
+from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, prepare_tool_processor
 from .data.errors import RecordError
 from .data.images import read_image_size
 from .data.resize import scale_solution
@@ -317,21 +317,6 @@ class _DecodeKeepingTokens:
             sequences = sequences.tolist()
         kept = [[t for t in seq if t not in self.drop_ids] for seq in sequences]
         return self.decode(kept, skip_special_tokens=False, **kwargs)
-
-
-def _set_tool_call_parser(tokenizer: Any) -> None:
-    """Give the tokenizer TRL's parser for Qwen's `<tool_call>` JSON format (TRL only recognises its own
-    templates), unless it has one."""
-    from packaging.version import Version
-    from transformers import __version__ as transformers_version
-    from trl.chat_template_utils import qwen3_schema, qwen3_template
-
-    if getattr(tokenizer, "response_template", None) is not None or getattr(tokenizer, "response_schema", None):
-        return
-    if Version(transformers_version) >= Version("5.13.0.dev0"):
-        tokenizer.response_template = qwen3_template
-    else:
-        tokenizer.response_schema = qwen3_schema
 
 
 def _size_pair(value: Any) -> tuple[int, int] | None:
@@ -681,13 +666,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 "crop_turns > 0 provides the environment_factory (a CropEnvironment per rollout); pass either "
                 "crop_turns or your own environment_factory"
             )
-        from trl.chat_template_utils import supports_tool_calling
-
-        template = tool_chat_template(self.model_box_format)
-        if template is not None and not supports_tool_calling(processing_class):
-            processing_class.chat_template = template
-            processing_class.tokenizer.chat_template = template
-            _set_tool_call_parser(processing_class.tokenizer)
+        prepare_tool_processor(processing_class, self.model_box_format)
         lo, hi = self._pixel_limits(processing_class)
         crop_lo, crop_hi = crop_pixel_limits(args.crop_min_pixels, args.crop_max_pixels, (lo, hi))
         factory = functools.partial(
