@@ -593,6 +593,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 **kwargs,
             )
         self._bind_eval_callbacks()
+        if self._crop_turns:
+            self._suppress_video_tokens()
         if args.use_vllm and args.vllm_mode == "server" and self.accelerator.is_main_process:
             logger.info(
                 "vLLM server mode: start the server with these extra arguments so that rollouts see the "
@@ -673,6 +675,20 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             CropEnvironment, self.box_format, min_pixels=crop_lo, max_pixels=crop_hi, max_crops=self._crop_turns
         )
         return {**kwargs, "environment_factory": factory}
+
+    def _suppress_video_tokens(self) -> None:
+        """With tool images, TRL types every `<|video_pad|>` of the whole sequence, sampled ones included, as a
+        video token in the loss pass, and Qwen-VL models then fail for want of a video grid. TRL already keeps
+        transformers' generation from sampling the image token; crop turns also keep it from sampling the video
+        token (which no answer needs)."""
+        video = getattr(self.model.config, "video_token_id", None)
+        config = getattr(self, "generation_config", None)
+        if video is None or config is None or self.use_vllm:
+            return
+        suppressed = sorted({*(config.suppress_tokens or []), int(video)})
+        config.suppress_tokens = suppressed
+        if isinstance(getattr(self, "generation_kwargs", None), dict):
+            self.generation_kwargs["suppress_tokens"] = suppressed
 
     @staticmethod
     def _pixel_limits(processing_class: Any) -> tuple[int, int]:
