@@ -13,7 +13,8 @@ import pytest
 
 import trl_perception
 from trl_perception.scripts import grpo
-from trl_perception.scripts.grpo import PerceptionDatasetConfig, PerceptionScriptArguments, make_parser
+from trl_perception.scripts.arguments import PerceptionDatasetConfig, PerceptionScriptArguments
+from trl_perception.scripts.grpo import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "trl_perception" / "scripts" / "grpo.py"
