@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 SFT_CONFIGS = sorted(RECIPES.glob("*/sft/config_*.yaml"))
 DEMO = RECIPES / "demo" / "config_sft_demo.yaml"
+TEXT_DEMO = RECIPES / "demo" / "config_sft_text_demo.yaml"
 MODELS = {"Qwen2-VL-2B-Instruct": "qwen2_vl", "Qwen2.5-VL-3B-Instruct": "qwen2_5_vl", "Qwen3-VL-4B-Instruct": "qwen3_vl"}
 TASKS = ("grounding", "counting", "ocr", "detection")
 # What the SFT stage must share with its GRPO stage: the same rows, in the same frame, evaluated the same way.
@@ -55,14 +56,14 @@ def test_the_sft_recipe_set_is_complete():
         assert f"Qwen2.5-VL-3B-Instruct/sft/config_{task}_lora.yaml" in names
 
 
-@pytest.mark.parametrize("path", [*SFT_CONFIGS, DEMO], ids=rel)
+@pytest.mark.parametrize("path", [*SFT_CONFIGS, DEMO, TEXT_DEMO], ids=rel)
 def test_sft_recipe_parses_into_the_script_dataclasses(path):
     from trl_perception.scripts.arguments import PerceptionSFTScriptArguments
     from trl_perception.trainer import PerceptionSFTConfig
 
     script_args, training_args, model_args = parse(path)
     assert isinstance(script_args, PerceptionSFTScriptArguments) and isinstance(training_args, PerceptionSFTConfig)
-    assert script_args.task in TASKS and model_args.model_name_or_path
+    assert script_args.task in (*TASKS, "text") and model_args.model_name_or_path
     assert training_args.max_length is None  # no truncation through image tokens or answers
     assert training_args.completion_only_loss in (None, True)  # None: TRL turns it on for prompt-completion rows
     assert not training_args.assistant_only_loss and not training_args.packing
@@ -123,3 +124,10 @@ def test_unknown_yaml_keys_are_rejected(tmp_path):
     config.write_text(DEMO.read_text() + "merge_lroa: true\n")
     with pytest.raises(ValueError, match="merge_lroa"):
         parse(config)
+
+
+def test_the_text_demo_is_a_text_only_stage():
+    script_args, training_args, model_args = parse(TEXT_DEMO)
+    assert script_args.task == "text" and not script_args.eval_source
+    assert (ROOT / script_args.dataset_source).is_file()
+    assert training_args.use_cpu and model_args.model_name_or_path == "tiny:qwen2_5_vl"

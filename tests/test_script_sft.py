@@ -287,3 +287,53 @@ def test_sft_with_a_merged_lora_then_grpo_with_lora(tmp_path, capsys):
     card = card_inputs(grpo_out)
     assert card["base_model"] == str(sft_out) and card["peft"]["method"] == "LoRA"
     assert card["eval_metrics"]["detection"]["num_samples"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Text-only stages (LMM-R1's first stage): rows without an image, then a multimodal stage
+
+TEXT_DEMO = ROOT / "recipes" / "demo" / "config_sft_text_demo.yaml"
+
+
+def test_text_rows_are_trained_on_their_answers_only(tmp_path):
+    from trl_perception.data import build_text
+
+    rows = build_text(ROOT / "recipes" / "demo" / "text_counting.jsonl", num_samples=4)
+    args = PerceptionSFTConfig(str(tmp_path), per_device_train_batch_size=2, **CPU_RUN)
+    trainer = PerceptionSFTTrainer(tiny_vlm("qwen2_5_vl"), args, train_dataset=rows)
+    tokenizer = trainer.processing_class.tokenizer
+    for example in [dict(trainer.train_dataset[i]) for i in range(4)]:
+        batch = trainer.data_collator([example])
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        expected = tokenizer(example["completion"][0]["content"][0]["text"] + "<|im_end|>\n",
+                             add_special_tokens=False)["input_ids"]  # fmt: skip
+        assert ids[labels != -100].tolist() == expected
+        assert "pixel_values" not in batch
+
+
+def test_text_rows_are_a_stage_of_their_own():
+    with pytest.raises(ValueError, match="stage of their own"):
+        PerceptionSFTScriptArguments(task="mixed", dataset_mixture=[{"task": "text", "source": "t.jsonl"},
+                                                                    {"task": "ocr"}])  # fmt: skip
+    with pytest.raises(ValueError, match="no perception evaluation"):
+        PerceptionSFTScriptArguments(task="text", dataset_source="t.jsonl", eval_source="t.jsonl")
+
+
+@pytest.mark.slow
+def test_a_text_only_sft_stage_then_multimodal_grpo(tmp_path, monkeypatch):
+    from trl_perception.cli import main
+
+    monkeypatch.chdir(ROOT)  # the demo's dataset_source is relative to the repository
+    text_out, grpo_out = tmp_path / "text", tmp_path / "grpo"
+    assert main(["sft", str(TEXT_DEMO), "--output_dir", str(text_out), "--max_steps", "2",
+                 "--disable_tqdm", "true"]) == 0  # fmt: skip
+    card = card_inputs(text_out)
+    assert card["task"] == ["text"] and card["method"] == "sft"
+    processor = json.loads((text_out / "processor_config.json").read_text())["image_processor"]
+    assert processor["size"] == {"shortest_edge": 784, "longest_edge": 12544}  # ready for the image stage
+    assert main(["train", str(GRPO_DEMO), "--model_name_or_path", str(text_out), "--output_dir", str(grpo_out),
+                 "--max_steps", "1", "--max_completion_length", "8", "--num_samples", "4", "--eval_num_samples", "2",
+                 "--eval_max_new_tokens", "8", "--disable_tqdm", "true"]) == 0  # fmt: skip
+    card = card_inputs(grpo_out)
+    assert card["base_model"] == str(text_out) and card["task"] == ["detection"]
+    assert card["eval_metrics"]["detection"]["num_samples"] == 2

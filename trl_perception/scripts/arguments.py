@@ -11,7 +11,7 @@ from typing import Any
 
 import datasets
 
-from trl_perception.data import BUILDERS, add_completions, build_dataset
+from trl_perception.data import BUILDERS, TEXT_TASK, add_completions, build_dataset
 from trl_perception.data.completions import OBJECT_ORDERS
 from trl_perception.rewards import get_reward, list_rewards
 
@@ -130,9 +130,15 @@ class PerceptionDataArguments:
                 raise ValueError("eval_source is not read with task 'mixed': evaluate with `trl-perception eval`")
         elif self.dataset_mixture:
             raise ValueError("dataset_mixture is only read with task 'mixed'")
-        for task in [e.task for e in self.dataset_mixture or []] or [self.task]:
+        entry_tasks = [e.task for e in self.dataset_mixture or []] or [self.task]
+        for task in entry_tasks:
             if task not in tasks:
                 raise ValueError(f"unknown task {task!r}; expected one of {tasks} (or 'mixed')")
+        if TEXT_TASK in entry_tasks and set(entry_tasks) != {TEXT_TASK}:
+            raise ValueError(f"text-only rows (task {TEXT_TASK!r}) make a stage of their own: a batch mixing them "
+                             "with image rows cannot be collated; train them first, then the image tasks")  # fmt: skip
+        if TEXT_TASK in entry_tasks and self.eval_source:
+            raise ValueError(f"eval_source: there is no perception evaluation of text-only rows (task {TEXT_TASK!r})")
         if self.eval_image_dir is None and self.eval_source == self.dataset_source != "synthetic":
             self.eval_image_dir = self.image_dir  # another split of the same files
         if self.evaluate_after_training and not self.eval_source:
@@ -160,13 +166,14 @@ class PerceptionDataArguments:
         `grid` (`box_format`, `min_pixels`, `max_pixels`) goes to every builder: prompts in the family's syntax,
         each image resized once to the model's grid. With `completions`, the training rows get the `completion`
         column (`data.add_completions`, in `object_order`, seeded by each entry's seed; wrapped in
-        `<think>`/`<answer>` when the entry's builder options ask for thinking). A mixture stores `solution` as
-        JSON text, which every reward reads, so that one column holds every task's type.
+        `<think>`/`<answer>` when the entry's builder options ask for thinking); text-only rows (task `"text"`)
+        bring their own answers and take no grid. A mixture stores `solution` as JSON text, which every reward
+        reads, so that one column holds every task's type.
         """
         parts = []
         for entry in self.train_datasets():
-            rows = entry.build(**grid)
-            if completions:
+            rows = entry.build(**grid) if entry.task != TEXT_TASK else entry.build()  # no images, no grid
+            if completions and "completion" not in rows.column_names:  # text rows carry their answers
                 rows = add_completions(rows, object_order=self.object_order, seed=entry.seed,
                                        think=bool(entry.kwargs.get("think", False)))  # fmt: skip
             parts.append(rows)
@@ -196,6 +203,9 @@ class PerceptionScriptArguments(PerceptionDataArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if TEXT_TASK in [e.task for e in self.dataset_mixture or []] + [self.task]:
+            raise ValueError(f"task {TEXT_TASK!r}: text-only rows train with the SFT script (`trl-perception sft`); "
+                             "PerceptionGRPOTrainer trains on rows with images and no reward here scores text rows")  # fmt: skip
         self.reward_kwargs = _json("reward_kwargs", self.reward_kwargs) or {}
         if not isinstance(self.reward_kwargs, dict):
             raise ValueError(f"reward_kwargs must be a mapping, got {self.reward_kwargs!r}")
