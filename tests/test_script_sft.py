@@ -337,3 +337,74 @@ def test_a_text_only_sft_stage_then_multimodal_grpo(tmp_path, monkeypatch):
     card = card_inputs(grpo_out)
     assert card["base_model"] == str(text_out) and card["task"] == ["detection"]
     assert card["eval_metrics"]["detection"]["num_samples"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The command: `trl-perception sft CONFIG [--key value ...]`
+
+
+def run_cli(capsys, *argv):
+    """`cli.main(argv)` -> (exit status or SystemExit message, stdout, stderr)."""
+    from trl_perception import cli
+
+    try:
+        status = cli.main(list(argv))
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else exit.code)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_the_command_has_help_and_lists_the_script_arguments(capsys):
+    status, out, _ = run_cli(capsys, "--help")
+    assert status == 0 and "sft" in out
+    status, out, _ = run_cli(capsys, "sft", "--help")
+    assert status == 0 and "trl_perception/scripts/sft.py" in out and "--help-args" in out
+    status, out, _ = run_cli(capsys, "sft", "--help-args")
+    for option in ("--dataset_source", "--object_order", "--merge_lora", "--evaluate_after_training", "--box_format",
+                   "--max_pixels", "--lora_r", "--load_in_4bit", "--completion_only_loss"):  # fmt: skip
+        assert option in out, option
+    assert "--reward_funcs" not in out
+
+
+@pytest.fixture
+def captured_sft(monkeypatch):
+    seen = {}
+
+    def fake_main(script_args, training_args, model_args):
+        seen.update(script=script_args, training=training_args, model=model_args)
+        return {"output_dir": training_args.output_dir, "train": {"train_loss": 0.0}}
+
+    monkeypatch.setattr(sft, "main", fake_main)
+    return seen
+
+
+def test_the_yaml_and_overrides_reach_the_script(capsys, captured_sft, tmp_path):
+    status, out, _ = run_cli(capsys, "sft", "--config", str(DEMO), "--output_dir", str(tmp_path), "--max_steps", "3",
+                             "--object_order", "sorted", "--use_peft", "true", "--merge_lora", "true")  # fmt: skip
+    assert status == 0 and json.loads(out)["output_dir"] == str(tmp_path)
+    script, training, model = captured_sft["script"], captured_sft["training"], captured_sft["model"]
+    assert isinstance(training, PerceptionSFTConfig) and training.max_steps == 3 and training.max_pixels == 12544
+    assert script.object_order == "sorted" and script.merge_lora and model.use_peft
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "a recipe YAML is required"),
+        (["no/such.yaml"], "no such recipe file"),
+        ([str(DEMO), "--no_such_option", "1"], "no_such_option"),
+        ([str(DEMO), "--object_order", "by size"], "object_order"),
+        ([str(DEMO), "--config", str(DEMO)], "give the recipe YAML once"),
+    ],
+)
+def test_bad_arguments_are_one_line(capsys, captured_sft, argv, message):
+    status, _, _ = run_cli(capsys, "sft", *argv)
+    assert str(status).startswith("trl-perception sft:") and message in str(status) and "\n" not in str(status)
+    assert not captured_sft
+
+
+def test_an_error_in_the_script_is_one_line_with_status_2(capsys, tmp_path):
+    status, _, err = run_cli(capsys, "sft", str(DEMO), "--output_dir", str(tmp_path), "--merge_lora", "true")
+    assert status == 2
+    assert err.startswith("trl-perception sft: error: merge_lora") and err.count("\n") == 1

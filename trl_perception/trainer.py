@@ -133,7 +133,7 @@ class PerceptionGRPOConfig(GRPOConfig):
 
         solution_in_group (`int`, *optional*, defaults to `0`):
             Replace this many rollouts of every GRPO group (the last ones) with the row's ground-truth answer, its
-            `completion` column (builders add it with `completion=True`), after ViSurf. The answer is scored by
+            `completion` column (`data.add_completions` adds it; the GRPO script does when this is set), after ViSurf. The answer is scored by
             the rewards and enters the loss like any rollout, with log-probabilities computed under the current
             policy; with vLLM it has no sampling log-probabilities, so its importance-sampling ratio is exactly 1
             and the off-policy mask compares it with the current policy. Groups whose own samples never earn a
@@ -1275,7 +1275,8 @@ def _require_completion_column(dataset: Any) -> None:
     if "completion" not in columns:
         raise ValueError(
             "solution_in_group > 0 injects each row's ground-truth answer, its 'completion' column, into the "
-            f"rollout group, but the train_dataset has none (columns: {columns}); build it with completion=True"
+            f"rollout group, but the train_dataset has none (columns: {columns}); add it with "
+            "trl_perception.data.add_completions(rows)"
         )
 
 

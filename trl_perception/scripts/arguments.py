@@ -97,7 +97,7 @@ class PerceptionDataArguments:
         default="annotation",
         metadata={"help": "Order of the objects in the ground-truth answers (the 'completion' column: SFT, and GRPO "
                   "with solution_in_group): annotation, random (a permutation per row, fixed by the seed) or sorted "
-                  "(reading order).", "choices": list(OBJECT_ORDERS)},
+                  "(reading order)."},
     )  # fmt: skip
     eval_source: str | None = field(default=None, metadata={"help": "Evaluation data (same forms as dataset_source)."})
     eval_split: str | None = field(default=None, metadata={"help": "Evaluation split."})
