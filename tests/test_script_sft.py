@@ -136,7 +136,14 @@ def test_main_fails_before_loading_any_model(tmp_path, overrides, match):
         sft.main(*args)
 
 
-def test_answers_follow_the_object_order_and_the_thinking_option():
+def test_evaluation_rows_get_answers_too():
+    data = PerceptionSFTScriptArguments(task="ocr", num_samples=2, eval_source="synthetic", eval_num_samples=3)
+    train, held_out = data.build_datasets(box_format="qwen2_vl", completions=True)
+    assert len(held_out) == 3 and held_out[0]["completion"][0]["content"][0]["text"] == held_out[0]["solution"]
+    assert "completion" not in data.build_datasets(box_format="qwen2_vl")[1].column_names
+
+
+def test_answers_follow_the_object_order():
     data = PerceptionSFTScriptArguments(task="counting", num_samples=6, object_order="sorted",
                                         dataset_kwargs={"min_objects": 3, "max_objects": 5})  # fmt: skip
     rows, _ = data.build_datasets(box_format="qwen3_vl", completions=True)
@@ -214,7 +221,9 @@ def card_inputs(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_copied_script_fine_tunes_the_demo_config(tmp_path):
-    run_copied_script(tmp_path / "copy", "--output_dir", "run", "--max_steps", "2")
+    proc = run_copied_script(tmp_path / "copy", "--output_dir", "run", "--max_steps", "2", "--eval_strategy", "steps",
+                             "--eval_steps", "2")  # fmt: skip
+    assert "'eval_loss'" in proc.stdout + proc.stderr  # TRL's loss on the held-out answers
     out = tmp_path / "copy" / "run"
     for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (out / name).is_file(), name

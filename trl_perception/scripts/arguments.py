@@ -164,8 +164,8 @@ class PerceptionDataArguments:
         """Build the training rows (every entry of a mixture, shuffled together) and the evaluation rows.
 
         `grid` (`box_format`, `min_pixels`, `max_pixels`) goes to every builder: prompts in the family's syntax,
-        each image resized once to the model's grid. With `completions`, the training rows get the `completion`
-        column (`data.add_completions`, in `object_order`, seeded by each entry's seed; wrapped in
+        each image resized once to the model's grid. With `completions`, the training and evaluation rows get the
+        `completion` column (`data.add_completions`, in `object_order`, seeded by each entry's seed; wrapped in
         `<think>`/`<answer>` when the entry's builder options ask for thinking); text-only rows (task `"text"`)
         bring their own answers and take no grid. A mixture stores `solution` as JSON text, which every reward
         reads, so that one column holds every task's type.
@@ -185,7 +185,13 @@ class PerceptionDataArguments:
             parts = [p.select_columns(common) for p in parts]
             train = datasets.concatenate_datasets(parts).shuffle(seed=self.dataset_seed)
         evaluation = self.eval_dataset()
-        return train, evaluation.build(**grid) if evaluation is not None else None
+        if evaluation is None:
+            return train, None
+        eval_rows = evaluation.build(**grid)
+        if completions:  # for the trainer's own evaluation loss (SFT's eval_strategy)
+            eval_rows = add_completions(eval_rows, object_order=self.object_order, seed=evaluation.seed,
+                                        think=bool(evaluation.kwargs.get("think", False)))  # fmt: skip
+        return train, eval_rows
 
 
 @dataclass

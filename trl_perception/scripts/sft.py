@@ -50,7 +50,7 @@ def main(script_args: PerceptionSFTScriptArguments, training_args: PerceptionSFT
         raise ValueError("merge_lora merges a LoRA adapter: set use_peft true (or merge_lora false)")
     if script_args.merge_lora and (model_args.load_in_4bit or model_args.load_in_8bit):
         raise ValueError("merge_lora needs an unquantized base model: drop load_in_4bit/load_in_8bit, or keep the "
-                         "adapter (merge_lora false) and load base + adapter in the next stage")  # fmt: skip
+                         "adapter (merge_lora false) and merge it into an unquantized base offline")  # fmt: skip
 
     # ------------------------------------------------------------------------------------ model and box format
     if model_args.model_name_or_path.startswith("tiny:"):  # one-process smoke runs: a tiny random model, offline
@@ -81,6 +81,7 @@ def main(script_args: PerceptionSFTScriptArguments, training_args: PerceptionSFT
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,  # loss on held-out answers
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
@@ -90,7 +91,8 @@ def main(script_args: PerceptionSFTScriptArguments, training_args: PerceptionSFT
 
     # ----------------------------------------------------------------------------------------------------- save
     if script_args.merge_lora:  # a plain checkpoint for the next stage; the adapter alone goes to adapter/
-        trainer.save_model(os.path.join(training_args.output_dir, "adapter"))
+        if trainer.accelerator.is_main_process:
+            trainer.model.save_pretrained(os.path.join(training_args.output_dir, "adapter"))
         trainer.merge_adapter()
     trainer.save_model(training_args.output_dir)  # with push_to_hub, transformers uploads it here already
     logger.info("Model saved to %s", training_args.output_dir)
