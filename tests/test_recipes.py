@@ -14,7 +14,7 @@ RECIPES = ROOT / "recipes"
 # The GRPO recipes; the SFT ones (`sft/`, `demo/config_sft_*.yaml`) are specified in test_recipes_sft.py.
 CONFIGS = sorted(
     p for p in RECIPES.rglob("config_*.yaml")
-    if "accelerate_configs" not in p.parts and "sft" not in p.parts and not p.name.startswith("config_sft")
+    if not {"accelerate_configs", "sft"} & set(p.relative_to(RECIPES).parts) and not p.name.startswith("config_sft")
 )
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 DEMO = RECIPES / "demo" / "config_demo.yaml"
