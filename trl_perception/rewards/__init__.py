@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from .counting import count_reward
 from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
-from .format import format_reward, json_format_reward, qwen2_vl_format_reward
+from .format import format_reward, json_format_reward, qwen2_vl_format_reward, think_answer_format_reward
 from .grounding import grounding_format_reward, iou_reward, make_iou_reward
 from .jigsaw import jigsaw_format_reward, jigsaw_reward, make_jigsaw_reward
 from .ocr import ocr_reward
@@ -40,6 +40,7 @@ __all__ = [
     "od_weighted_reward",
     "qwen2_vl_format_reward",
     "register_reward",
+    "think_answer_format_reward",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -221,6 +222,7 @@ _register("detection_released", make_detection_reward(released_code=True), _dete
 _register("format", format_reward, None, False)
 _register("qwen2_vl_format", qwen2_vl_format_reward, None, False)
 _register("json_format", json_format_reward, None, False)
+_register("think_answer_format", think_answer_format_reward, None, False)
 
 
 class _ODFactory:
