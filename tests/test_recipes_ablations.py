@@ -1,0 +1,77 @@
+"""The Table 5 ablation recipes (`recipes/<Model>/grpo/config_<task>_{think,sequential}.yaml`): each parses
+with the GRPO script's parser (`test_recipes.py` checks every YAML too) and differs from its task's recipe in
+the ablated setting only."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_perception.data import build_dataset
+from trl_perception.data.prompts import THINK_INSTRUCTION
+from trl_perception.rewards import get_reward
+from trl_perception.scripts.grpo import make_parser
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+MODELS = ("Qwen2-VL-2B-Instruct", "Qwen2.5-VL-3B-Instruct", "Qwen3-VL-4B-Instruct")
+THINK = sorted(RECIPES.glob("*/grpo/config_*_think.yaml"))
+SEQUENTIAL = sorted(RECIPES.glob("*/grpo/config_*_sequential.yaml"))
+# Keys a variant may change; everything else is its task recipe's.
+THINK_KEYS = {"reward_funcs", "dataset_kwargs", "max_completion_length", "eval_max_new_tokens", "output_dir"}
+SEQUENTIAL_KEYS = {"reward_funcs", "output_dir"}
+
+
+def _parse(path):
+    from transformers.utils import is_torch_bf16_gpu_available
+
+    cpu = [] if is_torch_bf16_gpu_available() else ["--use_cpu", "true"]
+    return make_parser().parse_args_and_config(["--config", str(path), *cpu])
+
+
+def _base(path: Path) -> Path:
+    return path.with_name(path.name.replace("_think", "").replace("_sequential", ""))
+
+
+def _raw(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(RECIPES).as_posix()
+
+
+def test_every_model_has_the_table_5_variants():
+    names = {_rel(p) for p in THINK + SEQUENTIAL}
+    for model in MODELS:
+        for task in ("grounding", "counting", "ocr", "detection"):
+            assert f"{model}/grpo/config_{task}_think.yaml" in names
+        for task in ("counting", "detection"):  # the paper's "w/o reward matching" row has PixMo and COCO only
+            assert f"{model}/grpo/config_{task}_sequential.yaml" in names
+
+
+@pytest.mark.parametrize("path", THINK, ids=_rel)
+def test_thinking_variant_asks_for_thinking_and_pays_for_the_structure(path):
+    script_args, training_args, _ = _parse(path)
+    base_args, base_training, _ = _parse(_base(path))
+    assert script_args.dataset_kwargs == {**base_args.dataset_kwargs, "think": True}
+    assert script_args.reward_funcs == [*base_args.reward_funcs, "think_answer_format"]
+    assert training_args.max_completion_length == 2048 and script_args.eval_max_new_tokens == 2048
+    variant, base = _raw(path), _raw(_base(path))
+    assert {k for k in variant.keys() | base.keys() if variant.get(k) != base.get(k)} <= THINK_KEYS
+    # The evaluation rows are built with the same options, so they ask for thinking too.
+    row = build_dataset(script_args.task, "synthetic", num_samples=1, box_format=training_args.box_format,
+                        **script_args.dataset_kwargs)[0]  # fmt: skip
+    assert row["prompt"][-1]["content"][-1]["text"].endswith(THINK_INSTRUCTION)
+
+
+@pytest.mark.parametrize("path", SEQUENTIAL, ids=_rel)
+def test_sequential_variant_swaps_the_matching_only(path):
+    script_args, _, _ = _parse(path)
+    base_args, _, _ = _parse(_base(path))
+    assert script_args.reward_funcs == [
+        f"{name}_sequential" if name in ("count", "detection") else name for name in base_args.reward_funcs
+    ]
+    rewards = [get_reward(name, **script_args.reward_kwargs.get(name, {})) for name in script_args.reward_funcs]
+    assert [r.matching for r in rewards if hasattr(r, "matching")] == ["sequential"]
+    variant, base = _raw(path), _raw(_base(path))
+    assert {k for k in variant.keys() | base.keys() if variant.get(k) != base.get(k)} <= SEQUENTIAL_KEYS
