@@ -2,6 +2,7 @@
 with the GRPO script's parser (`test_recipes.py` checks every YAML too) and differs from its task's recipe in
 the ablated setting only."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,20 @@ def test_sequential_variant_swaps_the_matching_only(path):
     assert [r.matching for r in rewards if hasattr(r, "matching")] == ["sequential"]
     variant, base = _raw(path), _raw(_base(path))
     assert {k for k in variant.keys() | base.keys() if variant.get(k) != base.get(k)} <= SEQUENTIAL_KEYS
+
+
+def test_the_readme_table_5_map_names_existing_grpo_recipes():
+    readme = (RECIPES.parent / "README.md").read_text()
+    section = readme[readme.index("### Table 5 (ablations)") :]
+    section = section[: section.index("\n## ")]
+    cited = set(re.findall(r"recipes/\$M/grpo/config_[a-z_<>]+\.yaml", section))
+    cited |= {f"recipes/$M/grpo/{name}" for name in re.findall(r"`(config_[a-z]+_sequential\.yaml)`", section)}
+    assert cited
+    for template in cited:
+        tasks = ("grounding", "counting", "ocr", "detection") if "<task>" in template else ("",)
+        for model in ("Qwen2-VL-2B-Instruct", "Qwen2.5-VL-3B-Instruct"):
+            for task in tasks:
+                path = RECIPES.parent / template.replace("$M", model).replace("<task>", task)
+                if "_sequential" in path.name and task in ("grounding", "ocr"):
+                    continue  # the paper's row has no grounding or OCR entry
+                assert path.is_file(), path
