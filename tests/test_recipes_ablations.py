@@ -93,3 +93,24 @@ def test_the_readme_table_5_map_names_existing_grpo_recipes():
                 if "_sequential" in path.name and task in ("grounding", "ocr"):
                     continue  # the paper's row has no grounding or OCR entry
                 assert path.is_file(), path
+
+
+@pytest.mark.slow
+def test_the_script_trains_with_thinking_prompts_and_sequential_matching(tmp_path):
+    import json
+
+    from trl_perception.scripts import grpo
+
+    demo = RECIPES / "demo" / "config_demo.yaml"
+    args = grpo.make_parser().parse_args_and_config([
+        "--config", str(demo), "--output_dir", str(tmp_path / "run"), "--max_steps", "1", "--task", "counting",
+        "--dataset_kwargs", '{"think": true, "min_objects": 2, "max_objects": 3}',
+        "--reward_funcs", "count_sequential", "format", "think_answer_format",
+        "--evaluate_after_training", "false", "--eval_source", "", "--max_completion_length", "8",
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    result = grpo.main(*args)
+    card = json.loads((tmp_path / "run" / "trl_perception_card.json").read_text())
+    # TRL logs each reward under its own name, the sequential one apart from the Hungarian one.
+    assert card["reward_funcs"] == ["count_sequential_reward", "format_reward", "think_answer_format_reward"]
+    assert "train_runtime" in result["train"]
