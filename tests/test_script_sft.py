@@ -143,6 +143,18 @@ def test_evaluation_rows_get_answers_too():
     assert "completion" not in data.build_datasets(box_format="qwen2_vl")[1].column_names
 
 
+def test_a_thinking_prompt_gets_a_thinking_answer():
+    # `think: true` in the builder options asks for <think>...</think><answer>...</answer>: the answers follow.
+    data = PerceptionSFTScriptArguments(task="grounding", num_samples=2, dataset_kwargs={"think": True})
+    train, _ = data.build_datasets(box_format="qwen2_vl", completions=True)
+    plain, _ = PerceptionSFTScriptArguments(task="grounding", num_samples=2).build_datasets(
+        box_format="qwen2_vl", completions=True
+    )
+    for row, base in zip(train, plain):
+        answer = base["completion"][0]["content"][0]["text"]
+        assert row["completion"][0]["content"][0]["text"] == f"<think>\n</think>\n<answer>{answer}</answer>"
+
+
 def test_answers_follow_the_object_order():
     data = PerceptionSFTScriptArguments(task="counting", num_samples=6, object_order="sorted",
                                         dataset_kwargs={"min_objects": 3, "max_objects": 5})  # fmt: skip
