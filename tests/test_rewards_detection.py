@@ -649,7 +649,7 @@ def test_an_unexpected_error_in_matching_scores_zero_with_a_warning(monkeypatch,
     def broken(*args, **kwargs):
         raise FloatingPointError("boom")
 
-    monkeypatch.setattr(detection_module, "box_iou", broken)
+    monkeypatch.setattr(detection_module, "paired_box_iou", broken)
     with caplog.at_level(logging.WARNING, logger="trl_perception.rewards"):
         assert detection_reward([answer(CAT), "[]", answer(CAT)], [GT, [], GT]) == [0.0, 1.0, 0.0]
     assert any("FloatingPointError" in r.getMessage() for r in caplog.records)

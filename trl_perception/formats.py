@@ -20,11 +20,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._json import loads_strict
 from .frames import Frame, check_box_format, convert_frame, frame_of
 
 __all__ = [
@@ -289,6 +291,41 @@ _ONE_BOX_RE = re.compile(
 )
 
 
+_BOX_OF, _LABEL_OF = operator.itemgetter("bbox_2d"), operator.itemgetter("label")
+_LISTS, _STRINGS, _TWO, _FOUR = frozenset((list,)), frozenset((str,)), frozenset((2,)), frozenset((4,))
+
+
+def _labelled_boxes(items: list[Any]) -> tuple[list[float], list[str]] | None:
+    """The coordinates and labels of strictly decoded items (no NaN) when every one is exactly
+    `{"bbox_2d": [4 plain numbers], "label": str}` with finite numbers in range (the answer of a trained
+    model), checked in a few bulk passes; `None` otherwise (the general checks decide)."""
+    if not items:
+        return None
+    try:
+        coords = list(map(_BOX_OF, items))
+        labels = list(map(_LABEL_OF, items))
+    except (KeyError, TypeError):  # an item without a box or a label, or not a dict
+        return None
+    if (
+        set(map(len, items)) != _TWO
+        or set(map(type, labels)) != _STRINGS
+        or set(map(type, coords)) != _LISTS
+        or set(map(len, coords)) != _FOUR
+    ):
+        return None
+    flat = list(itertools.chain.from_iterable(coords))
+    if not set(map(type, flat)) <= _PLAIN_NUMBERS:
+        return None
+    try:
+        values = list(map(float, flat))
+    except OverflowError:
+        return None
+    # Decoded strictly, they hold no NaN, so the extremes bound every value (a huge literal is inf and fails).
+    if not (-MAX_ABS_COORD <= min(values) and max(values) <= MAX_ABS_COORD):
+        return None
+    return values, labels
+
+
 def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[str | None]] | None:
     """The common case, checked in bulk: the answer is exactly a JSON list of
     `{"bbox_2d": [4 numbers], "label": str}` / `{"point_2d": [2 numbers], "label": str}` items (the label
@@ -304,9 +341,20 @@ def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[s
             return None, values, [one.group(5)]
         return None
     try:
-        items = _DECODER.decode(body)
-    except (ValueError, RecursionError):
+        items = loads_strict(body)
+        lean = _labelled_boxes(items) if type(items) is list and len(items) < MAX_OBJECTS else None
+    except json.JSONDecodeError:
         return None
+    except ValueError:  # NaN / Infinity among the items: decoded to NaN, then checked item by item below
+        try:
+            items = _DECODER.decode(body)
+        except (ValueError, RecursionError):
+            return None
+        lean = None
+    except RecursionError:
+        return None
+    if lean is not None:
+        return None, *lean
     if type(items) is not list or len(items) >= MAX_OBJECTS:
         return None
     if items and set(map(type, items)) != {dict}:

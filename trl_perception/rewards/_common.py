@@ -432,6 +432,13 @@ class ComponentLog:
         for key, value in values.items():
             self.columns[key][index] = None if value is None else float(value)
 
+    def set_rows(self, indices: Sequence[int], **columns: Sequence[float] | np.ndarray) -> None:
+        """`set` for many rows: `columns[key][k]` is the value of row `indices[k]`."""
+        for key, values in columns.items():
+            column = self.columns[key]
+            for index, value in zip(indices, np.asarray(values, dtype=np.float64).tolist()):
+                column[index] = value
+
     def emit(self, kwargs: dict[str, Any]) -> None:
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
         if callable(log_metric):
