@@ -4,15 +4,15 @@ that spraying boxes does not pay; the released code's weighting as an option."""
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..boxes import box_iou, paired_box_iou
-from ..formats import parse_boxes
+from ..formats import BoxBatch, parse_boxes_batch
 from ..frames import Frame
 from ..matching import check_matching
 from ._common import (
@@ -73,7 +73,8 @@ class _Pending:
         self.n_gt: list[int] = []
         self.group: list[int] = []  # group index per row
         self.frames: list[Frame] = []
-        self.coords: list[float] = []  # considered predicted boxes of every row, as written, flattened
+        self.boxes: np.ndarray = np.zeros((0, 4))  # the parsed boxes of the call, as written
+        self.index: list[int] = []  # the rows of `boxes` each queued row considers, row after row
         self.labels: list[int] = []
         self.gts: list[np.ndarray] = []  # per group
         self.gt_ids: list[np.ndarray] = []
@@ -107,7 +108,7 @@ class _Pending:
         self,
         index: int,
         frame: Frame,
-        boxes: list[Any],
+        boxes: Sequence[int],
         label_ids: list[int],
         n_pred: int,
         fmt: float,
@@ -124,7 +125,7 @@ class _Pending:
         self.n_gt.append(len(target[1]))
         self.group.append(len(self.gts) - 1)
         self.frames.append(frame)
-        self.coords.extend(itertools.chain.from_iterable(boxes))
+        self.index.extend(boxes)
         self.labels.extend(label_ids)
 
     def group_spans(self) -> list[tuple[int, int]]:
@@ -190,20 +191,21 @@ class _DetectionReward:
     # ---------------------------------------------------------------------------------------- one row
 
     def _prepare(
-        self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending
+        self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending, parsed: BoxBatch, k: int
     ) -> dict[str, float] | None:
-        """Components of a row that needs no matching, or `None` after queueing the row in `pending`."""
-        parsed = parse_boxes(row.text, row.frame.box_format)
-        labels = pending.label_ids_of(parsed.labels)
-        boxes = parsed.boxes
+        """Components of a row (the `k`-th of `parsed`) that needs no matching, or `None` after queueing the
+        row in `pending`."""
+        a, b = parsed.spans[k]
+        labels = pending.label_ids_of(parsed.labels[a:b])
+        boxes: Sequence[int] = range(a, b)  # rows of `parsed.coords`
         if -1 in labels:  # a label of nothing but whitespace: not a labelled box
-            keep = [k for k, label in enumerate(labels) if label >= 0]
-            boxes, labels = [boxes[k] for k in keep], [labels[k] for k in keep]
+            keep = [j for j, label in enumerate(labels) if label >= 0]
+            boxes, labels = [a + j for j in keep], [labels[j] for j in keep]
         n_kept = len(labels)
-        rejected = parsed.rejected + len(parsed.labels) - n_kept
+        rejected = parsed.rejected[k] + (b - a) - n_kept
         if not n_kept or not target[1]:
             empty = not n_kept and is_empty_answer(row.text)
-            failed = float(not n_kept and not empty and not parsed.valid)
+            failed = float(not n_kept and not empty and not parsed.valid[k])
             if not target[1]:
                 # A negative image: only the empty answer is right; anything else must not pay.
                 full = 1.0 if empty else 0.0
@@ -211,7 +213,7 @@ class _DetectionReward:
                         "penalty": 1 - full, "parse_failure": failed, "empty_gt": 1.0}  # fmt: skip
             return {"format": 0.0, "f1": 0.0, "location": 0.0, "classification": 0.0, "penalty": 1.0,
                     "parse_failure": failed}  # fmt: skip
-        fmt = 0.0 if (not parsed.valid or parsed.truncated) else n_kept / (n_kept + rejected)
+        fmt = 0.0 if (not parsed.valid[k] or parsed.truncated[k]) else n_kept / (n_kept + rejected)
         cap = self.max_detections
         pending.add(row.index, row.frame, boxes[:cap], labels[:cap], n_kept, fmt, target)
         return None
@@ -230,7 +232,7 @@ class _DetectionReward:
         starts = ends - n_con
         first = sum(pending.n_considered[:lo])
         n = int(ends[-1])
-        raw = np.array(pending.coords[4 * first : 4 * (first + n)], dtype=np.float64).reshape(-1, 4)
+        raw = pending.boxes[np.array(pending.index[first : first + n], dtype=np.int64)]
         frames = pending.frames[lo:hi]
         if all(frame is frames[0] for frame in frames):
             boxes = frames[0].to_pixels(raw)
@@ -354,8 +356,13 @@ class _DetectionReward:
         targets = SolutionCache(_detection_target)
         pending = _Pending()
         failure = {"parse_failure": 1.0}
-        for row in rows:
-            result = call_safely(name, row, lambda r: self._prepare(r, targets(r.solution), pending), failure)
+        # Every answer of the call parsed at once (the common well-formed ones in bulk); never raises.
+        parsed = parse_boxes_batch([row.text for row in rows], [row.frame.box_format for row in rows])
+        pending.boxes = parsed.coords
+        for k, row in enumerate(rows):
+            result = call_safely(
+                name, row, lambda r, k=k: self._prepare(r, targets(r.solution), pending, parsed, k), failure
+            )
             if result is None:
                 continue  # queued for matching, or a malformed solution (reward None)
             rewards[row.index] = 0.0 if result is failure else self.combine(result)
