@@ -288,7 +288,8 @@ _LABEL_TYPES = frozenset((str, type(None)))
 # regex instead of a JSON decode: JSON's own number and whitespace grammar, a label without escapes (what
 # the decoder returns for such text, so both readings agree; a property test checks it).
 _JWS = r"[ \t\n\r]*"
-_JNUM = r"(-?(?:0|[1-9]\d{0,20})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,4})?)"
+# A plain `-0` is left to the decoder: it reads the integer 0 where `float("-0")` gives -0.0.
+_JNUM = r"((?!-0[^.eE])-?(?:0|[1-9]\d{0,20})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,4})?)"
 _ONE_BOX_RE = re.compile(
     rf'\[{_JWS}\{{{_JWS}"bbox_2d"{_JWS}:{_JWS}\[{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},'
     rf'{_JWS}{_JNUM}{_JWS}\]{_JWS},{_JWS}"label"{_JWS}:{_JWS}"([^"\\\x00-\x1f]{{0,300}})"{_JWS}\}}{_JWS}\]'
