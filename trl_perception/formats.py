@@ -589,66 +589,65 @@ def parse_boxes_batch(
     general: list[int] = []
     for i, text in enumerate(texts):
         try:
-            scope = answer_text(text if isinstance(text, str) else completion_text(text))
-            found = None if "<|box_start|>" in scope else _canonical_items(_strip_fences(scope))
+            if type(text) is str and text[:1] == "[" and text[-1:] == "]" and "<" not in text and "`" not in text:
+                body = text  # no tag, token or fence to remove: `strip_wrappers` would return it unchanged
+            else:
+                scope = answer_text(text if isinstance(text, str) else completion_text(text))
+                body = "<|box_start|>" if "<|box_start|>" in scope else _strip_fences(scope)
+            found = _canonical_items(body)
         except Exception:  # noqa: BLE001 - `parse_boxes` below answers for anything odd, without raising
             found = None
         if found is None:
             general.append(i)
         else:
             lean.append((i, *found))
-    values = _decode_coordinates([numbers for _, numbers, _ in lean])
-    parsed: list[Any] = [None] * n
-    chunks: list[np.ndarray] = []
-    labels_out: list[str | None] = []
-    for (i, _, labels), coords in zip(lean, values):
-        if coords is None:
+    # The canonical answers, in bulk: one decode of all their coordinates, one range check, one label clean-up.
+    # One whose coordinates are not JSON numbers within MAX_ABS_COORD is left to the general path.
+    n_items = [len(labels) for _, _, labels in lean]
+    flat, good = _decode_coordinates([numbers for _, numbers, _ in lean], n_items)
+    labels_all = _clean_labels(list(itertools.chain.from_iterable(labels for _, _, labels in lean)))
+    keep = np.repeat(np.array(good, dtype=bool), n_items)
+    if require_label and None in labels_all:
+        keep &= np.array([label is not None for label in labels_all], dtype=bool)
+    kept_counts = np.add.reduceat(keep, np.cumsum(n_items) - n_items).tolist() if lean else []
+    stops = itertools.accumulate(kept_counts)
+    rejected, valid, truncated = [0] * n, [True] * n, [False] * n
+    spans: list[tuple[int, int]] = [(0, 0)] * n
+    for (i, _, _), ok, count, kept, stop in zip(lean, good, n_items, kept_counts, stops):
+        if ok:
+            spans[i] = (stop - kept, stop)
+            rejected[i] = count - kept
+        else:
             general.append(i)
-            continue
-        kept = _clean_labels(labels)  # type: ignore[arg-type]
-        if require_label and None in kept:
-            keep = [label is not None for label in kept]
-            coords, kept = coords[keep], [label for label in kept if label is not None]
-        parsed[i] = (coords, kept, len(labels) - len(kept), True, False)
+    labels_out = list(itertools.compress(labels_all, keep.tolist()))
+    chunks = [flat[keep]]
+    start = len(labels_out)
     for i in general:
         out = parse_boxes(texts[i], formats[i], require_label)
-        coords = np.array(out.boxes, dtype=np.float64).reshape(-1, 4)
-        parsed[i] = (coords, out.labels, out.rejected, out.valid, out.truncated)
-    spans, start = [], 0
-    for coords, kept, *_ in parsed:
-        chunks.append(coords)
-        labels_out.extend(kept)
-        spans.append((start, start + len(coords)))
-        start += len(coords)
-    stacked = np.concatenate(chunks) if chunks else np.zeros((0, 4))
-    return BoxBatch(
-        stacked, spans, labels_out, [p[2] for p in parsed], [p[3] for p in parsed], [p[4] for p in parsed]
-    )
+        chunks.append(np.array(out.boxes, dtype=np.float64).reshape(-1, 4))
+        labels_out.extend(out.labels)
+        spans[i] = (start, start + len(out.boxes))
+        start += len(out.boxes)
+        rejected[i], valid[i], truncated[i] = out.rejected, out.valid, out.truncated
+    return BoxBatch(np.concatenate(chunks), spans, labels_out, rejected, valid, truncated)
 
 
-def _decode_coordinates(texts: list[str]) -> list[np.ndarray | None]:
-    """Each coordinates text of `_canonical_items` as an `[n, 4]` array, or `None` where it is not JSON numbers
-    within `MAX_ABS_COORD`; all decoded in one call when all are valid."""
-    if not texts:
-        return []
+def _decode_coordinates(texts: list[str], n_items: list[int]) -> tuple[np.ndarray, list[bool]]:
+    """The coordinates texts of `_canonical_items` (`n_items[i]` boxes each) decoded into one `[N, 4]` array,
+    and per text whether it holds JSON numbers within `MAX_ABS_COORD` (the rows of one that does not are
+    zeros); all decoded in one call when all are valid JSON."""
     try:
-        flat = np.array(loads_strict("[" + ",".join(texts) + "]"), dtype=np.float64)
+        flat = np.array(loads_strict("[" + ",".join(texts) + "]"), dtype=np.float64).reshape(-1, 4)
     except (ValueError, OverflowError, TypeError, RecursionError):  # one of them is bad: find which, one by one
-        return [_decode_coordinates([t])[0] if len(texts) > 1 else None for t in texts]
-    counts = [text.count(",") + 1 for text in texts]
-    ok = np.abs(flat) <= MAX_ABS_COORD
-    out: list[np.ndarray | None] = []
-    start = 0
-    if ok.all():
-        for count in counts:
-            out.append(flat[start : start + count].reshape(-1, 4))
-            start += count
-        return out
-    for count in counts:
-        stop = start + count
-        out.append(flat[start:stop].reshape(-1, 4) if ok[start:stop].all() else None)
-        start = stop
-    return out
+        if len(texts) <= 1:
+            return np.zeros((sum(n_items), 4)), [False] * len(texts)
+        parts = [_decode_coordinates([text], [count]) for text, count in zip(texts, n_items)]
+        return np.concatenate([part for part, _ in parts]), [ok for _, (ok,) in parts]
+    if not texts:
+        return flat, []
+    within = (np.abs(flat) <= MAX_ABS_COORD).all(axis=1)
+    good = [True] * len(texts) if within.all() else (np.add.reduceat(~within, np.cumsum(n_items) - n_items) == 0).tolist()
+    return flat, good
 
 
 def _skip_ws(text: str, pos: int) -> int:
