@@ -230,6 +230,10 @@ class SolutionCache:
             raise
         return self._value
 
+    def of_row(self, row: Row) -> Any:
+        """The decoded solution of `row`."""
+        return self(row.solution)
+
 
 @functools.lru_cache(maxsize=8192)
 def _normalize_label_text(text: str) -> str | None:

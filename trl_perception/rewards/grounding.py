@@ -28,14 +28,17 @@ _TASKS = ("grounding",)
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 
 
-def _grounding_target(solution: Any) -> list[float] | None:
-    """The ground-truth box, or `None` when the referred object is absent (`[]`)."""
+_ABSENT = object()
+
+
+def _grounding_target(solution: Any) -> list[float] | object:
+    """The ground-truth box, or `_ABSENT` when the referred object is absent (`[]`)."""
     value = decode_json(solution)
     if isinstance(value, dict):
         value = value.get("bbox_2d", value.get("bbox"))
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
-            return None
+            return _ABSENT
         if len(value) == 1 and isinstance(value[0], (list, tuple, dict)):
             return _grounding_target(value[0])
     if value is None:
@@ -68,13 +71,19 @@ def _iou_rewards(
     targets = SolutionCache(_grounding_target)
     # Every answer of the call parsed at once (the common well-formed ones in bulk); never raises.
     parsed = parse_boxes_batch([row.text for row in rows], [row.frame.box_format for row in rows], False)
+    failure = (0.0, None, None, True)
     for k, row in enumerate(rows):
-        prepared = call_safely(
-            name, row, lambda r, k=k: _prepare(r, targets(r.solution), parsed, k), failure=(0.0, None, None, True)
-        )
-        if prepared is None:
+        gt = call_safely(name, row, targets.of_row, failure)
+        if gt is None or gt is failure:  # a malformed solution (reward None), or an unexpected error
+            if gt is failure:
+                rewards[row.index] = 0.0
+                log.set(row.index, parse_failure=1.0, iou=None)
             continue
-        value, pred, gt, failed = prepared
+        first, stop = parsed.spans[k]
+        if gt is not _ABSENT and first < stop:  # the common case: a box to score
+            pending.append((row, first, gt))
+            continue
+        value, pred, gt, failed = _prepare(row, None if gt is _ABSENT else gt, parsed, k)
         if value is not None:
             rewards[row.index] = value
             log.set(row.index, parse_failure=float(failed), iou=0.0 if gt is not None else None)
@@ -90,9 +99,11 @@ def _iou_rewards(
             pred = Frame.stack_to_pixels(parsed.coords[first], frames)
         ious = paired_box_iou(pred, np.array([g for _, _, g in pending]))
         ious = np.nan_to_num(np.clip(ious, 0.0, 1.0))
-        for (row, _, _), iou in zip(pending, ious.tolist()):
-            rewards[row.index] = iou * iou if squared else iou
-            log.set(row.index, iou=iou, parse_failure=0.0)
+        indices = [row.index for row, _, _ in pending]
+        values = ious.tolist()
+        for index, iou in zip(indices, values):
+            rewards[index] = iou * iou if squared else iou
+        log.set_rows(indices, iou=values, parse_failure=np.zeros(len(values)))
     log.emit(kwargs)
     return rewards
 
