@@ -10,8 +10,9 @@ each model family's text (its `box_format`).
 Parsing never evaluates text, rejects NaN/inf/huge numbers, and runs in time linear in the input: every
 regular expression here is free of nested quantifiers and ambiguous repetitions, brackets that cannot open
 JSON are skipped, complete non-answer lists are stepped over, and the JSON decodes that fail (which may scan
-far) are bounded in number. Only the text inside the last `<answer>…</answer>` is read (`answer_text`), so
-boxes written while thinking do not count. Parsed coordinates are returned as written;
+far) are bounded in number. Only the answer is read (`answer_text`): thinking (`<think>…</think>`, or an unclosed
+`<think>` to the end) is removed first (`strip_thinking`), then the text inside the last `<answer>…</answer>`
+is taken, so boxes and answer tags written while thinking do not count. Parsed coordinates are returned as written;
 `ParsedOutput.to_pixels` maps them to original pixels with a `frames.Frame`.
 """
 
@@ -50,6 +51,7 @@ __all__ = [
     "parse_objects",
     "render_jigsaw_answer",
     "render_objects",
+    "strip_thinking",
     "strip_wrappers",
 ]
 
@@ -71,6 +73,8 @@ _PAIR_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 _QUAD_RE = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
 _ANSWER_OPEN = "<answer>"
 _ANSWER_CLOSE = "</answer>"
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
 _FENCE_RE = re.compile(r"```[a-zA-Z]{0,10}")
 _PAD_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d", "Position", "position")
@@ -170,16 +174,45 @@ def completion_text(completion: Any) -> str:
     return "" if completion is None else str(completion)
 
 
+def strip_thinking(text: str) -> str | None:
+    """The completion without its thinking, or `None` when it thinks and then answers nothing.
+
+    Everything up to the last `</think>` is thinking (its `<think>` may have been in the prompt), and an
+    unclosed `<think>` runs to the end (thinking cut off by the length limit). Text without thinking tags is
+    returned unchanged. `None` means "no answer" (not "an empty answer"): a model that only thinks must not
+    collect the reward of an explicit empty answer. Slicing only: linear on any input.
+
+    Example:
+    ```python
+    >>> strip_thinking("<think>maybe [1, 2, 3, 4]</think><answer>[5, 6, 7, 8]</answer>")
+    '<answer>[5, 6, 7, 8]</answer>'
+    >>> strip_thinking("[5, 6, 7, 8]"), strip_thinking("<think><answer>[]</answer></think>"), strip_thinking("<think>cut o")
+    ('[5, 6, 7, 8]', None, None)
+
+    ```
+    """
+    close = text.rfind(_THINK_CLOSE)
+    rest = text[close + len(_THINK_CLOSE) :] if close >= 0 else text
+    start = rest.find(_THINK_OPEN)
+    if start >= 0:
+        rest = rest[:start]
+    if (close >= 0 or start >= 0) and not rest.strip():
+        return None
+    return rest
+
+
 def answer_text(text: str) -> str:
-    """The part of a completion that holds the answer: padding tokens removed, then the content of the last
-    `<answer>…</answer>` (an unclosed one runs to the end), or the text before a lone `</answer>` (its
-    opening tag was in the prompt), or the whole text. A `<think>…</think>` block before the answer is
-    left out with everything else outside the tags.
+    """The part of a completion that holds the answer: padding tokens and thinking (`strip_thinking`)
+    removed, then the content of the last `<answer>…</answer>` (an unclosed one runs to the end), or the text
+    before a lone `</answer>` (its opening tag was in the prompt), or the whole text. A completion that only
+    thinks has the answer `""` (`strip_thinking` tells it from an explicit empty answer).
 
     Example:
     ```python
     >>> answer_text("<think>maybe (1,2),(3,4)</think><answer>[5, 6, 7, 8]</answer><|im_end|>")
     '[5, 6, 7, 8]'
+    >>> answer_text("<think>it is <answer>[1, 2, 3, 4]</answer></think>")
+    ''
 
     ```
     """
@@ -188,6 +221,10 @@ def answer_text(text: str) -> str:
     for token in _PAD_TOKENS:
         if token in text:
             text = text.replace(token, "")
+    rest = strip_thinking(text)
+    if rest is None:
+        return ""
+    text = rest
     start = text.rfind(_ANSWER_OPEN)
     if start >= 0:
         end = text.find(_ANSWER_CLOSE, start)

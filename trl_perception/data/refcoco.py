@@ -558,6 +558,7 @@ def build_refcoco(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     per: str = "sentence",
     split_by: str | None = None,
     sentence_key: str = "sent",
@@ -596,6 +597,8 @@ def build_refcoco(
         min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the model's
             grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
         template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         per (`str`): `"sentence"` (one row per referring sentence) or `"object"` (one row per referred
             object, prompted with its first sentence).
         split_by (`str`, *optional*): which refs pickle of the refer layout (`"unc"`, `"umd"`,
@@ -710,7 +713,7 @@ def build_refcoco(
     chosen = select_rows(len(rows), accept, num_samples, seed)
     policy.finish(total)
 
-    prompt = PromptCache("grounding", box_format, template, system_prompt)
+    prompt = PromptCache("grounding", box_format, template, system_prompt, think=think)
     picked = [objects[rows[i][0]] for i in chosen]
     if image_column is not None:
         image = _embedded_images(image_column, picked)

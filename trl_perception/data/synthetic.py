@@ -850,6 +850,7 @@ def make_synthetic(
     font: str | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     shuffle_objects: bool = True,
     box_jitter: str | None = None,
     box_noise_px: int = 3,
@@ -900,6 +901,8 @@ def make_synthetic(
         background: `"grey"`, `"color"`, `"noise"`, `"mixed"` (one of the three per image) or a list.
         language, font: OCR language and an optional font file.
         template, system_prompt: passed to `build_prompt`.
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         shuffle_objects: detection boxes and counting points in random order per row, as real annotations
             are; `False` gives reading order (top to bottom, then left to right).
         box_jitter: imperfect supervision for training: `"loose"`, `"shift"` or `"random"` (see
@@ -950,7 +953,7 @@ def make_synthetic(
     )  # fmt: skip
     _require_cjk_font("ocr" in tasks, language, font)
 
-    prompts = {t: PromptCache(t, box_format, template, system_prompt) for t in tasks}
+    prompts = {t: PromptCache(t, box_format, template, system_prompt, think=think) for t in tasks}
     columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
     if box_format is not None:
         columns["box_format"] = []

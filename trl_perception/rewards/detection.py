@@ -173,7 +173,8 @@ class _DetectionReward:
         self.released_code = bool(released_code)
         self.max_detections = int(max_detections)
         self.matching = check_matching(matching)
-        self.__name__ = name or ("detection_released_reward" if self.released_code else "detection_reward")
+        base = "detection_released" if self.released_code else "detection"
+        self.__name__ = name or (f"{base}_reward" if self.matching == "hungarian" else f"{base}_{self.matching}_reward")
 
     @property
     def max_reward(self) -> float:
@@ -494,7 +495,9 @@ def make_detection_reward(
         max_detections (`int`): predicted boxes considered per completion; later ones are false positives.
         matching (`str`): `"hungarian"` (default), or `"sequential"` to pair the i-th predicted box with the
             i-th ground-truth object, Perception-R1's Table 5 ablation "w/o reward matching".
-        name (`str`, *optional*): the reward's `__name__` (TRL's column name).
+        name (`str`, *optional*): the reward's `__name__` (TRL's column name; default `detection_reward`,
+            `detection_released_reward`, and `detection_sequential_reward` / `detection_released_sequential_reward`
+            with sequential matching).
 
     Example:
     ```python

@@ -275,7 +275,7 @@ def grounding_format_reward(completions: list, **kwargs: Any) -> list[float | No
     rewards: list[float | None] = [None] * n
     for row in rows:
         text = row.text
-        if _ANSWER_OPEN in text or _ANSWER_CLOSE in text:
+        if any(tag in text for tag in (_ANSWER_OPEN, _ANSWER_CLOSE, "<think>", "</think>")):
             text = answer_text(text)  # `<think>…</think><answer>…</answer>`: the answer is judged
         rewards[row.index] = 1.0 if is_grounding_format(text) else 0.0
     return rewards
