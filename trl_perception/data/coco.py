@@ -15,6 +15,7 @@ import numpy as np
 from ..frames import grid_size
 from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
 from .images import check_inside, image_struct
+from .io import loads_text
 from .registry import register_builder
 from .resize import check_box_format_options, check_image_size, finalize
 from .rows import PromptCache, prompt_feature, row_features, rows_to_dataset, select_rows
@@ -59,11 +60,11 @@ def _parse_without_segmentation(text: str) -> Any:
     if '"segmentation"' in stripped:
         stripped = _SEGMENTATION_LAST.sub("", stripped)
     try:
-        return json.loads(stripped)
+        return loads_text(stripped)
     except (ValueError, RecursionError):
         pass
     del stripped
-    return json.loads(text, object_hook=_drop_segmentation)
+    return loads_text(text, object_hook=_drop_segmentation)
 
 
 def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:

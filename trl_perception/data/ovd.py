@@ -4,7 +4,6 @@ VLM-R1's own jsonl files."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..formats import strip_wrappers
 from .coco import _categories, load_coco
 from .errors import ErrorPolicy, RecordError
 from .images import ImageFolder, image_struct, read_image_size
-from .io import load_json_records
+from .io import load_json_records, loads_text
 from .registry import register_builder
 from .resize import check_box_format_options, check_image_size
 from .rows import PromptCache, contract_dataset, select_rows
@@ -495,7 +494,7 @@ def _answer_objects(text: str) -> list[dict[str, Any]]:
     if body.strip().rstrip(".").lower() in ("", "none", "null", "[]"):
         return []
     try:
-        items = json.loads(body)
+        items = loads_text(body)
     except (ValueError, RecursionError) as err:
         raise RecordError("bad record", f"the gpt answer is neither None nor a JSON list of boxes ({err})") from None
     if isinstance(items, dict):

@@ -237,6 +237,10 @@ class SolutionCache:
             raise
         return self._value
 
+    def of_row(self, row: Row) -> Any:
+        """The decoded solution of `row`."""
+        return self(row.solution)
+
 
 @functools.lru_cache(maxsize=8192)
 def _normalize_label_text(text: str) -> str | None:
@@ -438,6 +442,13 @@ class ComponentLog:
     def set(self, index: int, **values: float | None) -> None:
         for key, value in values.items():
             self.columns[key][index] = None if value is None else float(value)
+
+    def set_rows(self, indices: Sequence[int], **columns: Sequence[float] | np.ndarray) -> None:
+        """`set` for many rows: `columns[key][k]` is the value of row `indices[k]`."""
+        for key, values in columns.items():
+            column = self.columns[key]
+            for index, value in zip(indices, np.asarray(values, dtype=np.float64).tolist()):
+                column[index] = value
 
     def emit(self, kwargs: dict[str, Any]) -> None:
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
