@@ -8,7 +8,8 @@
 #   accelerate launch --config_file zero3.yaml -m trl_perception.scripts.sft --config my.yaml   # pip install
 #
 # Then GRPO from its output (Table 5's "SFT+RL"):
-#   trl-perception train recipes/Qwen2.5-VL-3B-Instruct/sft_grpo/config_grounding.yaml
+#   trl-perception train recipes/Qwen2.5-VL-3B-Instruct/grpo/config_grounding.yaml \
+#       --model_name_or_path outputs/Qwen2.5-VL-3B-Instruct-SFT-grounding --output_dir outputs/Qwen2.5-VL-3B-Instruct-SFT-GRPO-grounding
 #
 # Every YAML key is a field of PerceptionSFTScriptArguments (trl_perception/scripts/arguments.py: data, answers,
 # final evaluation, LoRA merge; the same data keys as the GRPO script), PerceptionSFTConfig (TRL's SFTConfig plus
