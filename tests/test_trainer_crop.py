@@ -195,6 +195,8 @@ def test_crop_turns_set_the_tool_iterations(tmp_path):
 
 def test_crop_turns_replace_the_qwen2_5_vl_template_and_keep_the_rows_original(tmp_path):
     trainer = crop_trainer("qwen2_5_vl", tmp_path)
+    config = trainer.model.config  # a sampled video token would break TRL's loss pass once tool images exist
+    assert {config.image_token_id, config.video_token_id} <= set(trainer.generation_config.suppress_tokens)
     assert trainer.processing_class.chat_template == tool_chat_template("qwen2_5_vl")
     row = trainer.train_dataset[0]
     original = rows_with_targets("qwen2_5_vl")[0]["image"]
