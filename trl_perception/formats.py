@@ -1285,7 +1285,8 @@ def boxed_content(text: str) -> str | None:
 
 
 def vqa_answer_body(completion: Any) -> str:
-    """The answer a VQA completion gives: in its final turn (`final_turn_text`), the content of the last
+    """The answer a VQA completion gives: in its final turn (`final_turn_text`) without its thinking
+    (`strip_thinking`; thinking alone gives `""`), the content of the last
     `\\boxed{}` (a `\\text{...}` inside unwrapped), else the text inside the last `<answer>` (or all of it),
     with padding tokens, code fences and a leading "Answer:" / "The answer is" removed and the ends trimmed.
 
@@ -1302,6 +1303,9 @@ def vqa_answer_body(completion: Any) -> str:
     for token in _PAD_TOKENS:
         if token in text:
             text = text.replace(token, "")
+    text = strip_thinking(text)
+    if text is None:  # thinking only: no answer (an answer written while thinking does not count)
+        return ""
     boxed = boxed_content(text)
     body = boxed if boxed is not None else strip_wrappers(text)
     body = body.strip()
