@@ -18,6 +18,8 @@ from typing import Any
 from ._json import unquote_text
 from .boxes import paired_box_iou
 from .crop import CropEnvironment, CropRecord, ForcedCrop, crop_pixel_limits, prepare_tool_processor
+from .data import build_dataset
+from .data.io import valid_text
 from .data.jigsaw import reassemble
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
@@ -974,7 +976,7 @@ def _score_row(request: GenerationRequest, solution: Any, text: str, categories:
     fields, prediction = _TASK_EVALUATIONS[request.task].score(request, solution, text)
     record.update(fields)
     record["solution"] = solution
-    return _Scored(_json_safe(record), prediction, solution, categories)
+    return _Scored(valid_text(record), prediction, solution, categories)
 
 
 def _task_metrics(task: str, scored: list[_Scored], **context: Any) -> dict[str, Any]:
@@ -986,23 +988,6 @@ def _task_metrics(task: str, scored: list[_Scored], **context: Any) -> dict[str,
 
 # --------------------------------------------------------------------------------------------------
 # Outputs: predictions and metrics first, pictures last (a picture that fails is a warning)
-
-
-def _json_safe(value: Any) -> Any:
-    """`value` with every string valid Unicode: lone surrogates (a model can write `"\\ud800"` in JSON, and
-    `json.loads` keeps it) become U+FFFD, so the record can be written as UTF-8; tuples become lists."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            # Through UTF-16 so that a surrogate *pair* split in two code points is joined, not replaced.
-            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, Mapping):
-        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -1017,7 +1002,7 @@ _LINE_BREAKS_IN_JSON = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", 
 def _json_line(record: Mapping[str, Any]) -> str:
     """One JSON Lines line: UTF-8-safe, and escaped so that no reader that splits on Unicode line breaks
     (`str.splitlines` splits on U+0085, U+2028, U+2029; JSON leaves them raw) sees two lines."""
-    text = json.dumps(_json_safe(record), ensure_ascii=False, default=_json_default)
+    text = json.dumps(valid_text(record), ensure_ascii=False, default=_json_default)
     return text.translate(_LINE_BREAKS_IN_JSON) + "\n"
 
 
@@ -1034,7 +1019,7 @@ def _prepare_output_dir(output_dir: str | os.PathLike) -> str:
 
 def _write_metrics(path: str, metrics_: Mapping[str, Any], config: Mapping[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_json_safe({"metrics": metrics_, "config": config}), f, indent=2, ensure_ascii=False,
+        json.dump(valid_text({"metrics": metrics_, "config": config}), f, indent=2, ensure_ascii=False,
                   default=_json_default)  # fmt: skip
 
 
@@ -1347,7 +1332,7 @@ def evaluate(
         for position, ((request, solution, image, row_categories, _), text) in enumerate(zip(batch, texts)):
             item = _score_row(request, solution, "" if text is None else str(text), row_categories)
             if position in crops:
-                item.record["crop"] = _json_safe(crops[position])
+                item.record["crop"] = valid_text(crops[position])
                 first = next(iter(crops[position]["records"]), None)
                 if first is not None and first["valid"] and first["box"] is not None:
                     item.record["objects"] = [{"bbox_2d": first["box"], "label": "crop"}]  # red in report.png
@@ -1626,8 +1611,6 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
 
     ```
     """
-    from .data import build_dataset
-
     options, generation_kwargs = _check_eval_arguments(args)
     box_format = _checked_box_format(args.model, args.box_format)
     try:
