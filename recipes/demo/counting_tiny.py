@@ -118,13 +118,13 @@ def run(
 
     barely = output_dir / "ground_truth" / "barely_sft"
     # Seed by seed, both stages: a run stopped early still has whole seeds of both.
-    for i, seed in enumerate(seeds):
+    for seed in seeds:
         if "table" in stages:
             combined["table"] = run_experiment(
                 spec, output_dir / "table", [seed], eval_n=eval_n, sft_steps=sft_steps, grpo_steps=grpo_steps,
                 arms=TABLE_ARMS, log=log, workers=workers,
             )  # fmt: skip
-            combined["table"]["seeds"] = list(seeds[: i + 1])
+            combined["table"]["seeds"] = _seeds_done(combined["table"], TABLE_ARMS)
             save()
         if "ground_truth" in stages:
             if not (barely / "config.json").exists():
@@ -135,9 +135,14 @@ def run(
                 eval_n=eval_n if gt_eval_n is None else gt_eval_n, grpo_steps=gt_steps,
                 start_checkpoint=str(barely), arms=GROUND_TRUTH_ARMS, log=log, workers=workers,
             )  # fmt: skip
-            combined["ground_truth"]["seeds"] = list(seeds[: i + 1])
+            combined["ground_truth"]["seeds"] = _seeds_done(combined["ground_truth"], GROUND_TRUTH_ARMS)
             save()
     return combined
+
+
+def _seeds_done(results: dict[str, Any], arms: Sequence[str]) -> list[int]:
+    """Seeds whose runs of every arm are in `results` (earlier invocations' included)."""
+    return sorted(set.intersection(*(set(map(int, results.get(arm, {}))) for arm in arms)))
 
 
 def report(results: dict[str, Any]) -> str:
@@ -148,25 +153,41 @@ def report(results: dict[str, Any]) -> str:
             lines += [f"### {stage}", format_table(results[stage]), ""]
     for arm in GROUND_TRUTH_ARMS:
         for seed, run_ in results.get("ground_truth", {}).get(arm, {}).items():
-            curve = [(e["step"], e.get("reward"), e.get("frac_reward_zero_std")) for e in run_.get("history", [])]
-            text = " ".join(f"{s}:{r:.3f}/{1 - z:.2f}" for s, r, z in curve if r is not None and z is not None)
+            curve = [
+                (e["step"], e.get("reward"), e.get("frac_reward_zero_std")) for e in run_.get("history", [])
+            ]
+            text = " ".join(
+                f"{s}:{r:.3f}/{1 - z:.2f}" for s, r, z in curve if r is not None and z is not None
+            )
             lines.append(f"{ARMS[arm][0]}, seed {seed} (step:reward/nonzero-advantage groups): {text}")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--results", help="also write the combined results JSON here after every stage")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-n", type=int, default=1000)
-    parser.add_argument("--sft-steps", type=int, help="SFT steps of the table's start (default: the setting's)")
-    parser.add_argument("--grpo-steps", type=int, help="GRPO steps of the table's arms (default: the setting's)")
+    parser.add_argument(
+        "--sft-steps", type=int, help="SFT steps of the table's start (default: the setting's)"
+    )
+    parser.add_argument(
+        "--grpo-steps", type=int, help="GRPO steps of the table's arms (default: the setting's)"
+    )
     parser.add_argument("--barely-steps", type=int, default=BARELY_STEPS)
     parser.add_argument("--gt-steps", type=int, default=GT_STEPS)
-    parser.add_argument("--gt-eval-n", type=int, help="held-out images of the ground-truth runs (default --eval-n)")
-    parser.add_argument("--stages", nargs="+", default=["table", "ground_truth"], choices=["table", "ground_truth"])
-    parser.add_argument("--workers", type=int, default=2, help="processes for the per-seed runs (1 thread each on 2 cores)")
+    parser.add_argument(
+        "--gt-eval-n", type=int, help="held-out images of the ground-truth runs (default --eval-n)"
+    )
+    parser.add_argument(
+        "--stages", nargs="+", default=["table", "ground_truth"], choices=["table", "ground_truth"]
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes for the per-seed runs (1 thread each on 2 cores)"
+    )
     parser.add_argument("--threads", type=int, help="torch threads of the main process (SFT stages)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny batches, 1 seed, few steps")
     args = parser.parse_args(argv)

@@ -665,7 +665,7 @@ def _setting_metrics(spec: Setting, result: EvaluationResult) -> dict[str, float
             if box is not None
         ]
         metrics["size_bias_px"] = float(np.mean(bias)) if bias else float("nan")
-    elif spec.task == "counting":  # the number of points listed (`formats.parse_count`), PixMo-Count's protocol
+    elif spec.task == "counting":  # points listed (`formats.parse_count`): PixMo-Count's protocol
         counting = result.metrics["counting"]
         metrics["count_acc"], metrics["count_mae"] = float(counting["accuracy"]), float(counting["mae"])
     else:
@@ -985,7 +985,9 @@ def run_experiment(
         log(f"SFT start: {results['sft']['after']}")
     g_steps = spec.grpo_steps if grpo_steps is None else int(grpo_steps)
     c_steps = (
-        max(1, round(g_steps * spec.control_steps_per_grpo_step)) if control_steps is None else int(control_steps)
+        max(1, round(g_steps * spec.control_steps_per_grpo_step))
+        if control_steps is None
+        else int(control_steps)
     )
     jobs = []  # (arm, seed, function, args, kwargs): one GRPO run and one control run per seed
     for seed in seeds:
