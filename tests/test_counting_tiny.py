@@ -50,6 +50,8 @@ def test_counting_scores_and_the_sequential_arm():
     dropped = [json.dumps(json.loads(t)[:-1]) for t in ds["sft_target"]]
     worse = te.score_completions(SPEC, ds, dropped)
     assert worse["count_acc"] == 0.0 and worse["count_mae"] == 1.0
+    assert worse["count_bias"] == -1.0 and worse["count_under"] == 1.0 and worse["count_over"] == 0.0
+    assert perfect["count_bias"] == perfect["count_under"] == perfect["count_over"] == 0.0
     expected = sum((n - 1) / n for n in (row["solution"]["count"] for row in ds)) / len(ds)
     assert worse["reward"] <= expected + 1e-9 and worse["reward"] > expected - 0.01
     broken = te.score_completions(SPEC, ds, ["nonsense"] * 6)

@@ -668,6 +668,10 @@ def _setting_metrics(spec: Setting, result: EvaluationResult) -> dict[str, float
     elif spec.task == "counting":  # points listed (`formats.parse_count`): PixMo-Count's protocol
         counting = result.metrics["counting"]
         metrics["count_acc"], metrics["count_mae"] = float(counting["accuracy"]), float(counting["mae"])
+        errors = [(r["prediction"] or 0) - r["solution"]["count"] for r in records]  # nothing parsed: 0
+        metrics["count_bias"] = float(np.mean(errors))
+        metrics["count_under"] = float(np.mean([e < 0 for e in errors]))
+        metrics["count_over"] = float(np.mean([e > 0 for e in errors]))
     else:
         tp = n_pred = n_gt = 0
         counts = []
@@ -702,7 +706,8 @@ def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence
     plus `size_bias_px` (mean predicted minus true width and height, px). Detection: micro `f1` (class-aware
     Hungarian matching at IoU >= 0.5), `precision`, `recall`, COCO `AP` / `AP50` / `AP75` (every box scored 1,
     as Perception-R1), `count_acc` (number of objects listed == number present) and `count_mae`. Counting:
-    `count_acc` and `count_mae` of the number of points listed (`evaluation.evaluate`'s counting metrics). All:
+    `count_acc` and `count_mae` of the number of points listed (`evaluation.evaluate`'s counting metrics), plus
+    `count_bias` (mean listed minus true) and `count_under` / `count_over` (share of answers below / above). All:
     `reward` (mean of the setting's GRPO rewards summed) and `format_ok` (share of parseable answers).
 
     Example:
