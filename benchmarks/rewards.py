@@ -16,8 +16,11 @@ completions (5-30 ground-truth boxes, ~80% of them found, 0-15 false positives, 
 benchmark reads PR1's two source files with `git show` from a local clone or mirror given by `--pr1-repo` (or
 the `PR1_REPO` environment variable) into a temporary package and imports it; nothing of PR1 is stored in
 this repository. PR1's `log()` (a file write per call, or an exception when `LOG_DIR` is unset) is replaced by
-a no-op, which only makes PR1 faster. Times are CPU seconds of this process, best of `--repeat` interleaved
-runs, so other processes on a shared machine do not skew the ratio. Without a PR1 clone the row is skipped.
+a no-op, which only makes PR1 faster. The naive per-pair baseline of the first table runs on the same batch
+(coordinates as written, as no frame columns are passed), so the table shows each reward against both PR1 and
+the naive baseline. Times are CPU seconds of this process, best of `--repeat` interleaved runs, so other
+processes on a shared machine do not skew the ratio much (PR1's torch code suffers more from a loaded machine
+than ours: quote the load with the ratio). Without a PR1 clone the PR1 row is skipped.
 
     python benchmarks/rewards.py [--repeat 3] [--ocr-baseline-pages 3] [--seed 0] [--pr1-repo PATH] [--pr1-only]
 
@@ -204,7 +207,9 @@ def _naive_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _naive_box(box: list[float]) -> list[float]:
+def _naive_box(box: list[float], frame: bool = True) -> list[float]:
+    if not frame:  # no frame columns: coordinates are compared as written
+        return list(box)
     x1, y1, x2, y2 = box[0] * SX, box[1] * SY, box[2] * SX, box[3] * SY
     return [
         min(max(x1, 0), IMAGE[0]),
@@ -214,15 +219,17 @@ def _naive_box(box: list[float]) -> list[float]:
     ]
 
 
-def naive_detection(completions: list[str], solutions: list[list[dict]]) -> list[float]:
+def naive_detection(completions: list, solutions: list[list[dict]], frame: bool = True) -> list[float]:
     rewards = []
     for text, gt in zip(completions, solutions):
+        if not isinstance(text, str):  # conversational
+            text = text[0]["content"]
         kept, rejected, valid = _naive_parse(text)
         if not kept:
             rewards.append(0.0)
             continue
         fmt = len(kept) / (len(kept) + rejected) if valid else 0.0
-        boxes = [_naive_box(p["bbox_2d"]) for p in kept]
+        boxes = [_naive_box(p["bbox_2d"], frame) for p in kept]
         labels = [" ".join(p["label"].split()).lower() for p in kept]
         gt_labels = [g["label"] for g in gt]
         n_p, n_g = len(boxes), len(gt)
@@ -369,14 +376,16 @@ def pr1_comparison(pr1, repeat: int, rng: random.Random) -> None:
         for gt in solutions
     ]
     released = make_detection_reward(released_code=True, penalty_weight=1.0)
+    ours = "detection_reward (default, precision-aware)"
+    naive = "naive per-pair Python, default formula (json.loads, scipy per completion)"
+    pr1_name = "Perception-R1 pr1_detection_reward (torch, 1 thread)"
     candidates = {
-        "detection_reward (default, precision-aware)": lambda: detection_reward(conversational, solutions),
+        ours: lambda: detection_reward(conversational, solutions),
         "detection_reward, released_code=True, penalty_weight=1.0": lambda: released(conversational, solutions),
+        naive: lambda: naive_detection(conversational, solutions, frame=False),
     }
     if pr1 is not None:
-        candidates["Perception-R1 pr1_detection_reward (torch, 1 thread)"] = lambda: pr1.pr1_detection_reward(
-            conversational, pr1_solutions
-        )
+        candidates[pr1_name] = lambda: pr1.pr1_detection_reward(conversational, pr1_solutions)
     best = {name: math.inf for name in candidates}
     results = {}
     for _ in range(repeat):  # interleaved: each candidate sees the same machine conditions
@@ -384,18 +393,20 @@ def pr1_comparison(pr1, repeat: int, rng: random.Random) -> None:
             start = time.process_time()
             results[name] = fn()
             best[name] = min(best[name], time.process_time() - start)
-    reference = best.get("Perception-R1 pr1_detection_reward (torch, 1 thread)")
+    reference = best.get(pr1_name)
+    agree = max(abs(a - b) for a, b in zip(results[ours], results[naive]))
     print("\nDetection against Perception-R1's released code: 256 completions, 5-30 GT boxes, ~80% found, "
           f"0-15 false positives, 80 COCO classes; CPU time, best of {repeat} interleaved runs\n")  # fmt: skip
-    print("| reward | CPU ms / 256 | completions/s | speed-up vs PR1 | mean reward (range) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| reward | CPU ms / 256 | completions/s | speed-up vs PR1 | speed-up vs naive | mean reward (range) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, seconds in best.items():
         top = "[0, 3]" if ("released" in name or "Perception-R1" in name) else "[0, 1]"
         ratio = f"{reference / seconds:.1f}x" if reference else "n/a"
         print(
-            f"| {name} | {seconds * 1e3:.1f} | {256 / seconds:,.0f} | {ratio} "
+            f"| {name} | {seconds * 1e3:.1f} | {256 / seconds:,.0f} | {ratio} | {best[naive] / seconds:.1f}x "
             f"| {float(np.mean(results[name])):.3f} {top} |"
         )
+    print(f"\ndetection_reward and the naive baseline agree to {agree:.0e} (max abs diff).")
 
 
 # ---------------------------------------------------------------------------------------------- timing

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "viz": 3,
     "testing": 5,
     "data": 4,
+    "crop": 4,
     "rewards": 4,
     "metrics": 4,
     "vllm": 5,

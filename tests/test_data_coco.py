@@ -427,3 +427,14 @@ def test_the_category_list_travels_with_the_dataset_for_evaluation(tmp_path):
     gt, label_to_id = build_coco_ground_truth(list(dataset), dataset=dataset)
     assert [c["name"] for c in gt["categories"]] == ["person", "dog", "toothbrush"]
     assert label_to_id == {"person": 1, "dog": 2, "toothbrush": 3}
+
+
+def test_lone_surrogates_in_names_become_the_replacement_character(tmp_path):
+    # `json.dumps` writes "dog\ud800" as the escape "dog\\ud800"; `json.loads` gives back a lone surrogate,
+    # which Arrow cannot store: the builder reads it as U+FFFD instead of crashing.
+    categories = [{"id": 18, "name": "dog\ud800"}, {"id": 1, "name": "per\udc00son"}, {"id": 90, "name": "\ud83d\ude00"}]
+    path, folder = _write(tmp_path, categories=categories)
+    assert "\\ud800" in path.read_text()
+    rows = _rows(_build(path, folder))
+    assert [o["label"] for o in rows[0]["solution"]] == ["dog\ufffd", "\U0001f600"]  # a split pair is joined
+    assert "dog\ufffd" in rows[0]["prompt"][-1]["content"][1]["text"]

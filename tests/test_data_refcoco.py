@@ -640,3 +640,17 @@ def test_lmms_rows_without_embedded_bytes_are_found_by_file_name(tmp_path, layou
         _comparable(built)[0]
         == _comparable(build_refcoco(layouts["refer"], split="testB", image_dir=layouts["images"]))[0]
     )
+
+
+def test_lone_surrogates_in_sentences_become_the_replacement_character(tmp_path, layouts):
+    refs = [dict(REFS[1], sentences=[_sent(2, "brown\ud800 dog")])]
+    root = _write_refer(tmp_path / "refcoco", refs)  # the pickle stores the surrogate as bytes ED A0 80
+    ds = build_refcoco(root, split="val", image_dir=layouts["images"])
+    assert _text(ds.select_columns(["prompt"])[0]) == "Output the bounding box of the brown\ufffd dog in the image."
+    # Perception-R1's flat JSON, where the sentence is a JSON escape.
+    path = tmp_path / "pr1" / "refcoco_val.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps([{"image": "train2014/" + IMAGES[0]["file_name"], "problem": "left\udfff man",
+                                 "solution": [1, 2, 30, 40], "normalized_solution": [1, 2, 300, 400]}]))  # fmt: skip
+    ds = build_refcoco(path, image_dir=layouts["root"] / "coco")
+    assert "left\ufffd man" in _text(ds.select_columns(["prompt"])[0])

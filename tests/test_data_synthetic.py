@@ -481,3 +481,27 @@ def test_render_scene_boxes_are_exact_for_any_kinds(seed, kinds, size, overlap):
         assert mask[y1:y2, x1:x2].any()
         if overlap == 0.0:
             assert _extent(mask[y1:y2, x1:x2]) == [0, 0, x2 - x1, y2 - y1]
+
+
+def test_a_grounding_target_hidden_by_later_shapes_is_drawn_again():
+    # With overlaps allowed, later shapes can hide the target entirely (this seed's first scene does): the
+    # sample is drawn again rather than ending in StopIteration.
+    crowded = dict(max_overlap=0.5, min_objects=12, max_objects=12, min_size=60, max_size=100)
+    sample = make_sample("grounding", np.random.default_rng(1), **crowded)
+    target = [o for o in sample["objects"] if o["kind_index"] == 0]
+    assert len(target) == 1 and sample["solution"] == target[0]["bbox_2d"]
+    assert len(make_synthetic("grounding", 8, seed=3, **crowded)) == 8
+
+
+def test_a_grounding_target_that_never_shows_is_a_clear_value_error(monkeypatch):
+    import trl_perception.data.synthetic as synthetic
+
+    real = synthetic.render_scene
+
+    def without_target(rng, kinds, **kwargs):
+        image, objects = real(rng, kinds, **kwargs)
+        return image, [o for o in objects if o["kind_index"] != 0]
+
+    monkeypatch.setattr(synthetic, "render_scene", without_target)
+    with pytest.raises(ValueError, match=r"grounding: the target shape was not visible in any of 20 scenes.*max_overlap=0\.4"):
+        make_synthetic("grounding", 2, max_overlap=0.4, min_size=30)

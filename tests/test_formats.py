@@ -30,6 +30,7 @@ from trl_perception.formats import (
     completion_text,
     format_instruction,
     parse_boxes,
+    parse_boxes_batch,
     parse_count,
     parse_objects,
     render_objects,
@@ -999,3 +1000,109 @@ def test_parse_boxes_equals_filtering_the_general_parse(items, indent, wrapper, 
     assert out.labels == [o.label for o in kept]
     assert out.rejected == general.rejected + len(general.objects) - len(kept)
     assert out.valid == general.valid and out.truncated == general.truncated
+
+
+
+# ------------------------------------------------------------------ parse_boxes_batch equals parse_boxes (#12)
+
+# Numbers as text, JSON-valid or not: what the canonical split lets through must be decided exactly as the
+# decoder decides it (leading zeros, a lone point, "+", "-0", huge, just beyond MAX_ABS_COORD, exponents).
+_NUMBER_TEXT = st.one_of(
+    st.integers(-120_000, 120_000).map(str),
+    st.floats(-1.2e5, 1.2e5, allow_nan=False).map(repr),
+    st.sampled_from(["-0", "-0.0", "0", "01", "1.", ".5", "+1", "1e5", "1E-3", "1e400", "-1e400", "100000",
+                     "100000.00000000001", "-100000", "1e", "1.5e+2", "2e-400", "10" * 30, "1_0", "NaN",
+                     "Infinity", "true", "null", "", " 7 ", "\t8\n", "1 2", "--1", "0x10", "1,5"]),
+)  # fmt: skip
+_LABEL_TEXT = st.one_of(
+    st.sampled_from(["cat", " Dog ", "", "   ", "traffic light", "a\\\"b", "tab\\tx", "\\u00e9t\\u00e9", "x" * 305,
+                     "cat\\ud800", "\\ud83d\\ude00", "]", "}, {", '", "label": "', "\u2028", "\u00a0cat"]),
+    st.text(max_size=6),
+)  # fmt: skip
+_SEPARATOR = st.sampled_from([", ", ",", ",\n\t", " ,\n", "\n, ", ",\r\n  ", ";", ", ,", " "])
+
+
+_CANONICAL = '{"bbox_2d": [%s], "label": "%s"}'
+_NEAR_CANONICAL = ['{"bbox_2d":[%s],"label":"%s"}', '{"label": "%s", "bbox_2d": [%s]}',
+                   '{"bbox_2d": [%s], "label": "%s", "score": 1}', '{"point_2d": [%s], "label": "%s"}']  # fmt: skip
+_GOOD_NUMBER = st.one_of(st.integers(-2000, 2000).map(str), st.floats(-2000, 2000, allow_nan=False).map(repr))
+
+
+@st.composite
+def canonical_answers(draw):
+    """Answers in (or near) the canonical layout, assembled as text: mostly canonical, so that the bulk path
+    runs, with near misses in the numbers, labels, item layout, separators and ends."""
+    clean = draw(st.integers(0, 9)) < 7
+    items = []
+    for _ in range(draw(st.integers(0, 8))):
+        count = 4 if clean or draw(st.booleans()) else draw(st.sampled_from([3, 5]))
+        numbers = ", ".join(draw(_GOOD_NUMBER if draw(st.integers(0, 9)) else _NUMBER_TEXT) for _ in range(count))
+        label = draw(st.sampled_from(["cat", " Dog ", "", "\u00e9t\u00e9"]) if draw(st.integers(0, 5)) else _LABEL_TEXT)
+        inner = _CANONICAL if clean or draw(st.booleans()) else draw(st.sampled_from(_NEAR_CANONICAL))
+        items.append(inner % ((label, numbers) if inner.startswith('{"label"') else (numbers, label)))
+    separator = draw(st.sampled_from([", ", ",\n  ", ",\r\n\t"]) if clean else _SEPARATOR)
+    text = "[" + draw(st.sampled_from(["", "\n  ", " "])) + separator.join(items)
+    text += draw(st.sampled_from(["]", "\n]", " ]"] if clean else ["]", "", ",]", "]]", "] x"]))
+    if not clean and draw(st.booleans()):
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] if draw(st.booleans()) else text[:cut] + draw(st.text(max_size=3)) + text[cut:]
+    wrappers = ["{}", "```json\n{}\n```", "<answer>{}</answer>", "{}<|im_end|>"] + ([] if clean else ["x {}"])
+    return draw(st.sampled_from(wrappers)).format(text)
+
+
+def _assert_batch_equals_one_by_one(texts, require_label=True, box_format=None):
+    batch = parse_boxes_batch(texts, box_format, require_label=require_label)
+    assert batch.coords.dtype == np.float64 and batch.coords.shape == (len(batch.labels), 4)
+    formats = [box_format] * len(texts) if box_format is None or isinstance(box_format, str) else box_format
+    for i, (text, family) in enumerate(zip(texts, formats)):
+        expected = parse_boxes(text, family, require_label=require_label)
+        got = batch.parsed(i)
+        assert got == expected, (text, got, expected)
+        assert [math.copysign(1, v) for b in got.boxes for v in b] == [
+            math.copysign(1, v) for b in expected.boxes for v in b
+        ]  # the same floats, down to the sign of zero
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(canonical_answers(), min_size=1, max_size=6), require_label=st.booleans())
+def test_parse_boxes_batch_equals_parse_boxes_on_near_canonical_answers(texts, require_label):
+    _assert_batch_equals_one_by_one(texts, require_label)
+
+
+@settings(deadline=None)
+@given(
+    texts=st.lists(st.one_of(st.text(max_size=40), canonical_answers(), st.builds(json.dumps, st.lists(
+        st.fixed_dictionaries({"bbox_2d": st.lists(st.integers(-5, 2000), min_size=4, max_size=4),
+                               "label": st.text(max_size=5)}), max_size=5))), max_size=8),
+    family=st.sampled_from([None, "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]),
+)  # fmt: skip
+def test_parse_boxes_batch_equals_parse_boxes_on_any_text(texts, family):
+    mixed = [family if k % 2 else None for k in range(len(texts))]
+    _assert_batch_equals_one_by_one(texts, box_format=mixed)
+    _assert_batch_equals_one_by_one(texts + [qwen2_box(1, 2, 3, 4, ref="cat"), "(1,2),(3,4)", "[]", ""])
+
+
+def test_parse_boxes_batch_on_duplicates_huge_numbers_and_megabyte_answers():
+    one = {"bbox_2d": [1, 2, 3, 4], "label": "cat"}
+    texts = [
+        json.dumps([one] * 5),  # duplicates
+        json.dumps([one, {"bbox_2d": [1, 2, 3, 10**400], "label": "dog"}]),  # an int too large for a float
+        json.dumps([one, {"bbox_2d": [1, 2, 3, 1e300], "label": "dog"}]),  # beyond MAX_ABS_COORD
+        json.dumps([{"bbox_2d": [0, 0, MAX_ABS_COORD, -MAX_ABS_COORD], "label": "edge"}]),
+        json.dumps([one] * (MAX_OBJECTS + 5)),  # more than MAX_OBJECTS: the general parser's cap applies
+        json.dumps([one] * 30_000),  # 1 MB
+        json.dumps([one] * 30_000)[:-2],  # 1 MB, truncated
+        '[{"bbox_2d": [' + "1" * 1_000_000 + "]",  # 1 MB of digits
+        '{"bbox_2d": [1, 2, 3, 4], "label": "x"} ' * 25_000,  # 1 MB of objects outside a list
+    ]
+    assert len(texts[5]) > 1_000_000
+    _assert_batch_equals_one_by_one(texts)
+    batch = parse_boxes_batch(texts[:1])
+    assert batch.coords.tolist() == [[1.0, 2.0, 3.0, 4.0]] * 5 and batch.labels == ["cat"] * 5
+
+
+def test_parse_boxes_batch_checks_its_box_formats():
+    with pytest.raises(ValueError, match="box_format"):
+        parse_boxes_batch(["[]"], "qwen9")
+    with pytest.raises(ValueError, match="2 values for 1"):
+        parse_boxes_batch(["[]"], [None, None])

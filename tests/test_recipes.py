@@ -1,4 +1,4 @@
-"""Every YAML in `recipes/`: the configs parse with the GRPO script's parser (`trl_perception/scripts/grpo.py`)
+"""Every GRPO YAML in `recipes/`: the configs parse with the GRPO script's parser (`trl_perception/scripts/grpo.py`)
 and name only existing tasks, data forms and rewards; the paper configs carry the paper's hyperparameters; the
 accelerate configs are valid. The script itself is specified in `test_script_grpo.py`."""
 
@@ -11,7 +11,11 @@ from trl_perception.scripts.grpo import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
-CONFIGS = sorted(p for p in RECIPES.rglob("config_*.yaml") if "accelerate_configs" not in p.parts)
+# The GRPO recipes; the SFT ones (`sft/`, `demo/config_sft_*.yaml`) are specified in test_recipes_sft.py.
+CONFIGS = sorted(
+    p for p in RECIPES.rglob("config_*.yaml")
+    if not {"accelerate_configs", "sft"} & set(p.relative_to(RECIPES).parts) and not p.name.startswith("config_sft")
+)
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate_configs").glob("*.yaml"))
 DEMO = RECIPES / "demo" / "config_demo.yaml"
 

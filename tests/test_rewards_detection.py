@@ -649,7 +649,109 @@ def test_an_unexpected_error_in_matching_scores_zero_with_a_warning(monkeypatch,
     def broken(*args, **kwargs):
         raise FloatingPointError("boom")
 
-    monkeypatch.setattr(detection_module, "box_iou", broken)
+    monkeypatch.setattr(detection_module, "paired_box_iou", broken)
     with caplog.at_level(logging.WARNING, logger="trl_perception.rewards"):
         assert detection_reward([answer(CAT), "[]", answer(CAT)], [GT, [], GT]) == [0.0, 1.0, 0.0]
     assert any("FloatingPointError" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------- batched call vs a row-by-row scipy reference (#12)
+
+
+def scipy_reference_reward(text, gt, *, released=False, penalty_weight=None, box_format=None, image_size=None):
+    """Row by row and straightforwardly: the general parser, one IoU matrix, one scipy assignment on the
+    `[predictions, objects]` matrix of pair weights (IoU, plus a bonus for hits so that their number comes
+    first), for inputs too large for the exhaustive search of `reference_reward`."""
+    from scipy.optimize import linear_sum_assignment
+
+    parsed = parse_objects(text, box_format)
+    kept = [(o.bbox, " ".join(o.label.split()).lower()) for o in parsed.objects if o.bbox is not None and o.label]
+    kept = [(b, lab) for b, lab in kept if lab]
+    rejected = parsed.rejected + len(parsed.objects) - len(kept)
+    if not gt or not kept:
+        return (3.0 if released else 1.0) if (not gt and not kept and _common.is_empty_answer(text)) else 0.0
+    fmt = 0.0 if (not parsed.valid or parsed.truncated) else len(kept) / (len(kept) + rejected)
+    considered = kept[:MAX_DETECTIONS]
+    boxes = Frame.of(box_format, image_size).to_pixels(np.array([b for b, _ in considered], dtype=np.float64))
+    iou = box_iou(boxes, np.array([o["bbox_2d"] for o in gt], dtype=np.float64))
+    same = np.array([[lab == " ".join(o["label"].split()).lower() for o in gt] for _, lab in considered])
+    hit = iou >= 0.5
+    n_p, n_g = len(kept), len(gt)
+    eligible = (hit & same) if released else (same & (iou > 0))
+    gains = np.where(eligible, iou, 0.0) + (0.0 if released else np.where(eligible & hit, min(len(considered), n_g) + 1.0, 0.0))
+    rows, cols = linear_sum_assignment(gains, maximize=True)
+    pairs = [(i, j) for i, j in zip(rows, cols) if eligible[i, j]]
+    tp_pairs = [(i, j) for i, j in pairs if hit[i, j]]
+    tp = len(tp_pairs)
+    localized, correct = hit.any(axis=1), (hit & same).any(axis=1)
+    pen = 0.5 * ((n_p - tp) / n_p + (n_g - tp) / n_g)
+    w_pen = 0.0 if penalty_weight is None else penalty_weight
+    if released:
+        loc = sum(iou[i, j] for i, j in tp_pairs) / tp if tp else 0.0
+        cls = correct.sum() / localized.sum() if localized.any() else 0.0
+        return min(max(0.25 * fmt + 0.75 * 2 * tp / (n_p + n_g) + loc + cls - w_pen * pen, 0.0), 3.0)
+    loc = 2 * sum(iou[i, j] for i, j in pairs) / (n_p + n_g)
+    cls = correct.sum() / max(n_p, n_g)
+    total = 0.25 * fmt * min(1, n_g / n_p) + 0.75 * 2 * tp / (n_p + n_g) + loc + cls - w_pen * pen
+    return min(max(total / 3, 0.0), 1.0)
+
+
+def _crowded_batch(seed, rows, integer):
+    """GRPO-like groups of crowded scenes with few labels, so that most rows have conflicting pairs: stars
+    (duplicates of one object, one box over several) and rows that need the solver; `integer` coordinates
+    make exact IoU ties. Some answers are malformed, truncated, empty, or in another syntax."""
+    rng = np.random.default_rng(seed)
+    texts, gts = [], []
+    for k in range(rows):
+        if k % 4 == 0:
+            gt = []
+            for _ in range(int(rng.integers(1, 14))):
+                x, y = rng.integers(0, 60, 2) if integer else rng.uniform(0, 60, 2)
+                w, h = rng.integers(2, 30, 2) if integer else rng.uniform(2, 30, 2)
+                gt.append(obj([float(x), float(y), float(x + w), float(y + h)], str(rng.choice(["cat", "dog", "Cat "]))))
+        preds = []
+        for _ in range(int(rng.integers(0, 18))):
+            base = np.array(gt[int(rng.integers(len(gt)))]["bbox_2d"]) if gt and rng.random() < 0.75 else rng.uniform(0, 70, 4)
+            box = base + (rng.integers(-3, 4, 4) if integer else rng.normal(0, 3, 4)) * (rng.random() < 0.7)
+            value = [int(v) for v in box] if integer else np.round(box, 2).tolist()
+            preds.append(obj(value, str(rng.choice(["cat", "dog", "bird", " CAT"]))))
+        if preds and rng.random() < 0.3:
+            preds += [preds[0]] * int(rng.integers(1, 4))  # duplicates
+        text = answer(*preds)
+        u = rng.random()
+        if u < 0.1:
+            text = text[: int(rng.integers(0, len(text) + 1))]
+        elif u < 0.15:
+            text = "```json\n" + json.dumps(preds, indent=1) + "\n```"
+        elif u < 0.2:
+            text = "".join(f"<|object_ref_start|>{p['label']}<|object_ref_end|><|box_start|>({p['bbox_2d'][0]},{p['bbox_2d'][1]}),"
+                           f"({p['bbox_2d'][2]},{p['bbox_2d'][3]})<|box_end|>" for p in preds)  # fmt: skip
+        texts.append(text)
+        gts.append(gt)
+    return texts, gts
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), released=st.booleans(), integer=st.booleans(), penalty=st.sampled_from([None, 1.0]))
+def test_a_crowded_batch_equals_the_row_by_row_scipy_reference(seed, released, integer, penalty):
+    texts, gts = _crowded_batch(seed, 24, integer)
+    reward = make_detection_reward(released_code=released, penalty_weight=penalty)
+    got = reward(texts, gts)
+    expected = [scipy_reference_reward(t, g, released=released, penalty_weight=penalty) for t, g in zip(texts, gts)]
+    assert got == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_hard_rows_stars_and_disjoint_pairs_in_one_call_match_the_reference():
+    two = [obj([0, 0, 10, 10], "cat"), obj([5, 0, 15, 10], "cat"), obj([40, 40, 50, 50], "dog")]
+    texts = [
+        answer(obj([0, 0, 10, 10], "cat"), obj([5, 0, 15, 10], "cat"), obj([40, 40, 50, 50], "dog")),  # hard + disjoint
+        answer(*[obj([0, 0, 10, 10], "cat")] * 4),  # a star around one object: duplicates
+        answer(obj([0, 0, 15, 10], "cat")),  # a star around one prediction
+        answer(obj([40, 40, 50, 50], "dog"), obj([0, 0, 10, 10], "cat")),  # disjoint pairs
+        "[]",
+        "garbage",
+    ]
+    for released in (False, True):
+        got = make_detection_reward(released_code=released)(texts, [two] * len(texts))
+        expected = [scipy_reference_reward(t, two, released=released) for t in texts]
+        assert got == pytest.approx(expected, abs=1e-12, rel=0)

@@ -6,7 +6,7 @@ import math
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._helpers import HOSTILE_NUMBERS, PUNCTUATION, QWEN2_VL_TOKENS, token_soup
@@ -385,3 +385,46 @@ def _general(text):
     """The general parsers alone, without the lean path."""
     scope = answer_text(text)
     return _parse_general(scope, _strip_fences(scope), None)
+
+
+_NUMBER = st.one_of(st.integers(-50, 700), st.floats(-50, 700, allow_nan=False), st.sampled_from(HOSTILE_NUMBERS))
+_ANSWER = st.one_of(
+    st.builds(lambda b, lab: json.dumps([{"bbox_2d": b, "label": lab}]), st.lists(_NUMBER, min_size=4, max_size=4),
+              st.sampled_from(["cat", "", " the man ", "a\"b", "<answer>"])),
+    st.builds(lambda b: json.dumps([{"bbox_2d": b, "label": "x"}, {"bbox_2d": [0, 0, 1, 1], "label": "y"}]),
+              st.lists(st.integers(0, 600), min_size=4, max_size=4)),
+    st.builds(lambda b: "```json\n" + json.dumps([{"bbox_2d": b, "label": "x"}]) + "\n```",
+              st.lists(st.integers(0, 600), min_size=4, max_size=4)),
+    st.builds(lambda b: json.dumps([{"bbox_2d": b, "label": "x"}])[: len(b)], st.lists(st.integers(0, 600), min_size=4, max_size=4)),
+    st.sampled_from(["[1, 2, 300, 400]", "(10,20),(300,400)", "<|box_start|>(100,200),(300,400)<|box_end|>", "[]",
+                     '[{"bbox_2d": [01, 2, 3, 4], "label": "x"}]', '[{"bbox_2d": [-0, 2, 300, 400], "label": "x"}]',
+                     '[{"bbox_2d": [1e400, 2, 3, 4], "label": "x"}]', '[{"bbox_2d": [1, 2, 3, 4], "label": "x"}] tail']),
+    st.text(max_size=30),
+)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(st.tuples(_ANSWER, st.sampled_from([[0, 0, 100, 100], [50.5, 20, 400, 300], [0, 0, 640, 480]])),
+                  min_size=1, max_size=12),
+    family=st.sampled_from([None, "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]),
+)  # fmt: skip
+def test_a_batch_scores_every_row_like_the_general_parser_would(rows, family):
+    # The whole call is parsed at once (canonical answers in bulk); each row must still score the IoU of the
+    # first box the general parsers read, in the row's frame.
+    import numpy as np
+
+    from trl_perception.boxes import paired_box_iou
+    from trl_perception.frames import Frame
+
+    texts, gts = [list(x) for x in zip(*rows)]
+    size = [640, 480]
+    got = iou_reward(texts, gts, box_format=[family] * len(texts), image_size=[size] * len(texts))
+    for text, gt, value in zip(texts, gts, got):
+        box = next((o.bbox for o in _general(text).objects if o.bbox is not None), None)
+        if box is None:
+            assert value == 0.0
+            continue
+        pred = Frame.of(family, size).to_pixels(np.array([box], dtype=np.float64))
+        expected = float(np.nan_to_num(np.clip(paired_box_iou(pred, [gt]), 0.0, 1.0))[0])
+        assert value == pytest.approx(expected, abs=1e-12, rel=0), text

@@ -13,7 +13,8 @@ import pytest
 
 import trl_perception
 from trl_perception.scripts import grpo
-from trl_perception.scripts.grpo import PerceptionDatasetConfig, PerceptionScriptArguments, make_parser
+from trl_perception.scripts.arguments import PerceptionDatasetConfig, PerceptionScriptArguments
+from trl_perception.scripts.grpo import make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "trl_perception" / "scripts" / "grpo.py"
@@ -33,8 +34,12 @@ def bad(**kwargs) -> str:
 def test_every_task_of_the_builder_registry_is_accepted():
     from trl_perception.data import BUILDERS
 
-    for task in BUILDERS:
+    for task in set(BUILDERS) - {"text"}:
         PerceptionScriptArguments(task=task, reward_funcs=["format"])
+
+
+def test_text_only_rows_are_for_the_sft_script():
+    assert "trl-perception sft" in bad(task="text", dataset_source="t.jsonl")
 
 
 def test_an_unknown_task_is_rejected():
@@ -229,3 +234,15 @@ def test_copied_script_trains_a_qlora_adapter(tmp_path):
     # The adapter was evaluated on top of the 4-bit model.
     assert json.loads((out / "eval" / "metrics.json").read_text())["metrics"]["detection"]["num_samples"] == 2
     assert "4-bit nf4" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_script_adds_the_answers_that_solution_in_group_injects(tmp_path):
+    # Without a `completion` column the trainer refuses solution_in_group at construction; the script adds it.
+    args = make_parser().parse_args_and_config(
+        ["--config", str(DEMO), "--output_dir", str(tmp_path), "--solution_in_group", "1", "--max_steps", "1",
+         "--num_samples", "4", "--max_completion_length", "8", "--evaluate_after_training", "false",
+         "--object_order", "sorted", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    summary = grpo.main(*args)
+    assert summary["train"]["train_loss"] is not None and (tmp_path / "model.safetensors").is_file()

@@ -25,6 +25,9 @@ OVERRIDDEN = {
     "_generate_single_turn": [
         "self", "prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"
     ],
+    "_tool_call_loop": [
+        "self", "prompts", "prompt_ids", "completion_ids", "completions", "logprobs", "images", "multimodal_fields"
+    ],
     "log": ["self", "logs", "start_time"],
     "create_model_card": ["self", "model_name", "dataset_name", "tags"],
 }  # fmt: skip
@@ -125,4 +128,21 @@ def test_vllm_generate_signature_and_discarded_prompt_ids():
 def test_grpo_config_fields_we_read(field):
     assert field in GRPOConfig.__dataclass_fields__, (
         f"GRPOConfig.{field} is gone; PerceptionGRPOTrainer reads it"
+    )
+
+
+def test_state_crop_turns_rely_on_exists():
+    loop = _source(GRPOTrainer._tool_call_loop)
+    for needle, why in (
+        ('tool_calls = [completion[0].get("tool_calls") for completion in completions]',
+         "the forced second turn adds a tool call to the first message of a rollout"),
+        ("self._sync_tool_dicts[idx_with_tool]", "the forced second turn swaps the rollout's crop tool"),
+        ('part.get("type") == "image"', "the crop reaches generation and the loss as a tool-result image"),
+        ("tool_mask[idx_with_tool] += [0] * tool_length", "the inserted turn is masked by tool_mask"),
+    ):  # fmt: skip
+        assert needle in loop, f"GRPOTrainer._tool_call_loop changed: {why}; re-check PerceptionGRPOTrainer"
+    score = _source(GRPOTrainer._generate_and_score_completions)
+    assert "observation = environment.reset(**reset_kwargs)" in score and "self.environments = []" in score, (
+        "GRPOTrainer no longer resets one environment per rollout with the row and appends what reset returns; "
+        "CropEnvironment's instruction and crop metrics rely on it"
     )

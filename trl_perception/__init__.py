@@ -4,6 +4,7 @@ The main entry points are importable from the top level (loaded on first use, so
 stays light):
 
 - `PerceptionGRPOConfig`, `PerceptionGRPOTrainer`: TRL's GRPO with frames, pixel budgets and metrics.
+- `PerceptionSFTConfig`, `PerceptionSFTTrainer`: TRL's SFT with the same pixel limits and model card.
 - `iou_reward`, `count_reward`, `ocr_reward`, `detection_reward`, `format_reward`, `get_reward`, `list_rewards`.
 - `evaluate`, `PerceptionEvalCallback`: the paper's evaluation protocol.
 - `build_refcoco`, `build_pixmo_count`, `build_pageocr`, `build_coco_detection`, `make_synthetic`.
@@ -19,6 +20,8 @@ __version__ = "0.1.0.dev0"
 _LAZY = {
     "PerceptionGRPOConfig": "trainer",
     "PerceptionGRPOTrainer": "trainer",
+    "PerceptionSFTConfig": "trainer",
+    "PerceptionSFTTrainer": "trainer",
     "evaluate": "evaluation",
     "PerceptionEvalCallback": "callbacks",
     "iou_reward": "rewards",

@@ -1,4 +1,4 @@
-"""The `trl-perception` command: `demo`, `train`, `data preview`, `eval` and `push`.
+"""The `trl-perception` command: `demo`, `train` (GRPO), `sft`, `data preview`, `eval` and `push`.
 
 Arguments are checked before any model is loaded or any data is built. A user error (a bad argument, a
 missing file, malformed data) is one line on stderr and exit status 2; `--debug` (or
@@ -144,59 +144,72 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+_RECIPE_COMMANDS = {
+    # command: (script module, what it runs, its training config, an example override)
+    "train": ("grpo", "GRPO", "PerceptionGRPOConfig", "--learning_rate 2e-6 --max_steps 10"),
+    "sft": ("sft", "SFT", "PerceptionSFTConfig", "--learning_rate 1e-5 --max_steps 10"),
+}
+
+
+def _add_recipe_command(sub: argparse._SubParsersAction, command: str) -> None:
+    script, method, config_class, example = _RECIPE_COMMANDS[command]
+    arguments = "PerceptionScriptArguments" if script == "grpo" else "PerceptionSFTScriptArguments"
     p = sub.add_parser(
-        "train",
-        help="Run the GRPO script with a YAML config (same as `python trl_perception/scripts/grpo.py --config CONFIG`).",
-        description="Run the GRPO script, trl_perception/scripts/grpo.py (copy it to change a step). CONFIG is a "
-        "YAML (see recipes/); any key can be overridden on the command line, e.g. `trl-perception train config.yaml "
-        "--learning_rate 2e-6 --max_steps 10`. Every argument of PerceptionScriptArguments, PerceptionGRPOConfig and "
-        "trl.ModelConfig is accepted; run `trl-perception train --help-args` to list them. For several GPUs: "
-        "`accelerate launch --config_file ACCELERATE_YAML -m trl_perception.scripts.grpo --config CONFIG`.",
+        command,
+        help=f"Run the {method} script with a YAML config (same as `python trl_perception/scripts/{script}.py "
+        "--config CONFIG`).",
+        description=f"Run the {method} script, trl_perception/scripts/{script}.py (copy it to change a step). CONFIG "
+        f"is a YAML (see recipes/); any key can be overridden on the command line, e.g. `trl-perception {command} "
+        f"config.yaml {example}`. Every argument of {arguments}, {config_class} and trl.ModelConfig is accepted; "
+        f"run `trl-perception {command} --help-args` to list them. For several GPUs: `accelerate launch "
+        f"--config_file ACCELERATE_YAML -m trl_perception.scripts.{script} --config CONFIG`.",
     )
     p.add_argument("config", nargs="?", help="Recipe YAML file (or --config CONFIG, as the script takes it).")
     p.add_argument("--help-args", action="store_true", help="List every argument of the script and exit.")
-    p.set_defaults(func=_run_train)
+    p.set_defaults(func=_run_recipe)
 
 
-def _run_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from .scripts import grpo
+def _run_recipe(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .scripts import grpo, sft
 
-    parser = grpo.make_parser()
+    command = args.command
+    script = {"grpo": grpo, "sft": sft}[_RECIPE_COMMANDS[command][0]]
+    parser = script.make_parser()
     if args.help_args:
         parser.print_help()
         return 0
     config = args.config
     if not config:
-        raise SystemExit("trl-perception train: a recipe YAML is required (see recipes/)")
+        raise SystemExit(f"trl-perception {command}: a recipe YAML is required (see recipes/)")
     if not os.path.isfile(config):
         raise SystemExit(
-            f"trl-perception train: {config}: no such recipe file (usage: trl-perception train CONFIG [--key value ...])"
+            f"trl-perception {command}: {config}: no such recipe file (usage: trl-perception {command} CONFIG "
+            "[--key value ...])"
         )
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(["--config", config, *extra])
     except ValueError as err:  # the arguments' own checks (__post_init__), unknown YAML keys
-        raise SystemExit(f"trl-perception train: {err}") from None
-    summary = grpo.main(script_args, training_args, model_args)
+        raise SystemExit(f"trl-perception {command}: {err}") from None
+    summary = script.main(script_args, training_args, model_args)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
-def _config_first(argv: Sequence[str]) -> list[str]:
-    """`train` arguments with `--config PATH` (as the script takes it) turned into the leading positional."""
+def _config_first(argv: Sequence[str], command: str = "train") -> list[str]:
+    """Recipe-command arguments with `--config PATH` (as the script takes it) turned into the leading positional."""
     argv = list(argv)
     found = [i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")]
     if not found:
         return argv
     if len(found) > 1 or (argv and not argv[0].startswith("-") and found[0] != 0):
-        raise SystemExit("trl-perception train: give the recipe YAML once (positionally or with --config)")
+        raise SystemExit(f"trl-perception {command}: give the recipe YAML once (positionally or with --config)")
     i = found[0]
     if "=" in argv[i]:
         config, rest = argv[i].split("=", 1)[1], argv[:i] + argv[i + 1 :]
     elif i + 1 < len(argv):
         config, rest = argv[i + 1], argv[:i] + argv[i + 2 :]
     else:
-        raise SystemExit("trl-perception train: --config needs a recipe YAML")
+        raise SystemExit(f"trl-perception {command}: --config needs a recipe YAML")
     return [config, *rest]
 
 
@@ -336,19 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = _Parser(
         prog="trl-perception",
-        description="GRPO post-training of vision-language models on perception tasks (grounding, counting, OCR, "
+        description="GRPO (and SFT) post-training of vision-language models on perception tasks (grounding, counting, OCR, "
         "detection), on top of TRL.",
     )
     parser.add_argument("--version", action="version", version=f"trl-perception {_version()}")
     parser.add_argument(
         "--debug",
         action="store_true",
-        help=f"Show the traceback of an error (also {DEBUG_ENV}=1); before `train`, after the others.",
+        help=f"Show the traceback of an error (also {DEBUG_ENV}=1); before `train` and `sft`, after the others.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,train,data,eval,push}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,train,sft,data,eval,push}")
     sub.required = True
     _add_demo(sub)
-    _add_train(sub)
+    _add_recipe_command(sub, "train")
+    _add_recipe_command(sub, "sft")
     _add_data(sub)
     _add_eval(sub)
     _add_push(sub)
@@ -388,11 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     while argv and argv[0] == "--debug":  # top-level flags before the subcommand
         debug, argv = True, argv[1:]
     parser = build_parser()
-    command = "train" if argv and argv[0] == "train" else None
+    command = argv[0] if argv and argv[0] in _RECIPE_COMMANDS else None
     try:
-        if command == "train":
-            args, extra = parser.parse_known_args(["train", *_config_first(argv[1:])])
-            return _run_train(args, extra)
+        if command is not None:  # `train`, `sft`: unknown options are the script's own, parsed by TrlParser
+            args, extra = parser.parse_known_args([command, *_config_first(argv[1:], command)])
+            return _run_recipe(args, extra)
         args = parser.parse_args(argv)
         debug = debug or getattr(args, "debug", False)
         command = " ".join(a for a in (args.command, getattr(args, "data_command", None)) if a)

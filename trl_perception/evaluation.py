@@ -16,6 +16,7 @@ from typing import Any
 
 from ._json import unquote_text
 from .boxes import paired_box_iou
+from .crop import CropEnvironment, CropRecord, ForcedCrop, crop_pixel_limits, prepare_tool_processor
 from .data.jigsaw import reassemble
 from .formats import ParsedOutput, parse_count, parse_objects, strip_wrappers
 from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default_pixel_limits, fit_to_grid
@@ -34,12 +35,14 @@ from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_NEW_TOKENS",
+    "CropTurnOutput",
     "EvaluationResult",
     "GenerationRequest",
     "add_eval_arguments",
     "build_coco_ground_truth",
     "evaluate",
     "flatten_metrics",
+    "generate_with_crop_turns",
     "run_eval_from_args",
     "unwrap_model",
     "vllm_engine_kwargs",
@@ -1442,3 +1445,223 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
     if result.files:
         print(f"wrote {', '.join(sorted(result.files.values()))}")
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Crop turns ("look again", after MGPO): two-turn greedy generation
+
+
+@dataclass
+class CropTurnOutput:
+    """One row of `generate_with_crop_turns`.
+
+    Attributes:
+        first_turn: the model's first turn (text, tool call included as written).
+        second_turn: its answer after the tool turn; `None` when there was no second turn.
+        answer: the final answer text (the second turn when there is one, else the first).
+        called: whether the model itself called the crop tool.
+        crops: the `CropRecord` of each tool call (box in original pixels, validity, area fraction, IoU with
+            the row's `target_box`, whether the call was forced).
+    """
+
+    first_turn: str
+    second_turn: str | None
+    answer: str
+    called: bool
+    crops: list[CropRecord]
+
+
+def _fill_images(prompt: Any, images: list[Any]) -> list[dict[str, Any]]:
+    from trl.data_utils import prepare_multimodal_messages
+
+    return prepare_multimodal_messages(_as_prompt(prompt), images=images)
+
+
+def _with_instruction(messages: list[dict[str, Any]], instruction: str | None) -> list[dict[str, Any]]:
+    """The instruction appended to the last turn as a text part, as TRL does with `reset`'s return value."""
+    if not instruction:
+        return messages
+    last = messages[-1]
+    return messages[:-1] + [{**last, "content": list(last["content"]) + [{"type": "text", "text": instruction}]}]
+
+
+def _image_parts(messages: list[dict[str, Any]]) -> list[Any]:
+    return [
+        part["image"]
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, Mapping) and part.get("type") == "image"
+    ]
+
+
+def _greedy(model: Any, processor: Any, conversations: list[list[dict[str, Any]]], tools: list[Any],
+            max_new_tokens: int) -> tuple[list[list[int]], list[list[int]]]:  # fmt: skip
+    """Greedy generation for rendered conversations: (prompt ids, new ids up to and including the end of turn)."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    texts = [
+        processor.apply_chat_template(c, tools=tools, add_generation_prompt=True, tokenize=False)
+        for c in conversations
+    ]
+    images = [image for c in conversations for image in _image_parts(c)]
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = padding_side
+    parameter = next(model.parameters())
+    inputs = {
+        k: (v.to(parameter.device, parameter.dtype) if v.is_floating_point() else v.to(parameter.device))
+        for k, v in inputs.items()
+        if hasattr(v, "to")
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None
+            )
+    finally:
+        if was_training:
+            model.train()
+    sequences = output.sequences if hasattr(output, "sequences") else output
+    width = inputs["input_ids"].shape[1]
+    ends = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id, tokenizer.pad_token_id}
+    prompts, completions = [], []
+    for ids, mask, row in zip(inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), sequences.tolist()):
+        prompts.append([t for t, m in zip(ids, mask) if m])
+        new = row[width:]
+        cut = next((i + 1 for i, t in enumerate(new) if t in ends), len(new))
+        completions.append(new[:cut])
+    return prompts, completions
+
+
+def generate_with_crop_turns(
+    model: Any,
+    processor: Any,
+    rows: Sequence[Mapping[str, Any]],
+    box_format: str,
+    *,
+    max_new_tokens: int = 512,
+    crop_min_pixels: int | None = None,
+    crop_max_pixels: int | None = None,
+    forced: bool = True,
+    batch_size: int = 8,
+) -> list[CropTurnOutput]:
+    """Crop turns at evaluation time, greedy with transformers: the same `CropEnvironment`, instruction, tool and
+    chat template as training with `crop_turns=1`.
+
+    Turn 1 sees the row's prompt (its `image` filled in) with the crop instruction; a `<tool_call>` is parsed
+    with TRL's parser and run on the row's environment, which crops `original_image` (else `image`); turn 2
+    sees the crop (or, for an invalid box, the image again) and answers. With `forced` (MGPO's fixed
+    two-turn template, as `PerceptionGRPOConfig.crop_forced`), a first turn that ends without a tool call also
+    gets the second turn, with the original image; without it, that first turn is the answer.
+
+    Args:
+        model: a Qwen-VL model (`generate`).
+        processor: its processor; a copy gets the tool template and parser (`crop.prepare_tool_processor`).
+        rows: mappings with `prompt` (conversational, `{"type": "image"}` placeholders), `image` (what the
+            model sees, on the family's grid), optional `original_image` (the high-resolution original the
+            crop is cut from), `input_size` (default: `image.size`) and `target_box` (original pixels).
+        box_format: the family's frame the model writes the box in.
+        max_new_tokens: budget of each turn.
+        crop_min_pixels, crop_max_pixels: the crop's size limits (MGPO's by default, kept within the
+            processor's limits).
+        forced: give a second turn to first turns without a tool call.
+        batch_size: rows generated together.
+
+    Returns:
+        `list[CropTurnOutput]`, one per row.
+
+    Example:
+    ```python
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> from trl_perception.data import make_synthetic
+    >>> from trl_perception.testing import tiny_vlm
+    >>> rows = make_synthetic("grounding", 2, box_format="qwen3_vl")
+    >>> model = AutoModelForImageTextToText.from_pretrained(tiny_vlm("qwen3_vl"))
+    >>> outputs = generate_with_crop_turns(model, AutoProcessor.from_pretrained(tiny_vlm("qwen3_vl")), rows,
+    ...                                    "qwen3_vl", max_new_tokens=8)
+    >>> len(outputs), outputs[0].answer == (outputs[0].second_turn or outputs[0].first_turn)
+    (2, True)
+
+    ```
+    """
+    import copy
+
+    from trl.chat_template_utils import parse_response
+
+    processor = prepare_tool_processor(copy.deepcopy(processor), box_format)
+    image_processor = getattr(processor, "image_processor", None)
+    limits = _processor_pixel_limits(processor) if image_processor is not None else (None, None)
+    lo, hi = crop_pixel_limits(
+        crop_min_pixels, crop_max_pixels, limits if None not in limits else None  # type: ignore[arg-type]
+    )
+    outputs: list[CropTurnOutput] = []
+    for start in range(0, len(rows), max(1, int(batch_size))):  # noqa: PLR1702
+        batch = [dict(rows[i]) for i in range(start, min(start + max(1, int(batch_size)), len(rows)))]
+        environments = [CropEnvironment(box_format, min_pixels=lo, max_pixels=hi, max_crops=1) for _ in batch]
+        conversations = []
+        for row, environment in zip(batch, environments):
+            image = _row_image(row)
+            if row.get("original_image") is None:
+                row["original_image"] = image
+            if None not in limits:  # what the processor feeds unchanged: the frame the model writes its box in
+                image = fit_to_grid(image, box_format, limits[0], limits[1])
+            row["image"], row["input_size"] = image, list(image.size)
+            instruction = environment.reset(**row)
+            conversations.append(_with_instruction(_fill_images(row["prompt"], [image]), instruction))
+        tools = [environments[0].crop_image] if environments else []
+        prompt_ids, first_ids = _greedy(model, processor, conversations, tools, max_new_tokens)
+        follow, pending = [], []
+        firsts: list[dict[str, Any]] = []
+        for i, environment in enumerate(environments):
+            parsed = parse_response(processor.tokenizer, first_ids[i], prefix=prompt_ids[i], tools=tools)
+            firsts.append(parsed)
+            calls = parsed.get("tool_calls") or []
+            ended = bool(first_ids[i]) and first_ids[i][-1] in {
+                processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                processor.tokenizer.eos_token_id,
+            }
+            if not calls and not (forced and ended):
+                continue
+            messages = [{**parsed, "content": parsed.get("content") or ""}]
+            if calls:
+                call = calls[0].get("function", {}) if isinstance(calls[0], Mapping) else {}
+                arguments = call.get("arguments") if isinstance(call.get("arguments"), Mapping) else {}
+                try:
+                    result: Any = environment.crop_image(**arguments)
+                except TypeError as error:  # arguments the tool does not take, as TRL reports a failed call
+                    result = str({"error": str(error)})
+                messages[0]["tool_calls"] = [{"type": "function", "function": {**call, "arguments": arguments}}]
+            else:
+                result = ForcedCrop(environment)()
+                messages[0]["tool_calls"] = [{"type": "function", "function": {"name": "crop_image", "arguments": {}}}]
+            messages.append({"role": "tool", "name": "crop_image", "content": result})
+            follow.append(conversations[i] + messages)
+            pending.append(i)
+        seconds: dict[int, str] = {}
+        if follow:
+            from trl.data_utils import prepare_multimodal_messages
+
+            follow = [prepare_multimodal_messages(c) for c in follow]
+            _, second_ids = _greedy(model, processor, follow, tools, max_new_tokens)
+            for i, ids in zip(pending, second_ids):
+                seconds[i] = _clean_generation(processor.tokenizer.decode(ids, skip_special_tokens=False))
+        for i, environment in enumerate(environments):
+            first = _clean_generation(processor.tokenizer.decode(first_ids[i], skip_special_tokens=False))
+            second = seconds.get(i)
+            outputs.append(
+                CropTurnOutput(
+                    first_turn=first,
+                    second_turn=second,
+                    answer=second if second is not None else first,
+                    called=any(not r.forced for r in environment.records) or bool(firsts[i].get("tool_calls")),
+                    crops=list(environment.records),
+                )
+            )
+    return outputs

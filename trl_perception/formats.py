@@ -10,8 +10,9 @@ each model family's text (its `box_format`).
 Parsing never evaluates text, rejects NaN/inf/huge numbers, and runs in time linear in the input: every
 regular expression here is free of nested quantifiers and ambiguous repetitions, brackets that cannot open
 JSON are skipped, complete non-answer lists are stepped over, and the JSON decodes that fail (which may scan
-far) are bounded in number. Only the text inside the last `<answer>…</answer>` is read (`answer_text`), so
-boxes written while thinking do not count. Parsed coordinates are returned as written;
+far) are bounded in number. Only the answer is read (`answer_text`): thinking (`<think>…</think>`, or an unclosed
+`<think>` to the end) is removed first (`strip_thinking`), then the text inside the last `<answer>…</answer>`
+is taken, so boxes and answer tags written while thinking do not count. Parsed coordinates are returned as written;
 `ParsedOutput.to_pixels` maps them to original pixels with a `frames.Frame`.
 """
 
@@ -20,17 +21,22 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ._json import loads_strict
 from .frames import Frame, check_box_format, convert_frame, frame_of
 
 __all__ = [
     "MAX_ABS_COORD",
     "MAX_OBJECTS",
     "JIGSAW_QUESTIONS",
+    "BoxBatch",
     "DetectedObject",
     "ParsedBoxes",
     "ParsedOutput",
@@ -39,11 +45,13 @@ __all__ = [
     "format_instruction",
     "parse_count",
     "parse_boxes",
+    "parse_boxes_batch",
     "parse_jigsaw_choice",
     "parse_jigsaw_grid",
     "parse_objects",
     "render_jigsaw_answer",
     "render_objects",
+    "strip_thinking",
     "strip_wrappers",
 ]
 
@@ -65,6 +73,8 @@ _PAIR_RE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
 _QUAD_RE = re.compile(rf"[\[(]\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*[\])]")
 _ANSWER_OPEN = "<answer>"
 _ANSWER_CLOSE = "</answer>"
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
 _FENCE_RE = re.compile(r"```[a-zA-Z]{0,10}")
 _PAD_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d", "Position", "position")
@@ -164,16 +174,45 @@ def completion_text(completion: Any) -> str:
     return "" if completion is None else str(completion)
 
 
+def strip_thinking(text: str) -> str | None:
+    """The completion without its thinking, or `None` when it thinks and then answers nothing.
+
+    Everything up to the last `</think>` is thinking (its `<think>` may have been in the prompt), and an
+    unclosed `<think>` runs to the end (thinking cut off by the length limit). Text without thinking tags is
+    returned unchanged. `None` means "no answer" (not "an empty answer"): a model that only thinks must not
+    collect the reward of an explicit empty answer. Slicing only: linear on any input.
+
+    Example:
+    ```python
+    >>> strip_thinking("<think>maybe [1, 2, 3, 4]</think><answer>[5, 6, 7, 8]</answer>")
+    '<answer>[5, 6, 7, 8]</answer>'
+    >>> strip_thinking("[5, 6, 7, 8]"), strip_thinking("<think><answer>[]</answer></think>"), strip_thinking("<think>cut o")
+    ('[5, 6, 7, 8]', None, None)
+
+    ```
+    """
+    close = text.rfind(_THINK_CLOSE)
+    rest = text[close + len(_THINK_CLOSE) :] if close >= 0 else text
+    start = rest.find(_THINK_OPEN)
+    if start >= 0:
+        rest = rest[:start]
+    if (close >= 0 or start >= 0) and not rest.strip():
+        return None
+    return rest
+
+
 def answer_text(text: str) -> str:
-    """The part of a completion that holds the answer: padding tokens removed, then the content of the last
-    `<answer>…</answer>` (an unclosed one runs to the end), or the text before a lone `</answer>` (its
-    opening tag was in the prompt), or the whole text. A `<think>…</think>` block before the answer is
-    left out with everything else outside the tags.
+    """The part of a completion that holds the answer: padding tokens and thinking (`strip_thinking`)
+    removed, then the content of the last `<answer>…</answer>` (an unclosed one runs to the end), or the text
+    before a lone `</answer>` (its opening tag was in the prompt), or the whole text. A completion that only
+    thinks has the answer `""` (`strip_thinking` tells it from an explicit empty answer).
 
     Example:
     ```python
     >>> answer_text("<think>maybe (1,2),(3,4)</think><answer>[5, 6, 7, 8]</answer><|im_end|>")
     '[5, 6, 7, 8]'
+    >>> answer_text("<think>it is <answer>[1, 2, 3, 4]</answer></think>")
+    ''
 
     ```
     """
@@ -182,6 +221,10 @@ def answer_text(text: str) -> str:
     for token in _PAD_TOKENS:
         if token in text:
             text = text.replace(token, "")
+    rest = strip_thinking(text)
+    if rest is None:
+        return ""
+    text = rest
     start = text.rfind(_ANSWER_OPEN)
     if start >= 0:
         end = text.find(_ANSWER_CLOSE, start)
@@ -282,11 +325,47 @@ _LABEL_TYPES = frozenset((str, type(None)))
 # regex instead of a JSON decode: JSON's own number and whitespace grammar, a label without escapes (what
 # the decoder returns for such text, so both readings agree; a property test checks it).
 _JWS = r"[ \t\n\r]*"
-_JNUM = r"(-?(?:0|[1-9]\d{0,20})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,4})?)"
+# A plain `-0` is left to the decoder: it reads the integer 0 where `float("-0")` gives -0.0.
+_JNUM = r"((?!-0[^.eE])-?(?:0|[1-9]\d{0,20})(?:\.\d{1,30})?(?:[eE][-+]?\d{1,4})?)"
 _ONE_BOX_RE = re.compile(
     rf'\[{_JWS}\{{{_JWS}"bbox_2d"{_JWS}:{_JWS}\[{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},{_JWS}{_JNUM}{_JWS},'
     rf'{_JWS}{_JNUM}{_JWS}\]{_JWS},{_JWS}"label"{_JWS}:{_JWS}"([^"\\\x00-\x1f]{{0,300}})"{_JWS}\}}{_JWS}\]'
 )
+
+
+_BOX_OF, _LABEL_OF = operator.itemgetter("bbox_2d"), operator.itemgetter("label")
+_LISTS, _STRINGS, _TWO, _FOUR = frozenset((list,)), frozenset((str,)), frozenset((2,)), frozenset((4,))
+
+
+def _labelled_boxes(items: list[Any]) -> tuple[list[float], list[str]] | None:
+    """The coordinates and labels of strictly decoded items (no NaN) when every one is exactly
+    `{"bbox_2d": [4 plain numbers], "label": str}` with finite numbers in range (the answer of a trained
+    model), checked in a few bulk passes; `None` otherwise (the general checks decide)."""
+    if not items:
+        return None
+    try:
+        coords = list(map(_BOX_OF, items))
+        labels = list(map(_LABEL_OF, items))
+    except (KeyError, TypeError):  # an item without a box or a label, or not a dict
+        return None
+    if (
+        set(map(len, items)) != _TWO
+        or set(map(type, labels)) != _STRINGS
+        or set(map(type, coords)) != _LISTS
+        or set(map(len, coords)) != _FOUR
+    ):
+        return None
+    flat = list(itertools.chain.from_iterable(coords))
+    if not set(map(type, flat)) <= _PLAIN_NUMBERS:
+        return None
+    try:
+        values = list(map(float, flat))
+    except OverflowError:
+        return None
+    # Decoded strictly, they hold no NaN, so the extremes bound every value (a huge literal is inf and fails).
+    if not (-MAX_ABS_COORD <= min(values) and max(values) <= MAX_ABS_COORD):
+        return None
+    return values, labels
 
 
 def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[str | None]] | None:
@@ -304,9 +383,20 @@ def _exact_json_items(body: str) -> tuple[list[bool] | None, list[float], list[s
             return None, values, [one.group(5)]
         return None
     try:
-        items = _DECODER.decode(body)
-    except (ValueError, RecursionError):
+        items = loads_strict(body)
+        lean = _labelled_boxes(items) if type(items) is list and len(items) < MAX_OBJECTS else None
+    except json.JSONDecodeError:
         return None
+    except ValueError:  # NaN / Infinity among the items: decoded to NaN, then checked item by item below
+        try:
+            items = _DECODER.decode(body)
+        except (ValueError, RecursionError):
+            return None
+        lean = None
+    except RecursionError:
+        return None
+    if lean is not None:
+        return None, *lean
     if type(items) is not list or len(items) >= MAX_OBJECTS:
         return None
     if items and set(map(type, items)) != {dict}:
@@ -387,6 +477,19 @@ class ParsedBoxes:
     truncated: bool = False
 
 
+def _clean_labels(labels: list[str | None]) -> list[str | None]:
+    """Labels as `DetectedObject.label` holds them: stripped, at most 300 characters, `None` when empty."""
+    if None in labels:
+        kept: list[str | None] = [label.strip() if label is not None else None for label in labels]
+    else:
+        kept = list(map(str.strip, labels))  # type: ignore[arg-type]
+    if kept and max(map(len, filter(None, kept)), default=0) > 300:
+        kept = [label[:300] if label else label for label in kept]
+    if "" in kept:
+        kept = [label or None for label in kept]
+    return kept
+
+
 def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = True) -> ParsedBoxes:
     """The boxes of a completion (with their labels), and the count of items that are not kept.
 
@@ -420,16 +523,7 @@ def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = 
                     starts = list(itertools.accumulate((4 if box else 2 for box in is_box), initial=0))[:-1]
                     pairs = [(start, label) for start, label, box in zip(starts, labels, is_box) if box]
                     starts, labels = [start for start, _ in pairs], [label for _, label in pairs]
-                if None in labels:
-                    kept: list[str | None] = [
-                        label.strip() if label is not None else None for label in labels
-                    ]
-                else:
-                    kept = list(map(str.strip, labels))  # type: ignore[arg-type]
-                if kept and max(map(len, filter(None, kept)), default=0) > 300:
-                    kept = [label[:300] if label else label for label in kept]
-                if "" in kept:
-                    kept = [label or None for label in kept]
+                kept = _clean_labels(labels)
                 if require_label and None in kept:  # boxes without a label are not kept
                     pairs = [(start, label) for start, label in zip(starts, kept) if label is not None]
                     starts, kept = [start for start, _ in pairs], [label for _, label in pairs]
@@ -448,6 +542,149 @@ def parse_boxes(text: Any, box_format: str | None = None, require_label: bool = 
             kept.append(obj.label)
     rejected = parsed.rejected + len(parsed.objects) - len(boxes)
     return ParsedBoxes(boxes, kept, rejected, parsed.valid, parsed.truncated)
+
+
+# The answer a trained Qwen model writes, `[{"bbox_2d": [x1, y1, x2, y2], "label": "name"}, ...]` with the spacing of
+# `json.dumps` inside each item and any JSON whitespace between items, split by one regex into the text of its
+# coordinates (digits, signs, points, exponents, commas and whitespace only: JSON decodes them, all answers of a
+# batch at once) and its labels (without quote, backslash or control character: the text is the JSON string).
+_CANONICAL_ITEM_RE = re.compile(r'\{"bbox_2d": \[([-+.0-9eE \t\n\r,]*)\], "label": "([^"\\\x00-\x1f]*)"\}')
+_JSON_WS = " \t\n\r"
+_THREE = frozenset((3,))
+
+
+def _canonical_items(body: str) -> tuple[str, list[str]] | None:
+    """`(coordinates text, labels)` of a body that is exactly a canonical list of labelled boxes, else `None`.
+    The coordinates text holds 4 comma-separated values per item; it is valid JSON (and then equal to the
+    items' `bbox_2d` values) only if each value is a JSON number, which the caller checks by decoding."""
+    parts = _CANONICAL_ITEM_RE.split(body)
+    n = len(parts) // 3
+    if not n or n >= MAX_OBJECTS or parts[0].rstrip(_JSON_WS) != "[" or parts[-1].lstrip(_JSON_WS) != "]":
+        return None
+    if n > 1 and any(sep.strip(_JSON_WS) != "," for sep in set(parts[3:-1:3])):
+        return None
+    coords = parts[1::3]
+    if set(map(str.count, coords, itertools.repeat(","))) != _THREE:
+        return None
+    return ",".join(coords), parts[2::3]
+
+
+@dataclass
+class BoxBatch:
+    """What `parse_boxes_batch` read from many completions.
+
+    Attributes:
+        coords: `[N, 4]` float64, the kept boxes of every completion as written; completion `i` owns rows
+            `spans[i][0]:spans[i][1]`.
+        spans: per completion, its `(start, stop)` rows of `coords`.
+        labels: per row of `coords`, its label (as in `ParsedBoxes.labels`).
+        rejected, valid, truncated: per completion, as in `ParsedBoxes`.
+    """
+
+    coords: np.ndarray
+    spans: list[tuple[int, int]]
+    labels: list[str | None]
+    rejected: list[int]
+    valid: list[bool]
+    truncated: list[bool]
+
+    def parsed(self, i: int) -> ParsedBoxes:
+        """Completion `i` as `parse_boxes` returns it."""
+        a, b = self.spans[i]
+        boxes = [tuple(box) for box in self.coords[a:b].tolist()]
+        return ParsedBoxes(boxes, self.labels[a:b], self.rejected[i], self.valid[i], self.truncated[i])
+
+
+def parse_boxes_batch(
+    texts: Sequence[Any], box_format: str | Sequence[str | None] | None = None, require_label: bool = True
+) -> BoxBatch:
+    """`parse_boxes` of many completions, stacked into one array, never raising. `box_format` is one for all
+    or one per completion.
+
+    Answers in the canonical layout (`[{"bbox_2d": [x1, y1, x2, y2], "label": "name"}, ...]` as `json.dumps`
+    and the Qwen models space it) are split by one regex and the coordinates of all of them decoded in one JSON
+    call and range-checked in one array operation; every other answer, and any whose coordinates are not
+    JSON numbers within `MAX_ABS_COORD`, goes through `parse_boxes`. Equal to `parse_boxes` on each (a
+    property test checks it).
+
+    Example:
+    ```python
+    >>> batch = parse_boxes_batch(['[{"bbox_2d": [1, 2, 3, 4], "label": " cat "}]', "(5,6),(7,8)", "no"],
+    ...                           require_label=False)
+    >>> batch.coords.tolist(), batch.spans, batch.labels, batch.valid
+    ([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], [(0, 1), (1, 2), (2, 2)], ['cat', None], [True, True, False])
+
+    ```
+    """
+    n = len(texts)
+    formats = [box_format] * n if box_format is None or isinstance(box_format, str) else list(box_format)
+    if len(formats) != n:
+        raise ValueError(f"box_format has {len(formats)} values for {n} completions")
+    for name in set(formats) - {None}:
+        check_box_format(name)  # type: ignore[arg-type]
+    lean: list[tuple[int, str, list[str]]] = []
+    general: list[int] = []
+    for i, text in enumerate(texts):
+        try:
+            if type(text) is str and text[:1] == "[" and text[-1:] == "]" and "<" not in text and "`" not in text:
+                body = text  # no tag, token or fence to remove: `strip_wrappers` would return it unchanged
+            else:
+                scope = answer_text(text if isinstance(text, str) else completion_text(text))
+                body = "<|box_start|>" if "<|box_start|>" in scope else _strip_fences(scope)
+            found = _canonical_items(body)
+        except Exception:  # noqa: BLE001 - `parse_boxes` below answers for anything odd, without raising
+            found = None
+        if found is None:
+            general.append(i)
+        else:
+            lean.append((i, *found))
+    # The canonical answers, in bulk: one decode of all their coordinates, one range check, one label clean-up.
+    # One whose coordinates are not JSON numbers within MAX_ABS_COORD is left to the general path.
+    n_items = [len(labels) for _, _, labels in lean]
+    flat, good = _decode_coordinates([numbers for _, numbers, _ in lean], n_items)
+    labels_all = _clean_labels(list(itertools.chain.from_iterable(labels for _, _, labels in lean)))
+    keep = np.repeat(np.array(good, dtype=bool), n_items)
+    if require_label and None in labels_all:
+        keep &= np.array([label is not None for label in labels_all], dtype=bool)
+    kept_counts = np.add.reduceat(keep, np.cumsum(n_items) - n_items).tolist() if lean else []
+    stops = itertools.accumulate(kept_counts)
+    rejected, valid, truncated = [0] * n, [True] * n, [False] * n
+    spans: list[tuple[int, int]] = [(0, 0)] * n
+    for (i, _, _), ok, count, kept, stop in zip(lean, good, n_items, kept_counts, stops):
+        if ok:
+            spans[i] = (stop - kept, stop)
+            rejected[i] = count - kept
+        else:
+            general.append(i)
+    labels_out = list(itertools.compress(labels_all, keep.tolist()))
+    chunks = [flat[keep]]
+    start = len(labels_out)
+    for i in general:
+        out = parse_boxes(texts[i], formats[i], require_label)
+        chunks.append(np.array(out.boxes, dtype=np.float64).reshape(-1, 4))
+        labels_out.extend(out.labels)
+        spans[i] = (start, start + len(out.boxes))
+        start += len(out.boxes)
+        rejected[i], valid[i], truncated[i] = out.rejected, out.valid, out.truncated
+    return BoxBatch(np.concatenate(chunks), spans, labels_out, rejected, valid, truncated)
+
+
+def _decode_coordinates(texts: list[str], n_items: list[int]) -> tuple[np.ndarray, list[bool]]:
+    """The coordinates texts of `_canonical_items` (`n_items[i]` boxes each) decoded into one `[N, 4]` array,
+    and per text whether it holds JSON numbers within `MAX_ABS_COORD` (the rows of one that does not are
+    zeros); all decoded in one call when all are valid JSON."""
+    try:
+        flat = np.array(loads_strict("[" + ",".join(texts) + "]"), dtype=np.float64).reshape(-1, 4)
+    except (ValueError, OverflowError, TypeError, RecursionError):  # one of them is bad: find which, one by one
+        if len(texts) <= 1:
+            return np.zeros((sum(n_items), 4)), [False] * len(texts)
+        parts = [_decode_coordinates([text], [count]) for text, count in zip(texts, n_items)]
+        return np.concatenate([part for part, _ in parts]), [ok for _, (ok,) in parts]
+    if not texts:
+        return flat, []
+    within = (np.abs(flat) <= MAX_ABS_COORD).all(axis=1)
+    good = [True] * len(texts) if within.all() else (np.add.reduceat(~within, np.cumsum(n_items) - n_items) == 0).tolist()
+    return flat, good
 
 
 def _skip_ws(text: str, pos: int) -> int:

@@ -15,6 +15,7 @@ __all__ = [
     "adapter_summary",
     "build_model_card",
     "push_to_hub",
+    "write_model_card",
 ]
 
 CARD_INPUTS_FILE = "trl_perception_card.json"
@@ -27,6 +28,10 @@ _TASK_TITLES = {
     "ocr": "page OCR",
     "detection": "object detection",
     "ovd": "open-vocabulary detection",
+}
+_METHOD_TEXT = {
+    "grpo": "GRPO (reinforcement learning with rule-based rewards)",
+    "sft": "supervised fine-tuning on ground-truth answers",
 }
 _FRAME_TEXT = {
     "qwen2_vl": "`<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, "
@@ -165,6 +170,7 @@ def build_model_card(
     eval_dataset: str | None = None,
     peft: Mapping[str, Any] | None = None,
     tags: Sequence[str] | None = None,
+    method: str = "grpo",
 ) -> str:
     """Write the model card (Markdown with YAML metadata) of a perception model.
 
@@ -190,7 +196,10 @@ def build_model_card(
         peft (`dict`, *optional*): the adapter set-up when the folder holds a LoRA adapter (`method`, `r`,
             `alpha`, `dropout`, `target_modules`, `quantization`; `adapter_summary` reads it from a model);
             the metadata then names `peft` as library.
-        tags (list, *optional*): tags added to the metadata's own (`trl`, `trl-perception`, `grpo`, the tasks).
+        tags (list, *optional*): tags added to the metadata's own (`trl`, `trl-perception`, the method, the tasks).
+        method (`str`): how the model was trained: `"grpo"` (reinforcement learning with the rewards) or `"sft"`
+            (supervised fine-tuning on the ground-truth answers). A `peft` summary with `merged: True` describes
+            a LoRA adapter folded into the weights: the repository then holds the full model.
 
     Returns:
         `str`: the card text.
@@ -209,23 +218,26 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    if method not in _METHOD_TEXT:
+        raise ValueError(f"unknown training method {method!r}; expected one of {sorted(_METHOD_TEXT)}")
     tasks = [task] if isinstance(task, str) else list(task)
+    merged = bool(peft and peft.get("merged"))
     datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
     rewards = _reward_rows(reward_funcs, reward_weights)
     hyper = _hyperparameters(training_args)
     data = ModelCardData(
         base_model=_hub_id(base_model),
         datasets=[d for d in datasets if _hub_id(d)] or None,
-        library_name="peft" if peft else "transformers",
+        library_name="peft" if peft and not merged else "transformers",
         license=license,
         pipeline_tag="image-text-to-text",
-        tags=list(dict.fromkeys(["trl", "trl-perception", "grpo", *tasks, *(tags or [])])),
+        tags=list(dict.fromkeys(["trl", "trl-perception", method, *tasks, *(tags or [])])),
         model_name=model_name,
     )
     lines = [
         f"# {model_name}",
         "",
-        f"A vision-language model post-trained with GRPO (reinforcement learning with rule-based rewards) for "
+        f"A vision-language model post-trained with {_METHOD_TEXT[method]} for "
         f"{', '.join(_TASK_TITLES.get(t, t) for t in tasks)}, with "
         "trl-perception on top of [TRL](https://github.com/huggingface/trl), following Perception-R1 "
         "([arXiv 2504.07954](https://arxiv.org/abs/2504.07954)).",
@@ -238,12 +250,13 @@ def build_model_card(
     if box_format:
         lines.append(f"- **Box format:** `{box_format}`: {_FRAME_TEXT.get(box_format, box_format)}")
     if peft:
-        method = peft.get("method", "LoRA")
         details = ", ".join(
-            f"{k} {v}" for k, v in peft.items() if k not in ("method", "quantization") and v is not None
+            f"{k} {v}" for k, v in peft.items() if k not in ("method", "quantization", "merged") and v is not None
         )
         quantization = f", base model quantized to {peft['quantization']}" if peft.get("quantization") else ""
-        lines.append(f"- **Adapter:** {method} ({details}){quantization}; this repository holds the adapter only")
+        holds = "merged into the weights; this repository holds the full model" if merged else (
+            "this repository holds the adapter only")  # fmt: skip
+        lines.append(f"- **Adapter:** {peft.get('method', 'LoRA')} ({details}){quantization}; {holds}")
     if rewards:
         lines += ["", "## Rewards", "", "| reward | weight |", "|---|---|"]
         lines += [f"| {name} | {weight} |" for name, weight in rewards]
@@ -282,7 +295,7 @@ def build_model_card(
         "print(processor.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=False)[0])",
         "```",
     ]
-    if peft:
+    if peft and not merged:
         lines += [
             "",
             f"Loading the adapter needs `peft` installed; transformers fetches the base model ({base_model}) "
@@ -306,6 +319,30 @@ def build_model_card(
         lines += ["", extra_text.strip()]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     return str(card)
+
+
+def write_model_card(output_dir: str | os.PathLike, **card_args: Any) -> str:
+    """Write the model card of a training run into `output_dir`: `README.md` (`build_model_card(**card_args)`)
+    and its inputs, `trl_perception_card.json`, which `push_to_hub` reads to rebuild the card for another
+    repository id. Returns the card text.
+
+    Example:
+    ```python
+    >>> import tempfile, pathlib
+    >>> folder = tempfile.mkdtemp()
+    >>> card = write_model_card(folder, model_name="run", base_model=None, task="ocr", method="sft")
+    >>> sorted(p.name for p in pathlib.Path(folder).iterdir()), "supervised fine-tuning" in card
+    (['README.md', 'trl_perception_card.json'], True)
+
+    ```
+    """
+    card = build_model_card(**card_args)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, CARD_INPUTS_FILE), "w", encoding="utf-8") as f:
+        json.dump(card_args, f, indent=2, default=str)
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+    return card
 
 
 def push_to_hub(

@@ -1,10 +1,12 @@
 """`PerceptionGRPOConfig` and `PerceptionGRPOTrainer`: TRL's GRPO trainer with coordinate frames, pixel
-budgets, Qwen2-VL box tokens and perception metrics taken care of. The training loop is TRL's own."""
+budgets, Qwen2-VL box tokens and perception metrics taken care of; `PerceptionSFTConfig` and
+`PerceptionSFTTrainer`: TRL's SFT trainer with the same pixel limits and model card. The training loops are TRL's own."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -16,9 +18,10 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
 from .callbacks import PerceptionEvalCallback
+from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits, prepare_tool_processor
 from .data.errors import RecordError
 from .data.images import read_image_size
 from .data.resize import scale_solution
@@ -36,12 +39,14 @@ from .frames import (
     patch_factor,
     resolve_box_format,
 )
-from .hub import CARD_HYPERPARAMETERS, CARD_INPUTS_FILE, adapter_summary, build_model_card
+from .hub import CARD_HYPERPARAMETERS, adapter_summary, write_model_card
 from .vllm import colocate_llm, limit_mm_per_prompt, mm_processor_kwargs, serve_args
 
 __all__ = [
     "PerceptionGRPOConfig",
     "PerceptionGRPOTrainer",
+    "PerceptionSFTConfig",
+    "PerceptionSFTTrainer",
     "vllm_serve_args",
 ]
 
@@ -58,6 +63,32 @@ _BOX_TOKENS = (
     "<|quad_end|>",
 )
 _CONTROL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
+
+
+_BOX_FORMAT_FIELD = {
+    "help": "Model family whose output syntax and coordinate frame the rewards use: 'qwen2_vl', "
+    "'qwen2_5_vl' or 'qwen3_vl'. 'auto' reads it from the model config's model_type.",
+    "choices": ["auto", *BOX_FORMATS],
+}
+_MIN_PIXELS_FIELD = {
+    "help": "Smallest image area (pixels) the model sees; set on the processor and handed to vLLM. "
+    "None keeps the processor's value."
+}
+_MAX_PIXELS_FIELD = {
+    "help": "Largest image area (pixels) the model sees; set on the processor and handed to vLLM. "
+    "None keeps the processor's value."
+}
+
+
+def _check_frame_fields(config: Any, *positive: str) -> None:
+    """The checks `box_format`, `min_pixels`, `max_pixels` (and the other `positive` integer fields) share."""
+    check_box_format(config.box_format, allow_auto=True)
+    for name in ("min_pixels", "max_pixels", *positive):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if config.min_pixels is not None and config.max_pixels is not None and config.min_pixels > config.max_pixels:
+        raise ValueError(f"min_pixels ({config.min_pixels}) must not exceed max_pixels ({config.max_pixels})")
 
 
 @dataclass
@@ -104,11 +135,32 @@ class PerceptionGRPOConfig(GRPOConfig):
 
         solution_in_group (`int`, *optional*, defaults to `0`):
             Replace this many rollouts of every GRPO group (the last ones) with the row's ground-truth answer, its
-            `completion` column (builders add it with `completion=True`), after ViSurf. The answer is scored by
+            `completion` column (`data.add_completions` adds it; the GRPO script does when this is set), after ViSurf. The answer is scored by
             the rewards and enters the loss like any rollout, with log-probabilities computed under the current
             policy; with vLLM it has no sampling log-probabilities, so its importance-sampling ratio is exactly 1
             and the off-policy mask compares it with the current policy. Groups whose own samples never earn a
             reward then still have a non-zero advantage. Must be smaller than `num_generations`.
+
+        > Parameters that control crop turns ("look again", after MGPO)
+
+        crop_turns (`int`, *optional*, defaults to `0`):
+            Let the model crop the original high-resolution image this many times per rollout before it answers
+            (MGPO: 1). The model calls the `crop_image` tool with a box in its family's frame; a
+            [`~trl_perception.crop.CropEnvironment`] per rollout crops the row's original (un-resized) image,
+            resizes the crop to `crop_min_pixels`/`crop_max_pixels` and shows it in a tool turn, which is masked
+            out of the loss (TRL's `tool_mask`). Sets `max_tool_calling_iterations`. Qwen2-VL and Qwen2.5-VL get
+            the library's tool-capable chat template (`crop.tool_chat_template`). Rows may carry `target_box`
+            (original pixels) for the `crop/iou` metric.
+        crop_min_pixels (`int`, *optional*):
+            Smallest area a crop is resized to; `None` is MGPO's 200,704. Kept within the processor's limits.
+        crop_max_pixels (`int`, *optional*):
+            Largest area a crop is resized to; `None` is MGPO's 1,003,520. Kept within the processor's limits.
+        crop_forced (`bool`, *optional*, defaults to `True`):
+            MGPO's fixed two-turn template: a rollout that ends its first turn without calling the tool gets the
+            second turn anyway, with the original image and the "could not be cropped (no box was given)" text,
+            as MGPO does for a missing or invalid box. Without it, a model that never calls the tool never sees a
+            second turn (MGPO reports that models "struggle to autonomously trigger visual grounding during the
+            rollout process"). Logged as `crop/forced_rate`.
 
         > Parameters that control logging
 
@@ -119,28 +171,9 @@ class PerceptionGRPOConfig(GRPOConfig):
             parquet file. Turns `log_completions` on; needs `log_multimodal=True`.
     """
 
-    box_format: str = field(
-        default="auto",
-        metadata={
-            "help": "Model family whose output syntax and coordinate frame the rewards use: 'qwen2_vl', "
-            "'qwen2_5_vl' or 'qwen3_vl'. 'auto' reads it from the model config's model_type.",
-            "choices": ["auto", *BOX_FORMATS],
-        },
-    )
-    min_pixels: int | None = field(
-        default=None,
-        metadata={
-            "help": "Smallest image area (pixels) the model sees; set on the processor and handed to vLLM. "
-            "None keeps the processor's value."
-        },
-    )
-    max_pixels: int | None = field(
-        default=None,
-        metadata={
-            "help": "Largest image area (pixels) the model sees; set on the processor and handed to vLLM. "
-            "None keeps the processor's value."
-        },
-    )
+    box_format: str = field(default="auto", metadata=_BOX_FORMAT_FIELD)
+    min_pixels: int | None = field(default=None, metadata=_MIN_PIXELS_FIELD)
+    max_pixels: int | None = field(default=None, metadata=_MAX_PIXELS_FIELD)
     resize_images: bool = field(
         default=True,
         metadata={
@@ -178,6 +211,28 @@ class PerceptionGRPOConfig(GRPOConfig):
             "'completion' column), after ViSurf. Must be smaller than num_generations."
         },
     )
+    crop_turns: int = field(
+        default=0,
+        metadata={
+            "help": "Crops of the original high-resolution image the model may request per rollout before "
+            "answering (MGPO: 1); sets max_tool_calling_iterations."
+        },
+    )
+    crop_min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Smallest area a crop is resized to; None is MGPO's 200704 (kept within the processor's)."},
+    )
+    crop_max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Largest area a crop is resized to; None is MGPO's 1003520 (kept within the processor's)."},
+    )
+    crop_forced: bool = field(
+        default=True,
+        metadata={
+            "help": "MGPO's fixed two-turn template: a rollout that answers without calling the crop tool still "
+            "gets the second turn, with the original image."
+        },
+    )
     log_box_images: bool = field(
         default=False,
         metadata={
@@ -187,13 +242,21 @@ class PerceptionGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        check_box_format(self.box_format, allow_auto=True)
-        for name in ("min_pixels", "max_pixels", "max_image_tokens", "vllm_max_num_batched_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value or value <= 0):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
-            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        _check_frame_fields(
+            self, "max_image_tokens", "vllm_max_num_batched_tokens", "crop_min_pixels", "crop_max_pixels"
+        )
+        turns = self.crop_turns
+        if isinstance(turns, bool) or not isinstance(turns, int) or turns < 0:
+            raise ValueError(f"crop_turns must be a non-negative integer, got {turns!r}")
+        if turns:
+            crop_pixel_limits(self.crop_min_pixels, self.crop_max_pixels)  # raises for min > max
+            if self.max_tool_calling_iterations is None:
+                self.max_tool_calling_iterations = turns
+            elif self.max_tool_calling_iterations != turns:
+                raise ValueError(
+                    f"crop_turns={turns} sets max_tool_calling_iterations, but it is set to "
+                    f"{self.max_tool_calling_iterations}; leave it unset or equal"
+                )
         if self.log_box_images:
             if not self.log_multimodal:
                 raise ValueError("log_box_images draws on the logged images: it needs log_multimodal=True")
@@ -306,7 +369,9 @@ class PerceptionRowTransform:
         max_pixels: int,
         resize: bool = True,
         inner: Callable[[dict], dict] | None = None,
+        keep_original: bool = False,
     ):
+        self.keep_original = bool(keep_original)  # crop turns crop the un-resized image
         self.box_format = box_format
         self.model_box_format = model_box_format  # the model's own family: its processor's grid
         self.min_pixels = int(min_pixels)
@@ -330,12 +395,13 @@ class PerceptionRowTransform:
         tasks = batch.get("task") or [None] * n
         solutions = batch.get("solution")
         declared = batch.get("image_size") or [None] * n
-        images_out, sizes_out, inputs_out = [], [], []
+        images_out, sizes_out, inputs_out, originals_out = [], [], [], []
         solutions_out = list(solutions) if solutions is not None else None
         for i in range(n):
             value = batch[key][i] if key is not None else None
             images = list(value) if key == "images" and value is not None else [value]
             first = images[0] if images else None
+            originals_out.append(first)
             if first is None or not hasattr(first, "size"):
                 images_out.append(value)
                 sizes_out.append(_size_pair(declared[i]) and list(_size_pair(declared[i])))
@@ -358,6 +424,8 @@ class PerceptionRowTransform:
         batch["image_size"] = sizes_out
         batch["input_size"] = inputs_out
         batch["box_format"] = [self.box_format] * n
+        if self.keep_original:
+            batch["original_image"] = originals_out
         if solutions_out is not None:
             batch["solution"] = solutions_out
         return batch
@@ -376,7 +444,8 @@ class PerceptionRowTransform:
     def __repr__(self) -> str:
         return (
             f"PerceptionRowTransform({self.box_format!r}, model_box_format={self.model_box_format!r}, min_pixels="
-            f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize})"
+            f"{self.min_pixels}, max_pixels={self.max_pixels}, resize={self.resize}"
+            + (", keep_original=True)" if self.keep_original else ")")
         )
 
 
@@ -457,10 +526,10 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 "image_size, ...); set it to False"
             )
 
-        model_config = self._model_config(model, args)
+        model_config = _model_config(model, args)
         self.box_format = resolve_box_format(args.box_format, model_config)
         self.model_box_format = box_format_of(model_config) or self.box_format
-        processing_class = self._prepare_processor(model, model_config, processing_class, args)
+        processing_class = _prepare_processor(model, model_config, processing_class, args, "PerceptionGRPOTrainer")
         self.min_pixels, self.max_pixels = self._pixel_limits(processing_class)
         self.patch_factor = self._check_patch_factor(processing_class)
         self.max_image_tokens = self._token_budget(args)
@@ -469,6 +538,9 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         self._sizes_within_budget: set[tuple[int, int]] = set()
         self._dataset_max_images = 1
         self._uses_vllm = bool(args.use_vllm)
+        self._crop_turns = int(args.crop_turns)
+        if self._crop_turns:
+            kwargs = self._add_crop_environment(processing_class, args, kwargs)
         keep = args.keep_box_tokens if args.keep_box_tokens is not None else self.box_format == "qwen2_vl"
         self._decode_drop_ids = self._drop_ids(processing_class) if keep else None
 
@@ -489,7 +561,9 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             eval_dataset = self._prepare_dataset(eval_dataset, "eval_dataset", needs_solution)
 
         self._pending_box_images: list | None = None
-        self._max_images_per_prompt = self._image_limit(args, kwargs.get("tools"))
+        self._max_images_per_prompt = self._image_limit(
+            args, kwargs.get("tools") or kwargs.get("environment_factory")
+        )
         vllm_patch = contextlib.nullcontext()
         if args.use_vllm and args.vllm_mode == "colocate":
             overrides = {}
@@ -517,6 +591,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 **kwargs,
             )
         self._bind_eval_callbacks()
+        if self._crop_turns:
+            self._suppress_video_tokens()
         if args.use_vllm and args.vllm_mode == "server" and self.accelerator.is_main_process:
             logger.info(
                 "vLLM server mode: start the server with these extra arguments so that rollouts see the "
@@ -526,61 +602,35 @@ class PerceptionGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------------------------ set-up
 
-    @staticmethod
-    def _model_config(model: Any, args: PerceptionGRPOConfig) -> Any:
-        if not isinstance(model, str):
-            return getattr(model, "config", model)
-        from transformers import AutoConfig
-
-        init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
-        return AutoConfig.from_pretrained(
-            model, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code
+    def _add_crop_environment(self, processing_class: Any, args: PerceptionGRPOConfig, kwargs: dict) -> dict:
+        """Crop turns: one `CropEnvironment` per rollout through TRL's `environment_factory`, and a chat
+        template that can call tools (Qwen2-VL and Qwen2.5-VL ship one that cannot)."""
+        if kwargs.get("environment_factory") is not None:
+            raise ValueError(
+                "crop_turns > 0 provides the environment_factory (a CropEnvironment per rollout); pass either "
+                "crop_turns or your own environment_factory"
+            )
+        prepare_tool_processor(processing_class, self.model_box_format)
+        lo, hi = self._pixel_limits(processing_class)
+        crop_lo, crop_hi = crop_pixel_limits(args.crop_min_pixels, args.crop_max_pixels, (lo, hi))
+        factory = functools.partial(
+            CropEnvironment, self.box_format, min_pixels=crop_lo, max_pixels=crop_hi, max_crops=self._crop_turns
         )
+        return {**kwargs, "environment_factory": factory}
 
-    @staticmethod
-    def _prepare_processor(
-        model: Any, model_config: Any, processing_class: Any, args: PerceptionGRPOConfig
-    ) -> Any:
-        from transformers import AutoProcessor, ProcessorMixin
-
-        if processing_class is None:
-            init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
-            model_id = model if isinstance(model, str) else getattr(model_config, "_name_or_path", "")
-            processing_class = AutoProcessor.from_pretrained(
-                model_id,
-                revision=init_kwargs.get("revision"),
-                truncation_side="left",
-                padding_side="left",
-                trust_remote_code=args.trust_remote_code,
-            )
-        else:
-            # The pixel limits and the decoding hook are the trainer's business, not the caller's object's.
-            processing_class = copy.deepcopy(processing_class)
-        if (
-            not isinstance(processing_class, ProcessorMixin)
-            or getattr(processing_class, "image_processor", None) is None
-        ):
-            raise TypeError(
-                "PerceptionGRPOTrainer trains vision-language models: the processing class must be a processor "
-                f"with an image processor, got {type(processing_class).__name__}"
-            )
-        image_processor = processing_class.image_processor
-        lo, hi = _processor_limits(image_processor)
-        lo = args.min_pixels if args.min_pixels is not None else lo
-        hi = args.max_pixels if args.max_pixels is not None else hi
-        if lo is None or hi is None:
-            raise ValueError(
-                f"{type(image_processor).__name__} declares no pixel limits; set min_pixels and max_pixels"
-            )
-        if lo > hi:
-            raise ValueError(
-                f"min_pixels ({lo}) exceeds max_pixels ({hi}) after merging config and processor"
-            )
-        image_processor.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
-        for name, value in (("min_pixels", lo), ("max_pixels", hi)):
-            if hasattr(image_processor, name):  # transformers 4 keeps them as attributes too
-                setattr(image_processor, name, int(value))
-        return processing_class
+    def _suppress_video_tokens(self) -> None:
+        """With tool images, TRL types every `<|video_pad|>` of the whole sequence, sampled ones included, as a
+        video token in the loss pass, and Qwen-VL models then fail for want of a video grid. TRL already keeps
+        transformers' generation from sampling the image token; crop turns also keep it from sampling the video
+        token (which no answer needs)."""
+        video = getattr(self.model.config, "video_token_id", None)
+        config = getattr(self, "generation_config", None)
+        if video is None or config is None or self.use_vllm:
+            return
+        suppressed = sorted({*(config.suppress_tokens or []), int(video)})
+        config.suppress_tokens = suppressed
+        if isinstance(getattr(self, "generation_kwargs", None), dict):
+            self.generation_kwargs["suppress_tokens"] = suppressed
 
     @staticmethod
     def _pixel_limits(processing_class: Any) -> tuple[int, int]:
@@ -668,11 +718,17 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                 self.max_pixels,
                 self._resize_images,
                 inner,
+                keep_original=bool(self._crop_turns),
             )
             return dataset.with_transform(transform)
         if isinstance(dataset, IterableDataset):
             transform = PerceptionRowTransform(
-                self.box_format, self.model_box_format, self.min_pixels, self.max_pixels, self._resize_images
+                self.box_format,
+                self.model_box_format,
+                self.min_pixels,
+                self.max_pixels,
+                self._resize_images,
+                keep_original=bool(self._crop_turns),
             )
             return dataset.map(transform, batched=True, batch_size=16)
         raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
@@ -873,6 +929,78 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             else:
                 processor.batch_decode = previous
 
+    # ------------------------------------------------------------------------------------------ crop turns
+
+    def _tool_call_loop(self, prompts, prompt_ids, completion_ids, completions, logprobs, images, multimodal_fields):
+        """TRL's tool loop; with `crop_forced`, MGPO's fixed second turn for rollouts whose first turn ended
+        without a tool call: their crop tool is called with no box (the original image comes back with the
+        invalid-box text), so they too answer in a second turn. The model's own tokens are unchanged."""
+        forced = self._force_crop_calls(completion_ids, completions) if self._crop_turns else []
+        try:
+            return super()._tool_call_loop(
+                prompts, prompt_ids, completion_ids, completions, logprobs, images, multimodal_fields
+            )
+        finally:
+            for i in forced:  # the call was the trainer's, not the model's: keep it out of the logged messages
+                completions[i][0].pop("tool_calls", None)
+                self._sync_tool_dicts[i][CROP_TOOL_NAME] = self.environments[i].crop_image
+
+    def _force_crop_calls(self, completion_ids: list, completions: list) -> list[int]:
+        if not self.args.crop_forced or not self.environments:
+            return []
+        ends = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        injected = set(self._injected_rows)  # a ground-truth answer stays a one-turn answer
+        forced = []
+        for i, (ids, completion) in enumerate(zip(completion_ids, completions)):
+            first = completion[0] if completion else None
+            if i in injected or not isinstance(first, dict) or first.get("tool_calls"):
+                continue
+            if not ids or ids[-1] not in ends:  # cut at max_completion_length: no room for a second turn
+                continue
+            environment = self.environments[i]
+            if not isinstance(environment, CropEnvironment):
+                continue
+            first["tool_calls"] = [{"type": "function", "function": {"name": CROP_TOOL_NAME, "arguments": {}}}]
+            self._sync_tool_dicts[i][CROP_TOOL_NAME] = ForcedCrop(environment)
+            forced.append(i)
+        return forced
+
+    def _log_crop_stats(self, mode: str) -> None:
+        """`crop/rate` (rollouts where the model called the tool), `crop/invalid_box_rate` (of its calls),
+        `crop/forced_rate`, `crop/area_fraction` (crop area / image area) and `crop/iou` (with the row's
+        `target_box`, over valid crops of rows that have one)."""
+        # rollouts, rollouts that called, calls, invalid calls, forced, valid crops, area sum, iou count, iou sum
+        stats = [0.0] * 9
+        for environment in self.environments or []:
+            if not isinstance(environment, CropEnvironment):
+                continue
+            own = [r for r in environment.records if not r.forced]
+            stats[0] += 1
+            stats[1] += bool(own)
+            stats[2] += len(own)
+            stats[3] += sum(not r.valid for r in own)
+            stats[4] += any(r.forced for r in environment.records)
+            for r in environment.records:
+                if r.valid:
+                    stats[5] += 1
+                    stats[6] += r.area_fraction or 0.0
+                    if r.iou is not None:
+                        stats[7] += 1
+                        stats[8] += r.iou
+        device = self.accelerator.device
+        totals = self.accelerator.gather(torch.tensor(stats, device=device, dtype=torch.float64)).view(-1, 9).sum(0)
+        n, called, calls, invalid, forced, valid, area, n_iou, iou = totals.tolist()
+        metrics = self._metrics[mode]
+        if n:
+            metrics["crop/rate"].append(called / n)
+            metrics["crop/forced_rate"].append(forced / n)
+        if calls:
+            metrics["crop/invalid_box_rate"].append(invalid / calls)
+        if valid:
+            metrics["crop/area_fraction"].append(area / valid)
+        if n_iou:
+            metrics["crop/iou"].append(iou / n_iou)
+
     # ------------------------------------------------------------------------------------------ rewards
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -880,6 +1008,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._log_task_rewards(mode, inputs, rewards_per_func)
         self._log_answer_stats(mode, inputs, completions)
+        if self._crop_turns:
+            self._log_crop_stats(mode)
         return rewards_per_func
 
     def _log_task_rewards(self, mode: str, inputs: list[dict], rewards_per_func: torch.Tensor) -> None:
@@ -1078,11 +1208,207 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             "license": license,
             "tags": [tags] if isinstance(tags, str) else list(tags or []),
         }
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, CARD_INPUTS_FILE), "w", encoding="utf-8") as f:
-            json.dump(card_args, f, indent=2, default=str)
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
-            f.write(build_model_card(**card_args))
+        write_model_card(self.args.output_dir, **card_args)
+
+
+@dataclass
+class PerceptionSFTConfig(SFTConfig):
+    r"""
+    Configuration of [`PerceptionSFTTrainer`]: every field of TRL's [`~trl.SFTConfig`] plus the frame fields of
+    [`PerceptionGRPOConfig`], so that an SFT stage and the GRPO stage after it read the same YAML keys.
+
+    Parameters:
+        box_format (`str`, *optional*, defaults to `"auto"`):
+            Model family whose answer syntax and coordinate frame the dataset's prompts and `completion` answers
+            use (`"qwen2_vl"`, `"qwen2_5_vl"`, `"qwen3_vl"`); `"auto"` reads it from the model config.
+        min_pixels (`int`, *optional*):
+            Smallest image area (in pixels) the model sees, set on the trainer's copy of the processor. Build the
+            dataset with the same limits: Qwen2.5-VL answers are pixels of the resized image.
+        max_pixels (`int`, *optional*):
+            Largest image area (in pixels) the model sees; same handling as `min_pixels`.
+        max_length (`int` or `None`, *optional*, defaults to `None`):
+            TRL's truncation length. `None` here (TRL's default is 1024): truncating a row with an image would cut
+            through its image tokens (the model then refuses the batch) or through the answer.
+
+    TRL's `dataset_kwargs` is not an argument here: in the scripts' YAML `dataset_kwargs` are the builder's options
+    (as in the GRPO recipes), and the trainer prepares the rows as TRL does for vision datasets.
+    """
+
+    box_format: str = field(default="auto", metadata=_BOX_FORMAT_FIELD)
+    min_pixels: int | None = field(default=None, metadata=_MIN_PIXELS_FIELD)
+    max_pixels: int | None = field(default=None, metadata=_MAX_PIXELS_FIELD)
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncation length in tokens; None (no truncation) so image tokens and answers stay whole."},
+    )
+    dataset_kwargs: dict | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        _check_frame_fields(self)
+        super().__post_init__()
+
+
+class PerceptionSFTTrainer(SFTTrainer):
+    """TRL's [`~trl.SFTTrainer`] on perception rows (a `prompt` with an image, the `completion` answer that
+    `data.add_completions` renders), with three additions; the loop, the collator, the loss masking (the loss is
+    on the answer only: TRL's `completion_only_loss` for prompt-completion rows), PEFT and QLoRA are TRL's.
+
+    - **Pixels.** The processor's `min_pixels`/`max_pixels` come from the config, as in
+      [`PerceptionGRPOTrainer`], so the model sees each image at the size its answer's frame assumes.
+    - **Model card.** `create_model_card` (and so `push_to_hub`) writes the perception card of `hub`, with the
+      tasks, the box format, the adapter set-up and the evaluation.
+    - **Merging.** `merge_adapter()` folds a LoRA adapter into the weights (PEFT's `merge_and_unload`), so the
+      saved folder is a plain model that a next stage (GRPO) loads like any checkpoint.
+
+    `box_format` is resolved from the model when the config says `"auto"`.
+
+    Example:
+    ```python
+    >>> import tempfile
+    >>> from trl_perception.data import add_completions, make_synthetic
+    >>> from trl_perception.testing import tiny_vlm
+    >>> rows = add_completions(make_synthetic("grounding", 2, box_format="qwen2_vl", max_pixels=56 * 56))
+    >>> args = PerceptionSFTConfig(tempfile.mkdtemp(), use_cpu=True, bf16=False, report_to="none", max_steps=1,
+    ...     per_device_train_batch_size=2, max_pixels=56 * 56)
+    >>> trainer = PerceptionSFTTrainer(tiny_vlm("qwen2_vl"), args, train_dataset=rows)
+    >>> trainer.box_format, trainer.processing_class.image_processor.size["longest_edge"]
+    ('qwen2_vl', 3136)
+
+    ```
+    """
+
+    _tag_names = ["trl", "sft", "trl-perception"]
+
+    def __init__(
+        self,
+        model: Any,
+        args: PerceptionSFTConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            args = PerceptionSFTConfig(f"{str(name).rstrip('/').split('/')[-1] or 'model'}-PerceptionSFT")
+        elif not isinstance(args, PerceptionSFTConfig):
+            raise TypeError(
+                f"PerceptionSFTTrainer needs a PerceptionSFTConfig (an SFTConfig with the frame fields), "
+                f"got {type(args).__name__}"
+            )
+        model_config = _model_config(model, args)
+        self.box_format = resolve_box_format(args.box_format, model_config)
+        processing_class = _prepare_processor(model, model_config, processing_class, args, "PerceptionSFTTrainer")
+        self.merged_adapter: dict[str, Any] | None = None
+        super().__init__(
+            model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, **kwargs,
+        )  # fmt: skip
+
+    def merge_adapter(self) -> Any:
+        """Fold the LoRA adapter into the weights (PEFT's `merge_and_unload`) and train/save the plain model from
+        now on; `save_model` then writes full weights and the processor, and the card says "LoRA, merged".
+        A quantized (QLoRA) base cannot take the merge exactly: that raises `ValueError`. Returns the model."""
+        summary = adapter_summary(self.model)
+        if summary is None:
+            raise ValueError("merge_adapter: the model has no LoRA adapter (train with use_peft)")
+        if summary.get("quantization"):
+            raise ValueError(
+                f"merge_adapter: the base model is quantized ({summary['quantization']}); merging into it would "
+                "round the adapter away. Keep the adapter, or train LoRA on an unquantized base to merge"
+            )
+        self.model = self.model.merge_and_unload()
+        self.model_wrapped = self.model
+        self.merged_adapter = {**summary, "merged": True}
+        return self.model
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | Sequence[str] | None = None,
+        tags: str | Sequence[str] | None = None,
+        *,
+        eval_metrics: Mapping[str, Any] | None = None,
+        eval_dataset: str | None = None,
+        license: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write the perception model card (`hub.write_model_card`, method `"sft"`) to `args.output_dir`, as
+        [`PerceptionGRPOTrainer.create_model_card`] does for GRPO: `README.md` and `trl_perception_card.json`.
+        Only the main process writes; other keyword arguments are accepted and ignored."""
+        if not self.is_world_process_zero():
+            return
+        tasks: list[str] = []
+        if hasattr(self.train_dataset, "unique") and "task" in (self.train_dataset.column_names or []):
+            tasks = sorted(str(t) for t in self.train_dataset.unique("task"))
+        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+        base = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        write_model_card(
+            self.args.output_dir,
+            model_name=self.hub_model_id
+            or self.args.hub_model_id
+            or model_name
+            or os.path.basename(os.path.abspath(self.args.output_dir)),
+            base_model=base or None,
+            task=tasks,
+            dataset=[str(d) for d in datasets],
+            box_format=self.box_format,
+            training_args={k: getattr(self.args, k, None) for k in CARD_HYPERPARAMETERS},
+            eval_metrics=dict(eval_metrics) if eval_metrics is not None else None,
+            eval_dataset=eval_dataset,
+            peft=self.merged_adapter or adapter_summary(self.model),
+            license=license,
+            tags=[tags] if isinstance(tags, str) else list(tags or []),
+            method="sft",
+        )
+
+
+def _model_config(model: Any, args: Any) -> Any:
+    """The config of `model` (a path or a loaded model), read without loading the weights."""
+    if not isinstance(model, str):
+        return getattr(model, "config", model)
+    from transformers import AutoConfig
+
+    init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+    return AutoConfig.from_pretrained(model, revision=init_kwargs.get("revision"), trust_remote_code=args.trust_remote_code)
+
+
+def _prepare_processor(model: Any, model_config: Any, processing_class: Any, args: Any, trainer: str) -> Any:
+    """The trainer's own processor (loaded, or a copy of the caller's) with `args.min_pixels`/`max_pixels` set
+    on its image processor, so that every image is fed at the size the dataset's frames assume."""
+    from transformers import AutoProcessor, ProcessorMixin
+
+    if processing_class is None:
+        init_kwargs = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+        model_id = model if isinstance(model, str) else getattr(model_config, "_name_or_path", "")
+        processing_class = AutoProcessor.from_pretrained(
+            model_id,
+            revision=init_kwargs.get("revision"),
+            truncation_side="left",
+            padding_side="left",
+            trust_remote_code=args.trust_remote_code,
+        )
+    else:
+        # The pixel limits and the decoding hook are the trainer's business, not the caller's object's.
+        processing_class = copy.deepcopy(processing_class)
+    if not isinstance(processing_class, ProcessorMixin) or getattr(processing_class, "image_processor", None) is None:
+        raise TypeError(
+            f"{trainer} trains vision-language models: the processing class must be a processor "
+            f"with an image processor, got {type(processing_class).__name__}"
+        )
+    image_processor = processing_class.image_processor
+    lo, hi = _processor_limits(image_processor)
+    lo = args.min_pixels if args.min_pixels is not None else lo
+    hi = args.max_pixels if args.max_pixels is not None else hi
+    if lo is None or hi is None:
+        raise ValueError(f"{type(image_processor).__name__} declares no pixel limits; set min_pixels and max_pixels")
+    if lo > hi:
+        raise ValueError(f"min_pixels ({lo}) exceeds max_pixels ({hi}) after merging config and processor")
+    image_processor.size = {"shortest_edge": int(lo), "longest_edge": int(hi)}
+    for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+        if hasattr(image_processor, name):  # transformers 4 keeps them as attributes too
+            setattr(image_processor, name, int(value))
+    return processing_class
 
 
 def _processor_limits(image_processor: Any) -> tuple[int | None, int | None]:
@@ -1131,7 +1457,8 @@ def _require_completion_column(dataset: Any) -> None:
     if "completion" not in columns:
         raise ValueError(
             "solution_in_group > 0 injects each row's ground-truth answer, its 'completion' column, into the "
-            f"rollout group, but the train_dataset has none (columns: {columns}); build it with completion=True"
+            f"rollout group, but the train_dataset has none (columns: {columns}); add it with "
+            "trl_perception.data.add_completions(rows)"
         )
 
 

@@ -7,7 +7,7 @@ Importing the package imports each builder module, which registers its builder i
 
 from __future__ import annotations
 
-from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco  # noqa: F401  (each registers its builder)
+from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco, text  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
 from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
@@ -20,6 +20,7 @@ from .refcoco import build_refcoco
 from .registry import BUILDERS, build_dataset, register_builder
 from .resize import fit_dataset_to_grid
 from .synthetic import make_synthetic
+from .text import TEXT_TASK, build_text
 
 __all__ = [
     "BUILDERS",
@@ -27,6 +28,7 @@ __all__ = [
     "DataError",
     "DataWarning",
     "TASK_TEMPLATES",
+    "TEXT_TASK",
     "add_completions",
     "build_coco_detection",
     "build_dataset",
@@ -34,6 +36,7 @@ __all__ = [
     "build_pixmo_count",
     "build_prompt",
     "build_refcoco",
+    "build_text",
     "fit_dataset_to_grid",
     "make_synthetic",
     "register_builder",

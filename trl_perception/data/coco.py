@@ -15,6 +15,7 @@ import numpy as np
 from ..frames import grid_size
 from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
 from .images import check_inside, image_struct
+from .io import loads_text
 from .registry import register_builder
 from .resize import check_box_format_options, check_image_size, finalize
 from .rows import PromptCache, prompt_feature, row_features, rows_to_dataset, select_rows
@@ -59,11 +60,11 @@ def _parse_without_segmentation(text: str) -> Any:
     if '"segmentation"' in stripped:
         stripped = _SEGMENTATION_LAST.sub("", stripped)
     try:
-        return json.loads(stripped)
+        return loads_text(stripped)
     except (ValueError, RecursionError):
         pass
     del stripped
-    return json.loads(text, object_hook=_drop_segmentation)
+    return loads_text(text, object_hook=_drop_segmentation)
 
 
 def load_coco(annotation_file: str | os.PathLike) -> dict[str, Any]:
@@ -139,6 +140,7 @@ def build_coco_detection(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     include_crowd: bool = False,
     keep_empty: bool = True,
     check_images: bool = True,
@@ -165,6 +167,8 @@ def build_coco_detection(
             `<root>/annotations/instances_val2017.json` → `<root>/val2017/` (or `val2017/` beside the file).
         num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
             `build_refcoco` (`{categories}` is the template field).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         include_crowd (`bool`): keep crowd regions as targets.
         keep_empty (`bool`): keep images without annotations.
         check_images (`bool`): check that every selected image file exists (one directory listing).
@@ -344,7 +348,7 @@ def build_coco_detection(
 
     return _assemble(
         chosen, target, ann_rows, ann_cats, xyxy, sizes, names, root, cat_names,
-        PromptCache("detection", box_format, template, system_prompt)(categories=", ".join(cat_names)),
+        PromptCache("detection", box_format, template, system_prompt, think=think)(categories=", ".join(cat_names)),
         box_format, min_pixels, max_pixels,
     )  # fmt: skip
 

@@ -147,7 +147,10 @@ def add_completions(
     The box format is the row's own `box_format` column when it has one (builders add it), else
     `box_format`; Qwen2.5-VL rows use their `input_size` column. With `object_order="random"` row `i` gets the
     permutation drawn from `numpy.random.default_rng([seed, i])`, so answers depend only on the seed and the
-    row. Images are not decoded.
+    row. Images are not decoded. With `think=True` (for rows built with `think=True`) each answer is
+    `<think>\\n</think>\\n<answer>…</answer>`: an empty thinking block, because no reasoning exists to imitate
+    (R1-style SFT data distils it from a reasoning model); it earns `think_answer_format_reward`, and every
+    reward scores it as the bare answer.
 
     Example:
     ```python

@@ -1,5 +1,9 @@
 """Safe readers for the files the builders take: JSON, JSON lines, parquet, and data pickles (plain data
-only, bounded work). Every failure becomes a `DataError` naming the file."""
+only, bounded work). Every failure becomes a `DataError` naming the file.
+
+Text comes out as valid Unicode: a lone UTF-16 surrogate, which JSON can spell (`"cat\\ud800"`) and a pickle
+can hold but no UTF-8 file, Arrow table or picture can, becomes U+FFFD (`valid_text`), so a label,
+sentence or file name never crashes a build."""
 
 from __future__ import annotations
 
@@ -22,9 +26,61 @@ __all__ = [
     "load_json",
     "load_json_records",
     "load_pickle",
+    "loads_text",
     "parquet_columns",
     "read_parquet",
+    "valid_text",
 ]
+
+
+def _may_hold_surrogates(data: str | bytes) -> bool:
+    """Whether decoding `data` (JSON text or a pickle) may give a lone surrogate: it holds an escape
+    `\\uD...` (JSON, protocol-0 pickles) or, in bytes, a 0xED lead byte (a surrogate UTF-8-style, as binary
+    pickles store it). Substring scans only; a false alarm just costs a walk over the value."""
+    if isinstance(data, str):
+        return "\\ud" in data or "\\uD" in data
+    return b"\\ud" in data or b"\\uD" in data or b"\xed" in data
+
+
+def valid_text(value: Any) -> Any:
+    """`value` with every string (dict keys included) valid Unicode: each lone UTF-16 surrogate becomes
+    U+FFFD, a split surrogate pair is joined. Containers are rebuilt (call it only when needed).
+
+    Example:
+    ```python
+    >>> valid_text({"name": "cat\\ud800", "ids": (1, "dog")})
+    {'name': 'cat\ufffd', 'ids': (1, 'dog')}
+    >>> valid_text(["\\ud83d\\ude00"])
+    ['😀']
+
+    ```
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {valid_text(k): valid_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(valid_text(v) for v in value)
+    return value
+
+
+def loads_text(text: str | bytes, **kwargs: Any) -> Any:
+    """`json.loads(text, **kwargs)`, with strings made valid Unicode (`valid_text`) when the text escapes a
+    surrogate.
+
+    Example:
+    ```python
+    >>> loads_text('{"label": "cat\\\\ud800"}')
+    {'label': 'cat\ufffd'}
+
+    ```
+    """
+    value = json.loads(text, **kwargs)
+    return valid_text(value) if _may_hold_surrogates(text) else value
 
 
 def _require_file(path: str | os.PathLike) -> Path:
@@ -52,7 +108,7 @@ def load_json(path: str | os.PathLike) -> Any:
     path = _require_file(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return loads_text(f.read())
     except (json.JSONDecodeError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise DataError(f"{path}: not valid JSON (truncated file?): {err}") from None
 
@@ -77,7 +133,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield number, json.loads(raw.decode("utf-8"))
+                yield number, loads_text(raw.decode("utf-8"))
             except (ValueError, UnicodeDecodeError, RecursionError) as err:
                 yield number, RecordError("bad json", f"not valid JSON: {err}")
 
@@ -218,7 +274,7 @@ def load_pickle(source: str | os.PathLike | bytes) -> Any:
         try:
             value = _RestrictedUnpickler(io.BytesIO(data), encoding=encoding).load()
             _check_plain(value)
-            return value
+            return valid_text(value) if _may_hold_surrogates(data) else value
         except UnicodeDecodeError as err:
             last = err
             continue

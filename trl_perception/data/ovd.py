@@ -4,7 +4,6 @@ VLM-R1's own jsonl files."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..formats import strip_wrappers
 from .coco import _categories, load_coco
 from .errors import ErrorPolicy, RecordError
 from .images import ImageFolder, image_struct, read_image_size
-from .io import load_json_records
+from .io import load_json_records, loads_text
 from .registry import register_builder
 from .resize import check_box_format_options, check_image_size
 from .rows import PromptCache, contract_dataset, select_rows
@@ -55,6 +54,7 @@ def build_ovd(
     check_images: bool = True,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """Open-vocabulary detection rows (`task == "ovd"`), one per image.
@@ -95,6 +95,8 @@ def build_ovd(
         split: not used (one file per split); must be `None`.
         num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in every
             builder (`{phrases}` is the template field).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, also to a VLM-R1 jsonl `question`, after the template and the box format's instruction).
         num_negatives (`int | None`): absent phrases per image (`None`: every candidate, e.g. all of an
             OVDEval image's `neg_text`).
         negatives (`str`): `"random"` or `"similar"` (see above).
@@ -145,7 +147,8 @@ def build_ovd(
         raise FileNotFoundError(f"{path}: no such file")
     folder = ImageFolder(image_dir if image_dir is not None else path.parent, allow_outside=allow_outside_image_dir)
     policy = ErrorPolicy(path, on_error)
-    prompts = PromptCache("ovd", box_format, template, system_prompt)
+    prompts = PromptCache("ovd", box_format, template, system_prompt, think=think)
+    questions = PromptCache("ovd", box_format, "{question}", system_prompt, think=think)  # VLM-R1 jsonl
     if _is_coco(path):
         rows, total = _coco_rows(
             path, folder, policy, seed, num_negatives, negatives, float(negative_only_rate), max_positives,
@@ -186,7 +189,7 @@ def build_ovd(
     picked = [rows[i] for i in chosen]
     prompt_list = [
         prompts(phrases=", ".join(r["phrases"])) if r.get("question") is None else
-        PromptCache("ovd", box_format, "{question}", system_prompt)(question=r["question"])
+        questions(question=r["question"])
         for r in picked
     ]  # fmt: skip
     dataset = contract_dataset(
@@ -491,7 +494,7 @@ def _answer_objects(text: str) -> list[dict[str, Any]]:
     if body.strip().rstrip(".").lower() in ("", "none", "null", "[]"):
         return []
     try:
-        items = json.loads(body)
+        items = loads_text(body)
     except (ValueError, RecursionError) as err:
         raise RecordError("bad record", f"the gpt answer is neither None nor a JSON list of boxes ({err})") from None
     if isinstance(items, dict):

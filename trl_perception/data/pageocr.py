@@ -50,6 +50,7 @@ def build_pageocr(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
     """OCR rows from a Fox page-OCR file (English `en_page_ocr.json` or Chinese `cn_page_ocr.json`).
@@ -67,6 +68,8 @@ def build_pageocr(
         num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
             `build_refcoco`. A box format adds its columns (OCR has no output-format instruction); pixel
             limits resize pages to its grid (the text is unchanged).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         allow_outside_image_dir (`bool`): accept an `image` path that leaves `image_dir` (`../x.png`, an
             absolute path); off by default, where such a path is a bad record.
 
@@ -137,7 +140,7 @@ def build_pageocr(
     chosen = select_rows(len(records), accept, num_samples, seed)
     policy.finish(len(entries))
     picked = [records[i] for i in chosen]
-    prompt = PromptCache("ocr", box_format, template, system_prompt)
+    prompt = PromptCache("ocr", box_format, template, system_prompt, think=think)
     return contract_dataset(
         "ocr",
         [prompt() for _ in picked],

@@ -226,6 +226,7 @@ def build_pixmo_count(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     verify_sha256: bool = False,
     allow_outside_image_dir: bool = False,
 ) -> datasets.Dataset:
@@ -251,6 +252,8 @@ def build_pixmo_count(
             itself when it is a folder).
         num_samples, seed, on_error, box_format, min_pixels, max_pixels, template, system_prompt: as in
             `build_refcoco` (`{label}` is the template field).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         verify_sha256 (`bool`): hash each image found and check it against `image_sha256` (a mismatch is
             a bad record). Off by default: it reads every file.
         allow_outside_image_dir (`bool`): accept an `image_path` that leaves `image_dir` (`../x.jpg`, an
@@ -320,7 +323,7 @@ def build_pixmo_count(
     chosen = select_rows(len(records), accept, num_samples, seed)
     policy.finish(total)
     picked = [records[i] for i in chosen]
-    prompt = PromptCache("counting", box_format, template, system_prompt)
+    prompt = PromptCache("counting", box_format, template, system_prompt, think=think)
     return contract_dataset(
         "counting",
         [prompt(label=r["label"]) for r in picked],

@@ -3,7 +3,6 @@ the lmms-lab and jxu124 parquet releases, and Perception-R1's flat JSON."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RECORD_ERRORS, DataError, ErrorPolicy, RecordError, short_repr
 from .images import ImageFolder, image_struct, read_image_size
-from .io import load_json, load_json_records, load_pickle, parquet_columns, read_parquet
+from .io import load_json, load_json_records, load_pickle, loads_text, parquet_columns, read_parquet
 from .registry import register_builder
 from .resize import check_box_format_options, check_image_size, scale_solution
 from .rows import PromptCache, contract_dataset, select_rows
@@ -391,7 +390,7 @@ def _read_jxu(
         try:
             info = columns["raw_image_info"][i]
             try:
-                info = json.loads(info) if isinstance(info, str) else info
+                info = loads_text(info) if isinstance(info, str) else info
             except ValueError as err:
                 raise RecordError("bad record", f"raw_image_info is not valid JSON: {err}") from None
             info = require_keys(info, ("width", "height"), "raw_image_info")
@@ -438,7 +437,7 @@ def _pr1_box(value: Any, what: str = "solution") -> list[float]:
     """A flat-file box: a list, or its text (`"[x1, y1, x2, y2]"`, as refcoco_320k stores it)."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_text(value)
         except ValueError:
             raise RecordError("bad bbox", f"{what} {short_repr(value)} is not a list of 4 numbers") from None
     return check_xyxy(value, what)
@@ -559,6 +558,7 @@ def build_refcoco(
     max_pixels: int | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     per: str = "sentence",
     split_by: str | None = None,
     sentence_key: str = "sent",
@@ -597,6 +597,8 @@ def build_refcoco(
         min_pixels, max_pixels (`int`, *optional*): with `box_format`, fit each image to the model's
             grid within these limits (lazily, on access) and scale `solution` / `image_size` with it.
         template, system_prompt (`str`, *optional*): override the prompt (`{question}` is the sentence).
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         per (`str`): `"sentence"` (one row per referring sentence) or `"object"` (one row per referred
             object, prompted with its first sentence).
         split_by (`str`, *optional*): which refs pickle of the refer layout (`"unc"`, `"umd"`,
@@ -711,7 +713,7 @@ def build_refcoco(
     chosen = select_rows(len(rows), accept, num_samples, seed)
     policy.finish(total)
 
-    prompt = PromptCache("grounding", box_format, template, system_prompt)
+    prompt = PromptCache("grounding", box_format, template, system_prompt, think=think)
     picked = [objects[rows[i][0]] for i in chosen]
     if image_column is not None:
         image = _embedded_images(image_column, picked)

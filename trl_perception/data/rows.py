@@ -239,24 +239,38 @@ def rows_to_dataset(
 
 
 class PromptCache:
-    """Builds each distinct prompt once (detection prompts repeat on every row).
+    """Builds each distinct prompt once (detection prompts repeat on every row): the one place where a
+    builder's prompt options (`box_format`, `template`, `system_prompt`, `think`) reach `build_prompt`.
+
+    `think=True` appends `THINK_INSTRUCTION` to the user text, after the template (the task's or yours) and the
+    box format's output instruction; a system prompt stays a separate turn, unchanged.
 
     Example:
     ```python
     >>> prompts = PromptCache("counting", None, None, None)
     >>> prompts(label="cats") is prompts(label="cats")
     True
+    >>> PromptCache("ocr", None, None, None, think=True)()[0]["content"][1]["text"].endswith("</answer> tags.")
+    True
 
     ```
     """
 
-    def __init__(self, task: str, box_format: str | None, template: str | None, system_prompt: str | None):
+    def __init__(
+        self,
+        task: str,
+        box_format: str | None,
+        template: str | None,
+        system_prompt: str | None,
+        think: bool = False,
+    ):
         self.task, self.box_format, self.template, self.system_prompt = (
             task,
             box_format,
             template,
             system_prompt,
         )
+        self.think = bool(think)
         self._cache: dict[tuple, list[dict[str, Any]]] = {}
 
     def __call__(self, **fields: Any) -> list[dict[str, Any]]:
@@ -267,6 +281,7 @@ class PromptCache:
                 box_format=self.box_format,
                 template=self.template,
                 system_prompt=self.system_prompt,
+                think=self.think,
                 **fields,
             )
         return self._cache[key]

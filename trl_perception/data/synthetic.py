@@ -604,6 +604,10 @@ def _object_range(task: str, opts: _Options) -> tuple[int, int]:
     return lo, hi
 
 
+_GROUNDING_SCENES = 20
+"""Scenes drawn for one grounding sample before its settings are declared impossible."""
+
+
 def _order(rng: np.random.Generator, items: list[Any], key_xy, shuffle: bool) -> list[Any]:
     if shuffle:
         return [items[int(i)] for i in rng.permutation(len(items))]
@@ -638,9 +642,19 @@ def _sample(
         kinds = [target]
         if others:
             kinds += [others[int(i)] for i in rng.integers(len(others), size=n_distractors)]
-        image, objects = render_scene(rng, kinds, **scene)
-        box = next(o["bbox_2d"] for o in objects if o["kind_index"] == 0)
-        return image, box, {"question": f"{target[0]} {target[1]}"}, objects
+        # The target may find no room, or be hidden by later shapes when they may overlap: draw again, a
+        # bounded number of times, then say which setting leaves it no room.
+        for _ in range(_GROUNDING_SCENES):
+            image, objects = render_scene(rng, kinds, **scene)
+            box = next((o["bbox_2d"] for o in objects if o["kind_index"] == 0), None)
+            if box is not None:
+                return image, box, {"question": f"{target[0]} {target[1]}"}, objects
+        raise ValueError(
+            f"grounding: the target shape was not visible in any of {_GROUNDING_SCENES} scenes of "
+            f"{len(kinds)} shapes on {opts.image_size[0]}x{opts.image_size[1]} pixels with "
+            f"min_size={opts.min_size}, max_size={opts.max_size}, max_overlap={opts.max_overlap}: lower "
+            "max_objects, min_size or max_overlap, or enlarge image_size"
+        )
     if task == "counting":
         target = kinds_all[int(rng.integers(len(kinds_all)))]
         others = [k for k in kinds_all if k != target]
@@ -836,6 +850,7 @@ def make_synthetic(
     font: str | None = None,
     template: str | None = None,
     system_prompt: str | None = None,
+    think: bool = False,
     shuffle_objects: bool = True,
     box_jitter: str | None = None,
     box_noise_px: int = 3,
@@ -880,11 +895,14 @@ def make_synthetic(
         min_size, max_size: side of each shape's square in pixels (default: scaled to the image and the
             number of shapes; 16–67 for one shape in 112×112).
         max_overlap: 0 keeps shapes apart; above 0, boxes may overlap up to this IoU (GT then covers the
-            visible pixels).
+            visible pixels). A grounding scene whose target finds no room or is hidden is drawn again; after
+            20 such scenes the settings are refused with a `ValueError` naming them.
         shapes, colors: names from `SHAPES` and `COLORS`.
         background: `"grey"`, `"color"`, `"noise"`, `"mixed"` (one of the three per image) or a list.
         language, font: OCR language and an optional font file.
         template, system_prompt: passed to `build_prompt`.
+        think (`bool`): ask for R1-style `<think>…</think><answer>…</answer>` (`data.prompts.THINK_INSTRUCTION`
+            appended to the user text, after the template and the box format's instruction).
         shuffle_objects: detection boxes and counting points in random order per row, as real annotations
             are; `False` gives reading order (top to bottom, then left to right).
         box_jitter: imperfect supervision for training: `"loose"`, `"shift"` or `"random"` (see
@@ -935,7 +953,7 @@ def make_synthetic(
     )  # fmt: skip
     _require_cjk_font("ocr" in tasks, language, font)
 
-    prompts = {t: PromptCache(t, box_format, template, system_prompt) for t in tasks}
+    prompts = {t: PromptCache(t, box_format, template, system_prompt, think=think) for t in tasks}
     columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
     if box_format is not None:
         columns["box_format"] = []

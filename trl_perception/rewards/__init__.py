@@ -9,9 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .counting import count_reward
+from .counting import count_reward, make_count_reward
 from .detection import MAX_DETECTIONS, detection_reward, make_detection_reward
-from .format import format_reward, json_format_reward, qwen2_vl_format_reward
+from .format import format_reward, json_format_reward, qwen2_vl_format_reward, think_answer_format_reward
 from .grounding import grounding_format_reward, iou_reward, make_iou_reward
 from .jigsaw import jigsaw_format_reward, jigsaw_reward, make_jigsaw_reward
 from .ocr import ocr_reward
@@ -29,6 +29,7 @@ __all__ = [
     "jigsaw_reward",
     "json_format_reward",
     "list_rewards",
+    "make_count_reward",
     "make_detection_reward",
     "make_iou_reward",
     "make_od_reward",
@@ -40,6 +41,7 @@ __all__ = [
     "od_weighted_reward",
     "qwen2_vl_format_reward",
     "register_reward",
+    "think_answer_format_reward",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -139,13 +141,15 @@ def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]
     A reward function by name, with optional parameters bound.
 
     Built-in names: `iou`, `iou_squared` (IoU², as Perception-R1's released code), `grounding_format`,
-    `count` (alias `counting`), `ocr`, `detection`, `detection_released` (released weighting, range [0, 3]),
-    `format`, `qwen2_vl_format`, `json_format`, the open-vocabulary detection rewards `od_ap`, `od_ap50`,
-    `od_length` (alias `odLength`), `od_weighted` (alias `weighted_sum`) and their VLM-R1-compatible
-    `*_vlm_r1` variants (`make_od_reward(..., vlm_r1=True)`); plus anything added with `register_reward`. Names ignore case
-    `format`, `qwen2_vl_format`, `json_format`, `jigsaw` (`metric="connections"` or `jigsaw_connections`), `jigsaw_format`; plus anything added with `register_reward`. Names ignore case
-    and a trailing `_reward`. Parameters go to the reward's factory (`make_iou_reward`,
-    `make_detection_reward`); for a plain function they are bound with `functools.partial` and must be named
+    `count` (alias `counting`), `count_sequential`, `ocr`, `detection`, `detection_released` (released
+    weighting, range [0, 3]), `detection_sequential` (the `*_sequential` entries: Table 5's "w/o reward
+    matching"), `format`, `qwen2_vl_format`, `json_format`, `think_answer_format` (Table 5's "w/ thinking"),
+    the open-vocabulary detection rewards `od_ap`, `od_ap50`, `od_length` (alias `odLength`), `od_weighted`
+    (alias `weighted_sum`) and their VLM-R1-compatible `*_vlm_r1` variants (`make_od_reward(..., vlm_r1=True)`),
+    `jigsaw` (`metric="connections"` or `jigsaw_connections`), `jigsaw_format`; plus anything added with
+    `register_reward`. Names ignore case and a trailing `_reward`. Parameters go to the reward's factory
+    (`make_iou_reward`, `make_count_reward`, `make_detection_reward`, ...), which returns a named callable;
+    for a plain function they are bound with `functools.partial` and must be named
     parameters of it. The result is picklable whenever the registered object is.
 
     Args:
@@ -163,6 +167,8 @@ def get_reward(name: str, /, **params: Any) -> Callable[..., list[float | None]]
     ('iou_reward', 'iou_squared_reward')
     >>> get_reward("detection_released")(["[]"], [[]])
     [3.0]
+    >>> get_reward("count_sequential").__name__, get_reward("detection", matching="sequential").__name__
+    ('count_sequential_reward', 'detection_sequential_reward')
 
     ```
     """
@@ -214,13 +220,27 @@ def _detection_released_factory(**params: Any) -> Callable[..., list[float | Non
 _register("iou", iou_reward, make_iou_reward, False)
 _register("iou_squared", make_iou_reward(squared=True), _iou_squared_factory, False)
 _register("grounding_format", grounding_format_reward, None, False)
-_register("count", count_reward, None, False)
+_register("count", count_reward, make_count_reward, False)
 _register("ocr", ocr_reward, None, False)
 _register("detection", detection_reward, make_detection_reward, False)
 _register("detection_released", make_detection_reward(released_code=True), _detection_released_factory, False)
+
+
+def _count_sequential_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_count_reward(**{"matching": "sequential", **params})
+
+
+def _detection_sequential_factory(**params: Any) -> Callable[..., list[float | None]]:
+    return make_detection_reward(**{"matching": "sequential", **params})
+
+
+# Table 5's "w/o reward matching": named entries, so that a recipe selects them by name and TRL logs them apart.
+_register("count_sequential", make_count_reward(matching="sequential"), _count_sequential_factory, False)
+_register("detection_sequential", make_detection_reward(matching="sequential"), _detection_sequential_factory, False)
 _register("format", format_reward, None, False)
 _register("qwen2_vl_format", qwen2_vl_format_reward, None, False)
 _register("json_format", json_format_reward, None, False)
+_register("think_answer_format", think_answer_format_reward, None, False)
 
 
 class _ODFactory:

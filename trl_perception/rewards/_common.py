@@ -18,6 +18,7 @@ import numpy as np
 from .._json import loads_strict
 from ..formats import (
     completion_text,
+    strip_thinking,
     strip_wrappers,
 )
 from ..frames import BOX_FORMATS, Frame
@@ -87,16 +88,22 @@ _EMPTY_ANSWER_RE = re.compile(r"(?:\[\s*\]|none|null|nothing|no objects?(?: foun
 
 def is_empty_answer(text: str) -> bool:
     """Whether a completion explicitly answers "no object": empty text, `[]`, `None`, `null`, `nothing`,
-    `No object(s) (found)` — after removing padding tokens, `<answer>` tags and code fences.
+    `No object(s) (found)` — after removing padding tokens, thinking, `<answer>` tags and code fences. A
+    completion that thinks and then answers nothing (`formats.strip_thinking` is `None`) has no answer, which
+    is not the empty answer.
 
     Example:
     ```python
     >>> is_empty_answer("```json\\n[]\\n```<|im_end|>"), is_empty_answer("No objects."), is_empty_answer("garbage")
     (True, True, False)
+    >>> is_empty_answer("<think>x</think><answer>[]</answer>"), is_empty_answer("<think>[]</think>")
+    (True, False)
 
     ```
     """
     try:
+        if strip_thinking(remove_padding(text)) is None:
+            return False
         body = strip_wrappers(text)
     except Exception:  # noqa: BLE001
         return False
@@ -229,6 +236,10 @@ class SolutionCache:
             self._error = err
             raise
         return self._value
+
+    def of_row(self, row: Row) -> Any:
+        """The decoded solution of `row`."""
+        return self(row.solution)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -431,6 +442,13 @@ class ComponentLog:
     def set(self, index: int, **values: float | None) -> None:
         for key, value in values.items():
             self.columns[key][index] = None if value is None else float(value)
+
+    def set_rows(self, indices: Sequence[int], **columns: Sequence[float] | np.ndarray) -> None:
+        """`set` for many rows: `columns[key][k]` is the value of row `indices[k]`."""
+        for key, values in columns.items():
+            column = self.columns[key]
+            for index, value in zip(indices, np.asarray(values, dtype=np.float64).tolist()):
+                column[index] = value
 
     def emit(self, kwargs: dict[str, Any]) -> None:
         log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")

@@ -23,7 +23,7 @@ from ._common import (
     select_rows,
 )
 
-__all__ = ["count_reward"]
+__all__ = ["count_reward", "make_count_reward"]
 
 _TASKS = ("counting",)
 _NAME = "count_reward"
@@ -154,14 +154,19 @@ def count_reward(
 
     ```
     """
-    check_matching(matching)
-    rows, n = select_rows(_NAME, _TASKS, completions, solution, kwargs)
+    return _count_rewards(_NAME, check_matching(matching), completions, solution, kwargs)
+
+
+def _count_rewards(
+    name: str, matching: str, completions: list, solution: list, kwargs: dict[str, Any]
+) -> list[float | None]:
+    rows, n = select_rows(name, _TASKS, completions, solution, kwargs)
     rewards: list[float | None] = [None] * n
-    log = ComponentLog(_NAME, n, ("count_exact", "count_ratio", "mean_distance", "parse_failure"))
+    log = ComponentLog(name, n, ("count_exact", "count_ratio", "mean_distance", "parse_failure"))
     targets = SolutionCache(_counting_target)
     for row in rows:
         result = call_safely(
-            _NAME,
+            name,
             row,
             lambda r: _score(r, targets(r.solution), matching),
             failure=(0.0, {"parse_failure": 1.0}),
@@ -173,3 +178,43 @@ def count_reward(
         log.set(row.index, **components)
     log.emit(kwargs)
     return rewards
+
+
+class _CountReward:
+    """`count_reward` with its matching bound and a name of its own; a class (not a closure or a
+    `functools.partial`) so that it pickles and TRL logs it under its own column."""
+
+    def __init__(self, matching: str = "hungarian", name: str | None = None):
+        self.matching = check_matching(matching)
+        self.__name__ = name or ("count_reward" if matching == "hungarian" else f"count_{matching}_reward")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(matching={self.matching!r}, name={self.__name__!r})"
+
+    def __call__(self, completions: list, solution: list, **kwargs: Any) -> list[float | None]:
+        return _count_rewards(self.__name__, self.matching, completions, solution, kwargs)
+
+
+def make_count_reward(matching: str = "hungarian", name: str | None = None) -> _CountReward:
+    r"""
+    `count_reward` with its matching bound, as a named, picklable callable: the registry's `count` factory
+    (`get_reward("count", matching="sequential")`) and its `count_sequential` entry.
+
+    Args:
+        matching (`str`): `"hungarian"` (default) or `"sequential"`, the i-th predicted point against the i-th
+            ground-truth point (Perception-R1's Table 5 ablation "w/o reward matching").
+        name (`str`, *optional*): the reward's `__name__`, which TRL logs as its column and which prefixes
+            its components (default `count_reward`, or `count_sequential_reward`).
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import make_count_reward
+
+    >>> sequential = make_count_reward(matching="sequential")
+    >>> gt = {"count": 2, "points": [[0, 0], [0, 100]]}
+    >>> sequential.__name__, sequential(['[{"point_2d": [0, 100]}, {"point_2d": [0, 0]}]'], [gt])
+    ('count_sequential_reward', [0.9292893218813453])
+
+    ```
+    """
+    return _CountReward(matching=matching, name=name)

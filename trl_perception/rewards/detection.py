@@ -4,15 +4,15 @@ that spraying boxes does not pay; the released code's weighting as an option."""
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..boxes import box_iou
-from ..formats import parse_boxes
+from ..boxes import box_iou, paired_box_iou
+from ..formats import BoxBatch, parse_boxes_batch
 from ..frames import Frame
 from ..matching import check_matching
 from ._common import (
@@ -61,26 +61,23 @@ def _detection_target(solution: Any) -> tuple[np.ndarray, list[str]]:
     return gt_boxes(boxes, "detection object box"), labels
 
 
-class _Group:
-    """Pending rows that share one ground truth (the rollouts of a GRPO prompt): their predictions are
-    stacked and scored against it in one IoU matrix."""
+class _Pending:
+    """The rows of one call that need box matching, in batch order: their considered predictions stacked,
+    and the ground truth of each GRPO group (consecutive rows sharing one decoded target) stored once."""
 
-    def __init__(self, gt: np.ndarray, gt_ids: np.ndarray):
-        self.gt, self.gt_ids = gt, gt_ids
+    def __init__(self) -> None:
         self.rows: list[int] = []  # batch index per row
         self.fmt: list[float] = []
         self.n_pred: list[int] = []  # all kept predictions, including those beyond max_detections
         self.n_considered: list[int] = []
-        self.coords: list[float] = []  # considered predicted boxes of every row, as written, flattened
+        self.n_gt: list[int] = []
+        self.group: list[int] = []  # group index per row
+        self.frames: list[Frame] = []
+        self.boxes: np.ndarray = np.zeros((0, 4))  # the parsed boxes of the call, as written
+        self.index: list[int] = []  # the rows of `boxes` each queued row considers, row after row
         self.labels: list[int] = []
-        self.frames: list[Frame] = []  # one per row
-
-
-class _Pending:
-    """The rows of one call that need box matching, grouped by ground truth."""
-
-    def __init__(self) -> None:
-        self.groups: list[_Group] = []
+        self.gts: list[np.ndarray] = []  # per group
+        self.gt_ids: list[np.ndarray] = []
         self.label_ids: dict[str, int] = {}
         self._last_target: Any = None
         self._raw_ids: dict[str, int] = {}
@@ -111,7 +108,7 @@ class _Pending:
         self,
         index: int,
         frame: Frame,
-        boxes: list[Any],
+        boxes: Sequence[int],
         label_ids: list[int],
         n_pred: int,
         fmt: float,
@@ -119,16 +116,23 @@ class _Pending:
     ) -> None:
         if target is not self._last_target:  # the rows of a GRPO group share one decoded target
             self._last_target = target
-            gt_ids = np.array([self.label_id(label) for label in target[1]], dtype=np.int64)
-            self.groups.append(_Group(target[0], gt_ids))
-        group = self.groups[-1]
-        group.rows.append(index)
-        group.fmt.append(fmt)
-        group.n_pred.append(n_pred)
-        group.n_considered.append(len(boxes))
-        group.coords.extend(itertools.chain.from_iterable(boxes))
-        group.labels.extend(label_ids)
-        group.frames.append(frame)
+            self.gts.append(target[0])
+            self.gt_ids.append(np.array([self.label_id(label) for label in target[1]], dtype=np.int64))
+        self.rows.append(index)
+        self.fmt.append(fmt)
+        self.n_pred.append(n_pred)
+        self.n_considered.append(len(boxes))
+        self.n_gt.append(len(target[1]))
+        self.group.append(len(self.gts) - 1)
+        self.frames.append(frame)
+        self.index.extend(boxes)
+        self.labels.extend(label_ids)
+
+    def group_spans(self) -> list[tuple[int, int]]:
+        """`(first row, end row)` of each group, in order."""
+        bounds = [k for k in range(1, len(self.group)) if self.group[k] != self.group[k - 1]]
+        edges = [0, *bounds, len(self.group)]
+        return list(zip(edges[:-1], edges[1:]))
 
 
 class _DetectionReward:
@@ -169,7 +173,8 @@ class _DetectionReward:
         self.released_code = bool(released_code)
         self.max_detections = int(max_detections)
         self.matching = check_matching(matching)
-        self.__name__ = name or ("detection_released_reward" if self.released_code else "detection_reward")
+        base = "detection_released" if self.released_code else "detection"
+        self.__name__ = name or (f"{base}_reward" if self.matching == "hungarian" else f"{base}_{self.matching}_reward")
 
     @property
     def max_reward(self) -> float:
@@ -187,20 +192,21 @@ class _DetectionReward:
     # ---------------------------------------------------------------------------------------- one row
 
     def _prepare(
-        self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending
+        self, row: Row, target: tuple[np.ndarray, list[str]], pending: _Pending, parsed: BoxBatch, k: int
     ) -> dict[str, float] | None:
-        """Components of a row that needs no matching, or `None` after queueing the row in `pending`."""
-        parsed = parse_boxes(row.text, row.frame.box_format)
-        labels = pending.label_ids_of(parsed.labels)
-        boxes = parsed.boxes
+        """Components of a row (the `k`-th of `parsed`) that needs no matching, or `None` after queueing the
+        row in `pending`."""
+        a, b = parsed.spans[k]
+        labels = pending.label_ids_of(parsed.labels[a:b])
+        boxes: Sequence[int] = range(a, b)  # rows of `parsed.coords`
         if -1 in labels:  # a label of nothing but whitespace: not a labelled box
-            keep = [k for k, label in enumerate(labels) if label >= 0]
-            boxes, labels = [boxes[k] for k in keep], [labels[k] for k in keep]
+            keep = [j for j, label in enumerate(labels) if label >= 0]
+            boxes, labels = [a + j for j in keep], [labels[j] for j in keep]
         n_kept = len(labels)
-        rejected = parsed.rejected + len(parsed.labels) - n_kept
+        rejected = parsed.rejected[k] + (b - a) - n_kept
         if not n_kept or not target[1]:
             empty = not n_kept and is_empty_answer(row.text)
-            failed = float(not n_kept and not empty and not parsed.valid)
+            failed = float(not n_kept and not empty and not parsed.valid[k])
             if not target[1]:
                 # A negative image: only the empty answer is right; anything else must not pay.
                 full = 1.0 if empty else 0.0
@@ -208,76 +214,106 @@ class _DetectionReward:
                         "penalty": 1 - full, "parse_failure": failed, "empty_gt": 1.0}  # fmt: skip
             return {"format": 0.0, "f1": 0.0, "location": 0.0, "classification": 0.0, "penalty": 1.0,
                     "parse_failure": failed}  # fmt: skip
-        fmt = 0.0 if (not parsed.valid or parsed.truncated) else n_kept / (n_kept + rejected)
+        fmt = 0.0 if (not parsed.valid[k] or parsed.truncated[k]) else n_kept / (n_kept + rejected)
         cap = self.max_detections
         pending.add(row.index, row.frame, boxes[:cap], labels[:cap], n_kept, fmt, target)
         return None
 
     # ---------------------------------------------------------------------------------------- batched
 
-    def _match_group(self, group: _Group) -> list[dict[str, float]]:
-        """Components of the rows of one group, from one IoU matrix of all their predictions against the
-        shared ground truth; rows are contiguous blocks of its rows."""
-        n_con = np.array(group.n_considered, dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(n_con)[:-1]))
-        raw = np.array(group.coords, dtype=np.float64).reshape(-1, 4)
-        frames = group.frames
+    def _match_rows(self, pending: _Pending, lo: int, hi: int) -> dict[str, np.ndarray]:
+        """Components of the queued rows `lo:hi` (whole groups), computed for all of them at once.
+
+        Only pairs of a prediction and a ground-truth object of the same label can be matched or be
+        correct, so those pairs (a few per prediction) are listed by one join on (group, label), their IoU
+        computed in one pass, and matching runs on that list; every row is then summed in one pass."""
+        n_con = np.array(pending.n_considered[lo:hi], dtype=np.int64)
+        n_rows = len(n_con)
+        ends = np.cumsum(n_con)
+        starts = ends - n_con
+        first = sum(pending.n_considered[:lo])
+        n = int(ends[-1])
+        raw = pending.boxes[np.array(pending.index[first : first + n], dtype=np.int64)]
+        frames = pending.frames[lo:hi]
         if all(frame is frames[0] for frame in frames):
             boxes = frames[0].to_pixels(raw)
         else:
-            boxes = Frame.stack_to_pixels(
-                raw, [f for f, n in zip(frames, group.n_considered) for _ in range(n)]
-            )
-        gt, n_g = group.gt, len(group.gt_ids)
-        ious = box_iou(boxes, gt)
-        same = np.asarray(group.labels, dtype=np.int64)[:, None] == group.gt_ids[None, :]
-        hit = ious >= self.iou_threshold
+            boxes = Frame.stack_to_pixels(raw, [f for f, k in zip(frames, n_con.tolist()) for _ in range(k)])
+        labels = np.array(pending.labels[first : first + n], dtype=np.int64)
+        groups = np.array(pending.group[lo:hi], dtype=np.int64)
+        g_lo, g_hi = int(groups[0]), int(groups[-1]) + 1
+        gt = np.concatenate(pending.gts[g_lo:g_hi]).reshape(-1, 4)
+        gt_labels = np.concatenate(pending.gt_ids[g_lo:g_hi])
+        n_gt_of_group = np.array([len(ids) for ids in pending.gt_ids[g_lo:g_hi]], dtype=np.int64)
+        gt_group = np.repeat(np.arange(g_hi - g_lo), n_gt_of_group)
+        gt_local = np.arange(len(gt_labels)) - np.repeat(np.cumsum(n_gt_of_group) - n_gt_of_group, n_gt_of_group)
+        n_g = n_gt_of_group[groups - g_lo]
+        row_of = np.repeat(np.arange(n_rows), n_con)
 
+        # Same-label pairs: a join of predictions and objects on (group, label), in prediction order.
+        n_labels = len(pending.label_ids) + 1
+        gt_keys = gt_group * n_labels + gt_labels
+        order = np.argsort(gt_keys, kind="stable")
+        sorted_keys = gt_keys[order]
+        keys = (groups[row_of] - g_lo) * n_labels + labels
+        left = np.searchsorted(sorted_keys, keys, "left")
+        counts = np.searchsorted(sorted_keys, keys, "right") - left
+        pred = np.repeat(np.arange(n), counts)
+        offsets = np.cumsum(counts) - counts
+        obj = order[np.repeat(left - offsets, counts) + np.arange(len(pred))]
+        ious = paired_box_iou(boxes[pred], gt[obj])
+        hit = ious >= self.iou_threshold
+        n_correct = np.zeros(n, dtype=bool)  # a prediction that localises an object of its own label
+        n_correct[pred[hit]] = True
         if self.released_code:
-            # The released code's pairs: IoU >= threshold; matching maximises their total IoU.
-            eligible = hit & same & (ious > 0)
+            # The released code's pairs: IoU >= threshold (> 0); matching maximises their total IoU.
+            keep = hit
             bonus = None
         else:
             # Every overlapping same-class pair can pay its IoU; matching first maximises the number of
             # pairs at IoU >= threshold (the F1 true positives), then the total IoU.
-            eligible = same & (ious > 0)
+            keep = ious > 0
             bonus = np.minimum(n_con, n_g) + 1.0
+        pred, obj, ious, hit = pred[keep], gt_local[obj[keep]], ious[keep], hit[keep]
+        row = row_of[pred]
         if self.matching == "sequential":
-            local = np.arange(len(boxes)) - np.repeat(starts, n_con)
-            chosen = eligible & (local[:, None] == np.arange(n_g)[None, :])
+            chosen = pred - starts[row] == obj
         else:
-            chosen = _assign(eligible, ious, hit, bonus, starts, n_con)
+            chosen = _assign(pred, obj, row, ious, hit, bonus, starts, n_con, n_g)
         chosen_hit = chosen & hit
-        chosen_ious = np.where(chosen, ious, 0.0)
-        # Per prediction, then summed per row in one pass. Classification: a prediction that localises some
-        # object (IoU >= threshold, any class) is correct when it carries the label of an object it localises.
-        per_prediction = np.column_stack(
-            (
-                hit.any(axis=1),
-                (hit & same).any(axis=1),
-                chosen_hit.sum(axis=1),
-                chosen.sum(axis=1),
-                chosen_ious.sum(axis=1),
-                np.where(chosen_hit, chosen_ious, 0.0).sum(axis=1),
-            )
-        ).astype(np.float64)
-        per_row = np.add.reduceat(per_prediction, starts, axis=0).tolist()
+        tp = np.bincount(row[chosen_hit], minlength=n_rows).astype(np.float64)
+        n_chosen = np.bincount(row[chosen], minlength=n_rows)
+        iou_sum = np.bincount(row[chosen], weights=ious[chosen], minlength=n_rows)
+        tp_iou_sum = np.bincount(row[chosen_hit], weights=ious[chosen_hit], minlength=n_rows)
+        n_correct = np.add.reduceat(n_correct, starts).astype(np.float64)
 
-        out = []
-        for r, (n_localized, n_correct, tp, n_chosen, iou_sum, tp_iou_sum) in enumerate(per_row):
-            n_p, t = group.n_pred[r], int(tp)
-            penalty = 0.5 * ((n_p - t) / n_p + (n_g - t) / n_g)
-            if self.released_code:
-                location = tp_iou_sum / t if t else 0.0
-                classification = n_correct / n_localized if n_localized else 0.0
-                fmt = group.fmt[r]
-            else:
-                location = 2.0 * iou_sum / (n_p + n_g) if n_chosen else 0.0
-                classification = n_correct / max(n_p, n_g)
-                fmt = group.fmt[r] * min(1.0, n_g / n_p)
-            out.append({"format": fmt, "f1": 2.0 * t / (n_p + n_g), "location": location,
-                        "classification": classification, "penalty": penalty, "parse_failure": 0.0})  # fmt: skip
-        return out
+        n_p = np.array(pending.n_pred[lo:hi], dtype=np.float64)
+        n_gf = n_g.astype(np.float64)
+        fmt = np.array(pending.fmt[lo:hi], dtype=np.float64)
+        zeros = np.zeros(n_rows)
+        if self.released_code:
+            # Classification: of the predictions that localise some object (IoU >= threshold, any class),
+            # the share that carries the label of an object it localises.
+            localized = np.zeros(n, dtype=bool)
+            for g in range(g_lo, g_hi):
+                a, b = np.searchsorted(groups, [g, g + 1])
+                p0, p1 = int(starts[a]), int(ends[b - 1])
+                localized[p0:p1] = (box_iou(boxes[p0:p1], pending.gts[g]) >= self.iou_threshold).any(axis=1)
+            n_localized = np.add.reduceat(localized, starts).astype(np.float64)
+            location = np.divide(tp_iou_sum, tp, out=zeros.copy(), where=tp > 0)
+            classification = np.divide(n_correct, n_localized, out=zeros.copy(), where=n_localized > 0)
+        else:
+            location = np.where(n_chosen > 0, 2.0 * iou_sum / (n_p + n_gf), 0.0)
+            classification = n_correct / np.maximum(n_p, n_gf)
+            fmt = fmt * np.minimum(1.0, n_gf / n_p)
+        return {
+            "format": fmt,
+            "f1": 2.0 * tp / (n_p + n_gf),
+            "location": location,
+            "classification": classification,
+            "penalty": 0.5 * ((n_p - tp) / n_p + (n_gf - tp) / n_gf),
+            "parse_failure": zeros,
+        }
 
     # ------------------------------------------------------------------------------------------- total
 
@@ -298,6 +334,21 @@ class _DetectionReward:
         value = min(max(total, 0.0), self.max_reward)
         return value if math.isfinite(value) else 0.0
 
+    def combine_many(self, c: dict[str, np.ndarray]) -> np.ndarray:
+        """`combine` of many rows at once (no negative image among them), with the same arithmetic."""
+        w = self.weights
+        total = (
+            w["format"] * c["format"]
+            + w["number"] * c["f1"]
+            + w["location"] * c["location"]
+            + w["classification"] * c["classification"]
+            - self.penalty_weight * c["penalty"]
+        )
+        if not self.released_code:
+            total = total / self.total_weight
+        value = np.minimum(np.maximum(total, 0.0), self.max_reward)
+        return np.where(np.isfinite(value), value, 0.0)
+
     def __call__(self, completions: list, solution: list, **kwargs: Any) -> list[float | None]:
         name = self.__name__
         rows, n = select_rows(name, _TASKS, completions, solution, kwargs)
@@ -306,60 +357,101 @@ class _DetectionReward:
         targets = SolutionCache(_detection_target)
         pending = _Pending()
         failure = {"parse_failure": 1.0}
-        for row in rows:
-            result = call_safely(name, row, lambda r: self._prepare(r, targets(r.solution), pending), failure)
+        # Every answer of the call parsed at once (the common well-formed ones in bulk); never raises.
+        parsed = parse_boxes_batch([row.text for row in rows], [row.frame.box_format for row in rows])
+        pending.boxes = parsed.coords
+        for k, row in enumerate(rows):
+            result = call_safely(
+                name, row, lambda r, k=k: self._prepare(r, targets(r.solution), pending, parsed, k), failure
+            )
             if result is None:
                 continue  # queued for matching, or a malformed solution (reward None)
             rewards[row.index] = 0.0 if result is failure else self.combine(result)
             log.set(row.index, **{k: v for k, v in result.items() if k in _COMPONENTS})
-        for group in pending.groups:
-            try:
-                matched = self._match_group(group)
-            except Exception as err:  # noqa: BLE001 - scoring must never raise on model output
-                warn_row(
-                    f"{name}-error",
-                    f"{name}: rows {group.rows} scored 0.0 after an unexpected {type(err).__name__}: {err}",
-                )
-                matched = [failure] * len(group.rows)
-            for index, components in zip(group.rows, matched):
-                rewards[index] = 0.0 if components is failure else self.combine(components)
-                log.set(index, **components)
+        if pending.rows:
+            # All queued rows at once; should that ever fail, group by group, so one bad group costs only its rows.
+            spans = [(0, len(pending.rows))]
+            while spans:
+                lo, hi = spans.pop(0)
+                try:
+                    components = self._match_rows(pending, lo, hi)
+                except Exception as err:  # noqa: BLE001 - scoring must never raise on model output
+                    if hi - lo == len(pending.rows) and len(pending.gts) > 1:
+                        spans = pending.group_spans()
+                        continue
+                    indices = pending.rows[lo:hi]
+                    warn_row(
+                        f"{name}-error",
+                        f"{name}: rows {indices} scored 0.0 after an unexpected {type(err).__name__}: {err}",
+                    )
+                    for index in indices:
+                        rewards[index] = 0.0
+                        log.set(index, **failure)
+                    continue
+                indices = pending.rows[lo:hi]
+                for index, value in zip(indices, self.combine_many(components).tolist()):
+                    rewards[index] = value
+                log.set_rows(indices, **components)
         log.emit(kwargs)
         return rewards
 
 
+def _first_best(key: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """For each distinct `key`, the position of its largest `weight` (the first of equal ones)."""
+    order = np.lexsort((-weight, key))
+    head = np.ones(len(order), dtype=bool)
+    head[1:] = key[order[1:]] != key[order[:-1]]
+    return order[head]
+
+
 def _assign(
-    eligible: np.ndarray,
+    pred: np.ndarray,
+    obj: np.ndarray,
+    row: np.ndarray,
     ious: np.ndarray,
     hit: np.ndarray,
     bonus: np.ndarray | None,
     starts: np.ndarray,
     n_con: np.ndarray,
+    n_g: np.ndarray,
 ) -> np.ndarray:
-    """The pairs a maximum-weight one-to-one assignment over the eligible pairs keeps, for each block of
-    rows `starts[r] : starts[r] + n_con[r]` (one completion each) of an `[N, M]` pair matrix. A pair weighs
-    its IoU, plus `bonus[r]` when it is a hit (so that the number of hits comes first).
+    """Which of the eligible pairs (prediction `pred`, ground-truth object `obj` of row `row`) a
+    maximum-weight one-to-one assignment keeps, row by row. A pair weighs its IoU, plus `bonus[row]` when
+    it is a hit (so that the number of hits comes first).
 
-    A block where no prediction and no ground-truth object has two eligible partners needs no solver: its
-    eligible pairs are disjoint, so they are the assignment. Only the other blocks call scipy."""
-    chosen = eligible.copy()
-    conflicted = (np.add.reduceat(eligible.sum(axis=1) > 1, starts) > 0) | (
-        np.add.reduceat(eligible, starts, axis=0) > 1
-    ).any(axis=1)
-    if not conflicted.any():
+    The pairs of a row form a bipartite graph, and the assignment is the best one of each of its connected
+    parts. A part that is one pair, or a star (one prediction or object whose partners have no other
+    partner), needs no solver: its best pair (the first of equal ones, which weigh, hit and pay the same).
+    A row holding a pair whose prediction and object both have other partners is solved whole by scipy, on
+    the same `[predictions, objects]` matrix as a row-by-row implementation would build."""
+    width = int(n_g.max()) if len(n_g) else 0
+    slot = row * width + obj  # (row, object)
+    deg_p = np.bincount(pred, minlength=int(starts[-1] + n_con[-1]) if len(n_con) else 0)[pred]
+    deg_g = np.bincount(slot, minlength=len(n_con) * width)[slot]
+    multi_p, multi_g = deg_p > 1, deg_g > 1
+    chosen = ~multi_p & ~multi_g  # pairs that are a whole part
+    if chosen.all():
         return chosen
-    for r in np.flatnonzero(conflicted).tolist():
-        start = int(starts[r])
-        stop = start + int(n_con[r])
-        mask = eligible[start:stop]
-        gains = np.where(mask, ious[start:stop], 0.0)
-        if bonus is not None:
-            gains += np.where(mask & hit[start:stop], bonus[r], 0.0)
+    weight = ious if bonus is None else ious + bonus[row] * hit
+    star = np.flatnonzero(multi_p & ~multi_g)  # a prediction with several partners: its best one
+    if star.size:
+        chosen[star[_first_best(pred[star], weight[star])]] = True
+    star = np.flatnonzero(multi_g & ~multi_p)  # an object with several partners: its best one
+    if star.size:
+        chosen[star[_first_best(slot[star], weight[star])]] = True
+    hard = multi_p & multi_g
+    for r in np.unique(row[hard]).tolist():
+        in_row = np.flatnonzero(row == r)
+        start, m = int(starts[r]), int(n_g[r])
+        local = pred[in_row] - start
+        gains = np.zeros((int(n_con[r]), m))
+        gains[local, obj[in_row]] = weight[in_row]
+        index = np.full((int(n_con[r]), m), -1)
+        index[local, obj[in_row]] = in_row
         rr, cc = linear_sum_assignment(gains, maximize=True)
-        rr += start
-        keep = eligible[rr, cc]
-        chosen[start:stop] = False
-        chosen[rr[keep], cc[keep]] = True
+        picked = index[rr, cc]
+        chosen[in_row] = False
+        chosen[picked[picked >= 0]] = True
     return chosen
 
 
@@ -403,7 +495,9 @@ def make_detection_reward(
         max_detections (`int`): predicted boxes considered per completion; later ones are false positives.
         matching (`str`): `"hungarian"` (default), or `"sequential"` to pair the i-th predicted box with the
             i-th ground-truth object, Perception-R1's Table 5 ablation "w/o reward matching".
-        name (`str`, *optional*): the reward's `__name__` (TRL's column name).
+        name (`str`, *optional*): the reward's `__name__` (TRL's column name; default `detection_reward`,
+            `detection_released_reward`, and `detection_sequential_reward` / `detection_released_sequential_reward`
+            with sequential matching).
 
     Example:
     ```python

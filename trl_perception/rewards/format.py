@@ -1,5 +1,6 @@
 """Format rewards: 1.0 when the whole completion is a well-formed answer in the model family's box syntax
-(Qwen2-VL box tokens, or the Qwen2.5-VL / Qwen3-VL JSON list), else 0.0."""
+(Qwen2-VL box tokens, or the Qwen2.5-VL / Qwen3-VL JSON list), else 0.0; and the R1-style structure
+`<think>…</think><answer>…</answer>` for prompts that ask for thinking."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import re
 from typing import Any
 
 from .._json import loads_strict
+from ..formats import strip_thinking
 from ..frames import BOX_TASKS
-from ._common import is_empty_answer, remove_padding, select_rows
+from ._common import is_empty_answer, remove_padding, select_rows, text_of
 
 __all__ = [
     "format_reward",
     "is_json_answer",
     "is_qwen2_vl_answer",
+    "is_think_answer",
     "json_format_reward",
     "qwen2_vl_format_reward",
+    "think_answer_format_reward",
 ]
 
 _MAX_CHARS = 200_000
@@ -36,16 +40,17 @@ _FENCE = "```"
 
 
 def _answer_body(text: str) -> str:
-    """The completion without padding and without an `<answer>…</answer>` wrapper around everything, which
-    may follow a `<think>…</think>` block (R1-style thinking). Slicing, not a regular expression: linear on
-    any input."""
+    """The completion without padding and, when it thinks first (`<think>…</think>` at its start, or a lone
+    `</think>` whose opening tag was in the prompt), without the thinking (`formats.strip_thinking`); then
+    without an `<answer>…</answer>` wrapper around everything. Text before a `<think>`, and a completion that
+    only thinks, are left as they are, so that the format checks fail. Slicing, not a regular expression:
+    linear on any input."""
     body = remove_padding(text).strip()
-    if body.startswith(_THINK_OPEN):
-        end = body.find(_THINK_CLOSE)
-        rest = body[end + len(_THINK_CLOSE) :].lstrip() if end >= 0 else ""
-        if not rest.startswith(_ANSWER_OPEN):
-            return body  # thinking without an answer is no answer
-        body = rest
+    if _THINK_OPEN in body or _THINK_CLOSE in body:
+        rest = strip_thinking(body)
+        if rest is None or (_THINK_OPEN in body and not body.startswith(_THINK_OPEN)):
+            return body  # thinking without an answer is no answer; prose before the thinking is prose
+        body = rest.strip()
     if body.startswith(_ANSWER_OPEN) and body.endswith(_ANSWER_CLOSE, len(_ANSWER_OPEN)):
         return body[len(_ANSWER_OPEN) : -len(_ANSWER_CLOSE)].strip()
     return body
@@ -227,3 +232,76 @@ def json_format_reward(completions: list, **kwargs: Any) -> list[float | None]:
     ```
     """
     return _format_rewards(completions, kwargs, "json_format_reward", (is_json_answer,))
+
+
+_STRUCTURE_TAGS = (_THINK_OPEN, _THINK_CLOSE, _ANSWER_OPEN, _ANSWER_CLOSE)
+
+
+def is_think_answer(text: str) -> bool:
+    """Whether `text` is exactly one `<think>…</think>` block, then (after optional whitespace) exactly one
+    `<answer>…</answer>` block with a non-empty answer, and nothing else (trailing padding tokens and
+    surrounding whitespace allowed). The thinking may be empty, as in the SFT answers of
+    `data.render_completion(..., think=True)`; no tag may appear a second time, inside the thinking or the
+    answer. Counting and slicing only: linear on any input.
+
+    Example:
+    ```python
+    >>> is_think_answer("<think>two cats</think>\\n<answer>[1, 2, 3, 4]</answer><|im_end|>")
+    True
+    >>> is_think_answer("<think>two cats</think>[1, 2, 3, 4]"), is_think_answer("<think><answer>2</answer></think><answer>2</answer>")
+    (False, False)
+
+    ```
+    """
+    body = remove_padding(text).strip()
+    if not (body.startswith(_THINK_OPEN) and body.endswith(_ANSWER_CLOSE)):
+        return False
+    if any(body.count(tag) != 1 for tag in _STRUCTURE_TAGS):
+        return False
+    rest = body[body.index(_THINK_CLOSE) + len(_THINK_CLOSE) :].lstrip()
+    if not rest.startswith(_ANSWER_OPEN):
+        return False
+    return bool(rest[len(_ANSWER_OPEN) : -len(_ANSWER_CLOSE)].strip())
+
+
+def think_answer_format_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    r"""
+    R1-style structure reward for prompts that ask for thinking (`build_prompt(..., think=True)`, the
+    builders' `think=True`): 1.0 when the completion is exactly `<think>…</think>` then `<answer>…</answer>`
+    (`is_think_answer`), else 0.0. Table 5's "w/ thinking" ablation adds it to the task's rewards.
+
+    TRL's `trl.rewards.think_format_reward` does not fit these prompts: it checks only that the completion
+    opens with a `<think>…</think>` block and accepts anything after it (no `<answer>` tags, a second
+    `</think>`, answer tags inside the thinking), while every reward here reads the answer inside the last
+    `<answer>` after the thinking. It also expects conversational completions only and no padding tokens.
+    This reward requires exactly one of each tag, in order, a non-empty answer and nothing outside the two
+    blocks, for any completion form, in linear time. The thinking may be empty (R1-style format rewards and
+    TRL's accept that too): the answer's syntax is `format_reward`'s job, its content the task reward's.
+    Every row is judged, whatever its task.
+
+    Args:
+        completions (`list[str]` or `list[list[dict]]`): completions, plain or conversational.
+        **kwargs: ignored.
+
+    Returns:
+        `list[float]`: 1.0 or 0.0 per completion.
+
+    Example:
+    ```python
+    >>> from trl_perception.rewards import think_answer_format_reward
+
+    >>> think_answer_format_reward(["<think>the left one</think><answer>[1, 2, 3, 4]</answer>",
+    ...                             "<think>the left one</think>[1, 2, 3, 4]",
+    ...                             [{"role": "assistant", "content": "<think></think>\n<answer>3</answer>"}]])
+    [1.0, 0.0, 1.0]
+
+    ```
+    """
+    rewards: list[float | None] = []
+    for completion in completions:
+        try:
+            ok = is_think_answer(text_of(completion))
+        except Exception:  # noqa: BLE001 - a format check must never raise on model output
+            ok = False
+        rewards.append(1.0 if ok else 0.0)
+    return rewards

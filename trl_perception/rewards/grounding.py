@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..boxes import paired_box_iou
-from ..formats import answer_text, parse_boxes, parse_objects
+from ..formats import BoxBatch, answer_text, parse_boxes_batch, parse_objects
 from ..frames import Frame
 from ._common import (
     ComponentLog,
@@ -28,14 +28,17 @@ _TASKS = ("grounding",)
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 
 
-def _grounding_target(solution: Any) -> list[float] | None:
-    """The ground-truth box, or `None` when the referred object is absent (`[]`)."""
+_ABSENT = object()
+
+
+def _grounding_target(solution: Any) -> list[float] | object:
+    """The ground-truth box, or `_ABSENT` when the referred object is absent (`[]`)."""
     value = decode_json(solution)
     if isinstance(value, dict):
         value = value.get("bbox_2d", value.get("bbox"))
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
-            return None
+            return _ABSENT
         if len(value) == 1 and isinstance(value[0], (list, tuple, dict)):
             return _grounding_target(value[0])
     if value is None:
@@ -44,17 +47,18 @@ def _grounding_target(solution: Any) -> list[float] | None:
 
 
 def _prepare(
-    row: Row, gt: list[float] | None
-) -> tuple[float | None, list[float] | None, list[float] | None, bool]:
-    """`(final reward or None, predicted box as written, ground-truth box, parse failure)`."""
+    row: Row, gt: list[float] | None, parsed: BoxBatch, k: int
+) -> tuple[float | None, int | None, list[float] | None, bool]:
+    """`(final reward or None, row of the predicted box in `parsed.coords`, ground-truth box, parse failure)`
+    for the `k`-th row of `parsed`."""
     if gt is None:
         if is_empty_answer(row.text):
             return 1.0, None, None, False
         return 0.0, None, None, not parse_objects(row.text, row.frame.box_format).objects
-    boxes = parse_boxes(row.text, row.frame.box_format, require_label=False).boxes
-    if not boxes:
+    first, stop = parsed.spans[k]
+    if first == stop:
         return 0.0, None, gt, True
-    return None, list(boxes[0]), gt, False
+    return None, first, gt, False
 
 
 def _iou_rewards(
@@ -63,15 +67,23 @@ def _iou_rewards(
     rows, n = select_rows(name, _TASKS, completions, solution, kwargs)
     rewards: list[float | None] = [None] * n
     log = ComponentLog(name, n, ("iou", "parse_failure"))
-    pending: list[tuple[Row, list[float], list[float]]] = []
+    pending: list[tuple[Row, int, list[float]]] = []
     targets = SolutionCache(_grounding_target)
-    for row in rows:
-        prepared = call_safely(
-            name, row, lambda r: _prepare(r, targets(r.solution)), failure=(0.0, None, None, True)
-        )
-        if prepared is None:
+    # Every answer of the call parsed at once (the common well-formed ones in bulk); never raises.
+    parsed = parse_boxes_batch([row.text for row in rows], [row.frame.box_format for row in rows], False)
+    failure = (0.0, None, None, True)
+    for k, row in enumerate(rows):
+        gt = call_safely(name, row, targets.of_row, failure)
+        if gt is None or gt is failure:  # a malformed solution (reward None), or an unexpected error
+            if gt is failure:
+                rewards[row.index] = 0.0
+                log.set(row.index, parse_failure=1.0, iou=None)
             continue
-        value, pred, gt, failed = prepared
+        first, stop = parsed.spans[k]
+        if gt is not _ABSENT and first < stop:  # the common case: a box to score
+            pending.append((row, first, gt))
+            continue
+        value, pred, gt, failed = _prepare(row, None if gt is _ABSENT else gt, parsed, k)
         if value is not None:
             rewards[row.index] = value
             log.set(row.index, parse_failure=float(failed), iou=0.0 if gt is not None else None)
@@ -79,12 +91,19 @@ def _iou_rewards(
             pending.append((row, pred, gt))
     if pending:
         # One vectorized pass: frame conversion, clipping and IoU for every row with a box.
-        pred = Frame.stack_to_pixels(np.array([p for _, p, _ in pending]), [r.frame for r, _, _ in pending])
+        first = np.array([p for _, p, _ in pending], dtype=np.int64)
+        frames = [r.frame for r, _, _ in pending]
+        if all(frame is frames[0] for frame in frames):
+            pred = frames[0].to_pixels(parsed.coords[first])
+        else:
+            pred = Frame.stack_to_pixels(parsed.coords[first], frames)
         ious = paired_box_iou(pred, np.array([g for _, _, g in pending]))
         ious = np.nan_to_num(np.clip(ious, 0.0, 1.0))
-        for (row, _, _), iou in zip(pending, ious.tolist()):
-            rewards[row.index] = iou * iou if squared else iou
-            log.set(row.index, iou=iou, parse_failure=0.0)
+        indices = [row.index for row, _, _ in pending]
+        values = ious.tolist()
+        for index, iou in zip(indices, values):
+            rewards[index] = iou * iou if squared else iou
+        log.set_rows(indices, iou=values, parse_failure=np.zeros(len(values)))
     log.emit(kwargs)
     return rewards
 
@@ -256,7 +275,7 @@ def grounding_format_reward(completions: list, **kwargs: Any) -> list[float | No
     rewards: list[float | None] = [None] * n
     for row in rows:
         text = row.text
-        if _ANSWER_OPEN in text or _ANSWER_CLOSE in text:
+        if any(tag in text for tag in (_ANSWER_OPEN, _ANSWER_CLOSE, "<think>", "</think>")):
             text = answer_text(text)  # `<think>…</think><answer>…</answer>`: the answer is judged
         rewards[row.index] = 1.0 if is_grounding_format(text) else 0.0
     return rewards

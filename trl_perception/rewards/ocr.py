@@ -7,13 +7,14 @@ from typing import Any
 import Levenshtein
 
 from .._json import unquote_text
-from ..formats import answer_text
+from ..formats import answer_text, strip_thinking
 from ._common import (
     ComponentLog,
     MalformedSolution,
     Row,
     SolutionCache,
     call_safely,
+    remove_padding,
     select_rows,
 )
 
@@ -50,6 +51,8 @@ def _ocr_text(solution: Any) -> str:
 
 
 def _score(row: Row, gt: str) -> tuple[float, float]:
+    if strip_thinking(remove_padding(row.text)) is None:
+        return 0.0, 1.0  # thinking and no answer: not the answer "" (a blank page)
     pred = normalize_whitespace(answer_text(row.text))
     longest = max(len(pred), len(gt))
     if longest == 0:
@@ -67,8 +70,8 @@ def ocr_reward(completions: list, solution: list, **kwargs: Any) -> list[float |
 
     Both texts are whitespace-normalised first (runs collapsed to one space, ends stripped) and padding
     tokens (`<|im_end|>`, `<|endoftext|>`) are removed from the completion; with answer tags
-    (`<think>…</think><answer>…</answer>`) only the text inside the last `<answer>` is read. Two empty texts
-    score 1.0. This
+    (`<think>…</think><answer>…</answer>`) only the text inside the last `<answer>` is read; thinking is never
+    read, and a completion that only thinks scores 0.0. Two empty texts score 1.0. This
     is the per-page edit-distance metric of Perception-R1's OCR evaluation turned into a reward (the paper's
     OCR reward was never released; MMR1's `perpo_ocr_edit_distance_reward` has the same form). The distance
     comes from the `Levenshtein` package (C, character level). A solution that is not text gives `None`
