@@ -41,12 +41,23 @@ def prompt_text(messages):
 
 def test_table_8_templates_verbatim():
     assert TASKS[:5] == ("grounding", "counting", "ocr", "detection", "ovd")  # newer tasks (jigsaw) follow
-    assert {k: v for k, v in TASK_TEMPLATES.items() if k != "ovd"} == {
+    assert {k: v for k, v in TASK_TEMPLATES.items() if k not in ("ovd", "vqa")} == {
         "grounding": "Output the bounding box of the {question} in the image.",
         "counting": "Output all the bounding boxes of the {label}",
         "ocr": "OCR this image.",
         "detection": "Please output bbox coordinates and names of {categories}.",
     }
+
+
+def test_vqa_prompts_letter_the_options_and_ask_for_a_boxed_answer():
+    text = prompt_text(build_prompt("vqa", question="What colour is the sign?", options=["red", "blue", "green"]))
+    assert text == (
+        "What colour is the sign?\n(A) red\n(B) blue\n(C) green\n"
+        "Answer with the option's letter from the given choices, enclosed within \\boxed{}."
+    )
+    short = prompt_text(build_prompt("vqa", question="How many cars?", box_format="qwen2_5_vl", think=True))
+    assert short.startswith("How many cars?\nAnswer with a single word or number, enclosed within \\boxed{}.")
+    assert "bbox_2d" not in short and short.endswith("</answer> tags.")
 
 
 def test_ovd_prompt_lists_the_phrases_and_says_what_to_answer_when_none_is_present():

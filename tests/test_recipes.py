@@ -35,7 +35,15 @@ SOURCE_FORMS = {
     "detection": {".json"},
     "ovd": {".json", ".jsonl"},
     "jigsaw": {""},  # any image folder
+    "vqa": {".json", ".jsonl"},
 }
+# Look again (crop turns, after MGPO): recipe -> box format; the 3B one is a LoRA variant of the 7B one.
+LOOK_AGAIN = {
+    "Qwen2.5-VL-7B-Instruct/grpo/config_look_again.yaml": "qwen2_5_vl",
+    "Qwen2.5-VL-3B-Instruct/grpo/config_look_again_lora.yaml": "qwen2_5_vl",
+    "Qwen3-VL-4B-Instruct/grpo/config_look_again.yaml": "qwen3_vl",
+}
+LOOK_AGAIN_DEMO = RECIPES / "demo" / "config_look_again_demo.yaml"
 PAPER_CONFIGS = {
     # Perception-R1's four released settings: config -> task, subset size,
     # rewards, max completion length of the released scripts.
@@ -81,6 +89,7 @@ def test_the_recipe_set_is_complete():
             assert f"Qwen2.5-VL-3B-Instruct/grpo/config_{task}_{variant}.yaml" in names
     assert "Qwen2.5-VL-3B-Instruct/grpo/config_mixed.yaml" in names
     assert "demo/config_demo.yaml" in names
+    assert set(LOOK_AGAIN) | {"demo/config_look_again_demo.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=rel)
@@ -90,7 +99,7 @@ def test_recipe_parses_and_names_only_existing_things(path):
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
     assert training_args.box_format in ("auto", *BOX_FORMATS)
-    assert script_args.task in (*TASKS, "ovd", "jigsaw", "mixed")
+    assert script_args.task in (*TASKS, "ovd", "jigsaw", "vqa", "mixed")
 
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture
@@ -111,7 +120,8 @@ def test_recipe_parses_and_names_only_existing_things(path):
     assert set(training_args.report_to) <= set(INTEGRATION_TO_CALLBACK)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parts[-3] in MODEL_FAMILY], ids=rel)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parts[-3] in MODEL_FAMILY and rel(p) not in LOOK_AGAIN],
+                         ids=rel)  # fmt: skip
 def test_model_recipe_matches_its_folder(path):
     model = path.parts[-3]
     script_args, training_args, model_args = parse(path)
@@ -165,7 +175,10 @@ def test_adapter_variants(path):
     assert model_args.load_in_4bit == path.stem.endswith("_qlora")
     assert training_args.use_vllm is False  # sized for one 24 GB GPU with HF generate
     # Apart from the adapter set-up and the pixel budget, the variant trains like its full recipe.
-    full = raw(path.with_name(path.name.replace("_qlora", "").replace("_lora", "")))
+    full_path = path.with_name(path.name.replace("_qlora", "").replace("_lora", ""))
+    if rel(path) in LOOK_AGAIN:  # the look-again LoRA variant shrinks MGPO's 7B recipe
+        full_path = RECIPES / "Qwen2.5-VL-7B-Instruct" / "grpo" / "config_look_again.yaml"
+    full = raw(full_path)
     variant = raw(path)
     for key in ("task", "dataset_source", "image_dir", "num_samples", "reward_funcs", "box_format"):
         assert variant.get(key) == full.get(key), key
@@ -178,6 +191,40 @@ def test_demo_config_is_a_cpu_smoke_run():
     assert script_args.dataset_source == "synthetic" and script_args.eval_source == "synthetic"
     assert training_args.report_to == []
     assert not training_args.use_vllm
+
+
+@pytest.mark.parametrize("name", sorted(LOOK_AGAIN))
+def test_look_again_recipes_carry_mgpos_setup(name):
+    path = RECIPES / name
+    script_args, training_args, model_args = parse(path)
+    model = path.parts[-3]
+    assert model_args.model_name_or_path == f"Qwen/{model}" and training_args.box_format == LOOK_AGAIN[name]
+    # MGPO's run script: 8 rollouts, KL loss 0.01, lr 1e-6 (LoRA: larger), temperature 1, the answer reward only.
+    assert training_args.num_generations == 8 and training_args.beta == 0.01 and training_args.temperature == 1.0
+    assert training_args.learning_rate == (1e-5 if model_args.use_peft else 1e-6)
+    assert script_args.task == "vqa" and script_args.reward_funcs == ["vqa"]
+    # Two turns: one crop, resized to MGPO's sub-image limits (at most), the second turn always given.
+    assert training_args.crop_turns == 1 and training_args.max_tool_calling_iterations == 1
+    assert training_args.crop_forced
+    assert training_args.crop_min_pixels == 200_704 and training_args.crop_max_pixels <= 1_003_520
+    assert training_args.min_pixels == 200_704 and training_args.max_pixels <= 1_003_520
+    # The completion holds the crop's image tokens: room for the largest crop and an answer.
+    assert training_args.max_completion_length >= training_args.crop_max_pixels // 784 + 512
+    assert Path(script_args.dataset_source).suffix == ".jsonl" and script_args.eval_source.endswith(
+        "vstar_bench/test_questions.jsonl"
+    )
+    assert training_args.bf16 and model_args.dtype == "bfloat16" and training_args.remove_unused_columns is False
+    suffix = path.stem.replace("config_", "").replace("_", "-")
+    assert training_args.output_dir == f"outputs/{model}-GRPO-{suffix}"
+
+
+def test_look_again_demo_is_a_cpu_smoke_run():
+    script_args, training_args, model_args = parse(LOOK_AGAIN_DEMO)
+    assert model_args.model_name_or_path == "tiny:qwen3_vl"  # Qwen3-VL's own template calls tools
+    assert training_args.use_cpu and not training_args.bf16 and not training_args.use_vllm
+    assert training_args.crop_turns == 1 and script_args.task == "vqa" and script_args.reward_funcs == ["vqa"]
+    assert script_args.dataset_source == "synthetic" and script_args.eval_source == "synthetic"
+    assert training_args.crop_max_pixels <= training_args.max_pixels
 
 
 def test_unknown_yaml_keys_are_rejected(tmp_path):

@@ -137,17 +137,22 @@ _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _free = st.text(alphabet=st.characters(codec="utf-8"), max_size=40).filter(lambda s: not any(t in s for t in _TAGS))
 
 
-def _oracle(text: str) -> float:
-    """The definition, written as a (slow, backtracking) regular expression on short strings."""
+def _unpadded(text: str) -> str:
     for pad in ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>"):
         text = text.replace(pad, "")
+    return text
+
+
+def _oracle(text: str) -> float:
+    """The definition, written as a (slow, backtracking) regular expression on short strings."""
+    text = _unpadded(text)
     free = r"(?:(?!<think>|</think>|<answer>|</answer>).)*"
     match = re.fullmatch(rf"\s*<think>{free}</think>\s*<answer>({free})</answer>\s*", text, re.DOTALL)
     return 1.0 if match and match.group(1).strip() else 0.0
 
 
 @settings(max_examples=300, deadline=None)
-@given(_free, _free, _free.filter(lambda s: s.strip()))
+@given(_free, _free, _free.filter(lambda s: _unpadded(s).strip()))  # padding tokens alone are no answer
 def test_one_think_block_then_one_answer_pays(before, thought, answer):
     text = f"<think>{thought}</think>{before if not before.strip() else ''}<answer>{answer}</answer>"
     assert think_answer_format_reward([text]) == [1.0] == [_oracle(text)]
@@ -238,6 +243,10 @@ CASES = {
     "od_weighted": ("ovd", _DET, _DET_GT),
     "jigsaw": ("jigsaw", "2 1\n3 4", _JIGSAW),
     "jigsaw_connections": ("jigsaw", "2 1\n3 4", _JIGSAW),
+    "vqa": ("vqa", "\\boxed{B}", "B"),
+    "vqa_choice": ("vqa", "\\boxed{B}", "B"),
+    "vqa_number": ("vqa", "\\boxed{42}", "42"),
+    "vqa_text": ("vqa", "\\boxed{red}", "red"),
 }
 # Rewards that judge the structure itself, so a bare answer and a thinking one must differ.
 STRUCTURE = {"think_answer_format", "jigsaw_format"}

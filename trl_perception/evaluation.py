@@ -4,6 +4,7 @@ on the box_format's grid, predictions mapped back to original pixels, metrics pe
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -23,12 +24,15 @@ from .frames import BOX_FORMATS, Frame, box_format_of, check_box_format, default
 from .metrics import (
     coco_metrics,
     counting_metrics,
+    crop_metrics,
     grounding_metrics,
     objects_to_coco_results,
     ocr_metrics,
     ovd_metrics,
+    vqa_metrics,
 )
 from .rewards.jigsaw import jigsaw_metrics, jigsaw_scores, jigsaw_target
+from .rewards.vqa import vqa_answer
 from .viz import display_text, draw_objects, image_grid
 from .vllm import limit_mm_per_prompt, mm_processor_kwargs
 
@@ -36,6 +40,8 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_NEW_TOKENS",
     "CropTurnOutput",
+    "CropTurnsOutput",
+    "CropTurnsRequest",
     "EvaluationResult",
     "GenerationRequest",
     "add_eval_arguments",
@@ -58,6 +64,7 @@ DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "detection": 4096,
     "ovd": 2048,
     "jigsaw": 1024,
+    "vqa": 1024,
 }
 """Generation budget per task when `max_new_tokens` is not given: Perception-R1's evaluation scripts'."""
 
@@ -84,6 +91,27 @@ class GenerationRequest:
     input_size: tuple[int, int]
     box_format: str | None
     max_new_tokens: int
+
+
+@dataclass
+class CropTurnsRequest:
+    """One VQA row for the two-turn ("look again") generation: the single-turn `request` (its `image` is what
+    the model sees, fitted to the grid), the row's `original_image` the crop is cut from, and its `target_box`
+    (original pixels; `None` when unknown)."""
+
+    request: GenerationRequest
+    original_image: Any
+    target_box: list[float] | None
+
+
+@dataclass
+class CropTurnsOutput:
+    """What the two-turn generation returns for one row: the final answer `text` (the last assistant turn),
+    every assistant turn's text, and the crop calls (`crop.CropRecord`s, or dicts with the same fields)."""
+
+    text: str
+    turns: list[str]
+    records: list[Any]
 
 
 @dataclass
@@ -546,6 +574,55 @@ class _TransformersGenerator:
                 request.input_size = fed
 
 
+def _crop_turns_generator(
+    generator: Any, crop_turns: int, crop_min_pixels: int | None, crop_max_pixels: int | None
+) -> Callable[[list[CropTurnsRequest]], list[CropTurnsOutput]]:
+    """`evaluate`'s two-turn pass: `generate_with_crop_turns` on the loaded model, with a processor whose pixel
+    limits are this evaluation's (the single-turn pass feeds the same image at the same size)."""
+    if not isinstance(generator, _TransformersGenerator):
+        raise ValueError("crop turns run with the transformers backend (backend='transformers')")
+    if crop_turns != 1:
+        raise ValueError(f"crop_turns must be 0 or 1 (MGPO's two turns), got {crop_turns}")
+    processor = copy.deepcopy(generator.processor)
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and generator.min_pixels is not None and generator.max_pixels is not None:
+        lo, hi = int(generator.min_pixels), int(generator.max_pixels)
+        image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+        for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+            if getattr(image_processor, name, None) is not None:  # transformers 4 keeps them as attributes too
+                setattr(image_processor, name, value)
+
+    def run(items: list[CropTurnsRequest]) -> list[CropTurnsOutput]:
+        by_format: dict[str | None, list[int]] = {}
+        for i, item in enumerate(items):
+            by_format.setdefault(item.request.box_format, []).append(i)
+        outputs: list[CropTurnsOutput | None] = [None] * len(items)
+        for box_format, indices in by_format.items():
+            if box_format is None:
+                raise ValueError("crop turns need the model's box format (the frame of the crop box)")
+            rows = [
+                {
+                    "prompt": items[i].request.prompt,
+                    "image": items[i].request.image,
+                    "original_image": items[i].original_image,
+                    "input_size": list(items[i].request.input_size),
+                    "target_box": items[i].target_box,
+                }
+                for i in indices
+            ]
+            results = generate_with_crop_turns(
+                generator.model, processor, rows, box_format,
+                max_new_tokens=max(items[i].request.max_new_tokens for i in indices),
+                crop_min_pixels=crop_min_pixels, crop_max_pixels=crop_max_pixels, batch_size=len(rows),
+            )  # fmt: skip
+            for i, result in zip(indices, results):
+                turns = [result.first_turn] + ([] if result.second_turn is None else [result.second_turn])
+                outputs[i] = CropTurnsOutput(text=result.answer, turns=turns, records=list(result.crops))
+        return [out for out in outputs if out is not None]
+
+    return run
+
+
 class _VLLMGenerator:
     def __init__(self, model: str, processor: Any, min_pixels: int | None, max_pixels: int | None,
                  generation_kwargs: Mapping[str, Any] | None, engine_kwargs: Mapping[str, Any] | None):  # fmt: skip
@@ -630,13 +707,15 @@ class _TaskEvaluation:
     metrics take; it must accept any text. `metrics(scored, categories=..., dataset=...)` returns the
     task's metrics over its rows. `summary(record)` is the row's caption and `ground_truth(solution)`
     what `viz.draw_objects` draws in green (or `visual(record, image)` the whole tile, for tasks whose
-    picture is not boxes on the image)."""
+    picture is not boxes on the image). `solution(row)`, when set, reads the ground truth from the whole row
+    (VQA: the answer with the row's `options` and `target_box`)."""
 
     score: Callable[[GenerationRequest, Any, str], tuple[dict[str, Any], Any]]
     metrics: Callable[..., dict[str, Any]]
     summary: Callable[[dict[str, Any]], str]
     ground_truth: Callable[[Any], Any] = lambda solution: None
     visual: Callable[[dict[str, Any], Any], Any] | None = None
+    solution: Callable[[Mapping[str, Any]], Any] | None = None  # the row's ground truth, when not `solution` alone
 
 
 def _object_dicts(parsed: ParsedOutput) -> list[dict[str, Any]]:
@@ -764,6 +843,68 @@ def _jigsaw_visual(record: dict[str, Any], puzzle: Any) -> Any:
     return image_grid([puzzle], ncols=1, captions=[f"answer {target.answer}, model {prediction}"])
 
 
+def _vqa_solution(row: Mapping[str, Any]) -> dict[str, Any]:
+    options = row.get("options")
+    target = row.get("target_box")
+    return {
+        "answer": row.get("solution"),
+        "options": [str(o) for o in options] if options is not None else [],
+        "target_box": [float(v) for v in target] if target is not None and len(target) == 4 else None,
+    }
+
+
+def _score_vqa(request: GenerationRequest, solution: Any, text: str) -> tuple[dict[str, Any], Any]:
+    prediction, correct = vqa_answer(text, solution["answer"], solution["options"] or None)
+    fields = {"prediction": prediction, "correct": correct, "valid": prediction is not None, "truncated": False}
+    return fields, correct
+
+
+def _vqa_summary(record: dict[str, Any]) -> str:
+    solution = record.get("solution") or {}
+    crop = record.get("crop")
+    after = "" if crop is None else f", after crop {crop.get('prediction')}"
+    return f"#{record['index']} vqa: {record.get('prediction')}{after} / gt {solution.get('answer')}"
+
+
+_CROP_RECORD_FIELDS = ("valid", "box", "reason", "area_fraction", "iou", "forced")
+
+
+def _crop_record_dict(record: Any) -> dict[str, Any]:
+    get = record.get if isinstance(record, Mapping) else lambda key: getattr(record, key, None)
+    out = {key: get(key) for key in _CROP_RECORD_FIELDS}
+    out["box"] = None if out["box"] is None else [int(v) for v in out["box"]]
+    return out
+
+
+def _score_vqa_crop(solution: Any, output: CropTurnsOutput) -> dict[str, Any]:
+    """The record's `crop` field: the two-turn answer scored like the single-turn one, and its crop calls."""
+    text = "" if output.text is None else str(output.text)
+    prediction, correct = vqa_answer(text, solution["answer"], solution["options"] or None)
+    return {
+        "text": text,
+        "turns": [str(t) for t in output.turns],
+        "prediction": prediction,
+        "correct": correct,
+        "records": [_crop_record_dict(r) for r in output.records],
+    }
+
+
+def _vqa_metrics(scored: list[_Scored], **_: Any) -> dict[str, Any]:
+    """Accuracy of the single-turn answers; with crop turns also `crop_accuracy` (the same rows answered after
+    the crop turn), `crop_accuracy_gain` and the crop statistics (`metrics.crop_metrics`)."""
+    result: dict[str, Any] = dict(vqa_metrics([s.prediction for s in scored]))
+    cropped = [s for s in scored if s.record.get("crop") is not None]
+    if cropped:
+        single = vqa_metrics([s.prediction for s in cropped])["accuracy"]
+        two_turn = vqa_metrics([s.record["crop"]["correct"] for s in cropped])["accuracy"]
+        result["crop_accuracy"] = two_turn
+        result["crop_accuracy_gain"] = two_turn - single
+        stats = crop_metrics([s.record["crop"]["records"] for s in cropped],
+                             [s.solution.get("target_box") for s in cropped])  # fmt: skip
+        result.update({k: v for k, v in stats.items() if k != "num_samples"})
+    return result
+
+
 def _clip(text: Any, n: int) -> str:
     return display_text(text, n)
 
@@ -807,6 +948,15 @@ _TASK_EVALUATIONS: dict[str, _TaskEvaluation] = {
         metrics=lambda scored, **_: jigsaw_metrics(s.record for s in scored),
         summary=_jigsaw_summary,
         visual=_jigsaw_visual,
+    ),
+    # Multiple-choice / short-answer VQA (the "look again" task): accuracy as the VQA reward judges it; the
+    # tile shows the target region (green) and, with crop turns, the crop (red).
+    "vqa": _TaskEvaluation(
+        score=_score_vqa,
+        metrics=_vqa_metrics,
+        summary=_vqa_summary,
+        ground_truth=lambda solution: [solution["target_box"]] if solution and solution.get("target_box") else None,
+        solution=_vqa_solution,
     ),
 }  # fmt: skip
 """Task → how `evaluate` scores it, computes its metrics and draws it (see `_TaskEvaluation`)."""
@@ -1002,7 +1152,9 @@ def _prepare(
         box_format=box_format,
         max_new_tokens=int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS[task]),
     )
-    return request, _load_solution(task, row.get("solution")), image
+    load = _TASK_EVALUATIONS[task].solution
+    solution = load(row) if load is not None else _load_solution(task, row.get("solution"))
+    return request, solution, image
 
 
 def evaluate(
@@ -1023,6 +1175,10 @@ def evaluate(
     categories: Sequence[str] | None = None,
     generate_fn: Callable[[list[GenerationRequest]], list[str]] | None = None,
     vllm_kwargs: Mapping[str, Any] | None = None,
+    crop_turns: int = 0,
+    crop_min_pixels: int | None = None,
+    crop_max_pixels: int | None = None,
+    crop_generate_fn: Callable[[list[CropTurnsRequest]], list[CropTurnsOutput]] | None = None,
 ) -> EvaluationResult:
     """Evaluate a model on a row-contract dataset with Perception-R1's protocol, mapping predictions back to
     original image pixels.
@@ -1041,6 +1197,8 @@ def evaluate(
     * detection: `metrics.coco_metrics` (pycocotools) against a COCO ground truth built from the rows
       (`build_coco_ground_truth`: every image kept, none dropped); each box scores 1.0, so COCOeval ranks an
       image's boxes in the order the model emitted them (the model gives no confidence; PR1 does the same).
+    * vqa: `metrics.vqa_metrics` on the answer as `rewards.vqa_reward` judges it (option letter, number or
+      short text from the last `\\boxed{}`); with `crop_turns`, also after a crop turn (see below).
 
     The model frame is the size this evaluation fed the image at (a row's own `input_size` column, computed
     for training with possibly other limits, is not used), checked against the processor's `image_grid_thw`.
@@ -1077,6 +1235,15 @@ def evaluate(
         categories: detection category names (default: the dataset's list, else the ground-truth labels).
         generate_fn: replaces the model: called with a list of `GenerationRequest`s, returns one text each.
         vllm_kwargs: extra `vllm.LLM` arguments (e.g. `tensor_parallel_size`, `gpu_memory_utilization`).
+        crop_turns: 1: for VQA rows, also answer after a crop turn ("look again", after MGPO; 0: none):
+            the model names a box, sees that region cropped from the original image, then answers (greedy, the
+            transformers backend). The metrics then hold both accuracies (`accuracy` single-turn,
+            `crop_accuracy` after the crop turn, `crop_accuracy_gain`) and the crop statistics of
+            `metrics.crop_metrics` (`crop_rate`, `invalid_rate`, `no_call_rate`, `mean_crop_area`, `mean_iou`
+            and `target_inside` against the rows' `target_box`); each record gets a `crop` field.
+        crop_min_pixels, crop_max_pixels: the crop's pixel limits (default MGPO's, `crop.crop_pixel_limits`).
+        crop_generate_fn: replaces the two-turn generation (tests): called with `CropTurnsRequest`s, returns one
+            `CropTurnsOutput` each.
 
     Returns:
         `EvaluationResult` with `metrics` (`{task: {...}}`), `predictions`, `config` and `files`.
@@ -1100,12 +1267,20 @@ def evaluate(
         check_box_format(box_format)
     if generate_fn is None and model is None:
         raise ValueError("evaluate() needs a model (a path or a loaded model) or a generate_fn")
+    if isinstance(crop_turns, bool) or crop_turns not in (0, 1):
+        raise ValueError(f"crop_turns must be 0 or 1 (MGPO's two turns), got {crop_turns!r}")
+    if crop_turns and crop_generate_fn is None and generate_fn is not None:
+        raise ValueError("crop_turns with generate_fn needs crop_generate_fn too (the model is replaced)")
     # The output folder is checked (and created) before any model is loaded or any row generated.
     out_dir = _prepare_output_dir(output_dir) if output_dir is not None else None
     model_box_format = box_format if box_format not in (None, "auto") else _model_box_format(model)
 
     generator: Callable[[list[GenerationRequest]], list[str]]
+    if crop_turns and backend == "auto":
+        backend = "transformers"  # the crop turns run with transformers; one model serves both passes
     chosen = "custom" if generate_fn is not None else _choose_backend(backend, model)
+    if crop_turns and chosen == "vllm":
+        raise ValueError("crop_turns runs its two turns with transformers: use backend='transformers'")
     model_name = (
         os.fspath(model)
         if isinstance(model, (str, os.PathLike))
@@ -1136,6 +1311,9 @@ def evaluate(
                 else unwrap_model(model)
             )
             generator = _TransformersGenerator(loaded, processor, lo, hi, generation_kwargs)
+    crop_generator = crop_generate_fn
+    if crop_turns and crop_generator is None:
+        crop_generator = _crop_turns_generator(generator, crop_turns, crop_min_pixels, crop_max_pixels)
     chunk = max(batch_size, _VLLM_MIN_CHUNK) if chosen == "vllm" else batch_size
 
     from tqdm.auto import tqdm
@@ -1153,12 +1331,26 @@ def evaluate(
         files["predictions"] = os.path.join(out_dir, "predictions.jsonl")
         stream = open(files["predictions"], "w", encoding="utf-8")  # noqa: SIM115 - closed in `finally`
 
-    def flush(batch: list[tuple[GenerationRequest, Any, Any, Any]]) -> None:
-        texts = list(generator([request for request, _, _, _ in batch]))
+    def flush(batch: list[tuple[GenerationRequest, Any, Any, Any, Any]]) -> None:
+        texts = list(generator([request for request, _, _, _, _ in batch]))
         if len(texts) != len(batch):
             raise RuntimeError(f"generation returned {len(texts)} texts for {len(batch)} prompts")
-        for (request, solution, image, row_categories), text in zip(batch, texts):
+        crops: dict[int, dict[str, Any]] = {}
+        looked = [(i, item) for i, item in enumerate(batch) if item[4] is not None]
+        if looked and crop_generator is not None:
+            outputs = list(crop_generator([
+                CropTurnsRequest(item[0], item[4], item[1].get("target_box")) for _, item in looked
+            ]))  # fmt: skip
+            if len(outputs) != len(looked):
+                raise RuntimeError(f"crop turns returned {len(outputs)} outputs for {len(looked)} rows")
+            crops = {i: _score_vqa_crop(item[1], out) for (i, item), out in zip(looked, outputs)}
+        for position, ((request, solution, image, row_categories, _), text) in enumerate(zip(batch, texts)):
             item = _score_row(request, solution, "" if text is None else str(text), row_categories)
+            if position in crops:
+                item.record["crop"] = _json_safe(crops[position])
+                first = next(iter(crops[position]["records"]), None)
+                if first is not None and first["valid"] and first["box"] is not None:
+                    item.record["objects"] = [{"bbox_2d": first["box"], "label": "crop"}]  # red in report.png
             scored.setdefault(request.task, []).append(item)
             records.append(item.record)
             if stream is not None:
@@ -1169,7 +1361,7 @@ def evaluate(
             stream.flush()
 
     try:
-        batch: list[tuple[GenerationRequest, Any, Any, Any]] = []
+        batch: list[tuple[GenerationRequest, Any, Any, Any, Any]] = []
         with tqdm(total=total, disable=not progress, desc="evaluate", unit="row") as bar:
             for index, row in enumerate(dataset):
                 row_box_format = row.get("box_format") if isinstance(row.get("box_format"), str) else None
@@ -1191,7 +1383,8 @@ def evaluate(
                 lo, hi = limits_for(row_format)
                 request, solution, image = _prepare(index, row, row_format, lo, hi, max_new_tokens)
                 keep_image = image if len(visuals) + len(batch) < num_visual else None
-                batch.append((request, solution, keep_image, row.get("categories")))
+                original = image if crop_turns and request.task == "vqa" else None
+                batch.append((request, solution, keep_image, row.get("categories"), original))
                 if len(batch) >= chunk:
                     flush(batch)
                     bar.update(len(batch))
@@ -1220,6 +1413,7 @@ def evaluate(
         else "per task " + json.dumps(DEFAULT_MAX_NEW_TOKENS),
         "generation_kwargs": dict(generation_kwargs or {}),
         "num_samples": len(records),
+        "crop_turns": crop_turns,
     }
     if out_dir is not None:
         files["metrics"] = os.path.join(out_dir, "metrics.json")
@@ -1290,6 +1484,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--output-dir", default="eval_results", help="where predictions, metrics and report go"
     )
     parser.add_argument("--num-visual", type=int, default=16, help="samples drawn in report.png")
+    parser.add_argument(
+        "--crop-turns",
+        type=int,
+        default=0,
+        help="vqa: 1 also answers after a crop turn (look again, after MGPO) and reports both accuracies "
+        "and the crop statistics (transformers backend)",
+    )
+    parser.add_argument("--crop-min-pixels", type=int, default=None, help="crop resize limit (default MGPO's 200704)")
+    parser.add_argument("--crop-max-pixels", type=int, default=None, help="crop resize limit (default MGPO's 1003520)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -1316,10 +1519,23 @@ def _check_eval_arguments(args: argparse.Namespace) -> tuple[dict[str, Any], dic
     """Every check that needs neither a model nor data, so that a bad argument fails at once: returns the
     builder options of `--split` / `--source-option` and the decoded `--generation-kwargs`; a `ValueError`
     (or `OSError`) naming the option otherwise."""
-    for name in ("num_samples", "batch_size", "max_new_tokens", "min_pixels", "max_pixels"):
+    for name in ("num_samples", "batch_size", "max_new_tokens", "min_pixels", "max_pixels", "crop_min_pixels",
+                 "crop_max_pixels"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    crop_turns = getattr(args, "crop_turns", 0) or 0
+    if crop_turns not in (0, 1):
+        raise ValueError(f"--crop-turns must be 0 or 1 (MGPO's two turns), got {crop_turns}")
+    if crop_turns and args.task != "vqa":
+        raise ValueError(f"--crop-turns applies to --task vqa (questions about a region), not {args.task}")
+    if crop_turns and args.backend == "vllm":
+        raise ValueError("--crop-turns runs its two turns with transformers: use --backend transformers (or auto)")
+    lo, hi = getattr(args, "crop_min_pixels", None), getattr(args, "crop_max_pixels", None)
+    if (lo is not None or hi is not None) and not crop_turns:
+        raise ValueError("--crop-min-pixels / --crop-max-pixels need --crop-turns")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"--crop-min-pixels ({lo}) exceeds --crop-max-pixels ({hi})")
     if args.num_visual < 0:
         raise ValueError(f"--num-visual must be >= 0, got {args.num_visual}")
     if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
@@ -1440,6 +1656,9 @@ def run_eval_from_args(args: argparse.Namespace) -> EvaluationResult:
         generation_kwargs=generation_kwargs,
         num_visual=args.num_visual,
         progress=not args.no_progress,
+        crop_turns=getattr(args, "crop_turns", 0) or 0,
+        crop_min_pixels=getattr(args, "crop_min_pixels", None),
+        crop_max_pixels=getattr(args, "crop_max_pixels", None),
     )
     print(json.dumps(result.flat(), indent=2))
     if result.files:

@@ -33,7 +33,9 @@ from ._json import loads_strict
 from .frames import Frame, check_box_format, convert_frame, frame_of
 
 __all__ = [
+    "CHOICE_LETTERS",
     "MAX_ABS_COORD",
+    "MAX_VQA_ANSWER",
     "MAX_OBJECTS",
     "JIGSAW_QUESTIONS",
     "BoxBatch",
@@ -41,18 +43,25 @@ __all__ = [
     "ParsedBoxes",
     "ParsedOutput",
     "answer_text",
+    "boxed_content",
     "completion_text",
+    "final_turn_text",
+    "format_choices",
     "format_instruction",
+    "normalize_answer",
+    "parse_choice",
     "parse_count",
     "parse_boxes",
     "parse_boxes_batch",
     "parse_jigsaw_choice",
     "parse_jigsaw_grid",
+    "parse_number",
     "parse_objects",
     "render_jigsaw_answer",
     "render_objects",
     "strip_thinking",
     "strip_wrappers",
+    "vqa_answer_body",
 ]
 
 MAX_ABS_COORD = 100_000.0
@@ -1192,3 +1201,223 @@ def render_jigsaw_answer(answer: Any, cols: int = 1, think: bool = False) -> str
     else:
         body = str(answer)
     return f"<think></think><answer>{body}</answer>" if think else body
+
+
+# --------------------------------------------------------------------------------------------------
+# VQA answers: the final turn of a (multi-turn) completion, `\boxed{}`, a letter, a number, a short text
+
+CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+"""Option letters of a multiple-choice question, in order: option `i` is `CHOICE_LETTERS[i]`."""
+
+MAX_VQA_ANSWER = 200
+"""Longest answer body (characters, after unwrapping) read as a letter, number or short text; a longer one is
+not a short answer and earns nothing."""
+
+_BOXED = "\\boxed{"
+_ANSWER_PREFIX_RE = re.compile(
+    r"(?:the\s)?\s{0,3}(?:final\s|correct\s|best\s)?\s{0,3}(?:answer|option|choice)(?:\sis)?\s{0,3}[:：]?\s{0,3}",
+    re.IGNORECASE,
+)
+_CHOICE_RE = re.compile(r"\(?\s?([A-Za-z])\s?\)?[.:)]?")
+_CHOICE_LEAD_RE = re.compile(r"\(([A-Za-z])\)[.:]?\s{0,3}(\S.*)|([A-Z])[.:)]?\s+(\S.*)", re.DOTALL)
+_LETTER_TOKEN_RE = re.compile(r"\(?[A-Z]\)?[.:),]?")
+_NUMBER_RE = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d{1,30})(\.\d{1,30})?|([-+]?)\.(\d{1,30})")
+_EDGE_PUNCTUATION = " \t\n\r.,;:!?\"'`()[]{}"
+
+
+def final_turn_text(completion: Any) -> str:
+    """Text of the final assistant turn of a completion: a string as is; for TRL's conversational completions
+    (with tools on, `[assistant (tool call), tool (result), assistant (answer), ...]`) the content of the last
+    message, or `""` when the conversation ends with a tool or user message (the answer was cut off).
+
+    Example:
+    ```python
+    >>> final_turn_text([{"role": "assistant", "content": "crop [1, 2, 3, 4]"},
+    ...                  {"role": "tool", "name": "crop", "content": [{"type": "text", "text": "sub-image"}]},
+    ...                  {"role": "assistant", "content": "\\\\boxed{B}"}])
+    '\\\\boxed{B}'
+    >>> final_turn_text([{"role": "assistant", "content": "A"}, {"role": "tool", "content": "..."}])
+    ''
+    >>> final_turn_text("plain B")
+    'plain B'
+
+    ```
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        if completion.get("role", "assistant") != "assistant":
+            return ""
+        return completion_text(completion.get("content", ""))
+    if isinstance(completion, Sequence) and completion:
+        if any(isinstance(item, Mapping) and "role" in item for item in completion):
+            return final_turn_text(completion[-1])
+        return completion_text(completion)
+    return "" if completion is None or isinstance(completion, Sequence) else str(completion)
+
+
+def boxed_content(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` in `text` (nested braces balanced), or `None` when there is none
+    or it is never closed. Linear time.
+
+    Example:
+    ```python
+    >>> boxed_content("so \\\\boxed{A} no, \\\\boxed{\\\\text{B}}"), boxed_content("\\\\boxed{open")
+    ('\\\\text{B}', None)
+
+    ```
+    """
+    if not isinstance(text, str):
+        return None
+    start = text.rfind(_BOXED)
+    if start < 0:
+        return None
+    depth, begin = 1, start + len(_BOXED)
+    for pos in range(begin, len(text)):
+        char = text[pos]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:pos]
+    return None
+
+
+def vqa_answer_body(completion: Any) -> str:
+    """The answer a VQA completion gives: in its final turn (`final_turn_text`) without its thinking
+    (`strip_thinking`; thinking alone gives `""`), the content of the last
+    `\\boxed{}` (a `\\text{...}` inside unwrapped), else the text inside the last `<answer>` (or all of it),
+    with padding tokens, code fences and a leading "Answer:" / "The answer is" removed and the ends trimmed.
+
+    Example:
+    ```python
+    >>> vqa_answer_body("I zoomed in. The final answer is \\\\boxed{\\\\text{(B) red}}.")
+    '(B) red'
+    >>> vqa_answer_body("<think>hmm</think><answer>Answer: C</answer><|im_end|>")
+    'C'
+
+    ```
+    """
+    text = final_turn_text(completion)
+    for token in _PAD_TOKENS:
+        if token in text:
+            text = text.replace(token, "")
+    text = strip_thinking(text)
+    if text is None:  # thinking only: no answer (an answer written while thinking does not count)
+        return ""
+    boxed = boxed_content(text)
+    body = boxed if boxed is not None else strip_wrappers(text)
+    body = body.strip()
+    if body.startswith("\\text{") and body.endswith("}"):
+        body = body[len("\\text{") : -1].strip()
+    if len(body) > MAX_VQA_ANSWER:
+        return body
+    prefix = _ANSWER_PREFIX_RE.match(body)
+    if prefix and prefix.end() < len(body):
+        body = body[prefix.end() :]
+    return body.strip()
+
+
+def normalize_answer(text: Any) -> str:
+    """A short answer for exact matching: lower case, inner whitespace collapsed, punctuation and quotes at
+    the ends and a leading article ("a", "an", "the") removed.
+
+    Example:
+    ```python
+    >>> normalize_answer("  The Red   Square. "), normalize_answer('"blue"')
+    ('red square', 'blue')
+
+    ```
+    """
+    words = str(text).lower().strip(_EDGE_PUNCTUATION).split()
+    if len(words) > 1 and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return " ".join(words).strip(_EDGE_PUNCTUATION)
+
+
+def parse_choice(completion: Any, options: Sequence[str] | None = None) -> str | None:
+    """The option letter a multiple-choice answer picks, or `None`.
+
+    The answer body (`vqa_answer_body`: the last `\\boxed{}`, else the `<answer>` or whole final turn, with
+    "Answer:" / "The answer is" removed) must be one letter — `B`, `(b)`, `B.`, `B)` — or an upper-case letter
+    (or a bracketed one, `(b)`) followed by that option's text (`(B) red`, `B. red`; without `options`, by text holding no other option
+    letter), or exactly one option's text. With `options`, the letter must be one of theirs. Listing several
+    letters (`A B C D`, `A or B`) picks nothing.
+
+    Example:
+    ```python
+    >>> parse_choice("\\\\boxed{B}"), parse_choice("Answer: (c)."), parse_choice("B. red", ["blue", "red"])
+    ('B', 'C', 'B')
+    >>> parse_choice("red", ["blue", "red"]), parse_choice("A B C D"), parse_choice("E", ["x", "y"])
+    ('B', None, None)
+
+    ```
+    """
+    body = vqa_answer_body(completion)
+    if not body or len(body) > MAX_VQA_ANSWER:
+        return None
+    n = None if options is None else len(options)
+    letter = None
+    match = _CHOICE_RE.fullmatch(body)
+    if match:
+        letter = match.group(1).upper()
+    else:
+        lead = _CHOICE_LEAD_RE.fullmatch(body)
+        if lead:
+            first = (lead.group(1) or lead.group(3)).upper()
+            rest = lead.group(2) if lead.group(1) else lead.group(4)
+            if options is not None:
+                index = CHOICE_LETTERS.find(first)
+                if index < len(options) and normalize_answer(rest) == normalize_answer(options[index]):
+                    letter = first
+            elif not any(_LETTER_TOKEN_RE.fullmatch(token) for token in rest.split()):
+                letter = first
+        elif options:
+            wanted = normalize_answer(body)
+            hits = [i for i, option in enumerate(options) if normalize_answer(option) == wanted]
+            if len(hits) == 1 and hits[0] < len(CHOICE_LETTERS):
+                letter = CHOICE_LETTERS[hits[0]]
+    if letter is None or (n is not None and CHOICE_LETTERS.index(letter) >= n):
+        return None
+    return letter
+
+
+def parse_number(completion: Any) -> float | None:
+    """The number a short answer gives, or `None` unless the answer body (`vqa_answer_body`) is exactly one
+    number: an integer, a decimal, thousands separated by commas (`1,000`), signed, optionally followed by a
+    period.
+
+    Example:
+    ```python
+    >>> parse_number("\\\\boxed{1,000}"), parse_number("Answer: -2.5."), parse_number("3 or 4")
+    (1000.0, -2.5, None)
+
+    ```
+    """
+    body = vqa_answer_body(completion)
+    if not body or len(body) > 64:
+        return None
+    if body.endswith("."):
+        body = body[:-1].rstrip()
+    match = _NUMBER_RE.fullmatch(body)
+    if match is None:
+        return None
+    value = float(match.group(0).replace(",", ""))
+    return value if math.isfinite(value) else None
+
+
+def format_choices(options: Sequence[str]) -> str:
+    """Options as lines `(A) first`, `(B) second`, ... for a multiple-choice prompt (V*'s layout).
+
+    Example:
+    ```python
+    >>> print(format_choices(["red", "blue"]))
+    (A) red
+    (B) blue
+
+    ```
+    """
+    if len(options) > len(CHOICE_LETTERS):
+        raise ValueError(f"at most {len(CHOICE_LETTERS)} options, got {len(options)}")
+    return "\n".join(f"({CHOICE_LETTERS[i]}) {option}" for i, option in enumerate(options))

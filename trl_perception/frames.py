@@ -48,7 +48,7 @@ __all__ = [
     "smart_resize",
 ]
 
-TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection", "ovd", "jigsaw")
+TASKS: tuple[str, ...] = ("grounding", "counting", "ocr", "detection", "ovd", "jigsaw", "vqa")
 """The `task` values of the row contract. New tasks are appended (the order seeds synthetic data)."""
 
 BOX_TASKS: tuple[str, ...] = ("grounding", "counting", "detection", "ovd")

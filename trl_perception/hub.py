@@ -28,6 +28,7 @@ _TASK_TITLES = {
     "ocr": "page OCR",
     "detection": "object detection",
     "ovd": "open-vocabulary detection",
+    "vqa": "visual question answering on high-resolution images",
 }
 _METHOD_TEXT = {
     "grpo": "GRPO (reinforcement learning with rule-based rewards)",
@@ -276,6 +277,8 @@ def build_model_card(
         "detection": "Please output bbox coordinates and names of person, car, dog.",
         "ovd": "Please carefully check the image and detect the following objects: red car, zebra. "
         "If none of them is in the image, answer None.",
+        "vqa": "What is the colour of the small sign?\\n(A) red\\n(B) blue\\nAnswer with the option's letter "
+        "from the given choices, enclosed within \\\\boxed{}.",
     }.get(tasks[0] if tasks else "", "Describe the image.")
     lines += [
         "",

@@ -26,10 +26,12 @@ __all__ = [
     "COCO_STAT_NAMES",
     "coco_metrics",
     "counting_metrics",
+    "crop_metrics",
     "grounding_metrics",
     "objects_to_coco_results",
     "ocr_metrics",
     "ovd_metrics",
+    "vqa_metrics",
 ]
 
 # Order of `COCOeval.stats` for iou_type "bbox" / "segm".
@@ -939,4 +941,97 @@ def ovd_metrics(
         num_samples=len(solutions),
         objects_dropped=dropped,
     )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# VQA and crop turns
+# --------------------------------------------------------------------------------------------------
+
+
+def vqa_metrics(correct: Sequence[bool | float | None]) -> dict[str, float | int | None]:
+    """Accuracy of VQA answers: `correct[i]` is whether row `i` was answered right (`None` or anything
+    false-like counts as wrong).
+
+    Example:
+    ```python
+    >>> vqa_metrics([True, False, None, 1.0])
+    {'accuracy': 0.5, 'num_samples': 4}
+    >>> vqa_metrics([])
+    {'accuracy': None, 'num_samples': 0}
+
+    ```
+    """
+    n = len(correct)
+    if n == 0:
+        return {"accuracy": None, "num_samples": 0}
+    return {"accuracy": float(sum(1.0 for c in correct if c) / n), "num_samples": n}
+
+
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
+
+
+def crop_metrics(
+    records: Sequence[Sequence[Any]], target_boxes: Sequence[Sequence[float] | None] | None = None
+) -> dict[str, float | int | None]:
+    """Statistics of crop turns ("look again"): `records[i]` holds row `i`'s crop calls (`crop.CropRecord`s or
+    dicts with `valid`, `box`, `area_fraction`, `iou`, `forced`; empty when the model made none), and the
+    first call of each row counts.
+
+    Returns `crop_rate` (rows whose first call cropped), `invalid_rate` (rows whose first call was refused:
+    an invalid box), `no_call_rate` (rows without a call by the model, forced ones included), `mean_crop_area`
+    (crop area / image area, over crops), `mean_iou` (IoU of the crop with the row's target region, over crops
+    of rows that know it), and with `target_boxes` (original pixels, `[]`/`None` unknown) `target_inside`:
+    the share of those crops that contain the whole target, the grounding signal that matters for a small
+    target (its IoU with any readable crop stays small). Rates are over all rows.
+
+    Example:
+    ```python
+    >>> records = [[{"valid": True, "box": [0, 0, 100, 100], "area_fraction": 0.25, "iou": 0.04}],
+    ...            [{"valid": False, "box": None, "area_fraction": None, "iou": None}], []]
+    >>> crop_metrics(records, [[10, 10, 30, 30], [0, 0, 5, 5], None])
+    {'crop_rate': 0.3333333333333333, 'invalid_rate': 0.3333333333333333, 'no_call_rate': 0.3333333333333333, 'mean_crop_area': 0.25, 'mean_iou': 0.04, 'target_inside': 1.0, 'num_samples': 3}
+
+    ```
+    """
+    n = len(records)
+    if target_boxes is not None and len(target_boxes) != n:
+        raise ValueError(f"crop_metrics: {len(target_boxes)} target boxes for {n} rows")
+    crops = invalid = no_call = 0
+    areas: list[float] = []
+    ious: list[float] = []
+    inside: list[float] = []
+    for i, calls in enumerate(records):
+        calls = list(calls or [])
+        if not calls or bool(_field(calls[0], "forced")):
+            no_call += 1
+        if not calls:
+            continue
+        first = calls[0]
+        if not _field(first, "valid"):
+            invalid += 1
+            continue
+        crops += 1
+        area, iou, box = _field(first, "area_fraction"), _field(first, "iou"), _field(first, "box")
+        if area is not None:
+            areas.append(float(area))
+        if iou is not None:
+            ious.append(float(iou))
+        target = None if target_boxes is None else target_boxes[i]
+        if box is not None and target is not None and len(target) == 4:
+            x1, y1, x2, y2 = (float(v) for v in box)
+            t1, u1, t2, u2 = (float(v) for v in target)
+            inside.append(float(x1 <= t1 and y1 <= u1 and t2 <= x2 and u2 <= y2))
+    rate = (lambda k: k / n) if n else (lambda k: None)
+    result: dict[str, float | int | None] = {
+        "crop_rate": rate(crops),
+        "invalid_rate": rate(invalid),
+        "no_call_rate": rate(no_call),
+        "mean_crop_area": float(np.mean(areas)) if areas else None,
+        "mean_iou": float(np.mean(ious)) if ious else None,
+    }
+    if target_boxes is not None:
+        result["target_inside"] = float(np.mean(inside)) if inside else None
+    result["num_samples"] = n
     return result

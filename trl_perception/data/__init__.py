@@ -7,7 +7,7 @@ Importing the package imports each builder module, which registers its builder i
 
 from __future__ import annotations
 
-from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco, text  # noqa: F401  (each registers its builder)
+from . import coco, jigsaw, ovd, pageocr, pixmo_count, refcoco, text, vqa  # noqa: F401  (each registers its builder)
 from .coco import build_coco_detection
 from .completions import add_completions, render_completion
 from .errors import DataError, DataWarning
@@ -21,6 +21,7 @@ from .registry import BUILDERS, build_dataset, register_builder
 from .resize import fit_dataset_to_grid
 from .synthetic import make_synthetic
 from .text import TEXT_TASK, build_text
+from .vqa import build_vqa
 
 __all__ = [
     "BUILDERS",
@@ -43,4 +44,5 @@ __all__ = [
     "render_completion",
     "build_ovd",
     "make_jigsaw",
+    "build_vqa",
 ]

@@ -115,6 +115,8 @@ def render_completion(
             answer = "None"  # what the OVD prompt asks for when nothing is present
         elif task == "jigsaw":  # {"question", "grid": [rows, cols], "answer", ...} as make_jigsaw writes it
             answer = render_jigsaw_answer(solution["answer"], cols=solution["grid"][1])
+        elif task == "vqa":  # the answer as the VQA prompts ask for it (and the VQA reward reads it)
+            answer = f"\\boxed{{{solution}}}"
         else:
             answer = "" if solution is None else str(solution)
     else:

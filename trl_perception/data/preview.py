@@ -126,6 +126,8 @@ def render_preview(
             )
         elif task in ("counting", "detection", "ovd"):
             gt = solution
+        elif task == "vqa" and row.get("target_box"):  # the region that answers the question
+            gt = [{"bbox_2d": list(row["target_box"]), "label": "target"}]
         else:
             gt = None
         width = max(2, round(max(image.size) / 200)) if image is not None else 2

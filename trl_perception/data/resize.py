@@ -62,8 +62,8 @@ def _scale_xy(values: Any, sx: float, sy: float, what: str) -> list[float]:
 def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
     """Scale a ground truth by `sx` horizontally and `sy` vertically (x at even, y at odd positions).
 
-    Grounding boxes, counting points and detection `bbox_2d` / `point_2d` are scaled; counts and OCR
-    text are returned unchanged. JSON-string solutions (mixed-task datasets) come back as JSON strings.
+    Grounding boxes, counting points and detection `bbox_2d` / `point_2d` are scaled; counts, OCR text
+    and VQA answers are returned unchanged. JSON-string solutions (mixed-task datasets) come back as JSON strings.
 
     Example:
     ```python
@@ -78,7 +78,7 @@ def scale_solution(task: str, solution: Any, sx: float, sy: float) -> Any:
 
     ```
     """
-    if solution is None or task == "ocr":
+    if solution is None or task in ("ocr", "vqa"):
         return solution
     if isinstance(solution, str):
         return json.dumps(scale_solution(task, json.loads(solution), sx, sy), ensure_ascii=False)
@@ -222,8 +222,9 @@ def finalize(
 def fit_dataset_to_grid(
     dataset: datasets.Dataset, box_format: str, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> datasets.Dataset:
-    """Fit any row-contract dataset to the grid of `box_format`'s models: scale `solution` and `image_size` to the grid
-    size, set `box_format` / `input_size`, and resize images lazily on access (`GridImageTransform`).
+    """Fit any row-contract dataset to the grid of `box_format`'s models: scale `solution` and `image_size` (and a VQA
+    `target_box`) to the grid size, set `box_format` / `input_size`, and resize images lazily on access
+    (`GridImageTransform`). VQA datasets meant for crop turns should keep their original images instead.
 
     The same step the builders apply with `max_pixels`/`min_pixels`; no image is decoded here. Applying it
     twice with the same limits changes nothing more.
@@ -256,7 +257,17 @@ def fit_dataset_to_grid(
         solutions.append(scale_solution(task, sol, new[0] / size[0], new[1] / size[1]))
         sizes.append(new)
     replaced = [c for c in ("solution", "image_size", "box_format", "input_size") if c in fields]
+    target_boxes = None
+    if "target_box" in fields:  # VQA rows: the region that answers the question, scaled with the image
+        old = base.select_columns(["target_box"])["target_box"]
+        target_boxes = [
+            [] if not box else _scale_xy(box, new[0] / size[0], new[1] / size[1], "a target box")
+            for box, size, new in zip(old, columns["image_size"], sizes)
+        ]
+        replaced.append("target_box")
     out = base.remove_columns(replaced)
+    if target_boxes is not None:
+        out = out.add_column("target_box", target_boxes, feature=fields["target_box"])
     out = out.add_column("solution", solutions, feature=fields["solution"])
     out = out.add_column("image_size", sizes, feature=List(Value("int64")))
     out = out.add_column("box_format", [box_format] * len(sizes), feature=Value("string"))

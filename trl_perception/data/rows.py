@@ -122,13 +122,16 @@ def solution_feature(task: str) -> Any:
         return List({"bbox_2d": List(Value("float64")), "label": Value("string")})
     if task == "jigsaw":
         return Value("string")  # JSON: {"question", "grid", "answer", "think"[, "options"]}
+    if task == "vqa":
+        return Value("string")  # the answer: a letter of `options`, a number or a short text
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
 def row_features(task: str | None, with_box_format: bool = False) -> datasets.Features:
     """Features of a builder's rows: `prompt`, `image`, `task`, `solution`, `image_size`, and with
     `with_box_format=True` also `box_format` and `input_size`. `task=None` stores `solution` as JSON strings
-    (mixed-task datasets).
+    (mixed-task datasets). VQA rows also carry `options` (the choices, `[]` for a short-answer question) and
+    `target_box` (`[x1, y1, x2, y2]` in pixels of `image` of the region that answers it, `[]` when unknown).
 
     Example:
     ```python
@@ -136,6 +139,8 @@ def row_features(task: str | None, with_box_format: bool = False) -> datasets.Fe
     ['prompt', 'image', 'task', 'solution', 'image_size', 'box_format', 'input_size']
     >>> row_features(None)["solution"]
     Value('string')
+    >>> list(row_features("vqa"))[-2:]
+    ['options', 'target_box']
 
     ```
     """
@@ -151,6 +156,9 @@ def row_features(task: str | None, with_box_format: bool = False) -> datasets.Fe
     if with_box_format:
         features["box_format"] = Value("string")
         features["input_size"] = List(Value("int64"))
+    if task == "vqa":
+        features["options"] = List(Value("string"))
+        features["target_box"] = List(Value("float64"))
     return Features(features)
 
 

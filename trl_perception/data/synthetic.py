@@ -3,6 +3,7 @@ and text rendered with a real font for OCR, returned in the row contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..formats import CHOICE_LETTERS
 from ..frames import TASKS, grid_size, model_input_size
 from ..viz import find_cjk_font, latin_font_path, load_font
 from .rows import PromptCache, row_features, rows_to_dataset
@@ -29,6 +31,8 @@ __all__ = [
     "DEFAULT_COLORS",
     "DEFAULT_SHAPES",
     "SHAPES",
+    "VQA_IMAGE_SIZE",
+    "VQA_QUESTIONS",
     "find_cjk_font",
     "jitter_box",
     "latin_font_path",
@@ -64,6 +68,19 @@ DEFAULT_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 BACKGROUNDS: tuple[str, ...] = ("grey", "color", "noise")
 """Plain grey (one level in 90..170), a plain colour far from the scene's shape colours (at least 100 apart
 in some channel), or grey noise (64..192)."""
+
+VQA_QUESTIONS: tuple[str, ...] = ("color", "shape", "digits")
+"""What a synthetic VQA question asks about its small target: its colour, its shape, or the digits on a small
+sign."""
+
+VQA_IMAGE_SIZE: tuple[int, int] = (2000, 1500)
+"""Default `(width, height)` of synthetic VQA images: V*-style high resolution, so that the small target is
+lost when the image is resized to a model's pixel budget."""
+
+_VQA_TARGET_SIDE = 0.005  # target side (or sign text height) as a share of the short side: 8 px of 1500
+_VQA_DISTRACTORS = (3, 8)
+_VQA_DISTRACTOR_SIDE = (0.05, 0.15)
+_VQA_OPTIONS = 4
 
 BOX_JITTERS: tuple[str, ...] = ("loose", "shift", "random")
 """Imperfect-supervision modes for training boxes (`jitter_box`)."""
@@ -592,6 +609,7 @@ class _Options:
     language: str
     font: str | None
     shuffle_objects: bool
+    vqa_questions: tuple[str, ...] = VQA_QUESTIONS
 
 
 def _object_range(task: str, opts: _Options) -> tuple[int, int]:
@@ -634,6 +652,9 @@ def _sample(
             font=opts.font, background=bg,
         )  # fmt: skip
         return image, text, {}, []
+    if task == "vqa":
+        image, answer, extra, objects = _vqa_sample(rng, opts)
+        return image, answer, {**extra["fields"], "target_box": extra["target_box"]}, objects
     lo, hi = _object_range(task, opts)
     if task == "grounding":
         target = kinds_all[int(rng.integers(len(kinds_all)))]
@@ -690,6 +711,108 @@ def _sample(
         phrases = [phrases[int(i)] for i in rng.permutation(len(phrases))]
         return image, boxes, {"phrases": ", ".join(phrases)}, objects
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
+def _vqa_options(rng: np.random.Generator, truth: str, pool: Sequence[str]) -> tuple[tuple[str, ...], str]:
+    """`_VQA_OPTIONS` options holding `truth` and others from `pool`, shuffled, and the letter of `truth`."""
+    others = [p for p in dict.fromkeys(pool) if p != truth]
+    picked = [others[int(i)] for i in rng.permutation(len(others))[: _VQA_OPTIONS - 1]]
+    options = [truth, *picked]
+    options = [options[int(i)] for i in rng.permutation(len(options))]
+    return tuple(options), CHOICE_LETTERS[options.index(truth)]
+
+
+def _digit_options(rng: np.random.Generator, digits: str) -> list[str]:
+    """Wrong readings of `digits`: the same length, one or two digits changed."""
+    pool: list[str] = []
+    while len(pool) < _VQA_OPTIONS - 1:
+        chars = list(digits)
+        for pos in rng.permutation(len(chars))[: int(rng.integers(1, 3))]:
+            chars[int(pos)] = str((int(chars[int(pos)]) + int(rng.integers(1, 10))) % 10)
+        candidate = "".join(chars)
+        if candidate != digits and candidate not in pool:
+            pool.append(candidate)
+    return pool
+
+
+def _vqa_sample(rng: np.random.Generator, opts: _Options) -> tuple[Image.Image, str, dict[str, Any], list[dict]]:
+    """One V*-style row: large distractor shapes and one small target; the question asks about the target."""
+    width, height = opts.image_size
+    short = min(width, height)
+    kind = opts.vqa_questions[int(rng.integers(len(opts.vqa_questions)))]
+    lo = opts.min_size if opts.min_size is not None else max(_MIN_SHAPE_PX, round(_VQA_TARGET_SIDE * short))
+    hi = opts.max_size if opts.max_size is not None else max(lo, round(1.25 * lo))
+    side = int(rng.integers(lo, hi + 1))
+    color = opts.colors[int(rng.integers(len(opts.colors)))]
+    shape = opts.shapes[int(rng.integers(len(opts.shapes)))]
+    # Distractors differ from the target in colour and shape, so "the small red object" names one thing.
+    others_c = [c for c in opts.colors if c != color] or [c for c in COLORS if c != color]
+    others_s = [t for t in opts.shapes if t != shape] or [t for t in SHAPES if t != shape]
+    d_lo, d_hi = (
+        (opts.min_objects, opts.max_objects) if opts.min_objects is not None else _VQA_DISTRACTORS
+    )
+    n_distractors = int(rng.integers(d_lo, max(d_lo, d_hi if d_hi is not None else d_lo) + 1))
+    s_lo = max(side + 1, round(_VQA_DISTRACTOR_SIDE[0] * short))
+    s_hi = max(s_lo, round(_VQA_DISTRACTOR_SIDE[1] * short))
+    distractors = [
+        (others_c[int(rng.integers(len(others_c)))], others_s[int(rng.integers(len(others_s)))],
+         int(rng.integers(s_lo, s_hi + 1)))
+        for _ in range(n_distractors)
+    ]  # fmt: skip
+    pixels = _background(rng, opts.background, width, height, avoid=[COLORS[color], COLORS["white"]])
+    placed: list[tuple[int, int, int, int]] = []
+    objects: list[dict[str, Any]] = []
+    for d_color, d_shape, d_side in distractors:
+        d_side = min(d_side, short)
+        for _ in range(40):
+            x, y = int(rng.integers(0, width - d_side + 1)), int(rng.integers(0, height - d_side + 1))
+            if not _conflicts((x, y, x + d_side, y + d_side), placed, 4, 0.0):
+                pixels[y : y + d_side, x : x + d_side][_shape_mask(d_shape, d_side)] = COLORS[d_color]
+                placed.append((x, y, x + d_side, y + d_side))
+                objects.append({"bbox_2d": list(placed[-1]), "label": f"{d_color} {d_shape}"})
+                break
+    if kind == "digits":
+        digits = "".join(str(int(d)) for d in rng.integers(0, 10, size=3))
+        font = load_font(side, path=opts.font)
+        left, top, right, bottom = font.getbbox(digits)
+        margin = max(1, side // 5)
+        box_w, box_h = right - left + 2 * margin, bottom - top + 2 * margin
+    else:
+        box_w = box_h = side
+    target = None
+    for _ in range(200):
+        x, y = int(rng.integers(0, width - box_w + 1)), int(rng.integers(0, height - box_h + 1))
+        if not _conflicts((x, y, x + box_w, y + box_h), placed, 2 * side, 0.0):
+            target = (x, y)
+            break
+    if target is None:  # a crowded small image: the target may touch a distractor, never hide under one
+        target = (int(rng.integers(0, width - box_w + 1)), int(rng.integers(0, height - box_h + 1)))
+    x, y = target
+    if kind == "digits":
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        draw.rectangle([x, y, x + box_w - 1, y + box_h - 1], fill=COLORS["white"])
+        draw.text((x + margin - left, y + margin - top), digits, fill=COLORS["black"], font=font)
+        box = [x, y, x + box_w, y + box_h]
+        question = "What number is written on the small white sign?"
+        options, answer = _vqa_options(rng, digits, _digit_options(rng, digits))
+        label = f"sign {digits}"
+    else:
+        mask = _shape_mask(shape, side)
+        pixels[y : y + side, x : x + side][mask] = COLORS[color]
+        ys, xs = np.nonzero(mask)
+        box = [x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1]
+        image = Image.fromarray(pixels)
+        label = f"{color} {shape}"
+        if kind == "color":
+            question = f"What is the colour of the small {shape}?"
+            options, answer = _vqa_options(rng, color, [*others_c, *COLORS])
+        else:
+            question = f"What is the shape of the small {color} object?"
+            options, answer = _vqa_options(rng, shape, [*others_s, *SHAPES])
+    objects.append({"bbox_2d": box, "label": label, "target": True})
+    fields = {"question": question, "options": options}
+    return image, answer, {"fields": fields, "target_box": [float(v) for v in box]}, objects
 
 
 def _sample_rng(seed: int, task: str, index: int, stream: int = 0) -> np.random.Generator:
@@ -764,7 +887,7 @@ def make_sample(
     task: str,
     rng: np.random.Generator,
     *,
-    image_size: int | Sequence[int] = (112, 112),
+    image_size: int | Sequence[int] | None = None,
     min_objects: int | None = None,
     max_objects: int | None = None,
     max_distractors: int | None = None,
@@ -777,11 +900,12 @@ def make_sample(
     language: str = "en",
     font: str | None = None,
     shuffle_objects: bool = True,
+    vqa_questions: Sequence[str] = VQA_QUESTIONS,
 ) -> dict[str, Any]:
     """One synthetic sample as plain Python values: `image` (PIL), `task`, `solution` (absolute pixels of
     the image), `image_size`, `fields` (the prompt-template fields: `question`, `label` or `categories`)
-    and `objects` (every drawn shape, distractors included, as `render_scene` returns them; empty for OCR).
-    Parameters mean what they mean for `make_synthetic`.
+    and `objects` (every drawn shape, distractors included, as `render_scene` returns them; empty for OCR);
+    VQA samples also have `target_box`. Parameters mean what they mean for `make_synthetic`.
 
     Example:
     ```python
@@ -792,13 +916,15 @@ def make_sample(
     ```
     """
     opts = _options(
-        _as_size(image_size), min_objects, max_objects, max_distractors, min_size, max_size, max_overlap,
+        _default_size(task, image_size), min_objects, max_objects, max_distractors, min_size, max_size, max_overlap,
         shapes, colors, background, language, font, shuffle_objects,
     )  # fmt: skip
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     _require_cjk_font(task == "ocr", language, font)
+    opts = _with_vqa_questions(opts, vqa_questions)
     image, solution, fields, objects = _sample(task, rng, opts)
+    extra = {"target_box": fields.pop("target_box")} if task == "vqa" else {}
     return {
         "image": image,
         "task": task,
@@ -806,7 +932,21 @@ def make_sample(
         "image_size": list(image.size),
         "fields": fields,
         "objects": objects,
+        **extra,
     }
+
+
+def _default_size(task: Any, image_size: int | Sequence[int] | None) -> tuple[int, int]:
+    if image_size is None:
+        return VQA_IMAGE_SIZE if task == "vqa" else (112, 112)
+    return _as_size(image_size)
+
+
+def _with_vqa_questions(opts: _Options, questions: Sequence[str]) -> _Options:
+    questions = tuple(questions)
+    if not questions or any(q not in VQA_QUESTIONS for q in questions):
+        raise ValueError(f"vqa_questions must name some of {VQA_QUESTIONS}, got {questions!r}")
+    return dataclasses.replace(opts, vqa_questions=questions)
 
 
 def _grid_size(image_size: tuple[int, int], box_format: str, min_pixels: int | None, max_pixels: int | None):
@@ -832,7 +972,7 @@ def make_synthetic(
     num_samples: int,
     seed: int = 0,
     *,
-    image_size: int | Sequence[int] = (112, 112),
+    image_size: int | Sequence[int] | None = None,
     box_format: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
@@ -854,6 +994,7 @@ def make_synthetic(
     shuffle_objects: bool = True,
     box_jitter: str | None = None,
     box_noise_px: int = 3,
+    vqa_questions: Sequence[str] = VQA_QUESTIONS,
 ) -> datasets.Dataset:
     """A synthetic dataset in the row contract, with exact ground truth, for tests, smoke runs and small
     learning experiments.
@@ -870,6 +1011,14 @@ def make_synthetic(
         - `"ovd"`: open-vocabulary detection: 1-4 shapes; the prompt asks for the `"{color} {shape}"` of the
           shapes present and two absent ones, shuffled (a quarter of the rows only absent ones); the solution
           holds the boxes of the present shapes asked, `[]` when none is.
+        - `"vqa"`: V*-style high-resolution multiple choice (default 2000×1500): large distractor shapes and
+          one small target (0.5% of the short side, 8-10 px) whose colour, shape, or 3-digit sign
+          (`vqa_questions`) the question asks about, with 4 lettered options; the solution is the letter,
+          `options` the choices and `target_box` the target's box in pixels of `image`. The target is lost at
+          a model's pixel budget and legible in a crop (the "look again" task, see `trl_perception.crop`).
+          With a `box_format` the image keeps its size (crops need the original pixels) and `input_size` is
+          the size the model sees under `min_pixels`/`max_pixels`. `min_size`/`max_size` set the target's
+          side (the sign's text height), `min_objects`/`max_objects` the number of distractors (3–8).
         - `"mixed"` (Perception-R1's four tasks) or a list of tasks: each row's task drawn uniformly;
           solutions become JSON strings.
 
@@ -883,7 +1032,8 @@ def make_synthetic(
         task: `"grounding"`, `"counting"`, `"ocr"`, `"detection"`, `"mixed"` or a list of tasks.
         num_samples: number of rows.
         seed: random seed.
-        image_size: `(width, height)` (or one int). With a `box_format` and `fit_to_grid`, it is replaced by
+        image_size: `(width, height)` (or one int); default 112×112 (VQA: `VQA_IMAGE_SIZE`). With a `box_format`
+            and `fit_to_grid` (not for VQA), it is replaced by
             the nearest size the model's processor leaves unchanged (e.g. 112×112 stays 112×112 for
             Qwen2.5-VL; Qwen3-VL's default `min_pixels` makes it 256×256).
         box_format: the model's box format; adds the `box_format` and `input_size` columns and the model's output
@@ -909,10 +1059,12 @@ def make_synthetic(
             `jitter_box`) applied to the `solution` boxes (and counting points), with the exact ground truth
             kept in an `exact_solution` column. Images are the same as without jitter.
         box_noise_px: size of the jitter in pixels.
+        vqa_questions: what VQA questions ask about: some of `VQA_QUESTIONS`.
 
     Returns:
         `datasets.Dataset` with columns `prompt`, `image`, `task`, `solution`, `image_size`, plus
-        `box_format` and `input_size` with a box format, and `exact_solution` with `box_jitter`.
+        `box_format` and `input_size` with a box format, `exact_solution` with `box_jitter`, and `options`
+        and `target_box` for VQA.
 
     Example:
     ```python
@@ -935,16 +1087,19 @@ def make_synthetic(
     if not tasks or any(t not in TASKS or t == "jigsaw" for t in tasks):  # puzzles come from make_jigsaw
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS} but jigsaw, 'mixed' or a list of them")
     mixed = not isinstance(task, str) or task == "mixed"
+    if mixed and "vqa" in tasks:
+        raise ValueError("vqa rows have columns of their own (options, target_box): make them alone, not mixed")
     if int(num_samples) < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
     if box_jitter is not None and box_jitter not in BOX_JITTERS:
         raise ValueError(f"unknown box_jitter {box_jitter!r}; expected one of {BOX_JITTERS} or None")
     if box_noise_px < 0:
         raise ValueError(f"box_noise_px must be >= 0, got {box_noise_px}")
-    size = _as_size(image_size)
+    size = _default_size(tasks[0], image_size)
+    vqa = tasks == ("vqa",)
     input_size = None
     if box_format is not None:
-        if fit_to_grid:
+        if fit_to_grid and not vqa:
             size = _grid_size(size, box_format, min_pixels, max_pixels)
         input_size = list(model_input_size(size, box_format, min_pixels=min_pixels, max_pixels=max_pixels))
     opts = _options(
@@ -952,6 +1107,7 @@ def make_synthetic(
         shapes, colors, background, language, font, shuffle_objects,
     )  # fmt: skip
     _require_cjk_font("ocr" in tasks, language, font)
+    opts = _with_vqa_questions(opts, vqa_questions)
 
     prompts = {t: PromptCache(t, box_format, template, system_prompt, think=think) for t in tasks}
     columns: dict[str, list[Any]] = {"prompt": [], "image": [], "task": [], "solution": [], "image_size": []}
@@ -960,6 +1116,8 @@ def make_synthetic(
         columns["input_size"] = []
     if box_jitter is not None:
         columns["exact_solution"] = []
+    if vqa:
+        columns["options"], columns["target_box"] = [], []
     for index in range(int(num_samples)):
         if mixed:
             row_task = tasks[
@@ -968,6 +1126,9 @@ def make_synthetic(
         else:
             row_task = tasks[0]
         image, solution, fields, _ = _sample(row_task, _sample_rng(seed, row_task, index), opts)
+        if vqa:
+            columns["target_box"].append(fields.pop("target_box"))
+            columns["options"].append(list(fields["options"]))
         train_solution = solution
         if box_jitter is not None:
             noise_rng = _sample_rng(seed, row_task, index, stream=1)

@@ -16,6 +16,7 @@ from .grounding import grounding_format_reward, iou_reward, make_iou_reward
 from .jigsaw import jigsaw_format_reward, jigsaw_reward, make_jigsaw_reward
 from .ocr import ocr_reward
 from .ovd import make_od_reward, od_ap50_reward, od_ap_reward, od_length_reward, od_weighted_reward
+from .vqa import make_vqa_reward, vqa_reward
 
 __all__ = [
     "MAX_DETECTIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "make_iou_reward",
     "make_od_reward",
     "make_jigsaw_reward",
+    "make_vqa_reward",
     "ocr_reward",
     "od_ap50_reward",
     "od_ap_reward",
@@ -42,6 +44,7 @@ __all__ = [
     "qwen2_vl_format_reward",
     "register_reward",
     "think_answer_format_reward",
+    "vqa_reward",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -268,3 +271,16 @@ def _jigsaw_connections_factory(**params: Any) -> Callable[..., list[float | Non
 _register("jigsaw", jigsaw_reward, make_jigsaw_reward, False)
 _register("jigsaw_connections", make_jigsaw_reward("connections"), _jigsaw_connections_factory, False)
 _register("jigsaw_format", jigsaw_format_reward, None, False)
+
+
+def _vqa_factory(mode: str) -> Callable[..., Callable[..., list[float | None]]]:
+    return functools.partial(_vqa_mode_reward, mode)
+
+
+def _vqa_mode_reward(mode: str, **params: Any) -> Callable[..., list[float | None]]:
+    return make_vqa_reward(**{"mode": mode, **params})
+
+
+_register("vqa", vqa_reward, make_vqa_reward, False)
+for _mode in ("choice", "number", "text"):
+    _register(f"vqa_{_mode}", make_vqa_reward(_mode), _vqa_factory(_mode), False)

@@ -125,6 +125,10 @@ def main(script_args: PerceptionScriptArguments, training_args: PerceptionGRPOCo
             backend="transformers",
             output_dir=os.path.join(training_args.output_dir, "eval"),
             progress=not training_args.disable_tqdm,
+            # VQA with crop turns: accuracy with and without the crop turn, and the crop statistics
+            crop_turns=training_args.crop_turns if script_args.task == "vqa" else 0,
+            crop_min_pixels=training_args.crop_min_pixels,
+            crop_max_pixels=training_args.crop_max_pixels,
         )
         eval_metrics = result.metrics
     trainer.accelerator.wait_for_everyone()
