@@ -28,6 +28,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from trl_perception.data.completions import render_completion
 from trl_perception.data.synthetic import make_synthetic, shape_vocabulary
 from trl_perception.demo import reward_mean
 from trl_perception.evaluation import EvaluationResult, evaluate
@@ -37,6 +38,7 @@ from trl_perception.matching import match_boxes
 from trl_perception.metrics import counting_metrics, grounding_metrics
 from trl_perception.rewards import count_reward, get_reward
 from trl_perception.testing import build_tiny_vlm
+from trl_perception.trainer import PerceptionGRPOConfig, PerceptionGRPOTrainer
 
 if TYPE_CHECKING:
     import datasets
@@ -114,6 +116,15 @@ class Setting:
     """`"cosine"` (from `control_lr` to 0, the control's best shot) or `"constant"`."""
     control_steps_per_grpo_step: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)
+    image_size: int = IMAGE_SIZE
+    """Side of the square images (Qwen2.5-VL: a multiple of 28; 112 gives 16 visual tokens, 168 gives 36)."""
+    matching: str = "hungarian"
+    """Matching of the counting reward (`count_reward(matching=...)`): `"sequential"` is Table 5's "w/o reward
+    matching"."""
+    solution_in_group: int = 0
+    """Rollouts per group replaced by the ground-truth answer (`PerceptionGRPOConfig.solution_in_group`)."""
+    perception_trainer: bool = False
+    """GRPO with `PerceptionGRPOTrainer` (needed for `solution_in_group`) instead of TRL's `GRPOTrainer`."""
 
 
 SETTINGS: dict[str, Setting] = {
@@ -181,9 +192,48 @@ SETTINGS["high_perplexity_9_classes"] = replace(
     },
 )
 
+SETTINGS["counting"] = Setting(
+    name="counting",
+    task="counting",
+    description=(
+        "3-10 red squares per 168x168 image (36 visual tokens), no distractors; SFT answers list one point per "
+        "square in a random order per sample; GRPO reward: count_reward (Hungarian-matched points)"
+    ),
+    prompt="Point to the {label}.",
+    synthetic={
+        "min_objects": 3,
+        "max_objects": 10,
+        "colors": ("red",),
+        "shapes": ("square",),
+        "max_distractors": 0,
+        "shuffle_objects": True,
+    },
+    rewards=("count",),
+    max_completion_length=200,
+    image_size=168,
+    sft_steps=200,
+    sft_lr=2e-3,
+    sft_warmup=20,
+    sft_train_images=3200,
+    sft_batch_size=32,
+    grpo_steps=50,
+    grpo_lr=5e-5,
+    num_generations=16,
+    prompts_per_step=1,
+    temperature=1.0,
+    grpo_train_images=240,
+    control_steps_per_grpo_step=0.5,
+    perception_trainer=True,
+)
+"""Table 5's counting gap in miniature (issue 14; `counting_tiny.py` runs it): many objects of one kind, whose
+points SFT must learn in one of k! orders, against a Hungarian-matched reward that accepts every order.
+`control_steps_per_grpo_step=0.5`: a GRPO step trains on 1 prompt x 16 samples = 16 sequences, an SFT step on 32
+(equal forward/backward sequences, and nearly equal tokens since completions are about as long as answers)."""
 
-def _image_size(box_format: str) -> int:
-    return IMAGE_SIZE if box_format != "qwen3_vl" else 128
+
+def _image_size(box_format: str, image_size: int = IMAGE_SIZE) -> int:
+    # Qwen3-VL's patches are 16 px, merged 2x2: its images are a multiple of 32 (112 -> 128).
+    return image_size if box_format != "qwen3_vl" else 32 * math.ceil(image_size / 32)
 
 
 def _setting(setting: str | Setting) -> Setting:
@@ -220,7 +270,7 @@ def make_setting_data(
     ```
     """
     spec = _setting(setting)
-    size = _image_size(box_format)
+    size = _image_size(box_format, spec.image_size)
     ds = make_synthetic(
         spec.task, int(n), seed=int(seed), image_size=size, template=spec.prompt, **spec.synthetic
     )
@@ -230,7 +280,15 @@ def make_setting_data(
     noisy = ds["solution"]
     exact = ds["exact_solution"] if "exact_solution" in ds.column_names else noisy
     targets = []
-    for obj, image_size in zip(noisy, ds["image_size"]):
+    for i, (obj, image_size) in enumerate(zip(noisy, ds["image_size"])):
+        if spec.task == "counting":  # points in a fresh random order per row (`object_order="random"`)
+            targets.append(
+                render_completion(
+                    "counting", obj, image_size=image_size, box_format=box_format, input_size=input_size,
+                    object_order="random", rng=np.random.default_rng([int(seed) & 0xFFFFFFFF, i]),
+                )
+            )  # fmt: skip
+            continue
         objects = [obj] if spec.task == "grounding" else obj
         targets.append(render_objects(objects, box_format, image_size, input_size))
     ds = ds.remove_columns([c for c in ("solution", "exact_solution") if c in ds.column_names])
@@ -291,16 +349,23 @@ def reward_functions(setting: str | Setting) -> list[Callable[..., Any]]:
     spec = _setting(setting)
     funcs = []
     for name in spec.rewards:
-        funcs.append(detection_count_reward if name == "detection_count" else get_reward(name))
+        if name == "detection_count":
+            funcs.append(detection_count_reward)
+        elif name == "count":
+            funcs.append(get_reward(name, matching=spec.matching))
+        else:
+            funcs.append(get_reward(name))
     return funcs
 
 
 # ------------------------------------------------------------------------------------------------- model
 
 
-def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, box_format: str = BOX_FORMAT) -> str:
+def build_learning_model(
+    output_dir: str | os.PathLike, seed: int = 0, box_format: str = BOX_FORMAT, image_size: int = IMAGE_SIZE
+) -> str:
     """Builds the randomly initialised ~1.2M-parameter model of `LEARNING_CONFIG` (with its processor) into
-    `output_dir` and returns the path.
+    `output_dir` and returns the path. Its processor's `max_pixels` is `image_size`².
 
     Example:
     ```python
@@ -316,7 +381,7 @@ def build_learning_model(output_dir: str | os.PathLike, seed: int = 0, box_forma
     overrides = dict(LEARNING_CONFIG)
     if box_format != "qwen2_5_vl":
         overrides.pop("fullatt_block_indexes")
-    size = _image_size(box_format)
+    size = _image_size(box_format, image_size)
     return build_tiny_vlm(
         box_format, output_dir, seed=seed, min_pixels=MIN_PIXELS, max_pixels=size * size, **overrides
     )
@@ -563,7 +628,7 @@ def _run_evaluate(
     """`trl_perception.evaluation.evaluate` on the rows of `ds`: batched greedy generation by `model` (or the
     given `texts`), parsed and mapped to original pixels in the box format's frame."""
     box_format = ds["box_format"][0] if len(ds) else BOX_FORMAT
-    size = _image_size(box_format)
+    size = _image_size(box_format, spec.image_size)
     categories = None
     if spec.task == "detection":
         categories = shape_vocabulary(spec.synthetic.get("colors"), spec.synthetic.get("shapes"))
@@ -600,6 +665,13 @@ def _setting_metrics(spec: Setting, result: EvaluationResult) -> dict[str, float
             if box is not None
         ]
         metrics["size_bias_px"] = float(np.mean(bias)) if bias else float("nan")
+    elif spec.task == "counting":  # points listed (`formats.parse_count`): PixMo-Count's protocol
+        counting = result.metrics["counting"]
+        metrics["count_acc"], metrics["count_mae"] = float(counting["accuracy"]), float(counting["mae"])
+        errors = [(r["prediction"] or 0) - r["solution"]["count"] for r in records]  # nothing parsed: 0
+        metrics["count_bias"] = float(np.mean(errors))
+        metrics["count_under"] = float(np.mean([e < 0 for e in errors]))
+        metrics["count_over"] = float(np.mean([e > 0 for e in errors]))
     else:
         tp = n_pred = n_gt = 0
         counts = []
@@ -633,7 +705,9 @@ def score_completions(spec: str | Setting, ds: datasets.Dataset, texts: Sequence
     Grounding: `mean_iou`, `acc@0.5`, `acc@0.75`, `acc@0.9` against the exact boxes (`grounding_metrics`),
     plus `size_bias_px` (mean predicted minus true width and height, px). Detection: micro `f1` (class-aware
     Hungarian matching at IoU >= 0.5), `precision`, `recall`, COCO `AP` / `AP50` / `AP75` (every box scored 1,
-    as Perception-R1), `count_acc` (number of objects listed == number present) and `count_mae`. Both:
+    as Perception-R1), `count_acc` (number of objects listed == number present) and `count_mae`. Counting:
+    `count_acc` and `count_mae` of the number of points listed (`evaluation.evaluate`'s counting metrics), plus
+    `count_bias` (mean listed minus true) and `count_under` / `count_over` (share of answers below / above). All:
     `reward` (mean of the setting's GRPO rewards summed) and `format_ok` (share of parseable answers).
 
     Example:
@@ -727,7 +801,12 @@ def run_grpo_stage(
     ds = make_setting_data(
         spec, spec.grpo_train_images if train_images is None else train_images, seed=1000 + seed
     )
+    targets = ds["sft_target"]
     ds = ds.remove_columns(["sft_target"])
+    if spec.solution_in_group:  # the answer the trainer injects: the SFT target, as TRL's conversational turn
+        ds = ds.add_column(
+            "completion", [[{"role": "assistant", "content": [{"type": "text", "text": t}]}] for t in targets]
+        )
 
     history: list[dict[str, float]] = []
 
@@ -743,7 +822,17 @@ def run_grpo_stage(
             if callback is not None:
                 callback(entry["step"], entry)
 
-    args = GRPOConfig(
+    config_class, trainer_class = GRPOConfig, GRPOTrainer
+    perception: dict[str, Any] = {}
+    if spec.perception_trainer or spec.solution_in_group:
+        config_class, trainer_class = PerceptionGRPOConfig, PerceptionGRPOTrainer
+        size = _image_size(BOX_FORMAT, spec.image_size)
+        perception = dict(
+            box_format=BOX_FORMAT, min_pixels=MIN_PIXELS, max_pixels=size * size,
+            solution_in_group=spec.solution_in_group,
+        )  # fmt: skip
+    args = config_class(
+        **perception,
         output_dir=os.fspath(output_dir),
         use_cpu=True,
         bf16=False,
@@ -769,7 +858,7 @@ def run_grpo_stage(
         weight_decay=0.0,
         max_grad_norm=1.0,
     )
-    trainer = GRPOTrainer(
+    trainer = trainer_class(
         model=model,
         reward_funcs=reward_functions(spec),
         args=args,
@@ -821,9 +910,20 @@ def summarize(values: Sequence[float]) -> tuple[float, float]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("GRPO", {}),
+    "control": ("continued SFT", {}),
+    "grpo_sequential": ("GRPO w/o reward matching", {"matching": "sequential"}),
+    "grpo_gt0": ("GRPO, 0 ground truths in the group", {"solution_in_group": 0, "perception_trainer": True}),
+    "grpo_gt1": ("GRPO, 1 ground truth in the group", {"solution_in_group": 1, "perception_trainer": True}),
+}
+"""The arms `run_experiment` can run from the SFT checkpoint: table label and the `Setting` fields each GRPO
+variant overrides. `"control"` is the continued-SFT control; every other arm is GRPO."""
+
 KEY_METRICS = {
     "detection": ("f1", "AP", "AP50", "count_acc", "precision", "recall", "reward"),
     "grounding": ("mean_iou", "acc@0.5", "acc@0.75", "acc@0.9", "size_bias_px", "reward"),
+    "counting": ("count_acc", "count_mae", "format_ok", "reward"),
 }
 
 
@@ -843,13 +943,18 @@ def run_experiment(
     **grpo_overrides: Any,
 ) -> dict[str, Any]:
     """The whole pipeline of one setting: build the model, SFT it from scratch (or take `start_checkpoint`),
-    then for each seed GRPO and the equal-compute continued-SFT control from that same SFT checkpoint, all
-    evaluated with greedy decoding on `eval_n` held-out images. Writes `results.json` into `output_dir` and
-    returns the same dict (`sft`, `grpo`, `control` per-seed results, and `table`: mean ± std per metric).
+    then for each seed each of `arms` (keys of `ARMS`: GRPO, its variants, and the equal-compute continued-SFT
+    control) from that same SFT checkpoint, all evaluated with greedy decoding on `eval_n` held-out images.
+    Writes `results.json` into `output_dir` and returns the same dict (`sft`, then one dict of per-seed results
+    per arm, and `table`: mean ± std per metric; GRPO rows add `train_reward` and `nonzero_adv_groups`, the
+    mean over steps of the sampled reward and of the share of groups whose rewards differ).
 
     With `workers > 1` the GRPO and control runs go to that many worker processes (each with `cpu_count //
     workers` torch threads): on 2 cores, two one-thread runs side by side get more done than one two-thread run.
     Each run depends only on its seed, never on which worker ran it or in which order."""
+    unknown = [arm for arm in arms if arm not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
     spec = _setting(setting)
     if grpo_overrides:
         spec = replace(spec, **grpo_overrides)
@@ -861,7 +966,7 @@ def run_experiment(
     results: dict[str, Any] = {"setting": asdict(spec), "seeds": list(seeds), "eval_n": eval_n}
     if os.path.exists(out_path):
         with open(out_path) as f:
-            results.update({k: v for k, v in json.load(f).items() if k in ("sft", "grpo", "control")})
+            results.update({k: v for k, v in json.load(f).items() if k == "sft" or k in ARMS})
     pipeline_start = time.time()
 
     def dump() -> None:
@@ -872,7 +977,7 @@ def run_experiment(
     if start_checkpoint is None:
         sft_dir = os.path.join(output_dir, "sft")
         if "sft" not in results:
-            init = build_learning_model(os.path.join(output_dir, "init"))
+            init = build_learning_model(os.path.join(output_dir, "init"), image_size=spec.image_size)
             sft = run_sft_stage(init, spec, sft_dir, steps=sft_steps, eval_n=eval_n, log=log)
             results["sft"] = {k: v for k, v in sft.items() if k != "checkpoint"}
             dump()
@@ -885,20 +990,25 @@ def run_experiment(
         log(f"SFT start: {results['sft']['after']}")
     g_steps = spec.grpo_steps if grpo_steps is None else int(grpo_steps)
     c_steps = (
-        round(g_steps * spec.control_steps_per_grpo_step) if control_steps is None else int(control_steps)
+        max(1, round(g_steps * spec.control_steps_per_grpo_step))
+        if control_steps is None
+        else int(control_steps)
     )
     jobs = []  # (arm, seed, function, args, kwargs): one GRPO run and one control run per seed
     for seed in seeds:
         key = str(seed)
-        if "grpo" in arms and key not in results.setdefault("grpo", {}):
+        for arm in (a for a in arms if a != "control"):
+            if key in results.setdefault(arm, {}):
+                continue
             grpo_kwargs = dict(eval_before=False, save=False)
             if log is not None and workers <= 1:
-                grpo_kwargs["callback"] = lambda s, e, seed=seed: log(
-                    f"grpo seed {seed} step {s} reward {e.get('reward', 0.0):.4f}"
+                grpo_kwargs["callback"] = lambda s, e, seed=seed, arm=arm: log(
+                    f"{arm} seed {seed} step {s} reward {e.get('reward', 0.0):.4f}"
                 )
             jobs.append((
-                "grpo", seed, run_grpo_stage,
-                (start_checkpoint, spec, os.path.join(output_dir, f"grpo_s{seed}"), g_steps, seed, eval_n),
+                arm, seed, run_grpo_stage,
+                (start_checkpoint, replace(spec, **ARMS[arm][1]), os.path.join(output_dir, f"{arm}_s{seed}"),
+                 g_steps, seed, eval_n),
                 grpo_kwargs,
             ))  # fmt: skip
         if "control" in arms and key not in results.setdefault("control", {}):
@@ -917,7 +1027,7 @@ def run_experiment(
         results[arm][str(seed)] = {k: v for k, v in r.items() if k not in ("config", "checkpoint")}
         dump()
         if log is not None:
-            log(f"{'GRPO' if arm == 'grpo' else arm} seed {seed}: {r['after']} ({r['wall_time']:.0f}s)")
+            log(f"{ARMS[arm][0]} seed {seed}: {r['after']} ({r['wall_time']:.0f}s)")
 
     if workers <= 1 or len(jobs) <= 1:
         for arm, seed, func, args, kwargs in jobs:
@@ -940,6 +1050,11 @@ def run_experiment(
     return results
 
 
+def _mean_log(history: Sequence[dict[str, float]], key: str) -> float:
+    values = [entry[key] for entry in history if key in entry]
+    return statistics.fmean(values) if values else math.nan
+
+
 def _worker_init(threads: int) -> None:
 
     torch.set_num_threads(threads)
@@ -950,11 +1065,16 @@ def _table(spec: Setting, results: dict[str, Any]) -> dict[str, dict[str, list[f
     keys = KEY_METRICS[spec.task]
     if "sft" in results:
         table["SFT start"] = {k: [results["sft"]["after"][k], 0.0] for k in keys}
-    for arm, label in (("grpo", "GRPO"), ("control", "continued SFT")):
+    for arm, (label, _) in ARMS.items():
         runs = list(results.get(arm, {}).values())
         if runs:
             row = {k: list(summarize([r["after"][k] for r in runs])) for k in keys}
             row["wall_time"] = list(summarize([r["wall_time"] for r in runs]))
+            if arm != "control" and all(r.get("history") for r in runs):
+                row["train_reward"] = list(summarize([_mean_log(r["history"], "reward") for r in runs]))
+                row["nonzero_adv_groups"] = list(  # TRL logs the share of groups whose rewards are all equal
+                    summarize([1.0 - _mean_log(r["history"], "frac_reward_zero_std") for r in runs])
+                )
             row["n_seeds"] = [len(runs), 0.0]
             table[label] = row
     return table
@@ -984,7 +1104,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grpo-steps", type=int)
     parser.add_argument("--control-steps", type=int)
     parser.add_argument("--start-checkpoint")
-    parser.add_argument("--arms", nargs="+", default=["grpo", "control"], choices=["grpo", "control"])
+    parser.add_argument("--arms", nargs="+", default=["grpo", "control"], choices=sorted(ARMS))
     parser.add_argument("--sft-only", action="store_true", help="stop after the SFT stage and its evaluation")
     parser.add_argument(
         "--workers",
