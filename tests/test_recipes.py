@@ -36,6 +36,7 @@ SOURCE_FORMS = {
     "ovd": {".json", ".jsonl"},
     "jigsaw": {""},  # any image folder
     "vqa": {".json", ".jsonl"},
+    "text": {".json", ".jsonl"},
 }
 # Look again (crop turns, after MGPO): recipe -> box format; the 3B one is a LoRA variant of the 7B one.
 LOOK_AGAIN = {
@@ -99,7 +100,7 @@ def test_recipe_parses_and_names_only_existing_things(path):
     script_args, training_args, model_args = parse(path)
     assert model_args.model_name_or_path
     assert training_args.box_format in ("auto", *BOX_FORMATS)
-    assert script_args.task in (*TASKS, "ovd", "jigsaw", "vqa", "mixed")
+    assert script_args.task in (*TASKS, "ovd", "jigsaw", "vqa", "text", "mixed")
 
     if script_args.task == "mixed":
         entries = script_args.dataset_mixture

@@ -38,9 +38,6 @@ def test_every_task_of_the_builder_registry_is_accepted():
         PerceptionScriptArguments(task=task, reward_funcs=["format"])
 
 
-def test_text_only_rows_are_for_the_sft_script():
-    assert "trl-perception sft" in bad(task="text", dataset_source="t.jsonl")
-
 
 def test_an_unknown_task_is_rejected():
     assert "unknown task 'segmentation'" in bad(task="segmentation")
@@ -246,3 +243,37 @@ def test_the_script_adds_the_answers_that_solution_in_group_injects(tmp_path):
     )  # fmt: skip
     summary = grpo.main(*args)
     assert summary["train"]["train_loss"] is not None and (tmp_path / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# A text-only GRPO stage (LMM-R1's first stage): rows without an image, judged by the answer reward
+
+
+def test_the_answer_reward_scores_text_rows():
+    from trl_perception.rewards import vqa_reward
+
+    texts = ["\\boxed{2}", "<answer>3</answer>", "2 or 3", "<think>2</think>"]
+    assert vqa_reward(texts, ["2"] * 4, task=["text"] * 4) == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_text_rows_make_a_grpo_stage_of_their_own():
+    with pytest.raises(ValueError, match="stage of their own"):
+        PerceptionScriptArguments(task="mixed", reward_funcs=["vqa"], evaluate_after_training=False,
+                                  dataset_mixture=[{"task": "text", "source": "t.jsonl"}, {"task": "ocr"}])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_text_only_grpo_stage_then_multimodal_grpo(tmp_path, monkeypatch):
+    from trl_perception.cli import main
+
+    monkeypatch.chdir(ROOT)  # the demos' dataset_source is relative to the repository
+    text_out, grpo_out = tmp_path / "text", tmp_path / "grpo"
+    text_demo = ROOT / "recipes" / "demo" / "config_grpo_text_demo.yaml"
+    assert main(["train", str(text_demo), "--output_dir", str(text_out), "--disable_tqdm", "true",
+                 "--logging_steps", "1"]) == 0  # fmt: skip
+    card = card_inputs(text_out)
+    assert card["task"] == ["text"] and card["reward_funcs"] == ["vqa_reward"]
+    assert main(["train", str(DEMO), "--model_name_or_path", str(text_out), "--output_dir", str(grpo_out),
+                 "--max_steps", "1", "--max_completion_length", "8", "--num_samples", "4", "--eval_num_samples", "2",
+                 "--eval_max_new_tokens", "8", "--disable_tqdm", "true"]) == 0  # fmt: skip
+    assert card_inputs(grpo_out)["base_model"] == str(text_out)

@@ -25,6 +25,7 @@ from .crop import CROP_TOOL_NAME, CropEnvironment, ForcedCrop, crop_pixel_limits
 from .data.errors import RecordError
 from .data.images import read_image_size
 from .data.resize import scale_solution
+from .data.text import TEXT_TASK
 from .formats import completion_text, parse_objects, strip_wrappers
 from .frames import (
     BOX_FORMATS,
@@ -707,7 +708,8 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             return None
         from datasets import Dataset, IterableDataset
 
-        self._check_dataset(dataset, name, needs_solution)
+        if self._check_dataset(dataset, name, needs_solution) == "text":
+            return dataset  # text-only rows: no image to fit, no coordinates to scale
         if isinstance(dataset, Dataset):
             fmt = dataset.format
             inner = fmt["format_kwargs"].get("transform") if fmt.get("type") == "custom" else None
@@ -733,8 +735,9 @@ class PerceptionGRPOTrainer(GRPOTrainer):
             return dataset.map(transform, batched=True, batch_size=16)
         raise TypeError(f"{name} must be a datasets.Dataset or IterableDataset, got {type(dataset).__name__}")
 
-    def _check_dataset(self, dataset: Any, name: str, needs_solution: list[str]) -> None:
-        """Start-up checks: fail now, naming the row, rather than train on rows the rewards cannot judge."""
+    def _check_dataset(self, dataset: Any, name: str, needs_solution: list[str]) -> str | None:
+        """Start-up checks: fail now, naming the row, rather than train on rows the rewards cannot judge.
+        Returns `"text"` for a text-only stage (every row of task `"text"`, no image column)."""
         from datasets import Dataset
 
         if isinstance(dataset, Dataset):
@@ -750,6 +753,10 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         if "prompt" not in columns:
             raise ValueError(f"{name} has no 'prompt' column ({contract}); columns: {columns}")
         image_key = "images" if "images" in columns else "image" if "image" in columns else None
+        if image_key is None and "task" in columns:
+            tasks = set(raw.unique("task")) if raw is not None else {row.get("task") for row in dataset.take(8)}
+            if tasks == {TEXT_TASK}:
+                return self._check_text_stage(name, needs_solution, columns)
         if image_key is None:
             raise ValueError(f"{name} has no 'image' or 'images' column ({contract}); columns: {columns}")
         if needs_solution and "solution" not in columns:
@@ -764,7 +771,7 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         if raw is None:  # an IterableDataset: check what a peek at the first rows shows
             rows = list(dataset.take(8))
             self._check_rows(name, image_key, rows, offset=0)
-            return
+            return None
         if len(raw) == 0:
             raise ValueError(f"{name} is empty")
         first_prompt = raw.select_columns(["prompt"])[0]["prompt"]
@@ -790,6 +797,16 @@ class PerceptionGRPOTrainer(GRPOTrainer):
                     f"PerceptionGRPOConfig.box_format={other[0]!r}"
                 )
         self._check_images(name, raw, image_key, "image_size" in columns)
+        return None
+
+    def _check_text_stage(self, name: str, needs_solution: list[str], columns: list[str]) -> str:
+        """A text-only stage (LMM-R1's first stage): rows of task `"text"` without images, scored by a reward
+        that reads text answers (`vqa_reward` and its modes); crop turns need an image."""
+        if self._crop_turns:
+            raise ValueError(f"{name} has text-only rows (task {TEXT_TASK!r}): crop turns need an image")
+        if needs_solution and "solution" not in columns:
+            raise ValueError(f"{name} has no 'solution' column, which the reward(s) {needs_solution} need")
+        return "text"
 
     def _check_rows(self, name: str, image_key: str, rows: list[dict], offset: int) -> None:
         for i, row in enumerate(rows, start=offset):

@@ -20,7 +20,7 @@ from ._common import ComponentLog, MalformedSolution, call_safely, select_rows
 
 __all__ = ["VQA_MODES", "VQAReward", "make_vqa_reward", "vqa_answer", "vqa_reward"]
 
-_TASKS = ("vqa",)
+_TASKS = ("vqa", "text")  # text-only rows (a text stage, as LMM-R1's first) are judged as short answers
 VQA_MODES: tuple[str, ...] = ("auto", "choice", "number", "text")
 """How an answer is compared: `"choice"` (the option letter), `"number"` (numerically), `"text"` (normalised
 exact match), or `"auto"`: choice when the row has options (or the solution is one upper-case letter), number

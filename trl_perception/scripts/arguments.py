@@ -209,9 +209,6 @@ class PerceptionScriptArguments(PerceptionDataArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if TEXT_TASK in [e.task for e in self.dataset_mixture or []] + [self.task]:
-            raise ValueError(f"task {TEXT_TASK!r}: text-only rows train with the SFT script (`trl-perception sft`); "
-                             "PerceptionGRPOTrainer trains on rows with images and no reward here scores text rows")  # fmt: skip
         self.reward_kwargs = _json("reward_kwargs", self.reward_kwargs) or {}
         if not isinstance(self.reward_kwargs, dict):
             raise ValueError(f"reward_kwargs must be a mapping, got {self.reward_kwargs!r}")
