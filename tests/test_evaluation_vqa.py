@@ -72,7 +72,8 @@ def test_crop_turn_metrics_from_a_scripted_two_turn_generator(tmp_path):
     expected_two_turn = (1 + (truth[1] == "A") + 1 + 0) / 4
     assert metrics["accuracy"] == 0.0 and metrics["crop_accuracy"] == expected_two_turn
     assert metrics["crop_accuracy_gain"] == expected_two_turn
-    assert metrics["crop_rate"] == 0.5 and metrics["invalid_rate"] == 0.5 and metrics["no_call_rate"] == 0.25
+    assert metrics["crop_rate"] == 0.5 and metrics["call_rate"] == 0.75 and metrics["forced_rate"] == 0.25
+    assert metrics["invalid_rate"] == pytest.approx(1 / 3)  # row 2's box, of the model's 3 calls
     assert metrics["mean_crop_area"] == pytest.approx(0.03) and metrics["mean_iou"] == pytest.approx(0.01)
     assert metrics["target_inside"] == 0.5  # row 0's crop holds its target, row 1's does not
     assert metrics == {**metrics, **{k: v for k, v in crop_metrics(
@@ -113,7 +114,7 @@ def test_the_two_turn_loop_runs_a_real_model_and_forces_the_second_turn(box_form
         assert len(crop["turns"]) == 1 + len(crop["records"]) and len(crop["records"]) <= 1
         with_call += len(crop["records"])
     metrics = result.metrics["vqa"]
-    assert metrics["crop_rate"] + metrics["invalid_rate"] == with_call / 2
+    assert metrics["call_rate"] + metrics["forced_rate"] == with_call / 2
 
 
 class ScriptedGenerate:
@@ -160,7 +161,7 @@ def test_a_scripted_crop_reaches_the_second_turn_and_is_scored(box_format):
                       **BUDGET, **CROP)  # fmt: skip
     metrics = result.metrics["vqa"]
     assert metrics["accuracy"] == 0.0 and metrics["crop_accuracy"] == 1.0 and metrics["crop_rate"] == 1.0
-    assert metrics["target_inside"] == 1.0 and metrics["invalid_rate"] == 0.0 and metrics["no_call_rate"] == 0.0
+    assert metrics["target_inside"] == 1.0 and metrics["invalid_rate"] == 0.0 and metrics["call_rate"] == 1.0
     assert scripted.images == [2, 2, 4]  # turn 2 sees each row's image and its crop
     assert processor.chat_template == AutoProcessor.from_pretrained(tiny_vlm(box_format)).chat_template  # untouched
     for record, target in zip(result.predictions, boxes):

@@ -148,14 +148,15 @@ def test_crop_metrics_are_logged(tmp_path):
     trainer = crop_trainer("qwen3_vl", tmp_path)
     inputs, _, _ = run_one_step(trainer)
     logged = trainer.state.log_history[0]
-    assert logged["crop/rate"] == 0.5  # rollouts 0 and 3 of each group called the tool
-    assert logged["crop/invalid_box_rate"] == 0.5  # rollout 3's box has x1 > x2
+    assert logged["crop/call_rate"] == 0.5  # rollouts 0 and 3 of each group called the tool
+    assert logged["crop/invalid_rate"] == 0.5  # rollout 3's box has x1 > x2
+    assert logged["crop/crop_rate"] == 0.25  # only rollout 0 got a crop
     assert logged["crop/forced_rate"] == 0.25  # rollout 1 answered without a crop
     w, h = inputs[0]["original_image"].size  # [100, 100, 600, 700] of 0-1000 in original pixels
     box = (math.floor(w * 0.1), math.floor(h * 0.1), math.ceil(w * 0.6), math.ceil(h * 0.7))  # widened to pixels
-    assert logged["crop/area_fraction"] == pytest.approx((box[2] - box[0]) * (box[3] - box[1]) / (w * h))
+    assert logged["crop/mean_crop_area"] == pytest.approx((box[2] - box[0]) * (box[3] - box[1]) / (w * h))
     ious = [float(paired_box_iou([box], [inputs[r]["target_box"]])[0]) for r in (0, 4)]
-    assert logged["crop/iou"] == pytest.approx(sum(ious) / 2)
+    assert logged["crop/mean_iou"] == pytest.approx(sum(ious) / 2)
 
 
 def test_without_forcing_an_answer_without_a_crop_ends_the_rollout(tmp_path):

@@ -354,6 +354,11 @@ class CropEnvironment:
         self._target: tuple[float, float, float, float] | None = None
         self._question = ""
 
+    @property
+    def target_box(self) -> tuple[float, float, float, float] | None:
+        """The row's `target_box` (original pixels) when it has a valid one, else `None`."""
+        return self._target
+
     def reset(self, **row: Any) -> str | None:
         """Start a rollout on `row` (a dataset row: `prompt`, `image`, optional `original_image`,
         `input_size`, `target_box`); returns the turn-1 instruction."""

@@ -1224,7 +1224,7 @@ def evaluate(
             the model names a box, sees that region cropped from the original image, then answers (greedy, the
             transformers backend). The metrics then hold both accuracies (`accuracy` single-turn,
             `crop_accuracy` after the crop turn, `crop_accuracy_gain`) and the crop statistics of
-            `metrics.crop_metrics` (`crop_rate`, `invalid_rate`, `no_call_rate`, `mean_crop_area`, `mean_iou`
+            `metrics.crop_metrics` (`call_rate`, `forced_rate`, `invalid_rate`, `crop_rate`, `mean_crop_area`, `mean_iou`
             and `target_inside` against the rows' `target_box`); each record gets a `crop` field.
         crop_min_pixels, crop_max_pixels: the crop's pixel limits (default MGPO's, `crop.crop_pixel_limits`).
         crop_generate_fn: replaces the two-turn generation (tests): called with `CropTurnsRequest`s, returns one

@@ -26,7 +26,10 @@ __all__ = [
     "COCO_STAT_NAMES",
     "coco_metrics",
     "counting_metrics",
+    "CROP_COUNTS",
+    "crop_counts",
     "crop_metrics",
+    "crop_rates",
     "grounding_metrics",
     "objects_to_coco_results",
     "ocr_metrics",
@@ -972,66 +975,110 @@ def _field(record: Any, name: str) -> Any:
     return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)
 
 
+CROP_COUNTS: tuple[str, ...] = (
+    "rows", "called", "calls", "invalid_calls", "forced", "crops", "area_sum", "iou_n", "iou_sum", "inside_n",
+    "inside_sum",
+)  # fmt: skip
+"""The sums behind `crop_metrics`, in the order of `crop_counts`' vector (sums add up over processes)."""
+
+
+def crop_counts(
+    records: Sequence[Sequence[Any]], target_boxes: Sequence[Sequence[float] | None] | None = None
+) -> np.ndarray:
+    """The sums of `CROP_COUNTS` over rows (or rollouts): `records[i]` holds row `i`'s crop calls
+    (`crop.CropRecord`s or dicts with `valid`, `box`, `area_fraction`, `iou`, `forced`; empty when none was
+    made), `target_boxes[i]` its target region in original pixels (`None`/`[]`: unknown). A float64 vector, so
+    that processes can add theirs before `crop_rates` divides.
+
+    Example:
+    ```python
+    >>> dict(zip(CROP_COUNTS, crop_counts([[{"valid": True, "box": [0, 0, 9, 9], "area_fraction": 0.5, "iou": 0.2}], []]).tolist()))
+    {'rows': 2.0, 'called': 1.0, 'calls': 1.0, 'invalid_calls': 0.0, 'forced': 0.0, 'crops': 1.0, 'area_sum': 0.5, 'iou_n': 1.0, 'iou_sum': 0.2, 'inside_n': 0.0, 'inside_sum': 0.0}
+
+    ```
+    """
+    n = len(records)
+    if target_boxes is not None and len(target_boxes) != n:
+        raise ValueError(f"crop_counts: {len(target_boxes)} target boxes for {n} rows")
+    sums = dict.fromkeys(CROP_COUNTS, 0.0)
+    for i, calls in enumerate(records):
+        calls = list(calls or [])
+        own = [r for r in calls if not _field(r, "forced")]
+        sums["rows"] += 1
+        sums["called"] += bool(own)
+        sums["calls"] += len(own)
+        sums["invalid_calls"] += sum(not _field(r, "valid") for r in own)
+        sums["forced"] += any(_field(r, "forced") for r in calls)
+        target = None if target_boxes is None else target_boxes[i]
+        for r in calls:
+            if not _field(r, "valid"):
+                continue
+            sums["crops"] += 1
+            area, iou, box = _field(r, "area_fraction"), _field(r, "iou"), _field(r, "box")
+            sums["area_sum"] += float(area or 0.0)
+            if iou is not None:
+                sums["iou_n"] += 1
+                sums["iou_sum"] += float(iou)
+            if box is not None and target is not None and len(target) == 4:
+                x1, y1, x2, y2 = (float(v) for v in box)
+                t1, u1, t2, u2 = (float(v) for v in target)
+                sums["inside_n"] += 1
+                sums["inside_sum"] += float(x1 <= t1 and y1 <= u1 and t2 <= x2 and u2 <= y2)
+    return np.array([sums[k] for k in CROP_COUNTS], dtype=np.float64)
+
+
+def crop_rates(counts: Sequence[float]) -> dict[str, float | None]:
+    """`crop_metrics` from summed `crop_counts`: the one definition used by evaluation and by the trainer's
+    per-step `crop/*` logs. `None` where the denominator is 0.
+
+    Example:
+    ```python
+    >>> crop_rates([4, 2, 2, 1, 1, 1, 0.25, 1, 0.5, 0, 0])["invalid_rate"]
+    0.5
+
+    ```
+    """
+    c = dict(zip(CROP_COUNTS, (float(v) for v in counts), strict=True))
+
+    def ratio(num: str, den: str) -> float | None:
+        return c[num] / c[den] if c[den] else None
+
+    return {
+        "call_rate": ratio("called", "rows"),
+        "forced_rate": ratio("forced", "rows"),
+        "invalid_rate": ratio("invalid_calls", "calls"),
+        "crop_rate": ratio("crops", "rows"),
+        "mean_crop_area": ratio("area_sum", "crops"),
+        "mean_iou": ratio("iou_sum", "iou_n"),
+        "target_inside": ratio("inside_sum", "inside_n"),
+    }
+
+
 def crop_metrics(
     records: Sequence[Sequence[Any]], target_boxes: Sequence[Sequence[float] | None] | None = None
 ) -> dict[str, float | int | None]:
-    """Statistics of crop turns ("look again"): `records[i]` holds row `i`'s crop calls (`crop.CropRecord`s or
-    dicts with `valid`, `box`, `area_fraction`, `iou`, `forced`; empty when the model made none), and the
-    first call of each row counts.
+    """Statistics of crop turns ("look again") over rows (or rollouts); see `crop_counts` for `records` and
+    `target_boxes`:
+    - `call_rate`: rows where the model called the crop tool itself;
+    - `forced_rate`: rows given MGPO's forced second turn (the model answered without calling the tool);
+    - `invalid_rate`: the model's calls whose box MGPO's rules refused (of its calls);
+    - `crop_rate`: rows that got a crop;
+    - `mean_crop_area`: crop area / image area, over crops;
+    - `mean_iou`: IoU of the crop with the row's `target_box`, over crops of rows that know it;
+    - `target_inside`: the share of those crops holding the whole target (needs `target_boxes`), the grounding
+      signal that matters for a small target (its IoU with any readable crop stays small).
 
-    Returns `crop_rate` (rows whose first call cropped), `invalid_rate` (rows whose first call was refused:
-    an invalid box), `no_call_rate` (rows without a call by the model, forced ones included), `mean_crop_area`
-    (crop area / image area, over crops), `mean_iou` (IoU of the crop with the row's target region, over crops
-    of rows that know it), and with `target_boxes` (original pixels, `[]`/`None` unknown) `target_inside`:
-    the share of those crops that contain the whole target, the grounding signal that matters for a small
-    target (its IoU with any readable crop stays small). Rates are over all rows.
+    The trainer logs the same numbers per step as `crop/<name>`.
 
     Example:
     ```python
     >>> records = [[{"valid": True, "box": [0, 0, 100, 100], "area_fraction": 0.25, "iou": 0.04}],
     ...            [{"valid": False, "box": None, "area_fraction": None, "iou": None}], []]
     >>> crop_metrics(records, [[10, 10, 30, 30], [0, 0, 5, 5], None])
-    {'crop_rate': 0.3333333333333333, 'invalid_rate': 0.3333333333333333, 'no_call_rate': 0.3333333333333333, 'mean_crop_area': 0.25, 'mean_iou': 0.04, 'target_inside': 1.0, 'num_samples': 3}
+    {'call_rate': 0.6666666666666666, 'forced_rate': 0.0, 'invalid_rate': 0.5, 'crop_rate': 0.3333333333333333, 'mean_crop_area': 0.25, 'mean_iou': 0.04, 'target_inside': 1.0, 'num_samples': 3}
 
     ```
     """
-    n = len(records)
-    if target_boxes is not None and len(target_boxes) != n:
-        raise ValueError(f"crop_metrics: {len(target_boxes)} target boxes for {n} rows")
-    crops = invalid = no_call = 0
-    areas: list[float] = []
-    ious: list[float] = []
-    inside: list[float] = []
-    for i, calls in enumerate(records):
-        calls = list(calls or [])
-        if not calls or bool(_field(calls[0], "forced")):
-            no_call += 1
-        if not calls:
-            continue
-        first = calls[0]
-        if not _field(first, "valid"):
-            invalid += 1
-            continue
-        crops += 1
-        area, iou, box = _field(first, "area_fraction"), _field(first, "iou"), _field(first, "box")
-        if area is not None:
-            areas.append(float(area))
-        if iou is not None:
-            ious.append(float(iou))
-        target = None if target_boxes is None else target_boxes[i]
-        if box is not None and target is not None and len(target) == 4:
-            x1, y1, x2, y2 = (float(v) for v in box)
-            t1, u1, t2, u2 = (float(v) for v in target)
-            inside.append(float(x1 <= t1 and y1 <= u1 and t2 <= x2 and u2 <= y2))
-    rate = (lambda k: k / n) if n else (lambda k: None)
-    result: dict[str, float | int | None] = {
-        "crop_rate": rate(crops),
-        "invalid_rate": rate(invalid),
-        "no_call_rate": rate(no_call),
-        "mean_crop_area": float(np.mean(areas)) if areas else None,
-        "mean_iou": float(np.mean(ious)) if ious else None,
-    }
-    if target_boxes is not None:
-        result["target_inside"] = float(np.mean(inside)) if inside else None
-    result["num_samples"] = n
+    result: dict[str, float | int | None] = dict(crop_rates(crop_counts(records, target_boxes)))
+    result["num_samples"] = len(records)
     return result

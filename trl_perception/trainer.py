@@ -41,6 +41,7 @@ from .frames import (
     resolve_box_format,
 )
 from .hub import CARD_HYPERPARAMETERS, adapter_summary, write_model_card
+from .metrics import CROP_COUNTS, crop_counts, crop_rates
 from .vllm import colocate_llm, limit_mm_per_prompt, mm_processor_kwargs, serve_args
 
 __all__ = [
@@ -151,7 +152,7 @@ class PerceptionGRPOConfig(GRPOConfig):
             resizes the crop to `crop_min_pixels`/`crop_max_pixels` and shows it in a tool turn, which is masked
             out of the loss (TRL's `tool_mask`). Sets `max_tool_calling_iterations`. Qwen2-VL and Qwen2.5-VL get
             the library's tool-capable chat template (`crop.tool_chat_template`). Rows may carry `target_box`
-            (original pixels) for the `crop/iou` metric.
+            (original pixels) for the `crop/mean_iou` and `crop/target_inside` metrics.
         crop_min_pixels (`int`, *optional*):
             Smallest area a crop is resized to; `None` is MGPO's 200,704. Kept within the processor's limits.
         crop_max_pixels (`int`, *optional*):
@@ -983,40 +984,17 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         return forced
 
     def _log_crop_stats(self, mode: str) -> None:
-        """`crop/rate` (rollouts where the model called the tool), `crop/invalid_box_rate` (of its calls),
-        `crop/forced_rate`, `crop/area_fraction` (crop area / image area) and `crop/iou` (with the row's
-        `target_box`, over valid crops of rows that have one)."""
-        # rollouts, rollouts that called, calls, invalid calls, forced, valid crops, area sum, iou count, iou sum
-        stats = [0.0] * 9
-        for environment in self.environments or []:
-            if not isinstance(environment, CropEnvironment):
-                continue
-            own = [r for r in environment.records if not r.forced]
-            stats[0] += 1
-            stats[1] += bool(own)
-            stats[2] += len(own)
-            stats[3] += sum(not r.valid for r in own)
-            stats[4] += any(r.forced for r in environment.records)
-            for r in environment.records:
-                if r.valid:
-                    stats[5] += 1
-                    stats[6] += r.area_fraction or 0.0
-                    if r.iou is not None:
-                        stats[7] += 1
-                        stats[8] += r.iou
+        """The crop statistics of this step's rollouts, `metrics.crop_metrics`' definitions summed over processes,
+        logged as `crop/<name>` (`call_rate`, `forced_rate`, `invalid_rate`, `crop_rate`, `mean_crop_area`,
+        `mean_iou`, `target_inside`)."""
+        environments = [e for e in self.environments or [] if isinstance(e, CropEnvironment)]
+        counts = crop_counts([e.records for e in environments], [e.target_box for e in environments])
         device = self.accelerator.device
-        totals = self.accelerator.gather(torch.tensor(stats, device=device, dtype=torch.float64)).view(-1, 9).sum(0)
-        n, called, calls, invalid, forced, valid, area, n_iou, iou = totals.tolist()
-        metrics = self._metrics[mode]
-        if n:
-            metrics["crop/rate"].append(called / n)
-            metrics["crop/forced_rate"].append(forced / n)
-        if calls:
-            metrics["crop/invalid_box_rate"].append(invalid / calls)
-        if valid:
-            metrics["crop/area_fraction"].append(area / valid)
-        if n_iou:
-            metrics["crop/iou"].append(iou / n_iou)
+        local = torch.tensor(counts, device=device, dtype=torch.float64)
+        totals = self.accelerator.gather(local).view(-1, len(CROP_COUNTS)).sum(0).tolist()
+        for name, value in crop_rates(totals).items():
+            if value is not None:
+                self._metrics[mode][f"crop/{name}"].append(value)
 
     # ------------------------------------------------------------------------------------------ rewards
 
