@@ -204,3 +204,17 @@ def test_cli_evaluates_vqa_with_a_crop_turn(capsys, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"accuracy", "crop_accuracy", "crop_rate", "invalid_rate"} <= set(metrics["metrics"]["vqa"])
     assert metrics["config"]["crop_turns"] == 1 and "vqa/crop_accuracy" in out
+
+
+def test_the_eval_callback_of_a_trainer_with_crop_turns_evaluates_with_them():
+    from types import SimpleNamespace
+
+    from trl_perception.callbacks import PerceptionEvalCallback
+
+    args = SimpleNamespace(crop_turns=1, crop_min_pixels=3136, crop_max_pixels=50176)
+    callback = PerceptionEvalCallback([], eval_steps=1).bind(SimpleNamespace(args=args))
+    assert callback.evaluate_kwargs == {"crop_turns": 1, "crop_min_pixels": 3136, "crop_max_pixels": 50176}
+    own = PerceptionEvalCallback([], eval_steps=1, crop_turns=0).bind(SimpleNamespace(args=args))
+    assert own.evaluate_kwargs == {"crop_turns": 0}  # the user's choice stands
+    plain = PerceptionEvalCallback([], eval_steps=1).bind(SimpleNamespace(args=SimpleNamespace(crop_turns=0)))
+    assert plain.evaluate_kwargs == {}

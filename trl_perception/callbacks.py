@@ -109,7 +109,9 @@ class PerceptionEvalCallback(TrainerCallback):
         self._last_step: int | None = None
 
     def bind(self, trainer: Any) -> PerceptionEvalCallback:
-        """Log through `trainer` (a `transformers.Trainer`) from now on; returns the callback.
+        """Log through `trainer` (a `transformers.Trainer`) from now on; returns the callback. A trainer with crop
+        turns (`PerceptionGRPOConfig.crop_turns`) also has VQA rows evaluated after a crop turn, with its crop
+        pixel limits, unless `crop_turns` was given to the callback.
 
         Example:
         ```python
@@ -122,6 +124,11 @@ class PerceptionEvalCallback(TrainerCallback):
         ```
         """
         self.trainer = trainer
+        args = getattr(trainer, "args", None)
+        if getattr(args, "crop_turns", 0) and "crop_turns" not in self.evaluate_kwargs:
+            self.evaluate_kwargs.update(
+                crop_turns=args.crop_turns, crop_min_pixels=args.crop_min_pixels, crop_max_pixels=args.crop_max_pixels
+            )
         return self
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
