@@ -1,4 +1,4 @@
-"""Jigsaw-R1 in miniature on CPU (issue 16): does a ~1.2M-parameter Qwen2.5-VL learn 2x1 and 2x2 jigsaw
+"""Jigsaw-R1 in miniature on CPU: does a ~1.2M-parameter Qwen2.5-VL learn 2x1 and 2x2 jigsaw
 puzzles of synthetic scenes with GRPO from a short SFT start, and does it transfer to a grid it never saw
 (1x2)? Compared, over seeds, with continued SFT for the same wall time. Uses only the library's public API.
 

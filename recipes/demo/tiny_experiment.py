@@ -175,7 +175,7 @@ SETTINGS: dict[str, Setting] = {
         control_steps_per_grpo_step=5.0,
     ),
 }
-"""The settings of issue 7, with the hyper-parameters used for the committed results (README, "A tiny model
+"""The settings of the tiny experiments, with the hyper-parameters used for the committed results (README, "A tiny model
 that learns"). `high_perplexity_9_classes` is the harder variant whose SFT model localises but confuses
 colours and shapes."""
 SETTINGS["high_perplexity_9_classes"] = replace(
@@ -225,7 +225,7 @@ SETTINGS["counting"] = Setting(
     control_steps_per_grpo_step=0.5,
     perception_trainer=True,
 )
-"""Table 5's counting gap in miniature (issue 14; `counting_tiny.py` runs it): many objects of one kind, whose
+"""Table 5's counting gap in miniature (`counting_tiny.py` runs it): many objects of one kind, whose
 points SFT must learn in one of k! orders, against a Hungarian-matched reward that accepts every order.
 `control_steps_per_grpo_step=0.5`: a GRPO step trains on 1 prompt x 16 samples = 16 sequences, an SFT step on 32
 (equal forward/backward sequences, and nearly equal tokens since completions are about as long as answers)."""
