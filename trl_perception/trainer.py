@@ -1181,29 +1181,13 @@ class PerceptionGRPOTrainer(GRPOTrainer):
         """
         if not self.is_world_process_zero():
             return
-        tasks: list[str] = []
-        if hasattr(self.train_dataset, "unique") and "task" in (self.train_dataset.column_names or []):
-            tasks = sorted(str(t) for t in self.train_dataset.unique("task"))
-        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-        card_args = {
-            "model_name": self.hub_model_id
-            or self.args.hub_model_id
-            or model_name
-            or os.path.basename(os.path.abspath(self.args.output_dir)),
-            "base_model": getattr(self.model.config, "_name_or_path", None) or None,
-            "task": tasks,
-            "dataset": [str(d) for d in datasets],
-            "reward_funcs": list(self.reward_func_names),
-            "reward_weights": [float(w) for w in self.reward_weights.tolist()],
-            "box_format": self.box_format,
-            "training_args": {k: getattr(self.args, k, None) for k in CARD_HYPERPARAMETERS},
-            "eval_metrics": dict(eval_metrics) if eval_metrics is not None else None,
-            "eval_dataset": eval_dataset,
-            "peft": adapter_summary(self.model),
-            "license": license,
-            "tags": [tags] if isinstance(tags, str) else list(tags or []),
-        }
-        write_model_card(self.args.output_dir, **card_args)
+        write_model_card(
+            self.args.output_dir,
+            **_card_fields(self, model_name, dataset_name, tags, eval_metrics, eval_dataset, license),
+            reward_funcs=list(self.reward_func_names),
+            reward_weights=[float(w) for w in self.reward_weights.tolist()],
+            peft=adapter_summary(self.model),
+        )
 
 
 @dataclass
@@ -1333,29 +1317,47 @@ class PerceptionSFTTrainer(SFTTrainer):
         Only the main process writes; other keyword arguments are accepted and ignored."""
         if not self.is_world_process_zero():
             return
-        tasks: list[str] = []
-        if hasattr(self.train_dataset, "unique") and "task" in (self.train_dataset.column_names or []):
-            tasks = sorted(str(t) for t in self.train_dataset.unique("task"))
-        datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-        base = getattr(getattr(self.model, "config", None), "_name_or_path", None)
         write_model_card(
             self.args.output_dir,
-            model_name=self.hub_model_id
-            or self.args.hub_model_id
-            or model_name
-            or os.path.basename(os.path.abspath(self.args.output_dir)),
-            base_model=base or None,
-            task=tasks,
-            dataset=[str(d) for d in datasets],
-            box_format=self.box_format,
-            training_args={k: getattr(self.args, k, None) for k in CARD_HYPERPARAMETERS},
-            eval_metrics=dict(eval_metrics) if eval_metrics is not None else None,
-            eval_dataset=eval_dataset,
+            **_card_fields(self, model_name, dataset_name, tags, eval_metrics, eval_dataset, license),
             peft=self.merged_adapter or adapter_summary(self.model),
-            license=license,
-            tags=[tags] if isinstance(tags, str) else list(tags or []),
             method="sft",
         )
+
+
+def _card_fields(
+    trainer: Any,
+    model_name: str | None,
+    dataset_name: str | Sequence[str] | None,
+    tags: str | Sequence[str] | None,
+    eval_metrics: Mapping[str, Any] | None,
+    eval_dataset: str | None,
+    license: str | None,
+) -> dict[str, Any]:
+    """The model card inputs both trainers share (`hub.write_model_card` keywords): the name (Hub repository
+    id, else `model_name`, else the output folder's name), base model, the training rows' tasks, datasets,
+    box format, key hyperparameters, evaluation, licence and tags."""
+    train = trainer.train_dataset
+    tasks: list[str] = []
+    if hasattr(train, "unique") and "task" in (train.column_names or []):
+        tasks = sorted(str(t) for t in train.unique("task"))
+    datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+    args = trainer.args
+    return {
+        "model_name": trainer.hub_model_id
+        or args.hub_model_id
+        or model_name
+        or os.path.basename(os.path.abspath(args.output_dir)),
+        "base_model": getattr(getattr(trainer.model, "config", None), "_name_or_path", None) or None,
+        "task": tasks,
+        "dataset": [str(d) for d in datasets],
+        "box_format": trainer.box_format,
+        "training_args": {k: getattr(args, k, None) for k in CARD_HYPERPARAMETERS},
+        "eval_metrics": dict(eval_metrics) if eval_metrics is not None else None,
+        "eval_dataset": eval_dataset,
+        "license": license,
+        "tags": [tags] if isinstance(tags, str) else list(tags or []),
+    }
 
 
 def _model_config(model: Any, args: Any) -> Any:

@@ -317,10 +317,8 @@ class _DetectionReward:
 
     # ------------------------------------------------------------------------------------------- total
 
-    def combine(self, c: dict[str, float]) -> float:
-        """Weighted sum of the components, normalised to [0, 1] (or capped at 3 with `released_code`)."""
-        if c.get("empty_gt"):
-            return self.max_reward * c["format"]
+    def _total(self, c: Any) -> Any:
+        """The weighted sum of the components (floats or arrays alike), normalised unless `released_code`."""
         w = self.weights
         total = (
             w["format"] * c["format"]
@@ -329,23 +327,19 @@ class _DetectionReward:
             + w["classification"] * c["classification"]
             - self.penalty_weight * c["penalty"]
         )
-        if not self.released_code:
-            total /= self.total_weight
+        return total if self.released_code else total / self.total_weight
+
+    def combine(self, c: dict[str, float]) -> float:
+        """Weighted sum of the components, normalised to [0, 1] (or capped at 3 with `released_code`)."""
+        if c.get("empty_gt"):
+            return self.max_reward * c["format"]
+        total = self._total(c)
         value = min(max(total, 0.0), self.max_reward)
         return value if math.isfinite(value) else 0.0
 
     def combine_many(self, c: dict[str, np.ndarray]) -> np.ndarray:
         """`combine` of many rows at once (no negative image among them), with the same arithmetic."""
-        w = self.weights
-        total = (
-            w["format"] * c["format"]
-            + w["number"] * c["f1"]
-            + w["location"] * c["location"]
-            + w["classification"] * c["classification"]
-            - self.penalty_weight * c["penalty"]
-        )
-        if not self.released_code:
-            total = total / self.total_weight
+        total = self._total(c)
         value = np.minimum(np.maximum(total, 0.0), self.max_reward)
         return np.where(np.isfinite(value), value, 0.0)
 
