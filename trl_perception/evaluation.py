@@ -581,10 +581,7 @@ def _crop_turns_generator(
 ) -> Callable[[list[CropTurnsRequest]], list[CropTurnsOutput]]:
     """`evaluate`'s two-turn pass: `generate_with_crop_turns` on the loaded model, with a processor whose pixel
     limits are this evaluation's (the single-turn pass feeds the same image at the same size)."""
-    if not isinstance(generator, _TransformersGenerator):
-        raise ValueError("crop turns run with the transformers backend (backend='transformers')")
-    if crop_turns != 1:
-        raise ValueError(f"crop_turns must be 0 or 1 (MGPO's two turns), got {crop_turns}")
+    # `evaluate` has checked the arguments: the transformers backend, and crop_turns == 1.
     processor = copy.deepcopy(generator.processor)
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is not None and generator.min_pixels is not None and generator.max_pixels is not None:
@@ -607,7 +604,6 @@ def _crop_turns_generator(
                     "prompt": items[i].request.prompt,
                     "image": items[i].request.image,
                     "original_image": items[i].original_image,
-                    "input_size": list(items[i].request.input_size),
                     "target_box": items[i].target_box,
                 }
                 for i in indices
@@ -1793,8 +1789,6 @@ def generate_with_crop_turns(
 
     ```
     """
-    import copy
-
     from trl.chat_template_utils import parse_response
 
     processor = prepare_tool_processor(copy.deepcopy(processor), box_format)
@@ -1821,14 +1815,12 @@ def generate_with_crop_turns(
         prompt_ids, first_ids = _greedy(model, processor, conversations, tools, max_new_tokens)
         follow, pending = [], []
         firsts: list[dict[str, Any]] = []
+        turn_ends = {processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.eos_token_id}
         for i, environment in enumerate(environments):
             parsed = parse_response(processor.tokenizer, first_ids[i], prefix=prompt_ids[i], tools=tools)
             firsts.append(parsed)
             calls = parsed.get("tool_calls") or []
-            ended = bool(first_ids[i]) and first_ids[i][-1] in {
-                processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                processor.tokenizer.eos_token_id,
-            }
+            ended = bool(first_ids[i]) and first_ids[i][-1] in turn_ends
             if not calls and not (forced and ended):
                 continue
             messages = [{**parsed, "content": parsed.get("content") or ""}]

@@ -36,6 +36,7 @@ __all__ = [
     "CHOICE_LETTERS",
     "MAX_ABS_COORD",
     "MAX_VQA_ANSWER",
+    "PAD_TOKENS",
     "MAX_OBJECTS",
     "JIGSAW_QUESTIONS",
     "BoxBatch",
@@ -59,6 +60,7 @@ __all__ = [
     "parse_objects",
     "render_jigsaw_answer",
     "render_objects",
+    "remove_padding",
     "strip_thinking",
     "strip_wrappers",
     "vqa_answer_body",
@@ -85,7 +87,6 @@ _ANSWER_CLOSE = "</answer>"
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
 _FENCE_RE = re.compile(r"```[a-zA-Z]{0,10}")
-_PAD_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
 _BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d", "Position", "position")
 _POINT_KEYS = ("point_2d", "point", "points_2d")
 _LABEL_KEYS = ("label", "name", "category", "class")
@@ -183,6 +184,26 @@ def completion_text(completion: Any) -> str:
     return "" if completion is None else str(completion)
 
 
+PAD_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
+"""Padding / end-of-turn tokens that may trail a completion decoded with `skip_special_tokens=False`."""
+
+
+def remove_padding(text: str) -> str:
+    """`text` without padding / end-of-turn tokens (`PAD_TOKENS`).
+
+    Example:
+    ```python
+    >>> remove_padding("[1, 2, 3, 4]<|im_end|><|endoftext|>")
+    '[1, 2, 3, 4]'
+
+    ```
+    """
+    for token in PAD_TOKENS:
+        if token in text:
+            text = text.replace(token, "")
+    return text
+
+
 def strip_thinking(text: str) -> str | None:
     """The completion without its thinking, or `None` when it thinks and then answers nothing.
 
@@ -227,9 +248,7 @@ def answer_text(text: str) -> str:
     """
     if not isinstance(text, str):
         text = completion_text(text)
-    for token in _PAD_TOKENS:
-        if token in text:
-            text = text.replace(token, "")
+    text = remove_padding(text)
     rest = strip_thinking(text)
     if rest is None:
         return ""
@@ -1299,11 +1318,7 @@ def vqa_answer_body(completion: Any) -> str:
 
     ```
     """
-    text = final_turn_text(completion)
-    for token in _PAD_TOKENS:
-        if token in text:
-            text = text.replace(token, "")
-    text = strip_thinking(text)
+    text = strip_thinking(remove_padding(final_turn_text(completion)))
     if text is None:  # thinking only: no answer (an answer written while thinking does not count)
         return ""
     boxed = boxed_content(text)

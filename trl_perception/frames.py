@@ -538,7 +538,9 @@ class Frame:
     @staticmethod
     def stack_to_pixels(coords: np.ndarray, frames: Sequence[Frame]) -> np.ndarray:
         """`to_pixels` for many rows at once: `coords[i]` (shape `[N, 2k]` per row, stacked `[R, N, 2k]`
-        or `[R, 2k]`) in `frames[i]`."""
+        or `[R, 2k]`) in `frames[i]`. Rows sharing one frame (a GRPO group, one image) take `to_pixels`."""
+        if frames and all(frame is frames[0] for frame in frames):
+            return frames[0].to_pixels(coords)
         out = np.asarray(coords, dtype=np.float64)
         if out.size == 0:
             return out

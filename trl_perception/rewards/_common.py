@@ -16,18 +16,16 @@ from typing import Any
 import numpy as np
 
 from .._json import loads_strict
-from ..formats import (
+from ..formats import (  # noqa: F401 - PAD_TOKENS and remove_padding are re-exported for the rewards
+    PAD_TOKENS,
     completion_text,
+    remove_padding,
     strip_thinking,
     strip_wrappers,
 )
 from ..frames import BOX_FORMATS, Frame
 
 logger = logging.getLogger("trl_perception.rewards")
-
-PAD_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>")
-"""Padding / end-of-turn tokens that may trail a completion decoded with `skip_special_tokens=False`."""
-
 
 class MalformedSolution(ValueError):
     """The ground truth (or a frame column) of a row cannot be read; the row is skipped with a warning."""
@@ -73,14 +71,6 @@ def text_of(completion: Any) -> str:
     except Exception:  # noqa: BLE001 - an odd completion object must not stop the run
         return ""
     return text if isinstance(text, str) else str(text)
-
-
-def remove_padding(text: str) -> str:
-    """`text` without padding / end-of-turn tokens."""
-    for token in PAD_TOKENS:
-        if token in text:
-            text = text.replace(token, "")
-    return text
 
 
 _EMPTY_ANSWER_RE = re.compile(r"(?:\[\s*\]|none|null|nothing|no objects?(?: found)?)?\s*\.?", re.IGNORECASE)

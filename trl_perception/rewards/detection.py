@@ -235,10 +235,7 @@ class _DetectionReward:
         n = int(ends[-1])
         raw = pending.boxes[np.array(pending.index[first : first + n], dtype=np.int64)]
         frames = pending.frames[lo:hi]
-        if all(frame is frames[0] for frame in frames):
-            boxes = frames[0].to_pixels(raw)
-        else:
-            boxes = Frame.stack_to_pixels(raw, [f for f, k in zip(frames, n_con.tolist()) for _ in range(k)])
+        boxes = Frame.stack_to_pixels(raw, [f for f, k in zip(frames, n_con.tolist()) for _ in range(k)])
         labels = np.array(pending.labels[first : first + n], dtype=np.int64)
         groups = np.array(pending.group[lo:hi], dtype=np.int64)
         g_lo, g_hi = int(groups[0]), int(groups[-1]) + 1

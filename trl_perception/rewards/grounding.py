@@ -92,11 +92,7 @@ def _iou_rewards(
     if pending:
         # One vectorized pass: frame conversion, clipping and IoU for every row with a box.
         first = np.array([p for _, p, _ in pending], dtype=np.int64)
-        frames = [r.frame for r, _, _ in pending]
-        if all(frame is frames[0] for frame in frames):
-            pred = frames[0].to_pixels(parsed.coords[first])
-        else:
-            pred = Frame.stack_to_pixels(parsed.coords[first], frames)
+        pred = Frame.stack_to_pixels(parsed.coords[first], [r.frame for r, _, _ in pending])
         ious = paired_box_iou(pred, np.array([g for _, _, g in pending]))
         ious = np.nan_to_num(np.clip(ious, 0.0, 1.0))
         indices = [row.index for row, _, _ in pending]
